@@ -1,0 +1,11 @@
+"""Pure reactions to pipeline events: `(event, ports) -> result`.
+
+No Azure import, no global state, no I/O except through the ports handed in. Every handler is
+idempotent and tolerates duplicated and reordered events.
+"""
+from handlers.cancel import cancel_runs
+from handlers.dispatch import dispatch_job
+from handlers.run_events import run_finished, run_started
+from handlers.upload import accept_upload
+
+__all__ = ["accept_upload", "cancel_runs", "dispatch_job", "run_finished", "run_started"]

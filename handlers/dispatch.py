@@ -1,0 +1,66 @@
+"""JobSubmitted -> the job and its runs recorded, and the runs queued on compute."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List
+
+from xt_submit import layout, run_log, sweep
+from xt_submit.manifest_rules import check_manifest, planned_hparams
+from xt_submit.messages import QUEUED, ContractError, JobSubmitted, RunTask, encode
+from xt_submit.ports import Ports
+
+
+@dataclass(frozen=True)
+class Dispatched:
+    job: str
+    runs: List[str]
+
+
+def dispatch_job(event: JobSubmitted, ports: Ports) -> Dispatched:
+    manifest = event.manifest
+    check_manifest(manifest)
+    if not manifest.code_key or not ports.storage.exists(manifest.code_key):
+        raise ContractError(f"xt_manifest.json: code_key: {manifest.code_key or '(empty)'} not found in storage")
+    hparam_sets = planned_hparams(manifest)
+
+    ws = manifest.workspace
+    job = ports.stats.assign_job_name(ws, event.submission_id)  # the same name on a redelivery
+    number = int(job[3:])
+    now = ports.clock()
+    run_names = [layout.run_name(number, k) for k in range(1, len(hparam_sets) + 1)]
+    commands = [manifest.command + sweep.format_hparam_args(hp) for hp in hparam_sets]
+
+    # Storage first (the source of truth), then the index, then compute: a crash between steps
+    # is repaired by the redelivery, and every write below is create-if-absent or identical.
+    ports.storage.write(layout.manifest_key(ws, job), encode(manifest))
+    ports.storage.write(layout.job_log_key(ws, job), run_log.record(now, "created", {
+        "job": job, "submission_id": event.submission_id, "runs": len(run_names)}), overwrite=False)
+    for name, command, hparams in zip(run_names, commands, hparam_sets):
+        opening = (run_log.record(now, "created", {"job": job, "command": command,
+                                                         "step_name": manifest.step_name})
+                   + run_log.record(now, "hparams", hparams)
+                   + run_log.record(now, "queued", {"target": manifest.target}))
+        ports.storage.write(layout.run_log_key(ws, name), opening, overwrite=False)
+
+    ports.stats.insert_job({
+        "workspace": ws, "name": job, "number": number, "submission_id": event.submission_id,
+        "experiment": manifest.experiment, "username": manifest.username, "target": manifest.target,
+        "status": QUEUED, "script": manifest.script, "command": manifest.command, "run_count": len(run_names),
+        "counts": {QUEUED: len(run_names)}, "created": now, "tags": manifest.tags, "hp_space": manifest.hp_space,
+        "primary_metric": manifest.primary_metric, "maximize_metric": manifest.maximize_metric,
+    })
+    ports.stats.insert_runs([
+        {"workspace": ws, "name": name, "job": job, "job_number": number, "run_index": k,
+         "experiment": manifest.experiment, "username": manifest.username, "target": manifest.target,
+         "status": QUEUED, "created": now, "queued": now, "command": command, "hparams": hparams,
+         "metrics": {}, "tags": manifest.tags}
+        for k, (name, command, hparams) in enumerate(zip(run_names, commands, hparam_sets), start=1)
+    ])
+    ports.compute.submit([
+        RunTask(workspace=ws, experiment=manifest.experiment, job=job, run=name, command=command,
+                code_key=manifest.code_key, hparams=hparams, setup=manifest.setup, after_dirs=manifest.after_dirs,
+                after_omit=manifest.after_omit, max_time=manifest.max_time, concurrent=manifest.concurrent,
+                step_name=manifest.step_name)
+        for name, command, hparams in zip(run_names, commands, hparam_sets)
+    ])
+    return Dispatched(job, run_names)

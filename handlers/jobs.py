@@ -1,0 +1,35 @@
+"""Job bookkeeping shared by the run handlers: counters and closing the job after its last run."""
+from __future__ import annotations
+
+from typing import Any, Dict
+
+import msgspec
+
+from xt_submit import layout
+from xt_submit.messages import CANCELLED, COMPLETED, ERROR, QUEUED, RUNNING, TERMINAL_STATUSES
+from xt_submit.ports import Ports
+
+
+def roll_job(ports: Ports, workspace: str, job: str) -> Dict[str, Any]:
+    """Recount the job's runs from the index (not increment: duplicates and reordering cannot skew it)."""
+    rollup = ports.stats.job_rollup(workspace, job)
+    counts = rollup["counts"]
+    record = ports.stats.get_job(workspace, job)
+    changes: Dict[str, Any] = {"counts": counts, "started": rollup["started"], "ended": None}
+    finished = sum(n for status, n in counts.items() if status in TERMINAL_STATUSES)
+    if finished >= record["run_count"]:
+        changes["status"] = ERROR if counts.get(ERROR) else CANCELLED if counts.get(CANCELLED) else COMPLETED
+        changes["ended"] = rollup["ended"]
+    else:
+        changes["status"] = QUEUED if counts.get(QUEUED, 0) == record["run_count"] else RUNNING
+    ports.stats.update_job(workspace, job, changes)
+    return changes
+
+
+def write_run_stats(ports: Ports, run: Dict[str, Any], outputs: list) -> None:
+    """run_stats.json: the run's final record in storage, from which the index can be rebuilt."""
+    fields = ("name", "job", "experiment", "status", "exit_code", "reason", "node_id", "created", "started",
+              "ended", "duration", "command", "hparams", "metrics", "tags")
+    stats = {field: run.get(field) for field in fields}
+    stats["outputs"] = outputs
+    ports.storage.write(layout.run_stats_key(run["workspace"], run["name"]), msgspec.json.encode(stats))

@@ -1,0 +1,13 @@
+"""XT: experiment tools. `from xt_submit import Run` inside a training script."""
+
+__version__ = "0.1.0"
+__all__ = ["Run"]
+
+
+def __getattr__(name: str):
+    # Lazy, so `import xt_submit` (the CLI, the run wrapper) does not pay for what it does not use.
+    if name == "Run":
+        from xt_submit.run_api import Run
+
+        return Run
+    raise AttributeError(f"module 'xt_submit' has no attribute {name!r}")

@@ -1,0 +1,23 @@
+"""The Publisher port over the embedded SQLite queue."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from xt_submit.adapters.sqlite_queue import SqliteQueue
+from xt_submit.messages import encode
+
+JOBS_QUEUE = "jobs"
+EVENTS_QUEUE = "events"
+
+
+class QueuePublisher:
+    def __init__(self, queue: SqliteQueue, jobs_queue: str = JOBS_QUEUE, events_queue: str = EVENTS_QUEUE) -> None:
+        self.queue = queue
+        self.jobs_queue = jobs_queue
+        self.events_queue = events_queue
+
+    def send_job(self, message: Any) -> None:
+        self.queue.send(self.jobs_queue, [encode(message)])
+
+    def send_events(self, messages: Sequence[Any]) -> None:
+        self.queue.send(self.events_queue, [encode(m) for m in messages])

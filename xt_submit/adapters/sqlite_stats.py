@@ -1,0 +1,192 @@
+"""Experiment stats in SQLite (the embedded default for the MongoDB-API store)."""
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+import msgspec
+
+from xt_submit.adapters.sqlite_util import connect, transaction
+from xt_submit.ports import NotFound
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS job_counters (workspace TEXT PRIMARY KEY, last_number INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS submissions (
+    workspace TEXT NOT NULL, submission_id TEXT NOT NULL, number INTEGER NOT NULL,
+    PRIMARY KEY (workspace, submission_id));
+CREATE TABLE IF NOT EXISTS jobs (
+    workspace TEXT NOT NULL, name TEXT NOT NULL, number INTEGER NOT NULL, submission_id TEXT,
+    experiment TEXT, username TEXT, target TEXT, status TEXT NOT NULL, script TEXT, command TEXT,
+    run_count INTEGER NOT NULL DEFAULT 0, counts TEXT NOT NULL DEFAULT '{}',
+    created REAL, started REAL, ended REAL, tags TEXT NOT NULL DEFAULT '{}',
+    hp_space TEXT NOT NULL DEFAULT '{}', primary_metric TEXT, maximize_metric INTEGER,
+    PRIMARY KEY (workspace, name));
+CREATE TABLE IF NOT EXISTS runs (
+    workspace TEXT NOT NULL, name TEXT NOT NULL, job TEXT NOT NULL, job_number INTEGER NOT NULL,
+    run_index INTEGER NOT NULL, experiment TEXT, username TEXT, target TEXT,
+    status TEXT NOT NULL, exit_code INTEGER, node_id TEXT, reason TEXT NOT NULL DEFAULT '',
+    created REAL, queued REAL, started REAL, ended REAL, duration REAL,
+    command TEXT, hparams TEXT NOT NULL DEFAULT '{}', metrics TEXT NOT NULL DEFAULT '{}',
+    tags TEXT NOT NULL DEFAULT '{}',
+    PRIMARY KEY (workspace, name));
+CREATE INDEX IF NOT EXISTS runs_by_job ON runs (workspace, job_number, run_index);
+CREATE INDEX IF NOT EXISTS runs_by_status ON runs (workspace, status);
+CREATE TABLE IF NOT EXISTS metrics (
+    workspace TEXT NOT NULL, run TEXT NOT NULL, seq INTEGER NOT NULL,
+    step INTEGER, name TEXT NOT NULL, value, time REAL);
+CREATE INDEX IF NOT EXISTS metrics_by_run ON metrics (workspace, run, seq);
+"""
+
+JOB_COLUMNS = ("workspace", "name", "number", "submission_id", "experiment", "username", "target", "status",
+               "script", "command", "run_count", "counts", "created", "started", "ended", "tags", "hp_space",
+               "primary_metric", "maximize_metric")
+RUN_COLUMNS = ("workspace", "name", "job", "job_number", "run_index", "experiment", "username", "target",
+               "status", "exit_code", "node_id", "reason", "created", "queued", "started", "ended", "duration",
+               "command", "hparams", "metrics", "tags")
+_JSON_COLUMNS = frozenset({"counts", "tags", "hp_space", "hparams", "metrics"})
+_BOOL_COLUMNS = frozenset({"maximize_metric"})
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.decode
+
+
+def _to_sql(column: str, value: Any) -> Any:
+    if column in _JSON_COLUMNS:
+        return _encode(value if value is not None else {}).decode()
+    if column in _BOOL_COLUMNS and value is not None:
+        return int(bool(value))
+    return value
+
+
+def _from_row(columns: Sequence[str], row: Sequence[Any]) -> Dict[str, Any]:
+    record = dict(zip(columns, row))
+    for column in _JSON_COLUMNS.intersection(record):
+        record[column] = _decode(record[column])
+    for column in _BOOL_COLUMNS.intersection(record):
+        if record[column] is not None:
+            record[column] = bool(record[column])
+    return record
+
+
+def _check_columns(kind: str, changes: Dict[str, Any], allowed: Sequence[str]) -> None:
+    unknown = set(changes) - set(allowed) - {"workspace", "name"}
+    if unknown:
+        raise ValueError(f"{kind} update: unknown fields {sorted(unknown)}")
+
+
+class SqliteStats:
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._db = connect(path, _SCHEMA)
+
+    # --- names -------------------------------------------------------------------------------
+    def assign_job_name(self, workspace: str, submission_id: str) -> str:
+        """The next job number of the workspace, or the one this submission already got."""
+        with transaction(self._db) as db:
+            row = db.execute("SELECT number FROM submissions WHERE workspace = ? AND submission_id = ?",
+                             (workspace, submission_id)).fetchone()
+            if row is None:
+                db.execute("INSERT INTO job_counters (workspace, last_number) VALUES (?, 1)"
+                           " ON CONFLICT (workspace) DO UPDATE SET last_number = last_number + 1", (workspace,))
+                number = db.execute("SELECT last_number FROM job_counters WHERE workspace = ?", (workspace,)).fetchone()[0]
+                db.execute("INSERT INTO submissions (workspace, submission_id, number) VALUES (?, ?, ?)",
+                           (workspace, submission_id, number))
+            else:
+                number = row[0]
+        return f"job{number}"
+
+    def find_job_by_submission(self, workspace: str, submission_id: str) -> Optional[str]:
+        row = self._db.execute("SELECT j.name FROM submissions s JOIN jobs j ON j.workspace = s.workspace AND j.number = s.number"
+                               " WHERE s.workspace = ? AND s.submission_id = ?", (workspace, submission_id)).fetchone()
+        return row[0] if row else None
+
+    # --- writes ------------------------------------------------------------------------------
+    def insert_job(self, job: Dict[str, Any]) -> None:
+        _check_columns("job", job, JOB_COLUMNS)
+        columns = [c for c in JOB_COLUMNS if c in job]
+        with transaction(self._db) as db:
+            db.execute(f"INSERT OR IGNORE INTO jobs ({','.join(columns)}) VALUES ({','.join('?' * len(columns))})",
+                       [_to_sql(c, job[c]) for c in columns])
+
+    def insert_runs(self, runs: Sequence[Dict[str, Any]]) -> None:
+        if not runs:
+            return
+        columns = [c for c in RUN_COLUMNS if c in runs[0]]
+        _check_columns("run", runs[0], RUN_COLUMNS)
+        sql = f"INSERT OR IGNORE INTO runs ({','.join(columns)}) VALUES ({','.join('?' * len(columns))})"
+        json_columns = [c in _JSON_COLUMNS for c in columns]
+        rows = ([_encode(run[c]).decode() if is_json else run[c] for c, is_json in zip(columns, json_columns)] for run in runs)
+        with transaction(self._db) as db:
+            db.executemany(sql, rows)
+
+    def update_job(self, workspace: str, job: str, changes: Dict[str, Any],
+                   *, only_if_status_in: Optional[Iterable[str]] = None) -> bool:
+        _check_columns("job", changes, JOB_COLUMNS)
+        return self._update("jobs", workspace, job, changes, only_if_status_in)
+
+    def update_run(self, workspace: str, run: str, changes: Dict[str, Any],
+                   *, only_if_status_in: Optional[Iterable[str]] = None) -> bool:
+        _check_columns("run", changes, RUN_COLUMNS)
+        return self._update("runs", workspace, run, changes, only_if_status_in)
+
+    def _update(self, table: str, workspace: str, name: str, changes: Dict[str, Any],
+                only_if_status_in: Optional[Iterable[str]]) -> bool:
+        columns = list(changes)
+        sql = f"UPDATE {table} SET {', '.join(f'{c} = ?' for c in columns)} WHERE workspace = ? AND name = ?"
+        params = [_to_sql(c, changes[c]) for c in columns] + [workspace, name]
+        if only_if_status_in is not None:
+            statuses = list(only_if_status_in)
+            sql += f" AND status IN ({','.join('?' * len(statuses))})"
+            params += statuses
+        with transaction(self._db) as db:
+            if db.execute(f"SELECT 1 FROM {table} WHERE workspace = ? AND name = ?", (workspace, name)).fetchone() is None:
+                raise NotFound(f"{table[:-1]} {name} not found in workspace {workspace}")
+            return db.execute(sql, params).rowcount > 0
+
+    def replace_metrics(self, workspace: str, run: str, records: Sequence[Dict[str, Any]]) -> None:
+        rows = [(workspace, run, seq, r.get("step"), r["name"], r["value"], r.get("time"))
+                for seq, r in enumerate(records)]
+        with transaction(self._db) as db:
+            db.execute("DELETE FROM metrics WHERE workspace = ? AND run = ?", (workspace, run))
+            db.executemany("INSERT INTO metrics (workspace, run, seq, step, name, value, time) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+    # --- reads -------------------------------------------------------------------------------
+    def get_job(self, workspace: str, job: str) -> Dict[str, Any]:
+        row = self._db.execute(f"SELECT {','.join(JOB_COLUMNS)} FROM jobs WHERE workspace = ? AND name = ?", (workspace, job)).fetchone()
+        if row is None:
+            raise NotFound(f"job {job} not found in workspace {workspace}")
+        return _from_row(JOB_COLUMNS, row)
+
+    def get_run(self, workspace: str, run: str) -> Dict[str, Any]:
+        row = self._db.execute(f"SELECT {','.join(RUN_COLUMNS)} FROM runs WHERE workspace = ? AND name = ?", (workspace, run)).fetchone()
+        if row is None:
+            raise NotFound(f"run {run} not found in workspace {workspace}")
+        return _from_row(RUN_COLUMNS, row)
+
+    def get_metrics(self, workspace: str, run: str) -> List[Dict[str, Any]]:
+        rows = self._db.execute("SELECT step, name, value, time FROM metrics WHERE workspace = ? AND run = ? ORDER BY seq",
+                                (workspace, run)).fetchall()
+        return [{"step": r[0], "name": r[1], "value": r[2], "time": r[3]} for r in rows]
+
+    def job_rollup(self, workspace: str, job: str) -> Dict[str, Any]:
+        rows = self._db.execute("SELECT status, count(*), min(started), max(ended) FROM runs"
+                                " WHERE workspace = ? AND job_number = ? GROUP BY status", (workspace, int(job[3:]))).fetchall()
+        starts = [r[2] for r in rows if r[2] is not None]
+        ends = [r[3] for r in rows if r[3] is not None]
+        return {"counts": {r[0]: r[1] for r in rows}, "started": min(starts) if starts else None,
+                "ended": max(ends) if ends else None}
+
+    def list_runs(self, workspace: str, *, job: Optional[str] = None, status: Optional[str] = None) -> List[Dict[str, Any]]:
+        sql = f"SELECT {','.join(RUN_COLUMNS)} FROM runs WHERE workspace = ?"
+        params: List[Any] = [workspace]
+        if job is not None:
+            sql += " AND job_number = ?"
+            params.append(int(job[3:]))
+        if status is not None:
+            sql += " AND status = ?"
+            params.append(status)
+        sql += " ORDER BY job_number, run_index"
+        return [_from_row(RUN_COLUMNS, row) for row in self._db.execute(sql, params)]
+
+    def list_jobs(self, workspace: str) -> List[Dict[str, Any]]:
+        rows = self._db.execute(f"SELECT {','.join(JOB_COLUMNS)} FROM jobs WHERE workspace = ? ORDER BY number", (workspace,))
+        return [_from_row(JOB_COLUMNS, row) for row in rows]

@@ -1,0 +1,45 @@
+"""Wires the ports once, from where the embedded default keeps its state (XT_HOME)."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+from xt_submit.ports import Ports
+
+
+def xt_home(configured: Optional[str] = None) -> Path:
+    """XT_HOME env > general.xt-home in config > the per-user data dir."""
+    home = os.environ.get("XT_HOME") or configured
+    if not home:
+        import platformdirs
+
+        home = platformdirs.user_data_dir("xt", appauthor=False)
+    return Path(home).expanduser().resolve()
+
+
+@dataclass(frozen=True)
+class Embedded:
+    """The embedded default's parts: the ports plus the queue and executor the local host drives."""
+
+    home: Path
+    ports: Ports
+    queue: object
+    compute: object
+
+
+def embedded(home: Path) -> Embedded:
+    from xt_submit.adapters.directory_storage import DirectoryStorage
+    from xt_submit.adapters.local_compute import LocalCompute
+    from xt_submit.adapters.queue_publisher import QueuePublisher
+    from xt_submit.adapters.sqlite_queue import SqliteQueue
+    from xt_submit.adapters.sqlite_stats import SqliteStats
+
+    home.mkdir(parents=True, exist_ok=True)
+    queue = SqliteQueue(str(home / "queue.db"))
+    compute = LocalCompute(str(home / "compute.db"))
+    ports = Ports(storage=DirectoryStorage(home / "storage"), stats=SqliteStats(str(home / "stats.db")),
+                  compute=compute, publisher=QueuePublisher(queue), clock=time.time)
+    return Embedded(home, ports, queue, compute)

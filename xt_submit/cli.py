@@ -1,0 +1,394 @@
+"""The `xt` command line (and `xt-submit`, which is `xt run`)."""
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import os
+import random
+import shlex
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from xt_submit import config as xt_config
+from xt_submit import layout, reports, run_log, sweep
+from xt_submit.messages import TERMINAL_STATUSES, ContractError
+
+EXIT_USAGE = 2
+
+
+class CliError(Exception):
+    """A one-line message for the user; exit status 2."""
+
+
+# --- argument parsing -------------------------------------------------------------------------
+def _run_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", help="compute target (config compute-targets)")
+    parser.add_argument("--workspace")
+    parser.add_argument("--experiment")
+    parser.add_argument("--runs", type=int, help="exactly this many runs")
+    parser.add_argument("--max-runs", type=int, help="at most this many runs")
+    parser.add_argument("--search-type", help="grid or random")
+    parser.add_argument("--hp-config", help="YAML file with hyperparameter-distributions")
+    parser.add_argument("--seed", type=int, help="seed for sampled hyperparameters")
+    parser.add_argument("--concurrent", type=int, help="runs at once on the target")
+    parser.add_argument("--max-time", type=float, help="seconds a run may take before it is stopped")
+    parser.add_argument("--tags", help="name[=value],... attached to the job and its runs")
+    parser.add_argument("--dry-run", action="store_true", help="print the planned runs, submit nothing")
+    parser.add_argument("--wait", action="store_true", help="follow the job until it ends; non-zero exit if a run fails")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("script", help="the script to run (a .py file, or a command)")
+    parser.add_argument("script_args", nargs=argparse.REMAINDER, help="its arguments; --name=[a,b] sweeps")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xt", description="XT: run and track ML experiments.")
+    parser.add_argument("--config", help="config file (default: ./xt_config.yaml, or $XT_CONFIG)")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    _run_parser(commands.add_parser("run", help="submit a job (a sweep of runs)"))
+
+    list_parser = commands.add_parser("list", help="list jobs or runs")
+    list_kinds = list_parser.add_subparsers(dest="kind", required=True, metavar="jobs|runs")
+    for kind in ("jobs", "runs"):
+        sub = list_kinds.add_parser(kind)
+        sub.add_argument("--workspace")
+        if kind == "runs":
+            sub.add_argument("--job")
+        sub.add_argument("--status", choices=["queued", "running", "completed", "error", "cancelled"])
+        sub.add_argument("--sort", help="column: a field, metrics.NAME, hparams.NAME, or a bare metric/hparam name")
+        sub.add_argument("--reverse", action="store_true")
+        sub.add_argument("--first", type=int)
+        sub.add_argument("--last", type=int)
+        sub.add_argument("--json", action="store_true")
+
+    view_parser = commands.add_parser("view", help="show a run, its log or its console output")
+    view_kinds = view_parser.add_subparsers(dest="kind", required=True, metavar="run|log|console|job")
+    for kind in ("run", "log", "console", "job"):
+        sub = view_kinds.add_parser(kind)
+        sub.add_argument("name")
+        sub.add_argument("--workspace")
+        sub.add_argument("--json", action="store_true")
+
+    cancel_parser = commands.add_parser("cancel", help="cancel runs or a whole job")
+    cancel_kinds = cancel_parser.add_subparsers(dest="kind", required=True, metavar="run|job")
+    for kind in ("run", "job"):
+        sub = cancel_kinds.add_parser(kind)
+        sub.add_argument("names", nargs="+")
+        sub.add_argument("--workspace")
+
+    serve_parser = commands.add_parser("serve", help="run the local host in the foreground")
+    serve_parser.add_argument("--idle-exit", type=float, help="stop after this many idle seconds")
+
+    config_parser = commands.add_parser("config", help="write a starter xt_config.yaml")
+    config_parser.add_argument("--create", action="store_true", required=True)
+    config_parser.add_argument("--path", default="xt_config.yaml")
+    return parser
+
+
+# --- shared helpers ---------------------------------------------------------------------------
+def _load(args: argparse.Namespace, overrides: Optional[Dict[str, Any]] = None):
+    workspace = getattr(args, "workspace", None)
+    overrides = dict(overrides or {})
+    if workspace is not None:
+        overrides["general.workspace"] = workspace
+    return xt_config.load_config(args.config, overrides)
+
+
+def _embedded(cfg):
+    from xt_submit.bootstrap import embedded, xt_home
+
+    return embedded(xt_home(cfg.general.xt_home))
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def _check_name(kind: str, value: str, pattern) -> str:
+    if not pattern.match(value):
+        raise CliError(f"{kind}: expected a name like {'job7' if kind == 'job' else 'run7.1'}, got {value!r}")
+    return value
+
+
+def _parse_tags(text: Optional[str]) -> Dict[str, str]:
+    tags: Dict[str, str] = {}
+    for item in filter(None, (t.strip() for t in (text or "").split(","))):
+        name, _, value = item.partition("=")
+        if not layout.NAME_PATTERN.match(name):
+            raise CliError(f"--tags: expected name[=value],..., got {item!r}")
+        tags[name] = value
+    return tags
+
+
+# --- xt run -----------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from xt_submit.manifest_rules import check_manifest, planned_hparams
+    from xt_submit.messages import JobManifest, JobSubmitted, SetupSpec
+
+    cfg = _load(args, {
+        "general.experiment": args.experiment, "xt-services.target": args.target,
+        "hyperparameter-search.search-type": args.search_type, "hyperparameter-search.max-runs": args.max_runs,
+        "hyperparameter-search.runs": args.runs, "hyperparameter-search.seed": args.seed,
+        "hyperparameter-search.hp-config": args.hp_config,
+    })
+    target_name = cfg.xt_services.target
+    target = cfg.compute_targets[target_name]
+    if target.service != "local":
+        raise CliError(f"--target: {target_name} is a {target.service!r} target; this install runs 'local' targets only")
+    concurrent = args.concurrent if args.concurrent is not None else target.concurrent
+    if concurrent < 1:
+        raise CliError(f"--concurrent: expected a whole number >= 1, got {concurrent}")
+
+    script = args.script
+    if script.endswith(".py") and not Path(script).is_file():
+        raise CliError(f"{script}: no such script")
+    fixed_args, space = sweep.split_script_args(args.script_args)
+    search = cfg.hyperparameter_search
+    if search.hp_config:
+        file_space = sweep.load_hp_config(search.hp_config)
+        space = {**file_space, **space}  # the command line wins over the file
+    base = ["python", script] if script.endswith(".py") else [script]
+    command = shlex.join(base + fixed_args)
+    setup = None
+    if target.setup:
+        entry = cfg.setups[target.setup]
+        setup = SetupSpec(activate=entry.activate, pip_packages=list(entry.pip_packages),
+                          conda_packages=list(entry.conda_packages), environment=dict(entry.environment))
+    manifest = JobManifest(
+        workspace=cfg.general.workspace, experiment=cfg.general.experiment, username=getpass.getuser(),
+        script=script, command=command, hp_space=space, search_type=search.search_type, runs=search.runs,
+        max_runs=search.max_runs, seed=search.seed if search.seed is not None else random.randrange(2**31),
+        target=target_name, concurrent=concurrent, max_time=args.max_time if args.max_time is not None else target.max_time,
+        setup=setup, after_dirs=list(cfg.after_files.after_dirs), after_omit=list(cfg.after_files.after_omit),
+        tags=_parse_tags(args.tags), primary_metric=cfg.general.primary_metric,
+        maximize_metric=cfg.general.maximize_metric, step_name=cfg.general.step_name)
+    check_manifest(manifest, "xt run")
+    plan = planned_hparams(manifest)
+
+    if args.dry_run:
+        planned = [{"index": k, "hparams": hp, "command": command + sweep.format_hparam_args(hp)}
+                   for k, hp in enumerate(plan, start=1)]
+        if args.json:
+            _print_json({"job": None, "runs": planned})
+        else:
+            print(f"dry run: {len(planned)} runs planned ({manifest.search_type} search), nothing submitted")
+            for entry in planned:
+                print(f"  {entry['index']:>4}  {entry['command']}")
+        return 0
+
+    from xt_submit import code_archive
+    from xt_submit.local_host import ensure_host
+
+    parts = _embedded(cfg)
+    snapshot = code_archive.snapshot_code(cfg.code.code_dirs, os.getcwd(), cfg.code.code_omit,
+                                          max_bytes=cfg.code.max_size_mb * 1024**2)
+    key = layout.code_key(snapshot.sha256)
+    if not parts.ports.storage.exists(key):  # content-addressed: an unchanged tree is stored once
+        parts.ports.storage.write(key, snapshot.data, overwrite=False)
+    import msgspec
+
+    manifest = msgspec.structs.replace(manifest, code_key=key, code_sha256=snapshot.sha256)
+    submission_id = uuid.uuid4().hex
+    parts.ports.publisher.send_job(JobSubmitted(submission_id=submission_id, manifest=manifest, submitted_at=time.time()))
+    ensure_host(parts.home)
+
+    job = _await_dispatch(parts, manifest.workspace, submission_id)
+    runs = [r["name"] for r in parts.ports.stats.list_runs(manifest.workspace, job=job)]
+    if args.json and not args.wait:
+        _print_json({"job": job, "runs": runs})
+    elif not args.json:
+        print(f"{job}: {len(runs)} runs queued on {target_name} ({runs[0]}..{runs[-1]})" if runs else f"{job}: no runs")
+    if not args.wait:
+        return 0
+    final = _follow(parts, manifest.workspace, job, len(runs), show_progress=not args.json)
+    if args.json:
+        _print_json({"job": job, "runs": runs, "status": final["status"], "counts": final["counts"]})
+    else:
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(final["counts"].items()))
+        print(f"{job}: {final['status']} ({counts})")
+    return 0 if final["status"] == "completed" else 1
+
+
+def _await_dispatch(parts, workspace: str, submission_id: str, timeout: float = 120.0) -> str:
+    from xt_submit.local_host import ensure_host
+
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while time.monotonic() < deadline:
+        job = parts.ports.stats.find_job_by_submission(workspace, submission_id)
+        if job:
+            return job
+        dead = parts.queue.peek("jobs/$DeadLetterQueue", limit=1000)
+        for entry in dead:
+            if submission_id.encode() in entry["body"]:
+                raise CliError(f"job rejected: {entry['reason']}")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+        ensure_host(parts.home)
+    raise CliError(f"submission {submission_id} was not dispatched within {timeout:.0f}s; see {parts.home / 'host.log'}")
+
+
+def _follow(parts, workspace: str, job: str, total: int, show_progress: bool) -> Dict[str, Any]:
+    from tqdm import tqdm
+    from xt_submit.local_host import ensure_host
+
+    bar = tqdm(total=total, unit="run", desc=job, disable=not show_progress, file=sys.stderr)
+    try:
+        while True:
+            record = parts.ports.stats.get_job(workspace, job)
+            done = sum(n for s, n in record["counts"].items() if s in TERMINAL_STATUSES)
+            bar.update(done - bar.n)
+            bar.set_postfix({s: n for s, n in sorted(record["counts"].items())}, refresh=False)
+            if record["status"] in TERMINAL_STATUSES:
+                return record
+            ensure_host(parts.home)
+            time.sleep(0.3)
+    finally:
+        bar.close()
+
+
+# --- reports ----------------------------------------------------------------------------------
+def cmd_list(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    stats = _embedded(cfg).ports.stats
+    ws = cfg.general.workspace
+    if args.kind == "runs":
+        if args.job:
+            _check_name("job", args.job, layout.JOB_PATTERN)
+        records = stats.list_runs(ws, job=args.job, status=args.status)
+        report = cfg.run_reports
+    else:
+        records = [j for j in stats.list_jobs(ws) if args.status in (None, j["status"])]
+        report = cfg.job_reports
+    sort = args.sort or (report.sort if report.sort != "name" else None)
+    if sort:
+        records = reports.sort_records(records, sort, args.reverse or report.reverse)
+    elif args.reverse or report.reverse:
+        records = records[::-1]
+    records = reports.select(records, args.first if args.first is not None else report.first,
+                             args.last if args.last is not None else report.last)
+    if args.kind == "runs":
+        if args.json:
+            _print_json([reports.run_json(r) for r in records])
+        else:
+            print(reports.format_table(records, reports.run_columns(records), report.precision) if records else "no runs")
+    else:
+        if args.json:
+            _print_json([reports.job_json(j) for j in records])
+        else:
+            for job in records:
+                job["completed"] = job["counts"].get("completed", 0)
+                job["error"] = job["counts"].get("error", 0)
+            columns = ["name", "experiment", "status", "run_count", "completed", "error", "target"]
+            print(reports.format_table(records, columns, report.precision) if records else "no jobs")
+    return 0
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    parts = _embedded(cfg)
+    ws = cfg.general.workspace
+    if args.kind == "job":
+        _check_name("job", args.name, layout.JOB_PATTERN)
+        job = reports.job_json(parts.ports.stats.get_job(ws, args.name))
+        _print_json(job) if args.json else print("\n".join(f"{k:>12}: {v}" for k, v in job.items()))
+        return 0
+    run = _check_name("run", args.name, layout.RUN_PATTERN)
+    storage = parts.ports.storage
+    if args.kind == "run":
+        record = reports.run_json(parts.ports.stats.get_run(ws, run))
+        prefix = layout.output_prefix(ws, run)
+        record["outputs"] = [k[len(prefix):] for k in storage.list(prefix)]
+        _print_json(record) if args.json else print("\n".join(f"{k:>12}: {v}" for k, v in record.items()))
+    elif args.kind == "log":
+        parts.ports.stats.get_run(ws, run)
+        records = run_log.parse(storage.read(layout.run_log_key(ws, run)))
+        if args.json:
+            _print_json(records)
+        else:
+            for entry in records:
+                stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry["time"]))
+                print(f"{stamp}  {entry['event']:<10} {json.dumps(entry['data'], default=str)}")
+    else:
+        parts.ports.stats.get_run(ws, run)
+        key = layout.console_key(ws, run)
+        sys.stdout.write(storage.read(key).decode("utf-8", "replace") if storage.exists(key) else "")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from xt_submit.local_host import ensure_host
+    from xt_submit.messages import CancelRequested
+
+    cfg = _load(args)
+    parts = _embedded(cfg)
+    ws = cfg.general.workspace
+    by_job: Dict[str, List[str]] = {}
+    for name in args.names:
+        if args.kind == "run":
+            _check_name("run", name, layout.RUN_PATTERN)
+            parts.ports.stats.get_run(ws, name)
+            by_job.setdefault(layout.job_of_run(name), []).append(name)
+        else:
+            _check_name("job", name, layout.JOB_PATTERN)
+            parts.ports.stats.get_job(ws, name)
+            by_job[name] = []
+    now = time.time()
+    parts.ports.publisher.send_events([CancelRequested(workspace=ws, job=job, runs=runs, requested_at=now)
+                                       for job, runs in by_job.items()])
+    ensure_host(parts.home)
+    print(f"cancel requested: {', '.join(args.names)}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from xt_submit.bootstrap import xt_home
+    from xt_submit.local_host import run_host
+
+    cfg = _load(args)
+    home = xt_home(cfg.general.xt_home)
+    print(f"xt host serving {home} (Ctrl-C to stop)", file=sys.stderr)
+    if run_host(home, idle_exit_seconds=args.idle_exit) == 1:
+        raise CliError(f"another xt host is already serving {home}")
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    xt_config.write_starter_config(args.path)
+    print(f"wrote {args.path}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "list": cmd_list, "view": cmd_view, "cancel": cmd_cancel, "serve": cmd_serve,
+            "config": cmd_config}
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from xt_submit.code_archive import ArchiveError
+    from xt_submit.ports import NotFound
+
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (CliError, xt_config.ConfigError, sweep.SweepError, ContractError, ArchiveError, reports.ReportError) as exc:
+        print(f"xt: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except NotFound as exc:
+        print(f"xt: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("xt: interrupted (runs already submitted keep going)", file=sys.stderr)
+        return 130
+
+
+def submit_main(argv: Optional[List[str]] = None) -> int:
+    """`xt-submit ARGS` is `xt run ARGS`."""
+    return main(["run", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,481 @@
+"""Layered configuration: built-in defaults < xt_config.yaml < command-line overrides.
+
+The file is `--config PATH`, else $XT_CONFIG, else `xt_config.yaml` in the working directory.
+Sections merge with the defaults key by key, and a dict under a key (say compute-targets.local)
+one level deeper; lists and scalars replace. Every problem becomes a one-line ConfigError,
+`<source>: <dotted.path>: <what was expected>`, because it is shown to a person at the CLI.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+import msgspec
+
+from .layout import NAME_PATTERN
+
+CONFIG_FILE_NAME = "xt_config.yaml"
+CONFIG_ENV_VAR = "XT_CONFIG"
+COMMAND_LINE = "command line"
+EMBEDDED = "embedded"
+
+PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class ConfigError(ValueError):
+    """A configuration problem, as one line naming its source and dotted path."""
+
+
+class _Section(msgspec.Struct, rename="kebab", forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class General(_Section):
+    workspace: str = "ws1"
+    experiment: str = "exper1"
+    primary_metric: str = "loss"
+    maximize_metric: bool = False
+    step_name: str = "step"
+    authentication: Literal["auto", "browser", "device-code", "service-principal"] = "auto"
+    xt_home: str | None = None  # None: the per-user platformdirs folder
+
+
+class XtServices(_Section):
+    # Each names "embedded" or an external-services entry; target names a compute target.
+    storage: str = EMBEDDED
+    stats: str = EMBEDDED
+    queue: str = EMBEDDED
+    target: str = "local"
+
+
+class ComputeTarget(_Section):
+    service: Literal["local", "pool", "batch"]
+    concurrent: PositiveInt = 1  # one run per pool/batch node unless asked; local says 2
+    setup: str | None = None
+    boxes: list[str] = []
+    vm_size: str | None = None
+    image: str | None = None
+    nodes: PositiveInt | None = None
+    low_pri: bool = False
+    max_time: Annotated[float, msgspec.Meta(gt=0)] | None = None  # seconds
+
+
+class Setup(_Section):
+    activate: str | None = None
+    pip_packages: list[str] = []
+    conda_packages: list[str] = []
+    environment: dict[str, str] = {}
+
+
+class Code(_Section):
+    code_dirs: list[str] = msgspec.field(default_factory=lambda: ["."])
+    code_omit: list[str] = []
+    max_size_mb: PositiveInt = 500
+
+
+class AfterFiles(_Section):
+    after_dirs: list[str] = msgspec.field(default_factory=lambda: ["output/**"])
+    after_omit: list[str] = []
+
+
+class HyperparameterSearch(_Section):
+    search_type: Literal["grid", "random"] = "grid"
+    max_runs: PositiveInt | None = None
+    runs: PositiveInt | None = None
+    seed: int | None = None
+    hp_config: str | None = None
+
+
+class RunReports(_Section):
+    columns: list[str] = msgspec.field(
+        default_factory=lambda: ["name", "job", "status", "exit_code", "duration", "hparams.*", "metrics.*"]
+    )
+    sort: str = "name"
+    reverse: bool = False
+    precision: Annotated[int, msgspec.Meta(ge=0)] = 4
+    max_width: PositiveInt = 30
+    first: PositiveInt | None = None
+    last: PositiveInt | None = None
+
+
+class JobReports(_Section):
+    columns: list[str] = msgspec.field(
+        default_factory=lambda: ["name", "workspace", "experiment", "status", "runs", "completed", "error", "created"]
+    )
+    sort: str = "name"
+    reverse: bool = False
+    precision: Annotated[int, msgspec.Meta(ge=0)] = 4
+    first: PositiveInt | None = None
+    last: PositiveInt | None = None
+
+
+class Box(_Section):
+    address: str
+    max_runs: PositiveInt = 1
+    setup: str | None = None
+    key: str | None = None
+    host_key: str | None = None
+
+
+class Config(_Section):
+    general: General = msgspec.field(default_factory=General)
+    xt_services: XtServices = msgspec.field(default_factory=XtServices)
+    # Free-form per service kind for now; each entry must still say its `type`.
+    external_services: dict[str, dict[str, Any]] = {}
+    compute_targets: dict[str, ComputeTarget] = msgspec.field(
+        default_factory=lambda: {"local": ComputeTarget(service="local", concurrent=2)}
+    )
+    setups: dict[str, Setup] = {}
+    code: Code = msgspec.field(default_factory=Code)
+    after_files: AfterFiles = msgspec.field(default_factory=AfterFiles)
+    hyperparameter_search: HyperparameterSearch = msgspec.field(default_factory=HyperparameterSearch)
+    run_reports: RunReports = msgspec.field(default_factory=RunReports)
+    job_reports: JobReports = msgspec.field(default_factory=JobReports)
+    boxes: dict[str, Box] = {}
+
+
+# ----------------------------------------------------------------------------- public API
+
+
+def load_config(
+    config_path: str | os.PathLike | None = None,
+    overrides: dict[str, object] | None = None,
+    cwd: str | os.PathLike | None = None,
+) -> Config:
+    """Defaults, then the config file (if any), then `overrides` (dotted path -> value; None skipped)."""
+    cfg = Config()
+    path, label = _find_config_file(config_path, cwd)
+    if path is not None:
+        cfg = _validate(_merge_file(default_config_dict(), _read_yaml_mapping(path, label)), label)
+    given = {dotted: value for dotted, value in (overrides or {}).items() if value is not None}
+    if given:
+        # The file already passed on its own, so anything failing now came from the command line.
+        cfg = _validate(_apply_overrides(config_to_dict(cfg), given), COMMAND_LINE)
+    return cfg
+
+
+def default_config_dict() -> dict:
+    return config_to_dict(Config())
+
+
+def config_to_dict(cfg: Config) -> dict:
+    return msgspec.to_builtins(cfg)
+
+
+def starter_config_text() -> str:
+    return _STARTER_TEXT
+
+
+def write_starter_config(path: str | os.PathLike) -> None:
+    try:
+        with open(path, "x", encoding="utf-8") as out:  # "x": never clobber someone's settings
+            out.write(_STARTER_TEXT)
+    except FileExistsError:
+        raise ConfigError(f"{os.fspath(path)}: already exists; not overwriting it") from None
+    except OSError as exc:
+        raise ConfigError(f"{os.fspath(path)}: cannot write ({exc.strerror or exc})") from None
+
+
+# ----------------------------------------------------------------------------- finding and reading
+
+
+def _find_config_file(config_path, cwd) -> tuple[Path | None, str]:
+    base = Path(cwd) if cwd is not None else Path.cwd()
+    if config_path:
+        named, named_by = os.fspath(config_path), "--config"
+    elif os.environ.get(CONFIG_ENV_VAR):
+        named, named_by = os.environ[CONFIG_ENV_VAR], CONFIG_ENV_VAR
+    else:
+        path = base / CONFIG_FILE_NAME
+        return (path if path.exists() else None), CONFIG_FILE_NAME
+    path = base / Path(named).expanduser()  # an absolute path ignores base
+    if not path.exists():
+        raise ConfigError(f"{named}: config file not found (named by {named_by})")
+    return path, named
+
+
+def _read_yaml_mapping(path: Path, label: str) -> dict:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{label}: cannot read ({exc.strerror or exc})") from None
+    import yaml  # lazily: most CLI calls have no config file, and the import is not free
+
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    try:
+        data = yaml.load(raw, Loader=loader)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{label}: {_yaml_problem(exc)}") from None
+    if data is None:  # empty or all comments
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{label}: expected a mapping of sections at the top level, got {_kind(data)}")
+    return data
+
+
+def _yaml_problem(exc: Exception) -> str:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or str(exc)
+    problem = problem.splitlines()[0] if problem.strip() else "invalid YAML"
+    return f"line {mark.line + 1}: {problem}" if mark is not None else problem
+
+
+# ----------------------------------------------------------------------------- layering
+
+
+def _merge_file(merged: dict, file_data: dict) -> dict:
+    """Merge the file into (a fresh copy of) the defaults, in place."""
+    for section, value in file_data.items():
+        base = merged.get(section)
+        if value is None and isinstance(base, dict):
+            continue  # `section:` with every key commented out means "keep the defaults"
+        if not (isinstance(base, dict) and isinstance(value, dict)):
+            merged[section] = value
+            continue
+        for key, item in value.items():
+            inner = base.get(key)
+            if isinstance(inner, dict) and isinstance(item, dict):
+                inner.update(item)
+            else:
+                base[key] = item
+    return merged
+
+
+def _apply_overrides(merged: dict, overrides: dict[str, object]) -> dict:
+    for dotted, value in overrides.items():
+        keys = str(dotted).split(".")
+        if not all(keys):
+            raise ConfigError(f"{COMMAND_LINE}: {dotted!r}: expected a dotted path such as general.workspace")
+        node = merged
+        for key in keys[:-1]:
+            child = node.get(key)
+            if not isinstance(child, dict):
+                # Validation then reports the real clash, e.g. "general.workspace: expected str".
+                child = node[key] = {}
+            node = child
+        node[keys[-1]] = value
+    return merged
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _validate(merged: dict, source: str) -> Config:
+    try:
+        cfg = msgspec.convert(merged, Config)
+    except msgspec.ValidationError as exc:
+        # msgspec hides dict keys ("$.compute-targets[...]") and lists no alternatives, so
+        # walk the data ourselves to say exactly where and what.
+        problem = _structural_problem(merged, Config, "") or _readable(str(exc), "", None)
+        raise ConfigError(f"{source}: {problem}") from None
+    problem = next(_reference_problems(cfg), None)
+    if problem:
+        raise ConfigError(f"{source}: {problem}")
+    return cfg
+
+
+def _structural_problem(value: Any, typ: Any, path: str) -> str | None:
+    """The first `path: problem` for `value` against `typ`, or None if it converts."""
+    if isinstance(typ, type) and issubclass(typ, msgspec.Struct):
+        if not isinstance(value, dict):
+            return f"{path}: expected mapping, got {_kind(value)}"
+        fields = {f.encode_name: f for f in msgspec.structs.fields(typ)}
+        for key in value:
+            if key not in fields:
+                what = "key" if path else "section"
+                return f"{_join(path, key)}: unknown {what} (expected one of {', '.join(sorted(fields))})"
+        for name, field in fields.items():
+            if field.required and name not in value:
+                return f"{_join(path, name)}: required key missing"
+        for key, item in value.items():
+            problem = _structural_problem(item, fields[key].type, _join(path, key))
+            if problem:
+                return problem
+        return None
+    if get_origin(typ) is dict:
+        if not isinstance(value, dict):
+            return f"{path}: expected mapping, got {_kind(value)}"
+        item_type = get_args(typ)[1]
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"{path}: expected text keys, got {_kind(key)} {_show(key)}"
+            problem = _structural_problem(item, item_type, _join(path, key))
+            if problem:
+                return problem
+        return None
+    try:
+        msgspec.convert(value, typ)
+    except msgspec.ValidationError as exc:
+        if get_origin(typ) is Literal:
+            return f"{path}: expected one of {', '.join(get_args(typ))}, got {_show(value)}"
+        return _readable(str(exc), path, value)
+    return None
+
+
+def _readable(text: str, path: str, value: Any) -> str:
+    """'Expected `int` >= 1 - at `$[2]`' -> 'path[2]: expected int >= 1, got 0'."""
+    message, _, where = text.splitlines()[0].partition(" - at `")
+    where = where.rstrip("`").removeprefix("$")
+    message = re.sub(r"`([^`]*)`", lambda m: _plain_type_words(m.group(1)), message)
+    message = message[:1].lower() + message[1:]
+    if ", got " not in message and not where:  # constraint failures do not say what they got
+        message += f", got {_show(value)}"
+    return f"{path}{where}: {message}" if path or where else message
+
+
+def _plain_type_words(msgspec_types: str) -> str:
+    words = {"object": "mapping", "array": "list"}
+    return " or ".join(words.get(word, word) for word in msgspec_types.split(" | "))
+
+
+def _reference_problems(cfg: Config):
+    """Checks that span keys: names that must exist, names that become storage paths."""
+    for key in ("workspace", "experiment"):
+        name = getattr(cfg.general, key)
+        if not NAME_PATTERN.match(name):
+            yield (
+                f"general.{key}: expected a name of letters, digits, '_' or '-' starting with a letter "
+                f"(at most 63 characters), got {_show(name)}"
+            )
+    for name, service in cfg.external_services.items():
+        if "type" not in service:
+            yield f"external-services.{name}.type: required key missing"
+        elif not isinstance(service["type"], str):
+            yield f"external-services.{name}.type: expected str, got {_kind(service['type'])}"
+    for role in ("storage", "stats", "queue"):
+        chosen = getattr(cfg.xt_services, role)
+        if chosen != EMBEDDED and chosen not in cfg.external_services:
+            yield (
+                f"xt-services.{role}: expected {EMBEDDED!r} or an external-services name "
+                f"({_names(cfg.external_services)}), got {_show(chosen)}"
+            )
+    if cfg.xt_services.target not in cfg.compute_targets:
+        yield (
+            f"xt-services.target: expected a compute-targets name ({_names(cfg.compute_targets)}), "
+            f"got {_show(cfg.xt_services.target)}"
+        )
+    for section, entries in (("compute-targets", cfg.compute_targets), ("boxes", cfg.boxes)):
+        for name, entry in entries.items():
+            if entry.setup is not None and entry.setup not in cfg.setups:
+                yield (
+                    f"{section}.{name}.setup: expected a setups name ({_names(cfg.setups)}), "
+                    f"got {_show(entry.setup)}"
+                )
+
+
+# ----------------------------------------------------------------------------- small helpers
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, dict):
+        return "mapping"
+    if isinstance(value, (list, tuple)):
+        return "list"
+    return type(value).__name__
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    text = repr(value)  # repr keeps it on one line
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _names(entries: dict) -> str:
+    return "one of " + ", ".join(sorted(entries)) if entries else "none defined"
+
+
+# Kept as literal text so it reads as a hand-written file; a test checks it loads to the defaults.
+_STARTER_TEXT = """\
+# XT configuration. Precedence: built-in defaults < this file < command-line options.
+# XT reads ./xt_config.yaml, or the file named by --config or $XT_CONFIG.
+# Sections merge with the defaults key by key (entries such as compute-targets.local one level
+# deeper); lists and single values replace. Keys you delete keep their default values.
+
+general:
+  workspace: ws1              # storage area for jobs and runs (letters, digits, _ or -)
+  experiment: exper1          # label that groups related jobs in reports
+  primary-metric: loss        # metric used to rank runs
+  maximize-metric: false      # true when a higher primary-metric is better
+  step-name: step             # metric that counts training progress
+  authentication: auto        # auto | browser | device-code | service-principal
+  xt-home: null               # local XT data folder; null: the per-user default folder
+
+xt-services:                  # each is "embedded" (local) or a name from external-services
+  storage: embedded           # experiment storage: code, logs, outputs
+  stats: embedded             # index of jobs, runs, hparams and metrics for reports
+  queue: embedded             # queue that carries jobs and run events
+  target: local               # compute target used when a command names none
+
+external-services: {}         # name -> settings of a cloud service; each needs a `type`
+#  mystore:
+#    type: storage
+
+compute-targets:              # name -> where runs execute
+  local:
+    service: local            # local | pool | batch
+    concurrent: 2             # runs at once on each node (pool/batch default: 1)
+#    setup: mysetup           # setups entry that prepares the node
+#  gpu:
+#    service: batch
+#    vm-size: Standard_NC6    # machine size
+#    image: my-image          # machine or container image
+#    nodes: 2                 # number of nodes
+#    low-pri: true            # use cheaper, preemptible nodes
+#    max-time: 3600           # seconds a run may take before it is stopped
+#    boxes: [mybox]           # pool only: boxes to run on
+
+setups: {}                    # name -> how to prepare a node before its runs
+#  mysetup:
+#    activate: null           # command run first, e.g. to activate an environment
+#    pip-packages: [numpy]    # installed with pip
+#    conda-packages: []       # installed with conda
+#    environment: {OMP_NUM_THREADS: "1"}   # environment variables for each run
+
+code:
+  code-dirs: ["."]            # folders packed into the job's code snapshot
+  code-omit: []               # glob patterns left out of the snapshot
+  max-size-mb: 500            # refuse a snapshot larger than this
+
+after-files:
+  after-dirs: ["output/**"]   # files captured from each run when it ends
+  after-omit: []              # glob patterns not captured
+
+hyperparameter-search:
+  search-type: grid           # grid: every combination | random: sampled combinations
+  max-runs: null              # upper limit on runs in a job; null: no limit
+  runs: null                  # runs to create; null: as many as the search yields
+  seed: null                  # random-search seed; null: a fresh one each job
+  hp-config: null             # YAML file of hyperparameter values to search
+
+run-reports:                  # run listings
+  columns: [name, job, status, exit_code, duration, "hparams.*", "metrics.*"]
+  sort: name                  # column to sort by
+  reverse: false              # true: sort descending
+  precision: 4                # decimal places shown for floats
+  max-width: 30               # longer values are cut to this width
+  first: null                 # show only the first N rows; null: all
+  last: null                  # show only the last N rows; null: all
+
+job-reports:                  # job listings
+  columns: [name, workspace, experiment, status, runs, completed, error, created]
+  sort: name                  # column to sort by
+  reverse: false              # true: sort descending
+  precision: 4                # decimal places shown for floats
+  first: null                 # show only the first N rows; null: all
+  last: null                  # show only the last N rows; null: all
+
+boxes: {}                     # name -> a machine runs can be sent to over SSH
+#  mybox:
+#    address: user@host       # host name or user@host
+#    max-runs: 1              # runs at once on this box
+#    setup: null              # setups entry that prepares the box
+#    key: null                # SSH private key file
+#    host-key: null           # expected SSH host key
+"""

@@ -1,0 +1,85 @@
+"""Where things live in experiment storage (one place, so every adapter and handler agrees).
+
+    code/<sha256>.zip                                  content-hashed code snapshot (shared by jobs)
+    uploads/<name>.zip                                 zips dropped by other systems
+    workspaces/<ws>/jobs/<job>/xt_manifest.json        the job's manifest
+    workspaces/<ws>/jobs/<job>/job_log.jsonl           job events
+    workspaces/<ws>/runs/<run>/run_log.jsonl           run events: created, queued, started, hparams, metrics, ended
+    workspaces/<ws>/runs/<run>/console.txt             the run's stdout and stderr
+    workspaces/<ws>/runs/<run>/live/...                the output dir, synced while the run is alive
+    workspaces/<ws>/runs/<run>/output/...              final outputs (after-dirs), captured at the end
+    workspaces/<ws>/runs/<run>/checkpoint.json         the last Run.set_checkpoint()
+    workspaces/<ws>/runs/<run>/run_stats.json          final status, hparams, last metrics, output list
+"""
+from __future__ import annotations
+
+import re
+
+NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
+JOB_PATTERN = re.compile(r"^job[1-9][0-9]*$")
+RUN_PATTERN = re.compile(r"^run[1-9][0-9]*\.[1-9][0-9]*$")
+UPLOADS_PREFIX = "uploads/"
+
+
+def code_key(sha256: str) -> str:
+    return f"code/{sha256}.zip"
+
+
+def job_prefix(workspace: str, job: str) -> str:
+    return f"workspaces/{workspace}/jobs/{job}/"
+
+
+def manifest_key(workspace: str, job: str) -> str:
+    return job_prefix(workspace, job) + "xt_manifest.json"
+
+
+def job_log_key(workspace: str, job: str) -> str:
+    return job_prefix(workspace, job) + "job_log.jsonl"
+
+
+def run_prefix(workspace: str, run: str) -> str:
+    return f"workspaces/{workspace}/runs/{run}/"
+
+
+def run_log_key(workspace: str, run: str) -> str:
+    return run_prefix(workspace, run) + "run_log.jsonl"
+
+
+def console_key(workspace: str, run: str) -> str:
+    return run_prefix(workspace, run) + "console.txt"
+
+
+def live_prefix(workspace: str, run: str) -> str:
+    return run_prefix(workspace, run) + "live/"
+
+
+def output_prefix(workspace: str, run: str) -> str:
+    return run_prefix(workspace, run) + "output/"
+
+
+def checkpoint_key(workspace: str, run: str) -> str:
+    return run_prefix(workspace, run) + "checkpoint.json"
+
+
+def run_stats_key(workspace: str, run: str) -> str:
+    return run_prefix(workspace, run) + "run_stats.json"
+
+
+def job_name(number: int) -> str:
+    return f"job{number}"
+
+
+def run_name(job_number: int, index: int) -> str:
+    return f"run{job_number}.{index}"
+
+
+def job_of_run(run: str) -> str:
+    """run42.3 -> job42"""
+    return "job" + run[3:].split(".", 1)[0]
+
+
+def check_name(kind: str, value: str) -> str:
+    """Workspace and experiment names become path segments: letters, digits, '_' and '-' only."""
+    if not isinstance(value, str) or not NAME_PATTERN.match(value):
+        raise ValueError(f"{kind}: expected a name of letters, digits, '_' or '-' starting with a letter, got {value!r}")
+    return value

@@ -1,0 +1,194 @@
+"""The local host: the embedded default's stand-in for Azure Functions.
+
+Drains the jobs and events queues into the handlers, watches the uploads area, and drives the
+local executor. One host per XT_HOME (an flock guards it); `xt run` starts one on demand and it
+exits after a while with nothing to do; `xt serve` runs it in the foreground.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+import handlers
+from xt_submit import layout
+from xt_submit.adapters.local_compute import LocalExecutor
+from xt_submit.adapters.queue_publisher import EVENTS_QUEUE, JOBS_QUEUE
+from xt_submit.adapters.sqlite_queue import ReceivedMessage
+from xt_submit.bootstrap import Embedded, embedded
+from xt_submit.code_archive import ArchiveError
+from xt_submit.messages import (CancelRequested, ContractError, JobSubmitted, RunFinished, RunStarted,
+                                UploadReceived, decode_event)
+from xt_submit.ports import NotFound, Ports
+
+LOCK_FILE = "host.lock"
+HANDLERS: Dict[type, Callable] = {
+    JobSubmitted: handlers.dispatch_job,
+    RunStarted: handlers.run_started,
+    RunFinished: handlers.run_finished,
+    CancelRequested: handlers.cancel_runs,
+    UploadReceived: handlers.accept_upload,
+}
+# Errors no redelivery can fix: dead-letter at once, with the reason.
+PERMANENT_ERRORS = (ContractError, ArchiveError, NotFound)
+
+log = logging.getLogger("xt.host")
+
+
+def handle(body: bytes, ports: Ports):
+    """Decode one message and apply its handler."""
+    event = decode_event(body)
+    return event, HANDLERS[type(event)](event, ports)
+
+
+def _audit_fields(event) -> dict:
+    fields = {"event": type(event).__name__}
+    for name in ("workspace", "job", "run"):
+        if hasattr(event, name):
+            fields[name] = getattr(event, name)
+    if isinstance(event, JobSubmitted):
+        fields["workspace"] = event.manifest.workspace
+    return fields
+
+
+class LocalHost:
+    def __init__(self, parts: Embedded, *, idle_exit_seconds: Optional[float] = None, poll_seconds: float = 0.2) -> None:
+        self.parts = parts
+        self.ports = parts.ports
+        self.queue = parts.queue
+        self.executor = LocalExecutor(parts.compute, parts.home, self._publish_finished)
+        self.idle_exit_seconds = idle_exit_seconds
+        self.poll_seconds = poll_seconds
+        self._uploads_checked = 0.0
+        self._seen_uploads_path = parts.home / "uploads_seen.json"
+
+    def _publish_finished(self, message: RunFinished) -> None:
+        self.ports.publisher.send_events([message])
+
+    def process(self, message: ReceivedMessage) -> None:
+        started = time.monotonic()
+        audit = {"queue": message.queue, "delivery": message.delivery_count}
+        try:
+            event, _ = handle(message.body, self.ports)
+            audit.update(_audit_fields(event), outcome="ok")
+            self.queue.complete(message)
+        except PERMANENT_ERRORS as exc:
+            audit.update(outcome="dead-lettered", reason=str(exc))
+            self.queue.dead_letter(message, str(exc))
+        except Exception as exc:  # transient until proven otherwise: retry, up to the delivery limit
+            audit.update(outcome="abandoned", reason=f"{type(exc).__name__}: {exc}")
+            self.queue.abandon(message, audit["reason"])
+        audit["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
+        log.info(json.dumps(audit, default=str))
+
+    def step(self) -> bool:
+        """One pass over everything; True if anything happened."""
+        busy = False
+        for queue_name in (JOBS_QUEUE, EVENTS_QUEUE):
+            for message in self.queue.receive(queue_name, max_messages=32):
+                self.process(message)
+                busy = True
+        busy |= self._watch_uploads()
+        busy |= self.executor.poll()
+        return busy
+
+    def _watch_uploads(self) -> bool:
+        """The embedded Event Grid: each new zip under uploads/ becomes an UploadReceived."""
+        now = time.time()
+        if now - self._uploads_checked < 1.0:
+            return False
+        self._uploads_checked = now
+        keys = [k for k in self.ports.storage.list(layout.UPLOADS_PREFIX) if k.endswith(".zip")]
+        if not keys:
+            return False
+        try:
+            seen = set(json.loads(self._seen_uploads_path.read_text()))
+        except (OSError, ValueError):
+            seen = set()
+        new = [k for k in keys if k not in seen]
+        for key in new:
+            self.ports.publisher.send_job(UploadReceived(upload_key=key, received_at=now))
+        if new:
+            tmp = self._seen_uploads_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(sorted(seen | set(new))))
+            os.replace(tmp, self._seen_uploads_path)
+        return bool(new)
+
+    def has_work(self) -> bool:
+        return (self.queue.count(JOBS_QUEUE) + self.queue.count(EVENTS_QUEUE) > 0
+                or self.parts.compute.active_count() > 0)
+
+    def serve(self, should_stop: Callable[[], bool] = lambda: False) -> None:
+        idle_since = time.monotonic()
+        while not should_stop():
+            if self.step():
+                idle_since = time.monotonic()
+                continue
+            if self.has_work():
+                idle_since = time.monotonic()
+            elif self.idle_exit_seconds is not None and time.monotonic() - idle_since > self.idle_exit_seconds:
+                return
+            time.sleep(self.poll_seconds)
+
+
+class HostLock:
+    """An exclusive flock on XT_HOME/host.lock, held for the host's life."""
+
+    def __init__(self, home: Path) -> None:
+        home.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+
+    def acquire(self) -> bool:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+
+    def release(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
+def host_running(home: Path) -> bool:
+    lock = HostLock(home)
+    if lock.acquire():
+        lock.release()
+        return False
+    return True
+
+
+def run_host(home: Path, *, idle_exit_seconds: Optional[float]) -> int:
+    """Serve until idle (or forever). Returns 0, or 1 if another host holds the lock."""
+    lock = HostLock(home)
+    if not lock.acquire():
+        return 1
+    logging.basicConfig(filename=str(home / "host.log"), level=logging.INFO, format="%(asctime)s %(message)s")
+    host = LocalHost(embedded(home), idle_exit_seconds=idle_exit_seconds)
+    while True:
+        host.serve()
+        # Close the race with a client that enqueued while we decided to stop: it saw the lock held
+        # and started nobody, so look once more after letting go.
+        lock.release()
+        if not host.has_work() or not lock.acquire():
+            return 0
+
+
+def ensure_host(home: Path, idle_exit_seconds: float = 10.0) -> None:
+    """Start a background host for this XT_HOME unless one is running."""
+    if host_running(home):
+        return
+    log_file = open(home / "host.out", "ab")
+    subprocess.Popen([sys.executable, "-m", "xt_submit.local_host", str(home), str(idle_exit_seconds)],
+                     stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                     start_new_session=True, env=dict(os.environ, XT_HOME=str(home)))
+    log_file.close()
+
+
+if __name__ == "__main__":
+    sys.exit(run_host(Path(sys.argv[1]), idle_exit_seconds=float(sys.argv[2]) if len(sys.argv) > 2 else None))

@@ -1,0 +1,185 @@
+"""Message contracts: the job manifest and the events that move through the queues.
+
+Every message carries a `version` and is decoded strictly (unknown fields and wrong types are
+rejected), so a malformed or foreign message is dead-lettered with a reason instead of half-applied.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Dict, List, Optional, Union
+
+import msgspec
+
+CONTRACT_VERSION = 1
+
+# Run statuses, in the only order a run may move through them (terminal ones share a rank).
+QUEUED, RUNNING, COMPLETED, ERROR, CANCELLED = "queued", "running", "completed", "error", "cancelled"
+TERMINAL_STATUSES = frozenset({COMPLETED, ERROR, CANCELLED})
+STATUS_RANK = {QUEUED: 0, RUNNING: 1, COMPLETED: 2, ERROR: 2, CANCELLED: 2}
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+class SetupSpec(_Strict, kw_only=True):
+    activate: Optional[str] = None
+    pip_packages: List[str] = []
+    conda_packages: List[str] = []
+    environment: Dict[str, str] = {}
+
+
+class JobManifest(_Strict, kw_only=True):
+    """What `xt run` (or an uploaded zip's xt_manifest.json) asks for. No secrets, ever."""
+
+    version: int = CONTRACT_VERSION
+    workspace: str
+    experiment: str
+    username: str = ""
+    script: str
+    command: str  # the base command; each run appends " --name=value" per hparam
+    code_key: str = ""  # storage key of the content-hashed code zip (set by the submitter)
+    code_sha256: str = ""
+    hp_space: Dict[str, Any] = {}
+    search_type: str = "grid"
+    runs: Optional[int] = None
+    max_runs: Optional[int] = None
+    seed: int = 0
+    target: str = "local"
+    concurrent: int = 2
+    max_time: Optional[float] = None
+    setup: Optional[SetupSpec] = None
+    after_dirs: List[str] = msgspec.field(default_factory=lambda: ["output/**"])
+    after_omit: List[str] = []
+    tags: Dict[str, str] = {}
+    primary_metric: str = "loss"
+    maximize_metric: bool = False
+    step_name: str = "step"
+
+
+class JobSubmitted(_Strict, tag="job_submitted", kw_only=True):
+    version: int = CONTRACT_VERSION
+    submission_id: str  # idempotency key: a redelivery maps to the same job name
+    manifest: JobManifest
+    submitted_at: float
+
+
+class RunStarted(_Strict, tag="run_started", kw_only=True):
+    version: int = CONTRACT_VERSION
+    workspace: str
+    job: str
+    run: str
+    node_id: str
+    started_at: float
+
+
+class RunFinished(_Strict, tag="run_finished", kw_only=True):
+    version: int = CONTRACT_VERSION
+    workspace: str
+    job: str
+    run: str
+    node_id: str
+    status: str  # completed | error | cancelled, as the node saw it
+    exit_code: Optional[int]
+    started_at: float
+    ended_at: float
+    reason: str = ""
+    metrics: Dict[str, Any] = {}  # last value of each metric, as the node saw them
+
+
+class CancelRequested(_Strict, tag="cancel_requested", kw_only=True):
+    version: int = CONTRACT_VERSION
+    workspace: str
+    job: str
+    runs: List[str] = []  # empty: every run of the job
+    requested_at: float
+
+
+class UploadReceived(_Strict, tag="upload_received", kw_only=True):
+    """A zip dropped into the uploads area (the blob trigger's event, or the local drop)."""
+
+    version: int = CONTRACT_VERSION
+    upload_key: str
+    received_at: float
+
+
+Event = Union[JobSubmitted, RunStarted, RunFinished, CancelRequested, UploadReceived]
+
+_encoder = msgspec.json.Encoder()
+_event_decoder = msgspec.json.Decoder(Event)
+_manifest_decoder = msgspec.json.Decoder(JobManifest)
+
+
+class ContractError(ValueError):
+    """A message or manifest that does not match its contract."""
+
+
+def encode(message: Any) -> bytes:
+    return _encoder.encode(message)
+
+
+def decode_event(body: bytes) -> Event:
+    try:
+        event = _event_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise ContractError(f"message: {_readable(exc)}") from None
+    _check_version(event, "message")
+    return event
+
+
+def decode_manifest(body: bytes, source: str = "xt_manifest.json") -> JobManifest:
+    try:
+        manifest = _manifest_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise ContractError(f"{source}: {_readable(exc)}") from None
+    _check_version(manifest, source)
+    return manifest
+
+
+def _check_version(obj: Any, source: str) -> None:
+    if obj.version != CONTRACT_VERSION:
+        raise ContractError(f"{source}: version: expected {CONTRACT_VERSION}, got {obj.version}")
+
+
+def _readable(exc: Exception) -> str:
+    """msgspec says 'Expected `int`, got `str` - at `$.manifest.runs`'; say 'manifest.runs: expected int, got str'."""
+    text = str(exc).splitlines()[0]
+    message, sep, where = text.partition(" - at `")
+    missing = re.match(r"Object missing required field `(.+)`$", message)
+    if missing:
+        path = where.rstrip("`").removeprefix("$").lstrip(".") if sep else ""
+        return f"{path + '.' if path else ''}{missing.group(1)}: required field missing"
+    message = message.replace("`", "")
+    if sep:
+        path = where.rstrip("`").removeprefix("$").lstrip(".")
+        return f"{path}: {message[0].lower()}{message[1:]}" if path else message
+    return message
+
+
+class RunTask(_Strict, kw_only=True):
+    """Everything a compute node needs to execute one run (handed to the run wrapper)."""
+
+    version: int = CONTRACT_VERSION
+    workspace: str
+    experiment: str
+    job: str
+    run: str
+    command: str
+    code_key: str
+    hparams: Dict[str, Any] = {}
+    setup: Optional[SetupSpec] = None
+    after_dirs: List[str] = msgspec.field(default_factory=lambda: ["output/**"])
+    after_omit: List[str] = []
+    max_time: Optional[float] = None
+    concurrent: int = 2
+    step_name: str = "step"
+
+
+_task_decoder = msgspec.json.Decoder(RunTask)
+
+
+def decode_task(body: bytes) -> RunTask:
+    try:
+        return _task_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise ContractError(f"run task: {_readable(exc)}") from None

@@ -1,0 +1,134 @@
+"""The logging API used inside training scripts.
+
+    from xt_submit import Run
+    run = Run()
+    run.log_hparams({"lr": 0.01})
+    run.log_metrics({"epoch": 1, "loss": 0.3}, step_name="epoch")
+
+Each call is a buffered local append (no network): the run wrapper ships the file to storage.
+Outside XT it writes `xt_run_log.jsonl` next to the script. The buffer is flushed every second,
+on close(), at exit (even after an exception) and on SIGTERM.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import signal
+import sys
+import time
+from typing import Any, Dict, Optional
+
+import msgspec
+
+LOG_FILE_NAME = "xt_run_log.jsonl"
+CHECKPOINT_FILE_NAME = "xt_checkpoint.json"
+
+
+def _script_dir() -> str:
+    script = sys.argv[0] if sys.argv and sys.argv[0] not in ("", "-c") else ""
+    return os.path.dirname(os.path.abspath(script)) if script else os.getcwd()
+
+
+class Run:
+    def __init__(self, log_path: Optional[str] = None, *, step_name: Optional[str] = None,
+                 flush_seconds: float = 1.0, max_buffered: int = 4096) -> None:
+        self.name = os.environ.get("XT_RUN_NAME")  # None outside XT
+        self.job = os.environ.get("XT_JOB_ID")
+        self.workspace = os.environ.get("XT_WORKSPACE")
+        self.experiment = os.environ.get("XT_EXPERIMENT")
+        self.output_dir = os.environ.get("XT_OUTPUT_DIR") or os.path.join(_script_dir(), "output")
+        self.log_path = log_path or os.environ.get("XT_RUN_LOG") or os.path.join(_script_dir(), LOG_FILE_NAME)
+        self.checkpoint_path = os.environ.get("XT_CHECKPOINT") or os.path.join(_script_dir(), CHECKPOINT_FILE_NAME)
+        self.step_name = step_name or os.environ.get("XT_STEP_NAME") or "step"
+        self._flush_seconds = flush_seconds
+        self._max_buffered = max_buffered
+        self._buffer: list = []
+        self._next_flush = time.monotonic() + flush_seconds
+        self._index = 0
+        self._encode = msgspec.json.Encoder().encode
+        self._fd: Optional[int] = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        atexit.register(self.close)
+        self._chain_sigterm()
+
+    # --- logging -----------------------------------------------------------------------------
+    def log_hparams(self, hparams: Dict[str, Any]) -> None:
+        self._append("hparams", dict(hparams))
+
+    def log_hparam(self, name: str, value: Any) -> None:
+        self._append("hparams", {name: value})
+
+    def log_metrics(self, metrics: Dict[str, Any], step_name: Optional[str] = None, stage: Optional[str] = None) -> None:
+        """Log one step's metrics. Without the step key in the dict, a running __index__ stands in;
+        `stage` prefixes each name ("train" -> "train-loss")."""
+        step_key = step_name or self.step_name
+        if stage:
+            data = {(name if name == step_key else f"{stage}-{name}"): value for name, value in metrics.items()}
+        else:
+            data = dict(metrics)
+        self._index += 1
+        data["__index__"] = self._index
+        self._append("metrics", data)
+
+    # --- checkpoints -------------------------------------------------------------------------
+    def set_checkpoint(self, state: Dict[str, Any]) -> None:
+        """Save resumable state (JSON-able): written atomically, shipped with the run's files."""
+        tmp = self.checkpoint_path + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(msgspec.json.encode(state))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.checkpoint_path)
+        self._append("checkpoint", {"bytes": os.path.getsize(self.checkpoint_path)})
+        self.flush()
+
+    def get_checkpoint(self) -> Optional[Dict[str, Any]]:
+        try:
+            with open(self.checkpoint_path, "rb") as f:
+                return msgspec.json.decode(f.read())
+        except FileNotFoundError:
+            return None
+
+    # --- buffering ---------------------------------------------------------------------------
+    def _append(self, event: str, data: Dict[str, Any]) -> None:
+        if self._fd is None:
+            raise ValueError("Run is closed")
+        self._buffer.append(self._encode({"time": time.time(), "event": event, "data": data}))
+        if len(self._buffer) >= self._max_buffered or time.monotonic() >= self._next_flush:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buffer and self._fd is not None:
+            data = b"\n".join(self._buffer) + b"\n"
+            self._buffer.clear()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+        self._next_flush = time.monotonic() + self._flush_seconds
+
+    def close(self) -> None:
+        if self._fd is None:
+            return
+        self.flush()
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _chain_sigterm(self) -> None:
+        """On SIGTERM (a cancel), flush before dying, unless the script installed its own handler."""
+        try:
+            if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+                return
+
+            def on_sigterm(signum, frame):
+                self.close()
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGTERM)
+
+            signal.signal(signal.SIGTERM, on_sigterm)
+        except ValueError:
+            pass  # not the main thread: leave signals alone

@@ -1,0 +1,55 @@
+"""The run log format: JSON lines of {"time", "event", "data"}.
+
+Events: created, queued, started, hparams, metrics, checkpoint, ended. The same format is written
+by the Run API inside the training script, by the run wrapper and by the handlers.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable, List, Tuple
+
+import msgspec
+
+_encoder = msgspec.json.Encoder()
+
+
+def record(time: float, event: str, data: Dict[str, Any]) -> bytes:
+    return _encoder.encode({"time": time, "event": event, "data": data}) + b"\n"
+
+
+def parse(blob: bytes) -> List[Dict[str, Any]]:
+    """Every well-formed record; a torn or foreign line (a crash mid-write) is skipped, never fatal."""
+    records = []
+    for line in blob.splitlines():
+        if not line.strip():
+            continue
+        try:
+            entry = msgspec.json.decode(line)
+        except msgspec.DecodeError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("event"), str) and isinstance(entry.get("data"), dict):
+            records.append(entry)
+    return records
+
+
+def summarize(records: Iterable[Dict[str, Any]]) -> Tuple[Dict[str, Any], Dict[str, Any], List[Dict[str, Any]]]:
+    """(hparams, last value of each metric, metric rows {step, name, value, time}) of a run log."""
+    hparams: Dict[str, Any] = {}
+    last_metrics: Dict[str, Any] = {}
+    rows: List[Dict[str, Any]] = []
+    step_name = "step"
+    for entry in records:
+        event, data = entry["event"], entry["data"]
+        if event == "created":
+            step_name = data.get("step_name", step_name)
+        elif event == "hparams":
+            hparams.update(data)
+        elif event == "metrics":
+            step = data.get(step_name, data.get("__index__"))
+            for name, value in data.items():
+                if name == "__index__" or name == step_name:
+                    continue
+                if isinstance(value, (int, float, str, bool)) or value is None:
+                    last_metrics[name] = value
+                    rows.append({"step": step if isinstance(step, int) else None, "name": name, "value": value,
+                                 "time": entry.get("time")})
+    return hparams, last_metrics, rows
