@@ -1,6 +1,7 @@
 """Layered configuration: precedence, merging, one-line errors, the starter file."""
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -380,14 +381,15 @@ def test_yaml_syntax_error_reports_the_line(tmp_path):
         code:
           max-size-mb: 5
         """)
-    assert re.fullmatch(r"xt_config\.yaml: line [35]: .+", message), message
+    assert re.fullmatch(r"xt_config\.yaml: line 4: .*expected ',' or '\]'.*", message), message
     message = error_of(tmp_path, "general:\n  workspace: ws1\n experiment: x\n")
     assert re.fullmatch(r"xt_config\.yaml: line 3: .+", message), message
 
 
 def test_yaml_mapping_value_error_names_line(tmp_path):
-    assert error_of(tmp_path, "general:\n  workspace: a: b\n") == (
-        "xt_config.yaml: line 2: mapping values are not allowed here"
+    # libyaml and pure-Python PyYAML word the rest differently
+    assert error_of(tmp_path, "general:\n  workspace: a: b\n").startswith(
+        "xt_config.yaml: line 2: mapping values are not allowed"
     )
 
 
@@ -471,6 +473,6 @@ def test_yaml_is_not_imported_without_a_config_file(tmp_path):
         "import sys; from xt_submit.config import load_config; "
         f"load_config(cwd={str(tmp_path)!r}); print('yaml' in sys.modules)"
     )
-    env = {"PATH": "/usr/bin:/bin"}
+    env = {name: value for name, value in os.environ.items() if name != "XT_CONFIG"}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
     assert result.stdout.strip() == "False"

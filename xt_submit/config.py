@@ -181,7 +181,9 @@ def write_starter_config(path: str | os.PathLike) -> None:
 # ----------------------------------------------------------------------------- finding and reading
 
 
-def _find_config_file(config_path, cwd) -> tuple[Path | None, str]:
+def _find_config_file(
+    config_path: str | os.PathLike | None, cwd: str | os.PathLike | None
+) -> tuple[Path | None, str]:
     base = Path(cwd) if cwd is not None else Path.cwd()
     if config_path:
         named, named_by = os.fspath(config_path), "--config"

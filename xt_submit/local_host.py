@@ -147,9 +147,11 @@ class HostLock:
     def acquire(self) -> bool:
         try:
             fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
         except BlockingIOError:
             return False
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, str(os.getpid()).encode(), 0)  # who holds it, for `kill` and for tests
+        return True
 
     def release(self) -> None:
         fcntl.flock(self._fd, fcntl.LOCK_UN)
@@ -169,7 +171,9 @@ def run_host(home: Path, *, idle_exit_seconds: Optional[float]) -> int:
     if not lock.acquire():
         return 1
     logging.basicConfig(filename=str(home / "host.log"), level=logging.INFO, format="%(asctime)s %(message)s")
-    host = LocalHost(embedded(home), idle_exit_seconds=idle_exit_seconds)
+    parts = embedded(home)
+    parts.queue.release_locks()  # we hold the host lock: any message still locked was held by a host that died
+    host = LocalHost(parts, idle_exit_seconds=idle_exit_seconds)
     while True:
         host.serve()
         # Close the race with a client that enqueued while we decided to stop: it saw the lock held
@@ -179,10 +183,12 @@ def run_host(home: Path, *, idle_exit_seconds: Optional[float]) -> int:
             return 0
 
 
-def ensure_host(home: Path, idle_exit_seconds: float = 10.0) -> None:
+def ensure_host(home: Path, idle_exit_seconds: Optional[float] = None) -> None:
     """Start a background host for this XT_HOME unless one is running."""
     if host_running(home):
         return
+    if idle_exit_seconds is None:
+        idle_exit_seconds = float(os.environ.get("XT_HOST_IDLE_EXIT", "10"))
     log_file = open(home / "host.out", "ab")
     subprocess.Popen([sys.executable, "-m", "xt_submit.local_host", str(home), str(idle_exit_seconds)],
                      stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,

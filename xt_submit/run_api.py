@@ -67,6 +67,8 @@ class Run:
             data = dict(metrics)
         self._index += 1
         data["__index__"] = self._index
+        if step_name:
+            data["__step_name__"] = step_name
         self._append("metrics", data)
 
     # --- checkpoints -------------------------------------------------------------------------

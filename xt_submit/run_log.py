@@ -44,9 +44,10 @@ def summarize(records: Iterable[Dict[str, Any]]) -> Tuple[Dict[str, Any], Dict[s
         elif event == "hparams":
             hparams.update(data)
         elif event == "metrics":
-            step = data.get(step_name, data.get("__index__"))
+            step_key = data.get("__step_name__", step_name)
+            step = data.get(step_key, data.get("__index__"))
             for name, value in data.items():
-                if name == "__index__" or name == step_name:
+                if name.startswith("__") or name == step_key:
                     continue
                 if isinstance(value, (int, float, str, bool)) or value is None:
                     last_metrics[name] = value

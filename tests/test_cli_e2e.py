@@ -1,0 +1,228 @@
+"""The CLI end to end on the embedded default: real host process, real run wrappers, real scripts."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+SCRIPT = textwrap.dedent('''
+    import argparse, os, sys, time
+    from xt_submit import Run
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--opt", default="sgd")
+    parser.add_argument("--exit", type=int, default=0)
+    parser.add_argument("--sleep", type=float, default=0.0)
+    args = parser.parse_args()
+    with open(os.environ["INVOCATIONS"], "a") as f:
+        f.write(os.environ.get("XT_RUN_NAME", "?") + "\\n")
+    run = Run()
+    run.log_hparams({"lr": args.lr, "opt": args.opt})
+    for step in range(1, 4):
+        run.log_metrics({"step": step, "loss": args.lr * 10 / step, "acc": 1 - args.lr / step})
+    print(f"training lr={args.lr} opt={args.opt}", flush=True)
+    time.sleep(args.sleep)
+    os.makedirs(os.environ["XT_OUTPUT_DIR"], exist_ok=True)
+    with open(os.path.join(os.environ["XT_OUTPUT_DIR"], "result.txt"), "w") as f:
+        f.write(f"{args.lr}\\n")
+    sys.exit(args.exit)
+''')
+
+
+class Project:
+    def __init__(self, root: Path):
+        self.root = root
+        self.home = root / "xt_home"
+        self.invocations = root / "invocations.txt"
+        self.code = root / "proj"
+        self.code.mkdir()
+        (self.code / "train.py").write_text(SCRIPT)
+        self.env = dict(os.environ, XT_HOME=str(self.home), INVOCATIONS=str(self.invocations),
+                        XT_HOST_IDLE_EXIT="2", XT_SYNC_SECONDS="0.2")
+        self.env.pop("XT_CONFIG", None)
+
+    def xt(self, *args, check=True, timeout=120):
+        result = subprocess.run([sys.executable, "-m", "xt_submit.cli", *args], cwd=self.code, env=self.env,
+                                capture_output=True, text=True, timeout=timeout)
+        if check and result.returncode != 0:
+            raise AssertionError(f"xt {' '.join(args)} -> {result.returncode}\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def json(self, *args):
+        """Run with --json (placed before the script args of `run`) and decode the output."""
+        args = list(args)
+        args.insert(1 if args[0] == "run" else 2, "--json")
+        return json.loads(self.xt(*args).stdout)
+
+    def host_pid(self):
+        try:
+            return int((self.home / "host.lock").read_text() or 0) or None
+        except (OSError, ValueError):
+            return None
+
+    def invoked(self):
+        return sorted(self.invocations.read_text().split()) if self.invocations.exists() else []
+
+
+@pytest.fixture
+def project(tmp_path):
+    proj = Project(tmp_path)
+    yield proj
+    pid = proj.host_pid()
+    if pid:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def test_grid_sweep_waits_and_reports_runs(project):
+    out = project.json("run", "--wait", "train.py", "--lr=[0.1,0.2,0.3]", "--opt=[sgd,adam]")
+    assert out["status"] == "completed" and len(out["runs"]) == 6
+    job = out["job"]
+    runs = project.json("list", "runs", "--job", job)
+    assert [r["name"] for r in runs] == [f"{job.replace('job', 'run')}.{k}" for k in range(1, 7)]
+    assert all(r["status"] == "completed" and r["exit_code"] == 0 for r in runs)
+    assert {(r["hparams"]["lr"], r["hparams"]["opt"]) for r in runs} == {(lr, o) for lr in (0.1, 0.2, 0.3) for o in ("sgd", "adam")}
+    for r in runs:
+        assert r["metrics"]["loss"] == pytest.approx(r["hparams"]["lr"] * 10 / 3)
+        assert r["duration"] >= 0
+    by_loss = project.json("list", "runs", "--job", job, "--sort", "metrics.loss")
+    losses = [r["metrics"]["loss"] for r in by_loss]
+    assert losses == sorted(losses)
+    desc = project.json("list", "runs", "--job", job, "--sort", "loss", "--reverse", "--last", "2")
+    assert [r["metrics"]["loss"] for r in desc] == sorted(losses, reverse=True)[-2:]
+    assert project.invoked() == sorted(r["name"] for r in runs)
+    view = project.json("view", "run", runs[0]["name"])
+    assert view["outputs"] == ["result.txt"]
+    log = project.json("view", "log", runs[0]["name"])
+    assert [e["event"] for e in log][:3] == ["created", "hparams", "queued"]
+    assert {"started", "metrics", "ended"} <= {e["event"] for e in log}
+    table = project.xt("list", "runs", "--job", job).stdout
+    assert "completed" in table and "loss" in table
+
+
+def test_failing_script_is_an_error_run_with_console_kept(project):
+    result = project.xt("run", "--wait", "train.py", "--exit=3", check=False)
+    assert result.returncode == 1
+    (run,) = project.json("list", "runs")
+    assert run["status"] == "error" and run["exit_code"] == 3
+    console = project.xt("view", "console", run["name"]).stdout
+    assert "training lr=0.1 opt=sgd" in console
+
+
+def test_dry_run_plans_without_submitting(project):
+    out = project.json("run", "--dry-run", "--max-runs=25", "train.py", "--lr=[0.01,0.03,0.1]", "--opt=[sgd,adam]",
+                       "--beta=[$linspace(.1,.9,5)]")
+    assert out["job"] is None and len(out["runs"]) == 25
+    assert out["runs"][0]["command"].startswith("python train.py --lr=0.01 --opt=sgd --beta=0.1")
+    assert not (project.home / "queue.db").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["run", "missing.py"], "xt: missing.py: no such script"),
+    (["run", "train.py", "--lr=[0.1,"], "xt: --lr: expected"),
+    (["run", "--target", "nope", "train.py"], "xt-services.target"),
+    (["run", "--search-type", "bayes", "train.py", "--lr=[1,2]"], "search-type"),
+    (["list", "runs", "--job", "jobX"], "xt: job: expected a name like job7, got 'jobX'"),
+    (["view", "run", "run99.1"], "xt: run run99.1 not found in workspace ws1"),
+])
+def test_bad_input_is_one_line_nonzero_and_leaves_no_state(project, args, message):
+    result = project.xt(*args, check=False)
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert not (project.home / "storage" / "code").exists()
+
+
+def test_bad_config_file_names_file_and_key(project):
+    (project.code / "xt_config.yaml").write_text("general:\n  workspace: 3\n")
+    result = project.xt("run", "train.py", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "xt: xt_config.yaml: general.workspace: expected str, got int"
+
+
+def test_config_file_and_command_line_precedence(project):
+    (project.code / "xt_config.yaml").write_text("general:\n  workspace: team\n  experiment: from-file\n")
+    out = project.json("run", "--wait", "--experiment", "from-cli", "train.py")
+    run = project.json("list", "runs", "--workspace", "team", "--job", out["job"])[0]
+    assert run["experiment"] == "from-cli" and run["workspace"] == "team"
+    assert project.json("list", "runs", "--workspace", "ws1") == []  # nothing in the built-in default
+
+
+def test_killing_the_host_mid_job_loses_and_repeats_no_run(project):
+    out = project.json("run", "--concurrent", "2", "train.py", "--lr=[0.1,0.2,0.3]", "--opt=[sgd,adam]", "--sleep=1.5")
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        statuses = [r["status"] for r in project.json("list", "runs", "--job", out["job"])]
+        if statuses.count("running") == 2:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"runs never started: {statuses}")
+    os.kill(project.host_pid(), signal.SIGKILL)
+    time.sleep(2.0)  # the two running runs finish while no host is alive
+    project.xt("serve", "--idle-exit", "1", timeout=120)
+    runs = project.json("list", "runs", "--job", out["job"])
+    assert [r["status"] for r in runs] == ["completed"] * 6
+    assert project.invoked() == sorted(r["name"] for r in runs)  # each ran exactly once
+    assert project.json("view", "job", out["job"])["status"] == "completed"
+
+
+def test_cancel_job_stops_running_and_queued_runs(project):
+    out = project.json("run", "--concurrent", "1", "train.py", "--lr=[0.1,0.2,0.3]", "--sleep=60")
+    deadline = time.time() + 60
+    while project.json("list", "runs", "--status", "running") == [] and time.time() < deadline:
+        time.sleep(0.1)
+    project.xt("cancel", "job", out["job"])
+    deadline = time.time() + 60
+    while project.json("view", "job", out["job"])["status"] != "cancelled" and time.time() < deadline:
+        time.sleep(0.2)
+    runs = project.json("list", "runs", "--job", out["job"])
+    assert [r["status"] for r in runs] == ["cancelled"] * 3
+    assert runs[0]["exit_code"] is not None  # the started run was stopped and reported by its node
+    assert len(project.invoked()) == 1
+    assert "training lr=0.1" in project.xt("view", "console", runs[0]["name"]).stdout
+
+
+def test_max_time_ends_the_run_as_error(project):
+    project.xt("run", "--wait", "--max-time", "1", "train.py", "--sleep=30", check=False, timeout=60)
+    (run,) = project.json("list", "runs")
+    assert run["status"] == "error" and "max-time" in run["reason"]
+
+
+def test_zip_dropped_in_uploads_becomes_a_job(project):
+    import zipfile
+
+    manifest = {"workspace": "ws1", "experiment": "dropped", "script": "train.py", "command": "python train.py",
+                "hp_space": {"lr": [0.5, 0.6]}}
+    uploads = project.home / "storage" / "uploads"
+    uploads.mkdir(parents=True)
+    with zipfile.ZipFile(uploads / "drop.zip.part", "w") as archive:
+        archive.writestr("xt_manifest.json", json.dumps(manifest))
+        archive.writestr("train.py", SCRIPT)
+    os.rename(uploads / "drop.zip.part", uploads / "drop.zip")
+    project.xt("serve", "--idle-exit", "3", timeout=120)
+    runs = project.json("list", "runs")
+    assert [(r["experiment"], r["status"], r["hparams"]["lr"]) for r in runs] == [
+        ("dropped", "completed", 0.5), ("dropped", "completed", 0.6)]
+
+
+def test_entry_points_are_installed(project):
+    bin_dir = Path(sys.executable).parent
+    assert (bin_dir / "xt").exists() and (bin_dir / "xt-submit").exists()
+    result = subprocess.run([str(bin_dir / "xt-submit"), "--dry-run", "--json", "train.py", "--lr=[1,2]"],
+                            cwd=project.code, env=project.env, capture_output=True, text=True)
+    assert len(json.loads(result.stdout)["runs"]) == 2
+
+
+def test_config_create_writes_a_loadable_starter(project):
+    project.xt("config", "--create")
+    assert (project.code / "xt_config.yaml").exists()
+    assert project.xt("config", "--create", check=False).returncode == 2  # never overwrites
+    assert project.json("run", "--dry-run", "train.py")["runs"]
