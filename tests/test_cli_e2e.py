@@ -83,12 +83,14 @@ def project(tmp_path):
 
 
 def test_grid_sweep_waits_and_reports_runs(project):
-    out = project.json("run", "--wait", "train.py", "--lr=[0.1,0.2,0.3]", "--opt=[sgd,adam]")
+    out = project.json("run", "--wait", "--tags", "note=first,baseline", "train.py", "--lr=[0.1,0.2,0.3]", "--opt=[sgd,adam]")
     assert out["status"] == "completed" and len(out["runs"]) == 6
     job = out["job"]
     runs = project.json("list", "runs", "--job", job)
     assert [r["name"] for r in runs] == [f"{job.replace('job', 'run')}.{k}" for k in range(1, 7)]
     assert all(r["status"] == "completed" and r["exit_code"] == 0 for r in runs)
+    assert {"name", "job", "status", "exit_code", "duration", "hparams", "metrics"} <= set(runs[0])
+    assert runs[0]["tags"] == {"note": "first", "baseline": ""}
     assert {(r["hparams"]["lr"], r["hparams"]["opt"]) for r in runs} == {(lr, o) for lr in (0.1, 0.2, 0.3) for o in ("sgd", "adam")}
     for r in runs:
         assert r["metrics"]["loss"] == pytest.approx(r["hparams"]["lr"] * 10 / 3)
@@ -138,6 +140,14 @@ def test_bad_input_is_one_line_nonzero_and_leaves_no_state(project, args, messag
     assert result.returncode == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not (project.home / "storage" / "code").exists()
+
+
+def test_config_option_is_accepted_after_the_subcommand(project):
+    (project.root / "other.yaml").write_text("general:\n  experiment: elsewhere\n")
+    out = project.json("run", "--dry-run", "--config", str(project.root / "other.yaml"), "train.py")
+    assert out["runs"]
+    result = project.xt("run", "--config", "missing.yaml", "train.py", check=False)
+    assert result.returncode == 2 and result.stderr.strip() == "xt: missing.yaml: config file not found (named by --config)"
 
 
 def test_bad_config_file_names_file_and_key(project):

@@ -44,10 +44,21 @@ def _run_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("script_args", nargs=argparse.REMAINDER, help="its arguments; --name=[a,b] sweeps")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Every (sub)command accepts --config, so `xt run --config F` and `xt --config F run` both work."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.add_argument("--config", default=argparse.SUPPRESS if self.prog != "xt" else None,
+                          help="config file (default: ./xt_config.yaml, or $XT_CONFIG)")
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"{self.prog}: {message}\n")  # one line, not the whole usage
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="xt", description="XT: run and track ML experiments.")
-    parser.add_argument("--config", help="config file (default: ./xt_config.yaml, or $XT_CONFIG)")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser = _Parser(prog="xt", description="XT: run and track ML experiments.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     _run_parser(commands.add_parser("run", help="submit a job (a sweep of runs)"))
 
@@ -241,8 +252,8 @@ def _follow(parts, workspace: str, job: str, total: int, show_progress: bool) ->
         while True:
             record = parts.ports.stats.get_job(workspace, job)
             done = sum(n for s, n in record["counts"].items() if s in TERMINAL_STATUSES)
-            bar.update(done - bar.n)
             bar.set_postfix({s: n for s, n in sorted(record["counts"].items())}, refresh=False)
+            bar.update(done - bar.n)
             if record["status"] in TERMINAL_STATUSES:
                 return record
             ensure_host(parts.home)
