@@ -32,15 +32,13 @@ def dispatch_job(event: JobSubmitted, ports: Ports) -> Dispatched:
 
     # Storage first (the source of truth), then the index, then compute: a crash between steps
     # is repaired by the redelivery, and every write below is create-if-absent or identical.
+    # The plan goes into the job log as one record (a 10,000-run sweep is one write, not 10,000);
+    # each run's own log is opened by its node when it starts.
     ports.storage.write(layout.manifest_key(ws, job), encode(manifest))
     ports.storage.write(layout.job_log_key(ws, job), run_log.record(now, "created", {
-        "job": job, "submission_id": event.submission_id, "runs": len(run_names)}), overwrite=False)
-    for name, command, hparams in zip(run_names, commands, hparam_sets):
-        opening = (run_log.record(now, "created", {"job": job, "command": command,
-                                                         "step_name": manifest.step_name})
-                   + run_log.record(now, "hparams", hparams)
-                   + run_log.record(now, "queued", {"target": manifest.target}))
-        ports.storage.write(layout.run_log_key(ws, name), opening, overwrite=False)
+        "job": job, "submission_id": event.submission_id,
+        "runs": [{"name": n, "command": c, "hparams": hp} for n, c, hp in zip(run_names, commands, hparam_sets)],
+    }), overwrite=False)
 
     ports.stats.insert_job({
         "workspace": ws, "name": job, "number": number, "submission_id": event.submission_id,
@@ -60,7 +58,7 @@ def dispatch_job(event: JobSubmitted, ports: Ports) -> Dispatched:
         RunTask(workspace=ws, experiment=manifest.experiment, job=job, run=name, command=command,
                 code_key=manifest.code_key, hparams=hparams, setup=manifest.setup, after_dirs=manifest.after_dirs,
                 after_omit=manifest.after_omit, max_time=manifest.max_time, concurrent=manifest.concurrent,
-                step_name=manifest.step_name)
+                step_name=manifest.step_name, target=manifest.target, created_at=now)
         for name, command, hparams in zip(run_names, commands, hparam_sets)
     ])
     return Dispatched(job, run_names)

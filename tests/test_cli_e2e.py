@@ -191,11 +191,14 @@ def test_cancel_job_stops_running_and_queued_runs(project):
         time.sleep(0.1)
     project.xt("cancel", "job", out["job"])
     deadline = time.time() + 60
-    while project.json("view", "job", out["job"])["status"] != "cancelled" and time.time() < deadline:
+    while time.time() < deadline:
+        runs = project.json("list", "runs", "--job", out["job"])
+        if runs[0]["exit_code"] is not None:  # the started run was stopped and reported by its node
+            break
         time.sleep(0.2)
-    runs = project.json("list", "runs", "--job", out["job"])
     assert [r["status"] for r in runs] == ["cancelled"] * 3
-    assert runs[0]["exit_code"] is not None  # the started run was stopped and reported by its node
+    assert runs[0]["exit_code"] == -15 and runs[0]["reason"] == "cancelled by request"
+    assert project.json("view", "job", out["job"])["status"] == "cancelled"
     assert len(project.invoked()) == 1
     assert "training lr=0.1" in project.xt("view", "console", runs[0]["name"]).stdout
 

@@ -37,8 +37,10 @@ def test_dispatch_records_job_runs_storage_and_compute(parts):
     assert runs[0]["command"] == "python train.py --lr=0.1 --opt=sgd"
     assert {r["status"] for r in runs} == {"queued"}
     assert stats.get_job("ws1", "job1")["run_count"] == 6
-    events = [e["event"] for e in run_log.parse(parts.ports.storage.read(layout.run_log_key("ws1", "run1.1")))]
-    assert events == ["created", "hparams", "queued"]
+    (created,) = run_log.parse(parts.ports.storage.read(layout.job_log_key("ws1", "job1")))
+    assert created["event"] == "created" and len(created["data"]["runs"]) == 6
+    assert created["data"]["runs"][0] == {"name": "run1.1", "command": "python train.py --lr=0.1 --opt=sgd",
+                                          "hparams": {"lr": 0.1, "opt": "sgd"}}
     assert len(parts.compute.launchable(100)) == 2  # concurrent=2 for the job
 
 

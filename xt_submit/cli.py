@@ -316,8 +316,12 @@ def cmd_view(args: argparse.Namespace) -> int:
         record["outputs"] = [k[len(prefix):] for k in storage.list(prefix)]
         _print_json(record) if args.json else print("\n".join(f"{k:>12}: {v}" for k, v in record.items()))
     elif args.kind == "log":
-        parts.ports.stats.get_run(ws, run)
-        records = run_log.parse(storage.read(layout.run_log_key(ws, run)))
+        record = parts.ports.stats.get_run(ws, run)
+        key = layout.run_log_key(ws, run)
+        if not storage.exists(key):  # a run's node opens its log when it starts
+            print(f"{run} is {record['status']}: no run log yet", file=sys.stderr)
+            return 0
+        records = run_log.parse(storage.read(key))
         if args.json:
             _print_json(records)
         else:

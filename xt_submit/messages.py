@@ -173,6 +173,8 @@ class RunTask(_Strict, kw_only=True):
     max_time: Optional[float] = None
     concurrent: int = 2
     step_name: str = "step"
+    target: str = "local"
+    created_at: float = 0.0
 
 
 _task_decoder = msgspec.json.Decoder(RunTask)

@@ -53,7 +53,13 @@ class RunWrapper:
         task, ws = self.task, self.task.workspace
         started_at = time.time()
         signal.signal(signal.SIGTERM, self._on_cancel)
-        self.storage.append(layout.run_log_key(ws, task.run), run_log.record(started_at, "started", {"node": self.node_id}))
+        log_key = layout.run_log_key(ws, task.run)
+        opening = (run_log.record(task.created_at, "created", {"job": task.job, "command": task.command,
+                                                              "step_name": task.step_name})
+                   + run_log.record(task.created_at, "hparams", task.hparams)
+                   + run_log.record(task.created_at, "queued", {"target": task.target}))
+        self.storage.write(log_key, opening, overwrite=False)  # already there if this run is resumed
+        self.storage.append(log_key, run_log.record(started_at, "started", {"node": self.node_id}))
         self.publisher.send_events([RunStarted(workspace=ws, job=task.job, run=task.run, node_id=self.node_id,
                                                started_at=started_at)])
         exit_code: Optional[int] = None
