@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from xt_submit import config as xt_config
-from xt_submit import layout, reports, run_log, sweep
+from xt_submit import layout, reports, run_log, run_query, sweep
 from xt_submit.messages import TERMINAL_STATUSES, ContractError
 
 EXIT_USAGE = 2
@@ -70,7 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
         if kind == "runs":
             sub.add_argument("--job")
         sub.add_argument("--status", choices=["queued", "running", "completed", "error", "cancelled"])
-        sub.add_argument("--sort", help="column: a field, metrics.NAME, hparams.NAME, or a bare metric/hparam name")
+        if kind == "runs":
+            sub.add_argument("--filter", action="append", default=[], metavar="EXPR",
+                             help="'prop op value', e.g. metrics.acc>0.5 (repeatable; all must hold)")
+        sub.add_argument("--sort", help="column: a field, metrics.NAME, hparams.NAME, tags.NAME or a bare metric name")
         sub.add_argument("--reverse", action="store_true")
         sub.add_argument("--first", type=int)
         sub.add_argument("--last", type=int)
@@ -268,20 +271,18 @@ def cmd_list(args: argparse.Namespace) -> int:
     stats = _embedded(cfg).ports.stats
     ws = cfg.general.workspace
     if args.kind == "runs":
-        if args.job:
-            _check_name("job", args.job, layout.JOB_PATTERN)
-        records = stats.list_runs(ws, job=args.job, status=args.status)
         report = cfg.run_reports
+        records = stats.query_runs(run_query_from_args(args, ws, report))
     else:
-        records = [j for j in stats.list_jobs(ws) if args.status in (None, j["status"])]
         report = cfg.job_reports
-    sort = args.sort or (report.sort if report.sort != "name" else None)
-    if sort:
-        records = reports.sort_records(records, sort, args.reverse or report.reverse)
-    elif args.reverse or report.reverse:
-        records = records[::-1]
-    records = reports.select(records, args.first if args.first is not None else report.first,
-                             args.last if args.last is not None else report.last)
+        records = [j for j in stats.list_jobs(ws) if args.status in (None, j["status"])]
+        sort = args.sort or (report.sort if report.sort != "name" else None)
+        if sort:
+            records = reports.sort_records(records, sort, args.reverse or report.reverse)
+        elif args.reverse or report.reverse:
+            records = records[::-1]
+        records = run_query.window(records, args.first if args.first is not None else report.first,
+                                   args.last if args.last is not None else report.last)
     if args.kind == "runs":
         if args.json:
             _print_json([reports.run_json(r) for r in records])
@@ -297,6 +298,19 @@ def cmd_list(args: argparse.Namespace) -> int:
             columns = ["name", "experiment", "status", "run_count", "completed", "error", "target"]
             print(reports.format_table(records, columns, report.precision) if records else "no jobs")
     return 0
+
+
+def run_query_from_args(args: argparse.Namespace, workspace: str, report) -> "run_query.RunQuery":
+    """`xt list runs` options (falling back to the run-reports config) as a store-neutral query."""
+    if args.job:
+        _check_name("job", args.job, layout.JOB_PATTERN)
+    sort = args.sort or (report.sort if report.sort != "name" else None)
+    return run_query.RunQuery(
+        workspace=workspace, job=args.job, status=args.status,
+        filters=tuple(run_query.parse_filter(text) for text in args.filter),
+        sort=run_query.parse_sort(sort) if sort else None, reverse=args.reverse or report.reverse,
+        first=args.first if args.first is not None else report.first,
+        last=args.last if args.last is not None else report.last)
 
 
 def cmd_view(args: argparse.Namespace) -> int:
@@ -389,7 +403,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (CliError, xt_config.ConfigError, sweep.SweepError, ContractError, ArchiveError, reports.ReportError) as exc:
+    except (CliError, xt_config.ConfigError, sweep.SweepError, ContractError, ArchiveError, reports.ReportError,
+            run_query.QueryError) as exc:
         print(f"xt: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except NotFound as exc:

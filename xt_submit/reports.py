@@ -46,26 +46,17 @@ def known_column(records: Sequence[Dict[str, Any]], column: str) -> bool:
 
 
 def sort_records(records: List[Dict[str, Any]], column: str, reverse: bool) -> List[Dict[str, Any]]:
-    """Stable sort by a column; records without a value go last in either direction."""
+    """Stable sort by a column; a missing value orders first (as NULL does in the stats stores)."""
     if not known_column(records, column):
         raise ReportError(f"--sort: unknown column {column!r}")
-    present = [r for r in records if lookup(r, column) is not None]
-    missing = [r for r in records if lookup(r, column) is None]
 
     def key(record):
         value = lookup(record, column)
-        # numbers before strings, so a mixed column still sorts
-        return (0, value, "") if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, 0, str(value))
+        if value is None:
+            return (0, 0)
+        return (1, float(value)) if isinstance(value, (int, float)) else (2, str(value))
 
-    return sorted(present, key=key, reverse=reverse) + missing
-
-
-def select(records: List[Dict[str, Any]], first: Optional[int], last: Optional[int]) -> List[Dict[str, Any]]:
-    if first is not None:
-        records = records[:first]
-    if last is not None:
-        records = records[-last:] if last else []
-    return records
+    return sorted(records, key=key, reverse=reverse)
 
 
 def run_columns(runs: Sequence[Dict[str, Any]]) -> List[str]:

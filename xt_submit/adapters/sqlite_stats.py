@@ -1,12 +1,14 @@
 """Experiment stats in SQLite (the embedded default for the MongoDB-API store)."""
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+import re
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import msgspec
 
 from xt_submit.adapters.sqlite_util import connect, transaction
 from xt_submit.ports import NotFound
+from xt_submit.run_query import Filter, RunQuery, window
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS job_counters (workspace TEXT PRIMARY KEY, last_number INTEGER NOT NULL);
@@ -30,6 +32,10 @@ CREATE TABLE IF NOT EXISTS runs (
     PRIMARY KEY (workspace, name));
 CREATE INDEX IF NOT EXISTS runs_by_job ON runs (workspace, job_number, run_index);
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs (workspace, status);
+CREATE TABLE IF NOT EXISTS last_metrics (
+    workspace TEXT NOT NULL, run TEXT NOT NULL, name TEXT NOT NULL, value,
+    PRIMARY KEY (workspace, run, name)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS last_metrics_by_value ON last_metrics (workspace, name, value);
 CREATE TABLE IF NOT EXISTS metrics (
     workspace TEXT NOT NULL, run TEXT NOT NULL, seq INTEGER NOT NULL,
     step INTEGER, name TEXT NOT NULL, value, time REAL);
@@ -73,10 +79,72 @@ def _check_columns(kind: str, changes: Dict[str, Any], allowed: Sequence[str]) -
         raise ValueError(f"{kind} update: unknown fields {sorted(unknown)}")
 
 
+def _index_last_metrics(db, workspace: str, run: str, metrics: Dict[str, Any]) -> None:
+    """One row per (run, metric) so metric filters and sorts use an index, not a JSON scan."""
+    db.execute("DELETE FROM last_metrics WHERE workspace = ? AND run = ?", (workspace, run))
+    # `value` has no declared type: numbers stay numbers and words stay words, and the index
+    # orders them as SQLite orders json_extract() results (NULL < numbers < text).
+    db.executemany("INSERT INTO last_metrics (workspace, run, name, value) VALUES (?, ?, ?, ?)", [
+        (workspace, run, name, float(value) if isinstance(value, bool) else value)
+        for name, value in metrics.items() if value is None or isinstance(value, (int, float, str))])
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_SQL_OPS = {"==": "=", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
+
+
+def _json_path(name: str) -> str:
+    if "'" in name or '"' in name:  # parse_prop rejects these; never let one reach the SQL text
+        raise ValueError(f"invalid field name {name!r}")
+    return f"""'$."{name}"'"""
+
+
+def _filter_sql(flt: Filter) -> Tuple[str, List[Any]]:
+    """SQL for one filter, with the semantics of run_query.matches."""
+    if flt.group == "metrics":
+        probe = "SELECT 1 FROM last_metrics m WHERE m.workspace = r.workspace AND m.run = r.name AND m.name = ?"
+        expr, kind, params = "m.value", "typeof(m.value)", [flt.name]
+    elif flt.group is None:
+        expr, kind, params = f"r.{flt.name}", f"typeof(r.{flt.name})", []
+    else:
+        path = _json_path(flt.name)
+        expr, kind, params = f"json_extract(r.{flt.group}, {path})", f"json_type(r.{flt.group}, {path})", []
+
+    if flt.op == "exists" or (flt.op in ("==", "!=") and flt.value is None):
+        present = flt.value if flt.op == "exists" else flt.op == "!="
+        condition, negate = f"{expr} IS NOT NULL AND {kind} != 'null'", not present
+    elif flt.op == "regex":
+        condition, negate = f"{kind} = 'text' AND {expr} REGEXP ?", False
+        params = params + [flt.value]
+    elif isinstance(flt.value, bool):
+        # JSON booleans are their own type; a run field or a metric is never a boolean
+        condition = f"{kind} = '{'true' if flt.value else 'false'}'" if flt.group in ("hparams", "tags") else "0"
+        negate = flt.op == "!="
+    else:
+        # compare like with like: a number never equals or orders against a word
+        same_type = f"{kind} IN ('integer', 'real')" if _is_number(flt.value) else f"{kind} = 'text'"
+        op = "=" if flt.op == "!=" else _SQL_OPS[flt.op]
+        condition, negate = f"{same_type} AND {expr} {op} ?", flt.op == "!="
+        params = params + [flt.value]
+    if flt.group == "metrics":
+        sql = f"EXISTS ({probe} AND {condition})"
+    else:
+        sql = f"COALESCE(({condition}), 0)"  # a missing value is "no match", never SQL's unknown
+    return (f"NOT {sql}" if negate else sql), params
+
+
+def _regexp(pattern: str, value: Any) -> bool:
+    return isinstance(value, str) and re.search(pattern, value) is not None
+
+
 class SqliteStats:
     def __init__(self, path: str) -> None:
         self.path = path
         self._db = connect(path, _SCHEMA)
+        self._db.create_function("regexp", 2, _regexp, deterministic=True)
 
     # --- names -------------------------------------------------------------------------------
     def assign_job_name(self, workspace: str, submission_id: str) -> str:
@@ -140,7 +208,10 @@ class SqliteStats:
         with transaction(self._db) as db:
             if db.execute(f"SELECT 1 FROM {table} WHERE workspace = ? AND name = ?", (workspace, name)).fetchone() is None:
                 raise NotFound(f"{table[:-1]} {name} not found in workspace {workspace}")
-            return db.execute(sql, params).rowcount > 0
+            changed = db.execute(sql, params).rowcount > 0
+            if changed and table == "runs" and "metrics" in changes:
+                _index_last_metrics(db, workspace, name, changes["metrics"] or {})
+            return changed
 
     def replace_metrics(self, workspace: str, run: str, records: Sequence[Dict[str, Any]]) -> None:
         rows = [(workspace, run, seq, r.get("step"), r["name"], r["value"], r.get("time"))
@@ -190,3 +261,66 @@ class SqliteStats:
     def list_jobs(self, workspace: str) -> List[Dict[str, Any]]:
         rows = self._db.execute(f"SELECT {','.join(JOB_COLUMNS)} FROM jobs WHERE workspace = ? ORDER BY number", (workspace,))
         return [_from_row(JOB_COLUMNS, row) for row in rows]
+
+    # --- queries -----------------------------------------------------------------------------
+    def query_runs(self, query: RunQuery) -> List[Dict[str, Any]]:
+        """Filter, sort and window in SQL: only the rows shown are read and decoded."""
+        where = ["r.workspace = ?"]
+        params: List[Any] = [query.workspace]
+        if query.job is not None:
+            where.append("r.job_number = ?")
+            params.append(int(query.job[3:]))
+        if query.status is not None:
+            where.append("r.status = ?")
+            params.append(query.status)
+        if query.runs:
+            where.append(f"r.name IN ({','.join('?' * len(query.runs))})")
+            params.extend(query.runs)
+        for flt in query.filters:
+            sql, values = _filter_sql(flt)
+            where.append(sql)
+            params.extend(values)
+
+        descending = query.reverse
+        if query.first is not None:
+            return window(self._ordered(query, where, params, descending, query.first), None, query.last)
+        if query.last is not None:  # the last N in order are the first N in the opposite order, reversed
+            return self._ordered(query, where, params, not descending, query.last)[::-1]
+        return self._ordered(query, where, params, descending, None)
+
+    def _ordered(self, query: RunQuery, where: List[str], params: List[Any], descending: bool,
+                 limit: Optional[int]) -> List[Dict[str, Any]]:
+        direction = "DESC" if descending else "ASC"
+        tie = f"r.job_number {direction}, r.run_index {direction}"
+        columns = ",".join(f"r.{c}" for c in RUN_COLUMNS)
+        sort = query.sort
+        if sort is None or sort.group != "metrics":
+            key = "" if sort is None else (
+                f"r.{sort.name}" if sort.group is None else f"json_extract(r.{sort.group}, {_json_path(sort.name)})")
+            order = f"{key} {direction}, {tie}" if key else tie
+            sql = f"SELECT {columns} FROM runs r WHERE {' AND '.join(where)} ORDER BY {order}"
+            rows = self._db.execute(sql + (" LIMIT ?" if limit is not None else ""),
+                                    params + ([limit] if limit is not None else [])).fetchall()
+            return [_from_row(RUN_COLUMNS, row) for row in rows]
+
+        # A metric sort walks the (name, value) index; runs without the metric order first, as NULL.
+        with_value = (f"SELECT {columns} FROM last_metrics s JOIN runs r ON r.workspace = s.workspace AND r.name = s.run"
+                      f" WHERE s.workspace = ? AND s.name = ? AND {' AND '.join(where)}"
+                      f" ORDER BY s.value {direction}, {tie}")
+        with_params = [query.workspace, sort.name] + params
+        without_value = (f"SELECT {columns} FROM runs r WHERE {' AND '.join(where)} AND NOT EXISTS (SELECT 1 FROM"
+                         f" last_metrics s WHERE s.workspace = r.workspace AND s.run = r.name AND s.name = ?)"
+                         f" ORDER BY {tie}")
+        without_params = params + [sort.name]
+        parts = [(with_value, with_params), (without_value, without_params)]
+        if not descending:
+            parts.reverse()
+        rows: List[Any] = []
+        for sql, part_params in parts:
+            if limit is not None and len(rows) >= limit:
+                break
+            if limit is None:
+                rows += self._db.execute(sql, part_params).fetchall()
+            else:
+                rows += self._db.execute(sql + " LIMIT ?", part_params + [limit - len(rows)]).fetchall()
+        return [_from_row(RUN_COLUMNS, row) for row in rows]
