@@ -22,6 +22,8 @@ import msgspec
 
 LOG_FILE_NAME = "xt_run_log.jsonl"
 CHECKPOINT_FILE_NAME = "xt_checkpoint.json"
+_now = time.time
+_monotonic = time.monotonic
 
 
 def _script_dir() -> str:
@@ -60,16 +62,19 @@ class Run:
     def log_metrics(self, metrics: Dict[str, Any], step_name: Optional[str] = None, stage: Optional[str] = None) -> None:
         """Log one step's metrics. Without the step key in the dict, a running __index__ stands in;
         `stage` prefixes each name ("train" -> "train-loss")."""
-        step_key = step_name or self.step_name
         if stage:
-            data = {(name if name == step_key else f"{stage}-{name}"): value for name, value in metrics.items()}
-        else:
-            data = dict(metrics)
+            step_key = step_name or self.step_name
+            metrics = {(name if name == step_key else f"{stage}-{name}"): value for name, value in metrics.items()}
         self._index += 1
-        data["__index__"] = self._index
+        data = {**metrics, "__index__": self._index}
         if step_name:
             data["__step_name__"] = step_name
-        self._append("metrics", data)
+        if self._fd is None:
+            raise ValueError("Run is closed")
+        # the hot path of a training loop: one encode and one list append, no syscall
+        self._buffer.append(self._encode({"time": _now(), "event": "metrics", "data": data}))
+        if len(self._buffer) >= self._max_buffered or _monotonic() >= self._next_flush:
+            self.flush()
 
     # --- checkpoints -------------------------------------------------------------------------
     def set_checkpoint(self, state: Dict[str, Any]) -> None:

@@ -12,6 +12,7 @@ very same runs.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import operator
@@ -431,7 +432,19 @@ def _random_runs(params: List[_Param], count: int, rng: random.Random) -> List[D
 def format_hparam_args(hparams: Dict[str, object]) -> str:
     """' --name=value' per param, in order: floats via repr, bools as True/False, strings
     shell-quoted only when they need it (the command runs through a shell)."""
-    return "".join(f" --{name}={shlex.quote(_format_value(name, value))}" for name, value in hparams.items())
+    return "".join([_format_arg(name, type(value), value) if isinstance(value, _SCALARS) else
+                    f" --{name}={_format_value(name, value)}"  # raises SweepError
+                    for name, value in hparams.items()])
+
+
+_SCALARS = (bool, int, float, str)
+
+
+@functools.lru_cache(maxsize=65536)
+def _format_arg(name: str, kind: type, value: object) -> str:
+    # A sweep repeats each value across many runs: format each (name, value) once. The type is
+    # part of the key because True == 1 and 1 == 1.0 would otherwise share an entry.
+    return f" --{name}={shlex.quote(_format_value(name, value))}"
 
 
 def _format_value(name: str, value: object) -> str:

@@ -14,19 +14,24 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+import msgspec
+
 from xt_submit.adapters.sqlite_util import connect, transaction
 from xt_submit.messages import CANCELLED, ERROR, RunFinished, RunTask, decode_task, encode
 
 _SCHEMA = """
+CREATE TABLE IF NOT EXISTS job_templates (
+    workspace TEXT NOT NULL, job TEXT NOT NULL, body BLOB NOT NULL, PRIMARY KEY (workspace, job));
 CREATE TABLE IF NOT EXISTS tasks (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     workspace TEXT NOT NULL, run TEXT NOT NULL, job TEXT NOT NULL, concurrent INTEGER NOT NULL,
-    body BLOB NOT NULL, state TEXT NOT NULL DEFAULT 'queued',
+    command TEXT NOT NULL, hparams BLOB NOT NULL, state TEXT NOT NULL DEFAULT 'queued',
     pid INTEGER, pid_start TEXT, launched_at REAL, cancel_requested INTEGER NOT NULL DEFAULT 0,
     cancel_sent_at REAL,
     UNIQUE (workspace, run));
 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, seq);
 """
+_encode_json = msgspec.json.Encoder().encode
 FINISHED_MARKER = "finished"  # written by the wrapper once its RunFinished is sent
 PID_FILE = "wrapper.pid"  # the wrapper's first act: "<pid> <start time>"
 SPAWN_TIMEOUT_SECONDS = 30.0
@@ -40,10 +45,18 @@ class LocalCompute:
         self._db = connect(path, _SCHEMA)
 
     def submit(self, tasks: Sequence[RunTask]) -> None:
+        """Tasks of one job share everything but run, command and hparams: that part is stored
+        once per job (a 10,000-run sweep writes one template, not 10,000 copies)."""
+        templates = {}
+        for task in tasks:
+            if (task.workspace, task.job) not in templates:
+                templates[(task.workspace, task.job)] = encode(msgspec.structs.replace(task, run="", command="", hparams={}))
         with transaction(self._db) as db:
+            db.executemany("INSERT OR IGNORE INTO job_templates (workspace, job, body) VALUES (?, ?, ?)",
+                           [(ws, job, body) for (ws, job), body in templates.items()])
             db.executemany(
-                "INSERT OR IGNORE INTO tasks (workspace, run, job, concurrent, body) VALUES (?, ?, ?, ?, ?)",
-                [(t.workspace, t.run, t.job, t.concurrent, encode(t)) for t in tasks])
+                "INSERT OR IGNORE INTO tasks (workspace, run, job, concurrent, command, hparams) VALUES (?, ?, ?, ?, ?, ?)",
+                [(t.workspace, t.run, t.job, t.concurrent, t.command, _encode_json(t.hparams)) for t in tasks])
 
     def cancel(self, workspace: str, runs: Sequence[str]) -> List[str]:
         not_started = []
@@ -65,14 +78,20 @@ class LocalCompute:
         running = {(ws, job): n for ws, job, n in self._db.execute(
             "SELECT workspace, job, count(*) FROM tasks WHERE state IN ('launching', 'launched') GROUP BY workspace, job")}
         chosen = []
-        for ws, job, concurrent, body in self._db.execute(
-                "SELECT workspace, job, concurrent, body FROM tasks WHERE state = 'queued' ORDER BY seq LIMIT ?", (window,)):
+        for ws, job, run, concurrent, command, hparams in self._db.execute(
+                "SELECT workspace, job, run, concurrent, command, hparams FROM tasks WHERE state = 'queued'"
+                " ORDER BY seq LIMIT ?", (window,)):
             if running.get((ws, job), 0) < concurrent:
                 running[(ws, job)] = running.get((ws, job), 0) + 1
-                chosen.append(decode_task(bytes(body)))
+                chosen.append(msgspec.structs.replace(self._template(ws, job), run=run, command=command,
+                                                      hparams=msgspec.json.decode(hparams)))
                 if len(chosen) == limit:
                     break
         return chosen
+
+    def _template(self, workspace: str, job: str) -> RunTask:
+        row = self._db.execute("SELECT body FROM job_templates WHERE workspace = ? AND job = ?", (workspace, job)).fetchone()
+        return decode_task(bytes(row[0]))
 
     def claim(self, task: RunTask) -> bool:
         """Reserve a queued task before spawning, so a crash cannot launch it twice."""

@@ -1,0 +1,90 @@
+"""The Run API inside training scripts: buffered, never loses what was logged."""
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from xt_submit import run_log
+from xt_submit.run_api import Run
+
+
+def records(path):
+    return run_log.parse(open(path, "rb").read())
+
+
+def test_metrics_hparams_stage_and_index(tmp_path):
+    path = tmp_path / "log.jsonl"
+    with Run(str(path)) as run:
+        run.log_hparams({"lr": 0.1})
+        run.log_hparam("opt", "adam")
+        run.log_metrics({"loss": 1.0})
+        run.log_metrics({"epoch": 2, "loss": 0.5}, step_name="epoch", stage="train")
+    entries = records(path)
+    assert [e["event"] for e in entries] == ["hparams", "hparams", "metrics", "metrics"]
+    assert entries[2]["data"] == {"loss": 1.0, "__index__": 1}
+    assert entries[3]["data"] == {"epoch": 2, "train-loss": 0.5, "__index__": 2, "__step_name__": "epoch"}
+    hparams, last, rows = run_log.summarize(entries)
+    assert hparams == {"lr": 0.1, "opt": "adam"} and last == {"loss": 1.0, "train-loss": 0.5}
+    assert [(r["step"], r["name"]) for r in rows] == [(1, "loss"), (2, "train-loss")]
+    with pytest.raises(ValueError, match="closed"):
+        run.log_metrics({"loss": 0})
+
+
+def test_buffer_is_flushed_by_time(tmp_path):
+    path = tmp_path / "log.jsonl"
+    run = Run(str(path), flush_seconds=0.05)
+    run.log_metrics({"loss": 1})
+    time.sleep(0.1)
+    run.log_metrics({"loss": 2})  # the first call after the interval flushes both
+    assert len(records(path)) == 2
+    run.close()
+
+
+def _script(tmp_path, body):
+    script = tmp_path / "train.py"
+    script.write_text(textwrap.dedent(body))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("XT_")}
+    return script, env
+
+
+def test_outside_xt_writes_next_to_the_script_and_flushes_after_an_exception(tmp_path):
+    script, env = _script(tmp_path, """
+        from xt_submit import Run
+        run = Run()
+        for i in range(10):
+            run.log_metrics({"loss": i})
+        raise RuntimeError("diverged")
+    """)
+    result = subprocess.run([sys.executable, str(script)], cwd="/", env=env, capture_output=True, text=True)
+    assert result.returncode == 1 and "diverged" in result.stderr
+    assert len(records(tmp_path / "xt_run_log.jsonl")) == 10
+
+
+def test_sigterm_flushes_before_the_process_ends(tmp_path):
+    script, env = _script(tmp_path, """
+        import sys, time
+        from xt_submit import Run
+        run = Run(flush_seconds=3600)
+        for i in range(5):
+            run.log_metrics({"loss": i})
+        print("ready", flush=True)
+        time.sleep(60)
+    """)
+    process = subprocess.Popen([sys.executable, str(script)], env=env, stdout=subprocess.PIPE, text=True)
+    assert process.stdout.readline().strip() == "ready"
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=10) == -signal.SIGTERM  # still dies of SIGTERM, as the caller expects
+    assert len(records(tmp_path / "xt_run_log.jsonl")) == 5
+
+
+def test_checkpoint_round_trip(tmp_path, monkeypatch):
+    monkeypatch.setenv("XT_CHECKPOINT", str(tmp_path / "ckpt.json"))
+    run = Run(str(tmp_path / "log.jsonl"))
+    assert run.get_checkpoint() is None
+    run.set_checkpoint({"epoch": 3, "best": 0.25})
+    assert Run(str(tmp_path / "log2.jsonl")).get_checkpoint() == {"epoch": 3, "best": 0.25}
+    assert records(tmp_path / "log.jsonl")[-1]["event"] == "checkpoint"
