@@ -304,7 +304,9 @@ class SqliteStats:
             return [_from_row(RUN_COLUMNS, row) for row in rows]
 
         # A metric sort walks the (name, value) index; runs without the metric order first, as NULL.
-        with_value = (f"SELECT {columns} FROM last_metrics s JOIN runs r ON r.workspace = s.workspace AND r.name = s.run"
+        # CROSS JOIN pins the join order: walk the value index, look each run up (SQLite's planner
+        # otherwise scans every run and sorts: 57 ms instead of 0.4 ms at 100,000 runs).
+        with_value = (f"SELECT {columns} FROM last_metrics s CROSS JOIN runs r ON r.workspace = s.workspace AND r.name = s.run"
                       f" WHERE s.workspace = ? AND s.name = ? AND {' AND '.join(where)}"
                       f" ORDER BY s.value {direction}, {tie}")
         with_params = [query.workspace, sort.name] + params
