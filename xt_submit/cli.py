@@ -13,6 +13,8 @@ import uuid
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+import msgspec
+
 from xt_submit import config as xt_config
 from xt_submit import layout, reports, run_log, run_query, sweep
 from xt_submit.messages import TERMINAL_STATUSES, ContractError
@@ -194,18 +196,13 @@ def cmd_run(args: argparse.Namespace) -> int:
                 print(f"  {entry['index']:>4}  {entry['command']}")
         return 0
 
-    from xt_submit import code_archive
+    from xt_submit.code_upload import upload_code
     from xt_submit.local_host import ensure_host
 
     parts = _embedded(cfg)
-    snapshot = code_archive.snapshot_code(cfg.code.code_dirs, os.getcwd(), cfg.code.code_omit,
-                                          max_bytes=cfg.code.max_size_mb * 1024**2)
-    key = layout.code_key(snapshot.sha256)
-    if not parts.ports.storage.exists(key):  # content-addressed: an unchanged tree is stored once
-        parts.ports.storage.write(key, snapshot.data, overwrite=False)
-    import msgspec
-
-    manifest = msgspec.structs.replace(manifest, code_key=key, code_sha256=snapshot.sha256)
+    key, sha256 = upload_code(parts.ports.storage, parts.home, cfg.code.code_dirs, os.getcwd(), cfg.code.code_omit,
+                              max_bytes=cfg.code.max_size_mb * 1024**2)
+    manifest = msgspec.structs.replace(manifest, code_key=key, code_sha256=sha256)
     submission_id = uuid.uuid4().hex
     parts.ports.publisher.send_job(JobSubmitted(submission_id=submission_id, manifest=manifest, submitted_at=time.time()))
     ensure_host(parts.home)
@@ -260,7 +257,7 @@ def _follow(parts, workspace: str, job: str, total: int, show_progress: bool) ->
             if record["status"] in TERMINAL_STATUSES:
                 return record
             ensure_host(parts.home)
-            time.sleep(0.3)
+            time.sleep(0.1)
     finally:
         bar.close()
 

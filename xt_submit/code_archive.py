@@ -15,8 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator, List, Sequence, Tuple
 
-import pathspec
-
 ALWAYS_OMITTED_DIRS = frozenset({".git", "__pycache__", ".hg", ".svn", ".venv", "node_modules"})
 # xt_config.yaml may hold service settings: the manifest carries what a run needs, never the file.
 ALWAYS_OMITTED_FILES = frozenset({"xt_config.yaml", "xt_run_log.jsonl", "xt_checkpoint.json"})
@@ -40,6 +38,8 @@ class Snapshot:
 def iter_code_files(code_dir: Path, omit: Sequence[str] = ()) -> Iterator[Tuple[Path, str]]:
     """(absolute path, archive name) of each file to ship, skipping VCS dirs, caches,
     .gitignore'd files, `omit` globs and symlinks (a link's target never travels)."""
+    import pathspec  # only the submitting side needs it; the node only unpacks
+
     omit_spec = pathspec.GitIgnoreSpec.from_lines(list(omit))
     ignore_specs: List[Tuple[str, pathspec.PathSpec]] = []
     for dirpath, dirnames, filenames in os.walk(code_dir):

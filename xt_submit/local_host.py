@@ -58,13 +58,15 @@ def _audit_fields(event) -> dict:
 
 
 class LocalHost:
-    def __init__(self, parts: Embedded, *, idle_exit_seconds: Optional[float] = None, poll_seconds: float = 0.2) -> None:
+    def __init__(self, parts: Embedded, *, idle_exit_seconds: Optional[float] = None, poll_seconds: float = 0.2,
+                 busy_poll_seconds: float = 0.01) -> None:
         self.parts = parts
         self.ports = parts.ports
         self.queue = parts.queue
         self.executor = LocalExecutor(parts.compute, parts.home, self._publish_finished)
         self.idle_exit_seconds = idle_exit_seconds
         self.poll_seconds = poll_seconds
+        self.busy_poll_seconds = busy_poll_seconds
         self._uploads_checked = 0.0
         self._seen_uploads_path = parts.home / "uploads_seen.json"
 
@@ -131,8 +133,11 @@ class LocalHost:
                 idle_since = time.monotonic()
                 continue
             if self.has_work():
+                # runs in flight: their events and exits want a prompt answer (the next run starts then)
                 idle_since = time.monotonic()
-            elif self.idle_exit_seconds is not None and time.monotonic() - idle_since > self.idle_exit_seconds:
+                time.sleep(self.busy_poll_seconds)
+                continue
+            if self.idle_exit_seconds is not None and time.monotonic() - idle_since > self.idle_exit_seconds:
                 return
             time.sleep(self.poll_seconds)
 

@@ -114,25 +114,25 @@ class RunWrapper:
             env.update(task.setup.environment)
         return env
 
-    def _shell_command(self) -> str:
+    def _argv(self):
+        """The command as argv (no shell needed), or a bash script when a setup must run first."""
         command = self.task.command
         setup = self.task.setup
-        if command.startswith("python ") and not (setup and setup.activate):
-            # The interpreter that runs XT has xt_submit (the Run API) installed.
-            command = shlex.quote(sys.executable) + command[len("python"):]
-        steps = []
-        if setup and setup.activate:
-            steps.append(setup.activate)
-        if setup and setup.pip_packages:
-            steps.append("python -m pip install --quiet " + " ".join(shlex.quote(p) for p in setup.pip_packages))
-        steps.append(command)
-        return " && ".join(steps)
+        if setup and (setup.activate or setup.pip_packages):
+            steps = [setup.activate] if setup.activate else []
+            if setup.pip_packages:
+                steps.append("python -m pip install --quiet " + " ".join(shlex.quote(p) for p in setup.pip_packages))
+            return ["/bin/bash", "-c", " && ".join(steps + [command])]
+        argv = shlex.split(command)
+        if argv and argv[0] == "python":
+            argv[0] = sys.executable  # the interpreter that runs XT has xt_submit (the Run API) installed
+        return argv
 
     def _run_command(self) -> int:
         self.local_log.touch()
-        process = subprocess.Popen(self._shell_command(), shell=True, cwd=self.code_dir, env=self._environment(),
+        process = subprocess.Popen(self._argv(), cwd=self.code_dir, env=self._environment(),
                                    stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   start_new_session=True, executable="/bin/bash" if os.path.exists("/bin/bash") else None)
+                                   start_new_session=True)
         self._process = process
         tee = threading.Thread(target=self._tee, args=(process.stdout,), daemon=True)
         tee.start()
