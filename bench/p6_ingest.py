@@ -59,7 +59,7 @@ def main() -> None:
     assert stored == args.records, stored
 
     _, _, rows = run_log.summarize(run_log.parse(blob))
-    tuples = [("ws1", "run1.1", seq, r["step"], r["name"], r["value"], r["time"]) for seq, r in enumerate(rows)]
+    tuples = [("ws1", "run1.1", seq, *row) for seq, row in enumerate(rows)]
 
     def fresh_table():
         fresh()

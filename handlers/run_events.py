@@ -21,10 +21,11 @@ def run_finished(event: RunFinished, ports: Ports) -> dict:
     """The node's report is authoritative: whatever came before, the run ends as it says."""
     ws, run = event.workspace, event.run
     try:
-        records = run_log.parse(ports.storage.read(layout.run_log_key(ws, run)))
+        blob = ports.storage.read(layout.run_log_key(ws, run))
     except NotFound:
-        records = []
-    hparams, logged_metrics, metric_rows = run_log.summarize(records)
+        blob = b""
+    hparams, logged_metrics, metric_rows = run_log.summarize(run_log.iter_records(blob))
+    del blob
     last_metrics = {**event.metrics, **logged_metrics}  # the stored log wins; the event covers a lost upload
     ports.stats.replace_metrics(ws, run, metric_rows)
 

@@ -48,6 +48,15 @@ def test_snapshot_size_limit_names_the_option(tmp_path):
         code_archive.snapshot_code(["nope"], str(tree))
 
 
+def test_xt_home_inside_the_code_dir_never_ships(tmp_path):
+    tree = make_tree(tmp_path / "proj")
+    home = tree / ".xt_home"
+    storage = DirectoryStorage(home / "storage")
+    (home / "stats.db").write_text("state")
+    key, _ = upload_code(storage, home, ["."], str(tree), [], 10**9)
+    assert not [n for n in names(storage.read(key)) if n.startswith(".xt_home")]
+
+
 def test_unchanged_tree_is_not_zipped_or_uploaded_twice(tmp_path, monkeypatch):
     tree = make_tree(tmp_path / "proj")
     storage = DirectoryStorage(tmp_path / "storage")

@@ -29,7 +29,7 @@ def test_metrics_hparams_stage_and_index(tmp_path):
     assert entries[3]["data"] == {"epoch": 2, "train-loss": 0.5, "__index__": 2, "__step_name__": "epoch"}
     hparams, last, rows = run_log.summarize(entries)
     assert hparams == {"lr": 0.1, "opt": "adam"} and last == {"loss": 1.0, "train-loss": 0.5}
-    assert [(r["step"], r["name"]) for r in rows] == [(1, "loss"), (2, "train-loss")]
+    assert [(r.step, r.name) for r in rows] == [(1, "loss"), (2, "train-loss")]
     with pytest.raises(ValueError, match="closed"):
         run.log_metrics({"loss": 0})
 

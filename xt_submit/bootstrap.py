@@ -43,3 +43,12 @@ def embedded(home: Path) -> Embedded:
     ports = Ports(storage=DirectoryStorage(home / "storage"), stats=SqliteStats(str(home / "stats.db")),
                   compute=compute, publisher=QueuePublisher(queue), clock=time.time)
     return Embedded(home, ports, queue, compute)
+
+
+def node_ports(home: Path):
+    """(storage, publisher) for a run wrapper on this machine: a node needs nothing else."""
+    from xt_submit.adapters.directory_storage import DirectoryStorage
+    from xt_submit.adapters.queue_publisher import QueuePublisher
+    from xt_submit.adapters.sqlite_queue import SqliteQueue
+
+    return DirectoryStorage(home / "storage"), QueuePublisher(SqliteQueue(str(home / "queue.db")))

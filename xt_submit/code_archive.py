@@ -35,9 +35,11 @@ class Snapshot:
     files: int
 
 
-def iter_code_files(code_dir: Path, omit: Sequence[str] = ()) -> Iterator[Tuple[Path, str]]:
+def iter_code_files(code_dir: Path, omit: Sequence[str] = (), exclude: Sequence[Path] = ()) -> Iterator[Tuple[Path, str]]:
     """(absolute path, archive name) of each file to ship, skipping VCS dirs, caches,
-    .gitignore'd files, `omit` globs and symlinks (a link's target never travels)."""
+    .gitignore'd files, `omit` globs, symlinks (a link's target never travels) and the
+    `exclude` dirs (XT's own state, when XT_HOME sits inside the code)."""
+    excluded = {str(Path(p).resolve()) for p in exclude}
     import pathspec  # only the submitting side needs it; the node only unpacks
 
     omit_spec = pathspec.GitIgnoreSpec.from_lines(list(omit))
@@ -57,7 +59,7 @@ def iter_code_files(code_dir: Path, omit: Sequence[str] = ()) -> Iterator[Tuple[
 
         dirnames[:] = sorted(d for d in dirnames
                              if d not in ALWAYS_OMITTED_DIRS and not os.path.islink(os.path.join(dirpath, d))
-                             and not ignored(rel_dir + d, True))
+                             and os.path.join(dirpath, d) not in excluded and not ignored(rel_dir + d, True))
         for name in sorted(filenames):
             path = Path(dirpath, name)
             rel = rel_dir + name
@@ -66,7 +68,8 @@ def iter_code_files(code_dir: Path, omit: Sequence[str] = ()) -> Iterator[Tuple[
             yield path, rel
 
 
-def snapshot_code(code_dirs: Sequence[str], base: str, omit: Sequence[str] = (), max_bytes: int = 500 * 1024**2) -> Snapshot:
+def snapshot_code(code_dirs: Sequence[str], base: str, omit: Sequence[str] = (), max_bytes: int = 500 * 1024**2,
+                  exclude: Sequence[Path] = ()) -> Snapshot:
     """Zip the code dirs (relative to `base`) into a reproducible, content-hashed archive."""
     entries = []
     total = 0
@@ -75,7 +78,7 @@ def snapshot_code(code_dirs: Sequence[str], base: str, omit: Sequence[str] = (),
         if not root.is_dir():
             raise ArchiveError(f"code.code-dirs: {code_dir}: not a directory")
         prefix = "" if code_dir in (".", "") else PurePosixPath(code_dir.replace(os.sep, "/")).name + "/"
-        for path, rel in iter_code_files(root, omit):
+        for path, rel in iter_code_files(root, omit, exclude):
             size = path.stat().st_size
             total += size
             if total > max_bytes:

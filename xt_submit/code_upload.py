@@ -19,13 +19,13 @@ CACHE_FILE = "snapshot_cache.json"
 CACHE_ENTRIES = 64
 
 
-def tree_fingerprint(code_dirs: Sequence[str], base: str, omit: Sequence[str]) -> str:
+def tree_fingerprint(code_dirs: Sequence[str], base: str, omit: Sequence[str], exclude: Sequence[Path] = ()) -> str:
     digest = hashlib.sha256(json.dumps([list(code_dirs), list(omit)]).encode())
     for code_dir in code_dirs:
         root = (Path(base) / code_dir).resolve()
         if not root.is_dir():
             raise code_archive.ArchiveError(f"code.code-dirs: {code_dir}: not a directory")
-        for path, rel in code_archive.iter_code_files(root, omit):
+        for path, rel in code_archive.iter_code_files(root, omit, exclude):
             stat = path.stat()
             digest.update(f"{code_dir}\0{rel}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
@@ -39,11 +39,12 @@ def upload_code(storage: Storage, cache_dir: Path, code_dirs: Sequence[str], bas
         cache = json.loads(cache_path.read_text())
     except (OSError, ValueError):
         cache = {}
-    fingerprint = tree_fingerprint(code_dirs, base, omit)
+    exclude = [Path(cache_dir)]  # XT's own state never ships, even when XT_HOME is inside the code dir
+    fingerprint = tree_fingerprint(code_dirs, base, omit, exclude)
     known = cache.get(fingerprint)
     if known and storage.exists(layout.code_key(known)):
         return layout.code_key(known), known
-    snapshot = code_archive.snapshot_code(code_dirs, base, omit, max_bytes=max_bytes)
+    snapshot = code_archive.snapshot_code(code_dirs, base, omit, max_bytes=max_bytes, exclude=exclude)
     key = layout.code_key(snapshot.sha256)
     if not storage.exists(key):  # content-addressed: the same tree from elsewhere is stored once
         storage.write(key, snapshot.data, overwrite=False)

@@ -63,15 +63,12 @@ class LocalHost:
         self.parts = parts
         self.ports = parts.ports
         self.queue = parts.queue
-        self.executor = LocalExecutor(parts.compute, parts.home, self._publish_finished)
+        self.executor = LocalExecutor(parts.compute, parts.home, parts.ports.storage, parts.ports.publisher)
         self.idle_exit_seconds = idle_exit_seconds
         self.poll_seconds = poll_seconds
         self.busy_poll_seconds = busy_poll_seconds
         self._uploads_checked = 0.0
         self._seen_uploads_path = parts.home / "uploads_seen.json"
-
-    def _publish_finished(self, message: RunFinished) -> None:
-        self.ports.publisher.send_events([message])
 
     def process(self, message: ReceivedMessage) -> None:
         started = time.monotonic()

@@ -50,8 +50,8 @@ class StatsStore(Protocol):
                    *, only_if_status_in: Optional[Iterable[str]] = None) -> bool:
         """Apply changes; with only_if_status_in, only when the run's current status is one of
         them (a compare-and-set, so concurrent handlers cannot move a run backwards)."""
-    def replace_metrics(self, workspace: str, run: str, records: Sequence[Dict[str, Any]]) -> None:
-        """Replace the run's metric records ({step, name, value, time}) in one bulk write."""
+    def replace_metrics(self, workspace: str, run: str, rows: Sequence[Any]) -> None:
+        """Replace the run's metric records (run_log.MetricRow: step, name, value, time) in one bulk write."""
     def get_metrics(self, workspace: str, run: str) -> List[Dict[str, Any]]: ...
     def job_rollup(self, workspace: str, job: str) -> Dict[str, Any]:
         """{"counts": {status: number of runs}, "started": first run start, "ended": last run end}."""

@@ -5,7 +5,7 @@ by the Run API inside the training script, by the run wrapper and by the handler
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, NamedTuple, Optional, Tuple
 
 import msgspec
 
@@ -16,26 +16,36 @@ def record(time: float, event: str, data: Dict[str, Any]) -> bytes:
     return _encoder.encode({"time": time, "event": event, "data": data}) + b"\n"
 
 
-def parse(blob: bytes) -> List[Dict[str, Any]]:
+class MetricRow(NamedTuple):
+    """One logged value: a tuple, so a million of them stay small on the way to a bulk insert."""
+
+    step: Optional[int]
+    name: str
+    value: Any
+    time: Optional[float]
+
+
+def iter_records(blob: bytes) -> Iterator[Dict[str, Any]]:
     """Every well-formed record; a torn or foreign line (a crash mid-write) is skipped, never fatal."""
-    records = []
+    decode = msgspec.json.Decoder().decode
     for line in blob.splitlines():
-        if not line.strip():
-            continue
         try:
-            entry = msgspec.json.decode(line)
+            entry = decode(line)
         except msgspec.DecodeError:
             continue
         if isinstance(entry, dict) and isinstance(entry.get("event"), str) and isinstance(entry.get("data"), dict):
-            records.append(entry)
-    return records
+            yield entry
 
 
-def summarize(records: Iterable[Dict[str, Any]]) -> Tuple[Dict[str, Any], Dict[str, Any], List[Dict[str, Any]]]:
-    """(hparams, last value of each metric, metric rows {step, name, value, time}) of a run log."""
+def parse(blob: bytes) -> List[Dict[str, Any]]:
+    return list(iter_records(blob))
+
+
+def summarize(records: Iterable[Dict[str, Any]]) -> Tuple[Dict[str, Any], Dict[str, Any], List[MetricRow]]:
+    """(hparams, last value of each metric, metric rows) of a run log."""
     hparams: Dict[str, Any] = {}
     last_metrics: Dict[str, Any] = {}
-    rows: List[Dict[str, Any]] = []
+    rows: List[MetricRow] = []
     step_name = "step"
     for entry in records:
         event, data = entry["event"], entry["data"]
@@ -51,6 +61,5 @@ def summarize(records: Iterable[Dict[str, Any]]) -> Tuple[Dict[str, Any], Dict[s
                     continue
                 if isinstance(value, (int, float, str, bool)) or value is None:
                     last_metrics[name] = value
-                    rows.append({"step": step if isinstance(step, int) else None, "name": name, "value": value,
-                                 "time": entry.get("time")})
+                    rows.append(MetricRow(step if isinstance(step, int) else None, name, value, entry.get("time")))
     return hparams, last_metrics, rows

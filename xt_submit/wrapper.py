@@ -1,58 +1,81 @@
 """The run wrapper: executes one run on a compute node.
 
-    python -m xt_submit.wrapper TASK_JSON
+It fetches and safely unpacks the code, reports RunStarted, starts the setup and the command
+under a tiny reaper process (xt_submit/reaper.py: the run's parent, which records its exit
+code), ships console output and the script's run log to storage while it runs, syncs the output
+dir live, captures the after-dirs at the end, and reports RunFinished.
 
-Fetches and safely unpacks the code, reports RunStarted, runs the setup and the command, tees
-console output and the script's run log into storage while it runs, syncs the output dir live,
-captures the after-dirs at the end, and reports RunFinished. It exits 0 once the finish is
-reported, whatever the script's exit code.
+Its state lives in the node dir, so a supervisor that dies can be replaced mid-run (`resume`):
+the local host drives RunWrappers in-process; a remote node runs `python -m xt_submit.wrapper
+TASK_JSON`, which drives one until it ends.
 """
 from __future__ import annotations
 
 import fnmatch
+import json
 import os
 import shlex
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from xt_submit import code_archive, layout, run_log
-from xt_submit.adapters.local_compute import FINISHED_MARKER, PID_FILE, process_start_time
 from xt_submit.messages import CANCELLED, COMPLETED, ERROR, RunFinished, RunStarted, RunTask, decode_task
 from xt_submit.ports import NotFound, Publisher, Storage
 
 SYNC_SECONDS = float(os.environ.get("XT_SYNC_SECONDS", "1.0"))
 KILL_GRACE_SECONDS = 10.0
+REAPER = str(Path(__file__).with_name("reaper.py"))
+STATE_FILE = "wrapper_state.json"
+EXIT_FILE = "exit_code"
+FINISHED_MARKER = "finished"  # written once RunFinished is sent
+
+
+def process_start_time(pid: int) -> Optional[str]:
+    """The kernel's start time of pid (None if gone or a zombie): tells a live process from a recycled pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return None
+        return "?"  # no /proc (not Linux): trust the pid
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return fields[19].decode()
 
 
 class RunWrapper:
     def __init__(self, task: RunTask, node_dir: Path, storage: Storage, publisher: Publisher, node_id: str = "local") -> None:
         self.task = task
-        self.node_dir = node_dir
+        self.node_dir = Path(node_dir)
         self.storage = storage
         self.publisher = publisher
         self.node_id = node_id
-        self.code_dir = node_dir / "code"
+        self.code_dir = self.node_dir / "code"
         self.output_dir = self.code_dir / "output"
-        self.local_log = node_dir / "xt_run_log.jsonl"
-        self.checkpoint = node_dir / "xt_checkpoint.json"
-        self._console: List[bytes] = []
-        self._console_lock = threading.Lock()
-        self._log_offset = 0
+        self.local_log = self.node_dir / "xt_run_log.jsonl"
+        self.console = self.node_dir / "console.log"
+        self.checkpoint = self.node_dir / "xt_checkpoint.json"
+        self.process: Optional[subprocess.Popen] = None  # set when this supervisor started the run
+        self.state: Dict = {"started_at": None, "pid": None, "pid_start": None, "console_offset": 0, "log_offset": 0,
+                            "stopping": None, "stop_sent_at": None, "failure": ""}
         self._live_seen: Dict[str, tuple] = {}
-        self._cancelled = False
-        self._timed_out = False
-        self._process: Optional[subprocess.Popen] = None
+        self._last_sync = 0.0
+        self._dirty = False
 
-    # --- the run -----------------------------------------------------------------------------
-    def execute(self) -> RunFinished:
+    # --- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Report the start, prepare the code and launch the command (returns at once)."""
         task, ws = self.task, self.task.workspace
+        self.node_dir.mkdir(parents=True, exist_ok=True)
         started_at = time.time()
-        signal.signal(signal.SIGTERM, self._on_cancel)
+        self.state["started_at"] = started_at
         log_key = layout.run_log_key(ws, task.run)
         opening = (run_log.record(task.created_at, "created", {"job": task.job, "command": task.command,
                                                               "step_name": task.step_name})
@@ -62,39 +85,94 @@ class RunWrapper:
         self.storage.append(log_key, run_log.record(started_at, "started", {"node": self.node_id}))
         self.publisher.send_events([RunStarted(workspace=ws, job=task.job, run=task.run, node_id=self.node_id,
                                                started_at=started_at)])
-        exit_code: Optional[int] = None
-        reason = ""
         try:
             self._fetch_code()
             self._restore_checkpoint()
             self.output_dir.mkdir(parents=True, exist_ok=True)
-            exit_code = self._run_command()
+            self.local_log.touch()
+            self._launch()
         except (code_archive.ArchiveError, NotFound, OSError) as exc:
-            reason = f"run wrapper: {exc}"
-            self._console_write(f"\n[xt] {reason}\n".encode())
+            self.state["failure"] = f"run wrapper: {exc}"
+            with open(self.console, "ab") as f:
+                f.write(f"[xt] {self.state['failure']}\n".encode())
+            self._save_state()
+
+    @classmethod
+    def resume(cls, task: RunTask, node_dir: Path, storage: Storage, publisher: Publisher,
+               node_id: str = "local") -> "RunWrapper":
+        """Take over a run started by a supervisor that died, from the state it left in the node dir."""
+        wrapper = cls(task, node_dir, storage, publisher, node_id)
+        wrapper.state.update(json.loads((wrapper.node_dir / STATE_FILE).read_text()))
+        return wrapper
+
+    def ended(self) -> bool:
+        if self.process is not None:
+            return self.process.poll() is not None
+        pid = self.state["pid"]
+        return pid is None or process_start_time(pid) != self.state["pid_start"]
+
+    def stop(self, why: str) -> None:
+        """Ask the run to end (why: 'cancelled' or 'max-time'); SIGKILL follows if it lingers."""
+        if self.state["stopping"] is None:
+            self.state.update(stopping=why, stop_sent_at=time.time())
+            self._save_state()
+            self._signal(signal.SIGTERM)
+        elif time.time() - self.state["stop_sent_at"] > KILL_GRACE_SECONDS:
+            self._signal(signal.SIGKILL)
+
+    def tick(self) -> None:
+        """Supervise: enforce max-time and ship what the run wrote, at most every SYNC_SECONDS."""
+        started = self.state["started_at"] or time.time()
+        if self.task.max_time is not None and time.time() - started > self.task.max_time:
+            self.stop("max-time")
+        elif self.state["stopping"] is not None:
+            self.stop(self.state["stopping"])
+        if time.monotonic() - self._last_sync >= SYNC_SECONDS:
+            self.sync()
+
+    def sync(self) -> None:
+        self._last_sync = time.monotonic()
+        self._ship_tail(self.console, layout.console_key(self.task.workspace, self.task.run), "console_offset",
+                        whole_lines=False)
+        self._ship_tail(self.local_log, layout.run_log_key(self.task.workspace, self.task.run), "log_offset",
+                        whole_lines=True)
+        if self._dirty:  # offsets persist right after the appends: a successor resumes where this left off
+            self._save_state()
+            self._dirty = False
+        self._sync_live()
+
+    def finish(self) -> RunFinished:
+        """After the command ended: final sync, capture outputs, report RunFinished."""
+        task, ws = self.task, self.task.workspace
         ended_at = time.time()
-        if self._cancelled:
+        exit_code = self._exit_code()
+        stopping, failure = self.state["stopping"], self.state["failure"]
+        if stopping == "cancelled":
             status, reason = CANCELLED, "cancelled by request"
-        elif self._timed_out:
+        elif stopping == "max-time":
             status, reason = ERROR, f"max-time of {task.max_time:g}s exceeded"
+        elif failure:
+            status, reason = ERROR, failure
         elif exit_code == 0:
-            status = COMPLETED
+            status, reason = COMPLETED, ""
         else:
             status = ERROR
-            reason = reason or f"exit code {exit_code}"
-        self._sync_live()
+            reason = f"exit code {exit_code}" if exit_code is not None else "the run ended without an exit code"
+        self.sync()
         self._capture_after_files()
         self._ship_checkpoint()
-        self._flush_console()
-        _, last_metrics, _ = run_log.summarize(run_log.parse(self._flush_run_log()))
+        _, last_metrics, _ = run_log.summarize(run_log.parse(self._read(self.local_log)))
+        started_at = self.state["started_at"] or ended_at
         self.storage.append(layout.run_log_key(ws, task.run), run_log.record(ended_at, "ended", {
             "status": status, "exit_code": exit_code, "duration": round(ended_at - started_at, 3), "reason": reason}))
         finished = RunFinished(workspace=ws, job=task.job, run=task.run, node_id=self.node_id, status=status,
                                exit_code=exit_code, started_at=started_at, ended_at=ended_at, reason=reason,
                                metrics=last_metrics)
         self.publisher.send_events([finished])
+        (self.node_dir / FINISHED_MARKER).write_text("")
         return finished
 
+    # --- the command -------------------------------------------------------------------------
     def _fetch_code(self) -> None:
         zip_path = self.node_dir / "code.zip"
         self.storage.download_file(self.task.code_key, str(zip_path))
@@ -114,7 +192,7 @@ class RunWrapper:
             env.update(task.setup.environment)
         return env
 
-    def _argv(self):
+    def _argv(self) -> List[str]:
         """The command as argv (no shell needed), or a bash script when a setup must run first."""
         command = self.task.command
         setup = self.task.setup
@@ -128,78 +206,48 @@ class RunWrapper:
             argv[0] = sys.executable  # the interpreter that runs XT has xt_submit (the Run API) installed
         return argv
 
-    def _run_command(self) -> int:
-        self.local_log.touch()
-        process = subprocess.Popen(self._argv(), cwd=self.code_dir, env=self._environment(),
-                                   stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-        self._process = process
-        tee = threading.Thread(target=self._tee, args=(process.stdout,), daemon=True)
-        tee.start()
-        deadline = time.monotonic() + self.task.max_time if self.task.max_time else None
-        while process.poll() is None:
-            try:
-                process.wait(timeout=SYNC_SECONDS)
-            except subprocess.TimeoutExpired:
-                pass
-            if deadline is not None and time.monotonic() > deadline and not self._timed_out:
-                self._timed_out = True
-                self._stop_process()
-            self._flush_console()
-            self._flush_run_log()
-            self._sync_live()
-        tee.join(timeout=5)
-        return process.returncode
+    def _launch(self) -> None:
+        exit_file = self.node_dir / EXIT_FILE
+        if exit_file.exists():
+            exit_file.unlink()
+        with open(self.console, "ab") as console:
+            # own session: the run outlives its supervisor, and a cancel can signal its whole tree
+            self.process = subprocess.Popen([sys.executable, "-S", "-I", REAPER, str(exit_file), *self._argv()],
+                                            cwd=self.code_dir, env=self._environment(), stdin=subprocess.DEVNULL,
+                                            stdout=console, stderr=subprocess.STDOUT, start_new_session=True)
+        self.state.update(pid=self.process.pid, pid_start=process_start_time(self.process.pid) or "?")
+        self._save_state()  # at once: a supervisor that dies now must find this run, not start it again
 
-    def _on_cancel(self, signum, frame) -> None:
-        self._cancelled = True
-        threading.Thread(target=self._stop_process, daemon=True).start()
+    def _exit_code(self) -> Optional[int]:
+        try:
+            return int((self.node_dir / EXIT_FILE).read_text())
+        except (OSError, ValueError):
+            return None  # the reaper itself was killed, or the command never started
 
-    def _stop_process(self) -> None:
-        """SIGTERM to the run's process group, SIGKILL after a grace period."""
-        process = self._process
-        if process is None or process.poll() is not None:
+    def _signal(self, sig: int) -> None:
+        pid = self.state["pid"]
+        if pid is None or self.ended():
             return
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            try:
-                os.killpg(process.pid, sig)
-            except ProcessLookupError:
-                return
-            try:
-                process.wait(timeout=KILL_GRACE_SECONDS)
-                return
-            except subprocess.TimeoutExpired:
-                continue
+        try:
+            os.killpg(pid, sig)  # the reaper forwards; the whole process group gets it too
+        except (ProcessLookupError, PermissionError):
+            pass
 
     # --- shipping files to storage -----------------------------------------------------------
-    def _tee(self, stream) -> None:
-        fd = stream.fileno()
-        while chunk := os.read(fd, 65536):
-            self._console_write(chunk)
-
-    def _console_write(self, chunk: bytes) -> None:
-        sys.stdout.buffer.write(chunk)
-        sys.stdout.buffer.flush()
-        with self._console_lock:
-            self._console.append(chunk)
-
-    def _flush_console(self) -> None:
-        with self._console_lock:
-            data, self._console = b"".join(self._console), []
-        if data:
-            self.storage.append(layout.console_key(self.task.workspace, self.task.run), data)
-
-    def _flush_run_log(self) -> bytes:
-        """Append the script's new complete lines to the stored run log; returns everything logged so far."""
+    def _ship_tail(self, path: Path, key: str, offset_name: str, whole_lines: bool) -> None:
+        offset = self.state[offset_name]
         try:
-            data = self.local_log.read_bytes()
+            with open(path, "rb") as f:
+                f.seek(offset)
+                data = f.read()
         except FileNotFoundError:
-            return b""
-        complete = data[: data.rfind(b"\n") + 1]
-        if len(complete) > self._log_offset:
-            self.storage.append(layout.run_log_key(self.task.workspace, self.task.run), complete[self._log_offset:])
-            self._log_offset = len(complete)
-        return complete
+            return
+        if whole_lines:
+            data = data[: data.rfind(b"\n") + 1]
+        if data:
+            self.storage.append(key, data)
+            self.state[offset_name] = offset + len(data)
+            self._dirty = True
 
     def _sync_live(self) -> None:
         prefix = layout.live_prefix(self.task.workspace, self.task.run)
@@ -230,6 +278,18 @@ class RunWrapper:
         if self.checkpoint.exists():
             self.storage.upload_file(layout.checkpoint_key(self.task.workspace, self.task.run), str(self.checkpoint))
 
+    def _save_state(self) -> None:
+        tmp = self.node_dir / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(self.state))
+        os.replace(tmp, self.node_dir / STATE_FILE)
+
+    @staticmethod
+    def _read(path: Path) -> bytes:
+        try:
+            return path.read_bytes()
+        except FileNotFoundError:
+            return b""
+
 
 def _walk_files(root: Path):
     if not root.is_dir():
@@ -250,19 +310,23 @@ def _glob_match(rel: str, pattern: str) -> bool:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Drive one run to its end on this node (the embedded default's storage and queue)."""
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
         print("usage: python -m xt_submit.wrapper TASK_JSON", file=sys.stderr)
         return 2
     task_path = Path(argv[0]).resolve()
-    node_dir = task_path.parent
-    (node_dir / PID_FILE).write_text(f"{os.getpid()} {process_start_time(os.getpid()) or '?'}")
     task = decode_task(task_path.read_bytes())
-    from xt_submit.bootstrap import embedded, xt_home
+    from xt_submit.bootstrap import node_ports, xt_home
 
-    ports = embedded(xt_home()).ports
-    RunWrapper(task, node_dir, ports.storage, ports.publisher).execute()
-    (node_dir / FINISHED_MARKER).write_text("")
+    storage, publisher = node_ports(xt_home())
+    wrapper = RunWrapper(task, task_path.parent, storage, publisher)
+    signal.signal(signal.SIGTERM, lambda signum, frame: wrapper.stop("cancelled"))
+    wrapper.start()
+    while not wrapper.ended():
+        time.sleep(min(SYNC_SECONDS, 0.2))
+        wrapper.tick()
+    wrapper.finish()
     return 0
 
 

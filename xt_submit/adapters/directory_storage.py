@@ -25,9 +25,17 @@ class DirectoryStorage:
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self._made_dirs: set = set()
 
     def _path(self, key: str) -> Path:
         return self.root / _check_key(key)
+
+    def _parent_dir(self, path: Path) -> None:
+        """mkdir -p once per folder per process: most writes land in a folder already made."""
+        parent = path.parent
+        if parent not in self._made_dirs:
+            parent.mkdir(parents=True, exist_ok=True)
+            self._made_dirs.add(parent)
 
     def read(self, key: str) -> bytes:
         try:
@@ -37,7 +45,7 @@ class DirectoryStorage:
 
     def write(self, key: str, data: bytes, *, overwrite: bool = True) -> bool:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self._parent_dir(path)
         # Write aside then rename: a reader never sees half a file, a crash leaves no torn file.
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
@@ -57,7 +65,7 @@ class DirectoryStorage:
 
     def append(self, key: str, data: bytes) -> None:
         path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        self._parent_dir(path)
         # O_APPEND makes each write land whole at the end, even with several writers.
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         try:
@@ -83,7 +91,7 @@ class DirectoryStorage:
 
     def upload_file(self, key: str, path: str) -> None:
         dest = self._path(key)
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        self._parent_dir(dest)
         tmp = dest.with_name(f".tmp-{os.getpid()}-{dest.name}")
         shutil.copyfile(path, tmp)
         os.replace(tmp, dest)

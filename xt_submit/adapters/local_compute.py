@@ -1,15 +1,7 @@
-"""Local compute: a durable task table (the Compute port) and the executor that runs its tasks as
-subprocesses, at most `concurrent` per job at once.
-
-Each run is executed by the run wrapper in its own session, so it outlives a host that dies; a
-restarted host adopts the wrappers still alive and never launches a task twice.
-"""
+"""Local compute: a durable task table (the Compute port) and the executor that runs its tasks,
+at most `concurrent` per job at once."""
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -17,7 +9,8 @@ from typing import Dict, List, Optional, Sequence
 import msgspec
 
 from xt_submit.adapters.sqlite_util import connect, transaction
-from xt_submit.messages import CANCELLED, ERROR, RunFinished, RunTask, decode_task, encode
+from xt_submit.messages import RunTask, decode_task, encode
+from xt_submit.wrapper import FINISHED_MARKER, RunWrapper
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS job_templates (
@@ -32,10 +25,7 @@ CREATE TABLE IF NOT EXISTS tasks (
 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, seq);
 """
 _encode_json = msgspec.json.Encoder().encode
-FINISHED_MARKER = "finished"  # written by the wrapper once its RunFinished is sent
-PID_FILE = "wrapper.pid"  # the wrapper's first act: "<pid> <start time>"
 SPAWN_TIMEOUT_SECONDS = 30.0
-CANCEL_GRACE_SECONDS = 15.0
 
 
 class LocalCompute:
@@ -119,37 +109,26 @@ class LocalCompute:
         return self._db.execute("SELECT count(*) FROM tasks WHERE state IN ('queued', 'launching', 'launched')").fetchone()[0]
 
 
-def process_start_time(pid: int) -> Optional[str]:
-    """The kernel's start time of pid (None if gone or a zombie): tells a live wrapper from a recycled pid."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            return None
-        return "?"  # no /proc (not Linux): trust the pid
-    if fields[0] in (b"Z", b"X"):
-        return None
-    return fields[19].decode()
-
-
 class LocalExecutor:
-    """Launches queued tasks as run-wrapper processes and notices when they end."""
+    """Runs queued tasks on this machine: drives a RunWrapper per run inside the host process
+    (the run itself is a separate session under a tiny reaper, so it outlives the host), and
+    adopts the runs a dead host left behind. No task is launched twice."""
 
-    def __init__(self, compute: LocalCompute, home: Path, publish_finished) -> None:
+    def __init__(self, compute: LocalCompute, home: Path, storage, publisher) -> None:
         self.compute = compute
         self.home = Path(home)
-        self.publish_finished = publish_finished
-        self.children: Dict[tuple, subprocess.Popen] = {}
+        self.storage = storage
+        self.publisher = publisher
+        self.running: Dict[tuple, RunWrapper] = {}
 
     def node_dir(self, workspace: str, run: str) -> Path:
         return self.home / "nodes" / "local" / workspace / run
 
     def poll(self) -> bool:
-        """One pass: reap ended wrappers, forward cancels, launch into free slots. True if anything changed."""
-        changed = self._watch_launched()
+        """One pass: supervise and finish runs, forward cancels, launch into free slots. True if anything changed."""
+        changed = False
+        for entry in self.compute.launched():
+            changed |= self._supervise(entry)
         for task in self.compute.launchable(limit=64):
             if self.compute.claim(task):
                 self._launch(task)
@@ -160,77 +139,38 @@ class LocalExecutor:
         node_dir = self.node_dir(task.workspace, task.run)
         node_dir.mkdir(parents=True, exist_ok=True)
         (node_dir / "task.json").write_bytes(encode(task))
-        env = dict(os.environ, XT_HOME=str(self.home))
-        with open(node_dir / "wrapper.log", "ab") as log:
-            process = subprocess.Popen([sys.executable, "-m", "xt_submit.wrapper", str(node_dir / "task.json")],
-                                       cwd=node_dir, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                                       env=env, start_new_session=True)
-        self.children[(task.workspace, task.run)] = process
-        self.compute.set_launched(task.workspace, task.run, process.pid, process_start_time(process.pid) or "?")
+        wrapper = RunWrapper(task, node_dir, self.storage, self.publisher)
+        wrapper.start()
+        self.running[(task.workspace, task.run)] = wrapper
+        self.compute.set_launched(task.workspace, task.run, wrapper.state["pid"] or 0, wrapper.state["pid_start"] or "")
 
-    def _watch_launched(self) -> bool:
-        changed = False
-        for entry in self.compute.launched():
-            key = (entry["workspace"], entry["run"])
-            alive = self._alive(key, entry)
-            if alive and entry["cancel_requested"]:
-                self._forward_cancel(entry)
-            if alive:
-                continue
-            self.children.pop(key, None)
-            node_dir = self.node_dir(*key)
-            if not (node_dir / FINISHED_MARKER).exists():
-                # The wrapper died before reporting (killed, or a host crash between claim and spawn).
-                cancelled = bool(entry["cancel_requested"])
-                now = time.time()
-                self.publish_finished(RunFinished(
-                    workspace=entry["workspace"], job=entry["job"], run=entry["run"], node_id="local",
-                    status=CANCELLED if cancelled else ERROR, exit_code=None,
-                    started_at=entry["launched_at"] or now, ended_at=now,
-                    reason="cancelled by request" if cancelled else "run wrapper ended without reporting"))
-            self.compute.mark(entry["workspace"], entry["run"], state="done")
-            changed = True
-        return changed
-
-    def _alive(self, key: tuple, entry: dict) -> bool:
-        process = self.children.get(key)
-        if process is not None:
-            return process.poll() is None
-        if entry["state"] == "launching":
-            return self._adopt_or_requeue(entry)
-        start = process_start_time(entry["pid"]) if entry["pid"] else None
-        return start is not None and (start == entry["pid_start"] or entry["pid_start"] == "?")
-
-    def _adopt_or_requeue(self, entry: dict) -> bool:
-        """A task claimed by a host that died around the spawn: adopt the wrapper if it started,
-        requeue the task if it never did (so it runs exactly once)."""
-        pid_file = self.node_dir(entry["workspace"], entry["run"]) / PID_FILE
+    def _wrapper_for(self, entry: dict) -> Optional[RunWrapper]:
+        key = (entry["workspace"], entry["run"])
+        if key in self.running:
+            return self.running[key]
+        node_dir = self.node_dir(*key)
         try:
-            pid_text, pid_start = pid_file.read_text().split()
+            task = decode_task((node_dir / "task.json").read_bytes())
+            wrapper = RunWrapper.resume(task, node_dir, self.storage, self.publisher)
         except (OSError, ValueError):
+            return None  # a host died between claiming the task and starting it
+        self.running[key] = wrapper
+        return wrapper
+
+    def _supervise(self, entry: dict) -> bool:
+        wrapper = self._wrapper_for(entry)
+        if wrapper is None:
             if time.time() - (entry["launched_at"] or 0) > SPAWN_TIMEOUT_SECONDS:
-                self.compute.mark(entry["workspace"], entry["run"], state="queued")
-            return True  # not ended: either still spawning or back in the queue
-        self.compute.set_launched(entry["workspace"], entry["run"], int(pid_text), pid_start)
-        entry.update(pid=int(pid_text), pid_start=pid_start, state="launched")
-        return process_start_time(int(pid_text)) == pid_start
-
-    def _forward_cancel(self, entry: dict) -> None:
-        now = time.time()
-        if entry["cancel_sent_at"] is None:
-            _signal_group(entry["pid"], signal.SIGTERM)  # the wrapper stops the run and reports "cancelled"
-            self.compute.mark(entry["workspace"], entry["run"], cancel_sent_at=now)
-        elif now - entry["cancel_sent_at"] > CANCEL_GRACE_SECONDS:
-            _signal_group(entry["pid"], signal.SIGKILL)
-
-
-def _signal_group(pid: int, sig: int) -> None:
-    try:
-        os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
-    if sig == signal.SIGKILL:
-        try:
-            os.killpg(pid, sig)
-        except (ProcessLookupError, PermissionError):
-            pass
+                self.compute.mark(entry["workspace"], entry["run"], state="queued")  # it never started: run it now
+                return True
+            return False
+        if entry["cancel_requested"]:
+            wrapper.stop("cancelled")
+        if not wrapper.ended():
+            wrapper.tick()
+            return False
+        if not (wrapper.node_dir / FINISHED_MARKER).exists():
+            wrapper.finish()
+        self.compute.mark(entry["workspace"], entry["run"], state="done")
+        self.running.pop((entry["workspace"], entry["run"]), None)
+        return True

@@ -213,12 +213,11 @@ class SqliteStats:
                 _index_last_metrics(db, workspace, name, changes["metrics"] or {})
             return changed
 
-    def replace_metrics(self, workspace: str, run: str, records: Sequence[Dict[str, Any]]) -> None:
-        rows = [(workspace, run, seq, r.get("step"), r["name"], r["value"], r.get("time"))
-                for seq, r in enumerate(records)]
+    def replace_metrics(self, workspace: str, run: str, rows: Sequence[Any]) -> None:
         with transaction(self._db) as db:
             db.execute("DELETE FROM metrics WHERE workspace = ? AND run = ?", (workspace, run))
-            db.executemany("INSERT INTO metrics (workspace, run, seq, step, name, value, time) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+            db.executemany("INSERT INTO metrics (workspace, run, seq, step, name, value, time) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           ((workspace, run, seq, step, name, value, time) for seq, (step, name, value, time) in enumerate(rows)))
 
     # --- reads -------------------------------------------------------------------------------
     def get_job(self, workspace: str, job: str) -> Dict[str, Any]:

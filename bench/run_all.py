@@ -1,0 +1,97 @@
+"""Runs every benchmark (each in its own process, for a clean peak-memory reading), checks each
+against its target, and writes bench/results.json and bench/results.md.
+
+    scripts/bench.sh            # installs the bench extra (MLflow), then runs this
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+# (id, script, arguments, label of the size)
+RUNS = [
+    ("P1", "p1_logging.py", [], "200,000 calls"),
+    ("P2", "p2_dispatch.py", ["--runs", "10000"], "10,000 runs"),
+    ("P2", "p2_dispatch.py", ["--runs", "100000", "--repeat", "3"], "100,000 runs (10x)"),
+    ("P3", "p3_query.py", ["--runs", "100000"], "100,000 runs"),
+    ("P3", "p3_query.py", ["--runs", "1000000", "--mlflow-runs", "0", "--repeat", "9"], "1,000,000 runs (10x)"),
+    ("P4", "p4_sweep.py", [], "100 runs"),
+    ("P5", "p5_snapshot.py", [], "200 MB, 5,000 files"),
+    ("P6", "p6_ingest.py", ["--records", "1000000"], "1,000,000 records"),
+    ("P6", "p6_ingest.py", ["--records", "10000000", "--repeat", "1"], "10,000,000 records (10x)"),
+]
+
+
+def figure(r: dict) -> tuple:
+    """(our figure, limit, peer, verdict) as text, per benchmark."""
+    i = r["id"]
+    if i == "P1":
+        ok = r["ratio_to_limit"] >= 0.5 and r["x_mlflow"] >= 100
+        return (f"{r['ours_calls_per_s']:,.0f} calls/s", f"{r['limit_calls_per_s']:,.0f} calls/s ({r['ratio_to_limit']:.2f}x)",
+                f"mlflow {r['mlflow_calls_per_s']:,.0f} calls/s ({r['x_mlflow']:,.0f}x faster)", ok,
+                ">= 0.5x limit, >= 100x mlflow")
+    if i == "P2":
+        ok = r["runs_per_s"] >= 5000 and r["ratio_to_limit"] >= 0.3
+        return (f"{r['ours_s'] * 1000:,.0f} ms ({r['runs_per_s']:,.0f} runs/s)",
+                f"{r['limit_s'] * 1000:,.0f} ms ({r['ratio_to_limit']:.2f}x)", "-", ok, ">= 5,000 runs/s, >= 0.3x limit")
+    if i == "P3":
+        peer = (f"mlflow {r['mlflow_s'] * 1000:,.0f} ms at {r['mlflow_runs']:,} runs vs ours "
+                f"{r['ours_at_mlflow_runs_s'] * 1000:.2f} ms ({r['x_mlflow']:,.0f}x faster, same runs: "
+                f"{r['same_runs_as_mlflow']})") if "mlflow_s" in r else "-"
+        ok = r["ours_s"] <= 0.05 and r.get("x_mlflow", 20) >= 20
+        return (f"{r['ours_s'] * 1000:.2f} ms (whole CLI process {r['cli_process_s'] * 1000:.0f} ms)",
+                f"{r['limit_s'] * 1000:.2f} ms ({r['ratio_to_limit']:.2f}x)", peer, ok, "<= 50 ms, >= 20x mlflow")
+    if i == "P4":
+        return (f"{r['ours_s']:.2f} s", f"{r['limit_s']:.2f} s ({r['x_limit']:.2f}x)", "-", r["x_limit"] <= 1.3,
+                "<= 1.3x limit")
+    if i == "P5":
+        ok = r["x_limit"] <= 1.5 and r["resubmit_s"] <= 0.3
+        return (f"{r['ours_s']:.2f} s; unchanged resubmit {r['resubmit_s']:.3f} s",
+                f"{r['limit_s']:.2f} s ({r['x_limit']:.2f}x)", "-", ok, "<= 1.5x limit; resubmit <= 0.3 s")
+    if i == "P6":
+        return (f"{r['ours_s']:.2f} s ({r['records_per_s']:,.0f} records/s)",
+                f"{r['limit_s']:.2f} s ({r['ratio_to_limit']:.2f}x)", "-", r["ratio_to_limit"] >= 0.5, ">= 0.5x limit")
+    raise ValueError(i)
+
+
+def main() -> int:
+    results = []
+    started = time.time()
+    for bench_id, script, args, size in RUNS:
+        print(f"{bench_id} {size} ...", file=sys.stderr, flush=True)
+        t0 = time.time()
+        out = subprocess.run([sys.executable, str(HERE / script), *args], cwd=HERE, capture_output=True, text=True)
+        if out.returncode != 0:
+            print(out.stderr, file=sys.stderr)
+            results.append({"id": bench_id, "size": size, "error": out.stderr.strip().splitlines()[-1]})
+            continue
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        result.update(size=size, wall_s=round(time.time() - t0, 1))
+        results.append(result)
+    total = time.time() - started
+
+    lines = ["| id | size | ours | limit (ratio) | peer | peak RSS | target | met |", "|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        if "error" in r:
+            lines.append(f"| {r['id']} | {r['size']} | error: {r['error']} | | | | | no |")
+            continue
+        ours, limit, peer, ok, target = figure(r)
+        r["target_met"] = ok
+        lines.append(f"| {r['id']} | {r['size']} | {ours} | {limit} | {peer} | {r['peak_rss_mb']:.0f} MB | {target} |"
+                     f" {'yes' if ok else 'NO'} |")
+    table = "\n".join(lines)
+    (HERE / "results.json").write_text(json.dumps({"total_s": round(total, 1), "results": results}, indent=2))
+    (HERE / "results.md").write_text(f"# Benchmark results\n\nAll figures are medians; ratios are against the limit "
+                                     f"measured in the same run. Total time {total:.0f} s.\n\n{table}\n")
+    print(table)
+    print(f"\ntotal {total:.0f} s; wrote bench/results.json and bench/results.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
