@@ -5,7 +5,8 @@ idempotent and tolerates duplicated and reordered events.
 """
 from handlers.cancel import cancel_runs
 from handlers.dispatch import dispatch_job
-from handlers.run_events import run_finished, run_started
+from handlers.run_events import mark_silent_runs, run_finished, run_heartbeat, run_started
 from handlers.upload import accept_upload
 
-__all__ = ["accept_upload", "cancel_runs", "dispatch_job", "run_finished", "run_started"]
+__all__ = ["accept_upload", "cancel_runs", "dispatch_job", "mark_silent_runs", "run_finished", "run_heartbeat",
+           "run_started"]

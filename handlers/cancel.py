@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from typing import List
 
-from xt_submit.messages import CANCELLED, QUEUED, RUNNING, TERMINAL_STATUSES, CancelRequested
+from xt_submit.messages import CANCELLED, TERMINAL_STATUSES, CancelRequested
 from xt_submit.ports import Ports
 
-from handlers.jobs import roll_job, write_run_stats
+from handlers.jobs import end_run, roll_job
 
 
 def cancel_runs(event: CancelRequested, ports: Ports) -> List[str]:
@@ -20,12 +20,7 @@ def cancel_runs(event: CancelRequested, ports: Ports) -> List[str]:
     live = [run["name"] for run in candidates if run["status"] not in TERMINAL_STATUSES]
     if live:
         ports.compute.cancel(ws, live)
-    cancelled = []
-    for name in live:
-        if ports.stats.update_run(ws, name, {"status": CANCELLED, "ended": event.requested_at,
-                                             "reason": "cancelled by request"},
-                                  only_if_status_in=[QUEUED, RUNNING]):
-            cancelled.append(name)
-            write_run_stats(ports, ports.stats.get_run(ws, name), [])
+    changes = {"status": CANCELLED, "ended": event.requested_at, "reason": "cancelled by request"}
+    cancelled = [name for name in live if end_run(ports, ws, name, changes)]
     roll_job(ports, ws, event.job)
     return cancelled

@@ -33,3 +33,18 @@ def write_run_stats(ports: Ports, run: Dict[str, Any], outputs: list) -> None:
     stats = {field: run.get(field) for field in fields}
     stats["outputs"] = outputs
     ports.storage.write(layout.run_stats_key(run["workspace"], run["name"]), msgspec.json.encode(stats))
+
+
+def end_run(ports: Ports, workspace: str, run: str, changes: Dict[str, Any]) -> bool:
+    """End a queued or running run without its node's report (a cancel, a silent node).
+
+    Storage first, then the index: a crash in between is repaired by the redelivery, which finds
+    the run still live and writes both again. Returns False if the run had already ended."""
+    record = ports.stats.get_run(workspace, run)
+    if record["status"] in TERMINAL_STATUSES:
+        return False
+    write_run_stats(ports, {**record, **changes}, [])
+    if ports.stats.update_run(workspace, run, changes, only_if_status_in=[QUEUED, RUNNING]):
+        return True
+    write_run_stats(ports, ports.stats.get_run(workspace, run), [])  # its node's report won the race
+    return False

@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 from xt_submit import layout, run_log
-from xt_submit.messages import QUEUED, RUNNING, RunFinished, RunStarted
+from xt_submit.messages import ERROR, QUEUED, RUNNING, RunFinished, RunHeartbeat, RunStarted
 from xt_submit.ports import NotFound, Ports
 
-from handlers.jobs import roll_job, write_run_stats
+from handlers.jobs import end_run, roll_job, write_run_stats
 
 
 def run_started(event: RunStarted, ports: Ports) -> bool:
@@ -30,7 +30,7 @@ def run_finished(event: RunFinished, ports: Ports) -> dict:
     ports.stats.replace_metrics(ws, run, metric_rows)
 
     changes = {"status": event.status, "exit_code": event.exit_code, "node_id": event.node_id,
-               "started": event.started_at, "ended": event.ended_at,
+               "started": event.started_at, "ended": event.ended_at, "heartbeat": None,
                "duration": round(max(0.0, event.ended_at - event.started_at), 3), "reason": event.reason,
                "metrics": last_metrics}
     if hparams:
@@ -40,3 +40,21 @@ def run_finished(event: RunFinished, ports: Ports) -> dict:
     write_run_stats(ports, ports.stats.get_run(ws, run), outputs)
     roll_job(ports, ws, event.job)
     return changes
+
+
+def run_heartbeat(event: RunHeartbeat, ports: Ports) -> bool:
+    """Note a running run's sign of life (ignored once it has ended)."""
+    return ports.stats.update_run(event.workspace, event.run, {"heartbeat": event.at}, only_if_status_in=[RUNNING])
+
+
+def mark_silent_runs(now: float, timeout: float, ports: Ports) -> list:
+    """The timer's job: a running run whose node has said nothing for `timeout` seconds ends as an
+    error. If its node comes back and reports RunFinished, that report still wins."""
+    marked = []
+    for run in ports.stats.silent_runs(now - timeout):
+        reason = f"node {run['node_id'] or '?'} stopped sending heartbeats (none for {timeout:g}s)"
+        if end_run(ports, run["workspace"], run["name"], {"status": ERROR, "ended": now, "reason": reason,
+                                                          "heartbeat": None}):
+            roll_job(ports, run["workspace"], run["job"])
+            marked.append(run["name"])
+    return marked

@@ -66,3 +66,26 @@ def make_manifest(code_key, sha, **overrides):
                   seed=7)
     fields.update(overrides)
     return JobManifest(**fields)
+
+
+class ReliabilityCounts:
+    """Counts per scenario (faults injected, inputs tried, messages duplicated) for RELIABILITY.md."""
+
+    def __init__(self):
+        self.rows = {}
+
+    def add(self, scenario, **counts):
+        row = self.rows.setdefault(scenario, {})
+        for name, value in counts.items():
+            row[name] = row.get(name, 0) + value
+
+
+@pytest.fixture(scope="session")
+def reliability():
+    counts = ReliabilityCounts()
+    yield counts
+    out = os.environ.get("XT_RELIABILITY_OUT")
+    if out:
+        import json
+
+        Path(out).write_text(json.dumps(counts.rows, indent=2, sort_keys=True))

@@ -99,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser = commands.add_parser("serve", help="run the local host in the foreground")
     serve_parser.add_argument("--idle-exit", type=float, help="stop after this many idle seconds")
 
+    admin_parser = commands.add_parser("admin", help="maintenance: rebuild the stats index from storage")
+    admin_kinds = admin_parser.add_subparsers(dest="kind", required=True, metavar="reindex")
+    reindex_parser = admin_kinds.add_parser("reindex")
+    reindex_parser.add_argument("--workspace", help="one workspace (default: every workspace in storage)")
+
     config_parser = commands.add_parser("config", help="write a starter xt_config.yaml")
     config_parser.add_argument("--create", action="store_true", required=True)
     config_parser.add_argument("--path", default="xt_config.yaml")
@@ -383,6 +388,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_admin(args: argparse.Namespace) -> int:
+    from handlers.reindex import rebuild_workspace, workspaces_in_storage
+    from xt_submit.local_host import host_running
+
+    cfg = xt_config.load_config(args.config)
+    parts = _embedded(cfg)
+    if host_running(parts.home):
+        raise CliError(f"a host is serving {parts.home}: wait until it is idle (it exits by itself) and run again")
+    workspaces = [args.workspace] if args.workspace else workspaces_in_storage(parts.ports)
+    for ws in workspaces:
+        try:
+            layout.check_name("--workspace", ws)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+        counts = rebuild_workspace(parts.ports, ws)
+        print(f"{ws}: reindexed {counts['jobs']} jobs, {counts['runs']} runs, {counts['metric_records']} metric records")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     xt_config.write_starter_config(args.path)
     print(f"wrote {args.path}")
@@ -390,7 +414,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "list": cmd_list, "view": cmd_view, "cancel": cmd_cancel, "serve": cmd_serve,
-            "config": cmd_config}
+            "admin": cmd_admin, "config": cmd_config}
 
 
 def main(argv: Optional[List[str]] = None) -> int:

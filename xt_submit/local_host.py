@@ -23,15 +23,18 @@ from xt_submit.adapters.queue_publisher import EVENTS_QUEUE, JOBS_QUEUE
 from xt_submit.adapters.sqlite_queue import ReceivedMessage
 from xt_submit.bootstrap import Embedded, embedded
 from xt_submit.code_archive import ArchiveError
-from xt_submit.messages import (CancelRequested, ContractError, JobSubmitted, RunFinished, RunStarted,
+from xt_submit.messages import (CancelRequested, ContractError, JobSubmitted, RunFinished, RunHeartbeat, RunStarted,
                                 UploadReceived, decode_event)
 from xt_submit.ports import NotFound, Ports
 
 LOCK_FILE = "host.lock"
+HEARTBEAT_TIMEOUT_SECONDS = float(os.environ.get("XT_HEARTBEAT_TIMEOUT", "300"))
+HEARTBEAT_CHECK_SECONDS = min(30.0, HEARTBEAT_TIMEOUT_SECONDS / 4)
 HANDLERS: Dict[type, Callable] = {
     JobSubmitted: handlers.dispatch_job,
     RunStarted: handlers.run_started,
     RunFinished: handlers.run_finished,
+    RunHeartbeat: handlers.run_heartbeat,
     CancelRequested: handlers.cancel_runs,
     UploadReceived: handlers.accept_upload,
 }
@@ -68,6 +71,7 @@ class LocalHost:
         self.poll_seconds = poll_seconds
         self.busy_poll_seconds = busy_poll_seconds
         self._uploads_checked = 0.0
+        self._heartbeats_checked = 0.0
         self._seen_uploads_path = parts.home / "uploads_seen.json"
 
     def process(self, message: ReceivedMessage) -> None:
@@ -95,7 +99,19 @@ class LocalHost:
                 busy = True
         busy |= self._watch_uploads()
         busy |= self.executor.poll()
+        busy |= self._check_heartbeats()
         return busy
+
+    def _check_heartbeats(self) -> bool:
+        """The heartbeat timer (a timer trigger on Azure)."""
+        now = time.time()
+        if now - self._heartbeats_checked < HEARTBEAT_CHECK_SECONDS:
+            return False
+        self._heartbeats_checked = now
+        marked = handlers.mark_silent_runs(now, HEARTBEAT_TIMEOUT_SECONDS, self.ports)
+        for run in marked:
+            log.info(json.dumps({"event": "HeartbeatTimer", "run": run, "outcome": "marked error"}))
+        return bool(marked)
 
     def _watch_uploads(self) -> bool:
         """The embedded Event Grid: each new zip under uploads/ becomes an UploadReceived."""

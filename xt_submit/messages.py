@@ -87,6 +87,17 @@ class RunFinished(_Strict, tag="run_finished", kw_only=True):
     metrics: Dict[str, Any] = {}  # last value of each metric, as the node saw them
 
 
+class RunHeartbeat(_Strict, tag="run_heartbeat", kw_only=True):
+    """A node's 'still running' (every heartbeat interval while a run is alive)."""
+
+    version: int = CONTRACT_VERSION
+    workspace: str
+    job: str
+    run: str
+    node_id: str
+    at: float
+
+
 class CancelRequested(_Strict, tag="cancel_requested", kw_only=True):
     version: int = CONTRACT_VERSION
     workspace: str
@@ -103,7 +114,7 @@ class UploadReceived(_Strict, tag="upload_received", kw_only=True):
     received_at: float
 
 
-Event = Union[JobSubmitted, RunStarted, RunFinished, CancelRequested, UploadReceived]
+Event = Union[JobSubmitted, RunStarted, RunFinished, RunHeartbeat, CancelRequested, UploadReceived]
 
 _encoder = msgspec.json.Encoder()
 _event_decoder = msgspec.json.Decoder(Event)

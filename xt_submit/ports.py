@@ -38,6 +38,10 @@ class StatsStore(Protocol):
     """
 
     def assign_job_name(self, workspace: str, submission_id: str) -> str: ...
+    def restore_job_name(self, workspace: str, submission_id: str, number: int) -> None:
+        """Record a name assigned earlier (a reindex), keeping the workspace's counter past it."""
+    def clear_workspace(self, workspace: str) -> None:
+        """Forget everything indexed for the workspace (before a reindex)."""
     def insert_job(self, job: Dict[str, Any]) -> None:
         """Insert if absent (a redelivered dispatch leaves the first record alone)."""
     def insert_runs(self, runs: Sequence[Dict[str, Any]]) -> None:
@@ -58,6 +62,8 @@ class StatsStore(Protocol):
     def list_runs(self, workspace: str, *, job: Optional[str] = None,
                   status: Optional[str] = None) -> List[Dict[str, Any]]: ...
     def list_jobs(self, workspace: str) -> List[Dict[str, Any]]: ...
+    def silent_runs(self, before: float) -> List[Dict[str, Any]]:
+        """Running runs (any workspace) whose last heartbeat, or start, is older than `before`."""
     def find_job_by_submission(self, workspace: str, submission_id: str) -> Optional[str]: ...
 
 

@@ -23,10 +23,12 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from xt_submit import code_archive, layout, run_log
-from xt_submit.messages import CANCELLED, COMPLETED, ERROR, RunFinished, RunStarted, RunTask, decode_task
+from xt_submit.messages import (CANCELLED, COMPLETED, ERROR, RunFinished, RunHeartbeat, RunStarted, RunTask,
+                                decode_task)
 from xt_submit.ports import NotFound, Publisher, Storage
 
 SYNC_SECONDS = float(os.environ.get("XT_SYNC_SECONDS", "1.0"))
+HEARTBEAT_SECONDS = float(os.environ.get("XT_HEARTBEAT_SECONDS", "60"))
 KILL_GRACE_SECONDS = 10.0
 REAPER = str(Path(__file__).with_name("reaper.py"))
 STATE_FILE = "wrapper_state.json"
@@ -67,6 +69,7 @@ class RunWrapper:
                             "stopping": None, "stop_sent_at": None, "failure": ""}
         self._live_seen: Dict[str, tuple] = {}
         self._last_sync = 0.0
+        self._last_heartbeat = time.monotonic()  # RunStarted counts as the first sign of life
         self._dirty = False
 
     # --- lifecycle ---------------------------------------------------------------------------
@@ -129,6 +132,11 @@ class RunWrapper:
             self.stop(self.state["stopping"])
         if time.monotonic() - self._last_sync >= SYNC_SECONDS:
             self.sync()
+        if time.monotonic() - self._last_heartbeat >= HEARTBEAT_SECONDS:
+            self._last_heartbeat = time.monotonic()
+            task = self.task
+            self.publisher.send_events([RunHeartbeat(workspace=task.workspace, job=task.job, run=task.run,
+                                                     node_id=self.node_id, at=time.time())])
 
     def sync(self) -> None:
         self._last_sync = time.monotonic()

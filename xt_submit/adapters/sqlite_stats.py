@@ -28,7 +28,7 @@ CREATE TABLE IF NOT EXISTS runs (
     status TEXT NOT NULL, exit_code INTEGER, node_id TEXT, reason TEXT NOT NULL DEFAULT '',
     created REAL, queued REAL, started REAL, ended REAL, duration REAL,
     command TEXT, hparams TEXT NOT NULL DEFAULT '{}', metrics TEXT NOT NULL DEFAULT '{}',
-    tags TEXT NOT NULL DEFAULT '{}',
+    tags TEXT NOT NULL DEFAULT '{}', heartbeat REAL,
     PRIMARY KEY (workspace, name));
 CREATE INDEX IF NOT EXISTS runs_by_job ON runs (workspace, job_number, run_index);
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs (workspace, status);
@@ -47,7 +47,7 @@ JOB_COLUMNS = ("workspace", "name", "number", "submission_id", "experiment", "us
                "primary_metric", "maximize_metric")
 RUN_COLUMNS = ("workspace", "name", "job", "job_number", "run_index", "experiment", "username", "target",
                "status", "exit_code", "node_id", "reason", "created", "queued", "started", "ended", "duration",
-               "command", "hparams", "metrics", "tags")
+               "command", "hparams", "metrics", "tags", "heartbeat")
 _JSON_COLUMNS = frozenset({"counts", "tags", "hp_space", "hparams", "metrics"})
 _BOOL_COLUMNS = frozenset({"maximize_metric"})
 
@@ -162,6 +162,19 @@ class SqliteStats:
                 number = row[0]
         return f"job{number}"
 
+    def restore_job_name(self, workspace: str, submission_id: str, number: int) -> None:
+        """Record a name assigned earlier (a reindex), keeping the counter past it."""
+        with transaction(self._db) as db:
+            db.execute("INSERT OR IGNORE INTO submissions (workspace, submission_id, number) VALUES (?, ?, ?)",
+                       (workspace, submission_id, number))
+            db.execute("INSERT INTO job_counters (workspace, last_number) VALUES (?, ?) ON CONFLICT (workspace)"
+                       " DO UPDATE SET last_number = max(last_number, excluded.last_number)", (workspace, number))
+
+    def clear_workspace(self, workspace: str) -> None:
+        with transaction(self._db) as db:
+            for table in ("jobs", "runs", "last_metrics", "metrics", "submissions", "job_counters"):
+                db.execute(f"DELETE FROM {table} WHERE workspace = ?", (workspace,))
+
     def find_job_by_submission(self, workspace: str, submission_id: str) -> Optional[str]:
         row = self._db.execute("SELECT j.name FROM submissions s JOIN jobs j ON j.workspace = s.workspace AND j.number = s.number"
                                " WHERE s.workspace = ? AND s.submission_id = ?", (workspace, submission_id)).fetchone()
@@ -256,6 +269,12 @@ class SqliteStats:
             params.append(status)
         sql += " ORDER BY job_number, run_index"
         return [_from_row(RUN_COLUMNS, row) for row in self._db.execute(sql, params)]
+
+    def silent_runs(self, before: float) -> List[Dict[str, Any]]:
+        """Running runs whose last sign of life (heartbeat, else start) is older than `before`."""
+        rows = self._db.execute(f"SELECT {','.join(RUN_COLUMNS)} FROM runs WHERE status = 'running'"
+                                " AND coalesce(heartbeat, started, queued) < ?", (before,)).fetchall()
+        return [_from_row(RUN_COLUMNS, row) for row in rows]
 
     def list_jobs(self, workspace: str) -> List[Dict[str, Any]]:
         rows = self._db.execute(f"SELECT {','.join(JOB_COLUMNS)} FROM jobs WHERE workspace = ? ORDER BY number", (workspace,))
