@@ -60,6 +60,15 @@ class Project:
         args.insert(1 if args[0] == "run" else 2, "--json")
         return json.loads(self.xt(*args).stdout)
 
+    def wait_job(self, job, timeout=120):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            record = self.json("view", "job", job)
+            if record["status"] in ("completed", "error", "cancelled"):
+                return record
+            time.sleep(0.2)
+        raise AssertionError(f"{job} did not end within {timeout}s")
+
     def host_pid(self):
         try:
             return int((self.home / "host.lock").read_text() or 0) or None
@@ -110,13 +119,14 @@ def test_grid_sweep_waits_and_reports_runs(project):
     assert "completed" in table and "loss" in table
 
 
-def test_failing_script_is_an_error_run_with_console_kept(project):
+def test_failing_script_is_an_error_run_with_console_kept(project, reliability):
     result = project.xt("run", "--wait", "train.py", "--exit=3", check=False)
     assert result.returncode == 1
     (run,) = project.json("list", "runs")
     assert run["status"] == "error" and run["exit_code"] == 3
     console = project.xt("view", "console", run["name"]).stdout
     assert "training lr=0.1 opt=sgd" in console
+    reliability.add("run faults: non-zero exit, SIGKILL, max-time (console, metrics and outputs kept)", runs=1)
 
 
 def test_dry_run_plans_without_submitting(project):
@@ -165,7 +175,7 @@ def test_config_file_and_command_line_precedence(project):
     assert project.json("list", "runs", "--workspace", "ws1") == []  # nothing in the built-in default
 
 
-def test_killing_the_host_mid_job_loses_and_repeats_no_run(project):
+def test_killing_the_host_mid_job_loses_and_repeats_no_run(project, reliability):
     out = project.json("run", "--concurrent", "2", "train.py", "--lr=[0.1,0.2,0.3]", "--opt=[sgd,adam]", "--sleep=1.5")
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -182,6 +192,7 @@ def test_killing_the_host_mid_job_loses_and_repeats_no_run(project):
     assert [r["status"] for r in runs] == ["completed"] * 6
     assert project.invoked() == sorted(r["name"] for r in runs)  # each ran exactly once
     assert project.json("view", "job", out["job"])["status"] == "completed"
+    reliability.add("host killed (SIGKILL) mid-job, then restarted", host_kills=1, runs=6, lost=0, run_twice=0)
 
 
 def test_cancel_job_stops_running_and_queued_runs(project):
@@ -203,10 +214,12 @@ def test_cancel_job_stops_running_and_queued_runs(project):
     assert "training lr=0.1" in project.xt("view", "console", runs[0]["name"]).stdout
 
 
-def test_max_time_ends_the_run_as_error(project):
+def test_max_time_ends_the_run_as_error(project, reliability):
     project.xt("run", "--wait", "--max-time", "1", "train.py", "--sleep=30", check=False, timeout=60)
     (run,) = project.json("list", "runs")
     assert run["status"] == "error" and "max-time" in run["reason"]
+    assert "training lr=0.1" in project.xt("view", "console", run["name"]).stdout
+    reliability.add("run faults: non-zero exit, SIGKILL, max-time (console, metrics and outputs kept)", runs=1)
 
 
 def test_zip_dropped_in_uploads_becomes_a_job(project):
@@ -239,3 +252,19 @@ def test_config_create_writes_a_loadable_starter(project):
     assert (project.code / "xt_config.yaml").exists()
     assert project.xt("config", "--create", check=False).returncode == 2  # never overwrites
     assert project.json("run", "--dry-run", "train.py")["runs"]
+
+
+def test_admin_reindex_rebuilds_what_list_shows(project):
+    out = project.json("run", "--wait", "train.py", "--lr=[0.1,0.2]")
+    before = project.json("list", "runs")
+    assert project.xt("admin", "reindex", check=False).returncode == 2  # refuses while a host serves this home
+    os.kill(project.host_pid(), signal.SIGKILL)
+    time.sleep(0.2)
+    for suffix in ("", "-wal", "-shm"):  # the index is lost entirely
+        path = project.home / f"stats.db{suffix}"
+        if path.exists():
+            path.unlink()
+    result = project.xt("admin", "reindex")
+    assert "ws1: reindexed 1 jobs, 2 runs, 12 metric records" in result.stdout
+    assert project.json("list", "runs") == before
+    assert project.json("view", "job", out["job"])["status"] == "completed"

@@ -29,11 +29,12 @@ def names(data):
     return sorted(zipfile.ZipFile(io.BytesIO(data)).namelist())
 
 
-def test_snapshot_ships_code_only_and_is_reproducible(tmp_path):
+def test_snapshot_ships_code_only_and_is_reproducible(tmp_path, reliability):
     tree = make_tree(tmp_path / "proj")
     first = code_archive.snapshot_code(["."], str(tree), omit=["pkg/model.py"])
     assert names(first.data) == [".gitignore", "pkg/.gitignore", "train.py"]
     assert b"TOP-SECRET" not in first.data and b"hunter2" not in first.data
+    reliability.add("symlinked secret and xt_config.yaml kept out of the code snapshot", hits=0)
     os.utime(tree / "train.py", (1, 1))  # timestamps do not change the content hash
     assert code_archive.snapshot_code(["."], str(tree), omit=["pkg/model.py"]).sha256 == first.sha256
     (tree / "train.py").write_text("print(2)\n")
@@ -91,13 +92,14 @@ def symlink_entry(name, target):
     ([symlink_entry("link", "/etc/passwd")], "symbolic links are not allowed"),
     ([("bomb.bin", "\0" * (50 * 1024 * 1024))], "compression ratio"),
 ])
-def test_safe_extract_refuses_dangerous_zips(tmp_path, entries, message):
+def test_safe_extract_refuses_dangerous_zips(tmp_path, entries, message, reliability):
     path = tmp_path / "code.zip"
     path.write_bytes(zip_with(entries))
     with pytest.raises(code_archive.ArchiveError, match=message):
         code_archive.safe_extract(str(path), str(tmp_path / "out"))
     assert not any((tmp_path / "out").rglob("*"))  # nothing written
     assert not (tmp_path / "escape.py").exists()
+    reliability.add("bad input: code zips (corpus + generated)", inputs_tried=1)
 
 
 def test_safe_extract_of_a_non_zip(tmp_path):

@@ -14,6 +14,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Iterator, List, Sequence, Tuple
+from xt_submit.errors import OneLineError
 
 ALWAYS_OMITTED_DIRS = frozenset({".git", "__pycache__", ".hg", ".svn", ".venv", "node_modules"})
 # xt_config.yaml may hold service settings: the manifest carries what a run needs, never the file.
@@ -24,7 +25,7 @@ MAX_ENTRIES = 100_000
 MAX_RATIO = 200  # a higher compression ratio is a zip bomb, not source code
 
 
-class ArchiveError(ValueError):
+class ArchiveError(OneLineError):
     pass
 
 

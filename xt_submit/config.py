@@ -15,6 +15,7 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 import msgspec
 
 from .layout import NAME_PATTERN
+from xt_submit.errors import OneLineError
 
 CONFIG_FILE_NAME = "xt_config.yaml"
 CONFIG_ENV_VAR = "XT_CONFIG"
@@ -22,9 +23,10 @@ COMMAND_LINE = "command line"
 EMBEDDED = "embedded"
 
 PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+SHOWN_TEXT_LIMIT = 24
 
 
-class ConfigError(ValueError):
+class ConfigError(OneLineError):
     """A configuration problem, as one line naming its source and dotted path."""
 
 
@@ -385,6 +387,9 @@ def _kind(value: Any) -> str:
 
 
 def _show(value: Any, limit: int = 60) -> str:
+    if isinstance(value, str) and len(value) > SHOWN_TEXT_LIMIT:
+        # a long string may be a key or a connection string put in the wrong place: never echo it
+        return f"a {len(value)}-character string"
     text = repr(value)  # repr keeps it on one line
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

@@ -9,6 +9,7 @@ import re
 from typing import Any, Dict, List, Optional, Union
 
 import msgspec
+from xt_submit.errors import OneLineError
 
 CONTRACT_VERSION = 1
 
@@ -121,8 +122,16 @@ _event_decoder = msgspec.json.Decoder(Event)
 _manifest_decoder = msgspec.json.Decoder(JobManifest)
 
 
-class ContractError(ValueError):
+MAX_MESSAGE_BYTES = 256 * 1024  # Service Bus standard tier's limit: a bigger manifest could never travel
+
+
+class ContractError(OneLineError):
     """A message or manifest that does not match its contract."""
+
+
+def _check_size(body: bytes, source: str) -> None:
+    if len(body) > MAX_MESSAGE_BYTES:
+        raise ContractError(f"{source}: {len(body)} bytes, more than the limit of {MAX_MESSAGE_BYTES} bytes")
 
 
 def encode(message: Any) -> bytes:
@@ -130,6 +139,7 @@ def encode(message: Any) -> bytes:
 
 
 def decode_event(body: bytes) -> Event:
+    _check_size(body, "message")
     try:
         event = _event_decoder.decode(body)
     except msgspec.DecodeError as exc:
@@ -139,6 +149,7 @@ def decode_event(body: bytes) -> Event:
 
 
 def decode_manifest(body: bytes, source: str = "xt_manifest.json") -> JobManifest:
+    _check_size(body, source)
     try:
         manifest = _manifest_decoder.decode(body)
     except msgspec.DecodeError as exc:
@@ -161,10 +172,9 @@ def _readable(exc: Exception) -> str:
         path = where.rstrip("`").removeprefix("$").lstrip(".") if sep else ""
         return f"{path + '.' if path else ''}{missing.group(1)}: required field missing"
     message = message.replace("`", "")
-    if sep:
-        path = where.rstrip("`").removeprefix("$").lstrip(".")
-        return f"{path}: {message[0].lower()}{message[1:]}" if path else message
-    return message
+    message = message[:1].lower() + message[1:]
+    path = where.rstrip("`").removeprefix("$").lstrip(".") if sep else ""
+    return f"{path}: {message}" if path else message
 
 
 class RunTask(_Strict, kw_only=True):

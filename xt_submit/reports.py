@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence
+from xt_submit.errors import OneLineError
 
 RUN_JSON_FIELDS = ("name", "job", "workspace", "experiment", "status", "exit_code", "duration", "hparams", "metrics",
                    "target", "node_id", "reason", "created", "started", "ended", "command", "tags")
@@ -9,7 +10,7 @@ JOB_JSON_FIELDS = ("name", "workspace", "experiment", "status", "run_count", "co
                    "created", "started", "ended", "command", "tags")
 
 
-class ReportError(ValueError):
+class ReportError(OneLineError):
     pass
 
 

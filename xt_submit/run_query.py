@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from typing import Any, List, Optional, Tuple
+from xt_submit.errors import OneLineError
 
 RUN_FIELDS = ("name", "job", "workspace", "experiment", "username", "target", "status", "exit_code", "node_id",
               "reason", "created", "queued", "started", "ended", "duration", "command", "run_index", "job_number")
@@ -20,7 +21,7 @@ _FILTER = re.compile(r"^\s*([A-Za-z_][\w.\-]*)\s*(==|!=|<>|<=|>=|=|<|>|:regex:|:
 _SPECIAL_VALUES = {"$true": True, "$false": False, "$none": None}
 
 
-class QueryError(ValueError):
+class QueryError(OneLineError):
     pass
 
 

@@ -23,11 +23,12 @@ import sys
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Tuple, Union
 
 import yaml
+from xt_submit.errors import OneLineError
 
 
 _PARAM_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 
-class SweepError(ValueError):
+class SweepError(OneLineError):
     """A sweep argument, hp-config file or space that cannot be expanded (one-line message)."""
 
 

@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import List
 
 from xt_submit.ports import NotFound
+from xt_submit.errors import OneLineError
 
 
-class StorageKeyError(ValueError):
+class StorageKeyError(OneLineError):
     pass
 
 

@@ -2,6 +2,7 @@
 at most `concurrent` per job at once."""
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -26,6 +27,8 @@ CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, seq);
 """
 _encode_json = msgspec.json.Encoder().encode
 SPAWN_TIMEOUT_SECONDS = 30.0
+# Runs at once on this machine, over all jobs (each job also has its own `concurrent`).
+MACHINE_MAX_RUNS = int(os.environ.get("XT_LOCAL_MAX_RUNS", "0")) or max(2, 2 * (os.cpu_count() or 1))
 
 
 class LocalCompute:
@@ -64,9 +67,12 @@ class LocalCompute:
 
     # --- used by the executor ----------------------------------------------------------------
     def launchable(self, limit: int, window: int = 2000) -> List[RunTask]:
-        """Queued tasks, oldest first, up to each job's free slots."""
+        """Queued tasks, oldest first, up to each job's free slots and the machine's (`limit`)."""
         running = {(ws, job): n for ws, job, n in self._db.execute(
             "SELECT workspace, job, count(*) FROM tasks WHERE state IN ('launching', 'launched') GROUP BY workspace, job")}
+        limit -= sum(running.values())
+        if limit <= 0:
+            return []
         chosen = []
         for ws, job, run, concurrent, command, hparams in self._db.execute(
                 "SELECT workspace, job, run, concurrent, command, hparams FROM tasks WHERE state = 'queued'"
@@ -129,7 +135,7 @@ class LocalExecutor:
         changed = False
         for entry in self.compute.launched():
             changed |= self._supervise(entry)
-        for task in self.compute.launchable(limit=64):
+        for task in self.compute.launchable(limit=MACHINE_MAX_RUNS):
             if self.compute.claim(task):
                 self._launch(task)
                 changed = True
