@@ -11,6 +11,35 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="session")
+def mongo_uri():
+    """A real MongoDB wire-protocol peer on loopback (tests/peers/mongo_server.py, mongoeco)."""
+    import subprocess
+
+    process = subprocess.Popen([sys.executable, str(ROOT / "tests" / "peers" / "mongo_server.py")],
+                               stdout=subprocess.PIPE, text=True)
+    uri = process.stdout.readline().strip()
+    assert uri.startswith("mongodb://"), "the MongoDB peer did not start"
+    yield uri
+    process.kill()
+    process.wait()
+
+
+_databases = itertools.count()
+
+
+@pytest.fixture(params=["sqlite", "mongo"])
+def stats_store(request, tmp_path):
+    """Each stats store adapter, empty: the contract tests run against every one."""
+    if request.param == "sqlite":
+        from xt_submit.adapters.sqlite_stats import SqliteStats
+
+        return SqliteStats(str(tmp_path / "stats.db"))
+    from xt_submit.adapters.mongo_stats import MongoStats
+
+    return MongoStats(request.getfixturevalue("mongo_uri"), database=f"xt_test_{next(_databases)}")
+
+
 @pytest.fixture
 def parts(tmp_path):
     """The embedded default on a fresh XT_HOME, with a deterministic clock."""

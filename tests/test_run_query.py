@@ -39,9 +39,7 @@ def make_runs():
 RUNS = make_runs()
 
 
-@pytest.fixture(scope="module")
-def sqlite_store(tmp_path_factory):
-    store = SqliteStats(str(tmp_path_factory.mktemp("q") / "stats.db"))
+def fill(store):
     store.insert_runs([{k: v for k, v in r.items() if k not in ("metrics",)} | {"metrics": {}} for r in RUNS])
     for r in RUNS:
         store.update_run("ws1", r["name"], {"metrics": r["metrics"]})
@@ -49,6 +47,23 @@ def sqlite_store(tmp_path_factory):
     store.insert_runs([{"workspace": "ws2", "name": "run1.1", "job": "job1", "job_number": 1, "run_index": 1,
                         "status": "completed", "hparams": {}, "metrics": {}, "tags": {}}])
     return store
+
+
+@pytest.fixture(scope="module")
+def sqlite_store(tmp_path_factory):
+    return fill(SqliteStats(str(tmp_path_factory.mktemp("q") / "stats.db")))
+
+
+@pytest.fixture(scope="module")
+def mongo_store(mongo_uri):
+    from xt_submit.adapters.mongo_stats import MongoStats
+
+    return fill(MongoStats(mongo_uri, database="xt_query_contract"))
+
+
+@pytest.fixture(params=["sqlite", "mongo"])
+def store(request):
+    return request.getfixturevalue(f"{request.param}_store")
 
 
 def _sort_value(record, key: SortKey):
@@ -81,22 +96,22 @@ FILTER_TEXTS = [
 SORTS = [None, "metrics.loss", "acc", "hparams.lr", "hparams.opt", "tags.note", "duration", "exit_code", "name"]
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(filters=st.lists(st.sampled_from(FILTER_TEXTS), max_size=3), sort=st.sampled_from(SORTS),
        reverse=st.booleans(), first=st.none() | st.integers(0, 70), last=st.none() | st.integers(0, 70),
        job=st.sampled_from([None, "job1", "job2"]), status=st.sampled_from([None, "completed", "error"]))
-def test_sqlite_store_agrees_with_reference(sqlite_store, filters, sort, reverse, first, last, job, status):
+def test_store_agrees_with_reference(store, filters, sort, reverse, first, last, job, status):
     query = RunQuery(workspace="ws1", job=job, status=status, filters=tuple(map(parse_filter, filters)),
                      sort=parse_sort(sort) if sort else None, reverse=reverse, first=first, last=last)
-    got = [r["name"] for r in sqlite_store.query_runs(query)]
+    got = [r["name"] for r in store.query_runs(query)]
     assert got == [r["name"] for r in reference(query)]
 
 
-def test_filter_on_sort_column_with_last_keeps_the_filter(sqlite_store):
+def test_filter_on_sort_column_with_last_keeps_the_filter(store):
     """XT lost a filter on the sort column; here it holds."""
     query = RunQuery(workspace="ws1", filters=(parse_filter("metrics.loss<0.5"),), sort=parse_sort("metrics.loss"),
                      last=5)
-    rows = sqlite_store.query_runs(query)
+    rows = store.query_runs(query)
     assert len(rows) == 5 and all(r["metrics"]["loss"] < 0.5 for r in rows)
     assert [r["metrics"]["loss"] for r in rows] == sorted(r["metrics"]["loss"] for r in rows)
 

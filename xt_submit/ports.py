@@ -10,6 +10,17 @@ from dataclasses import dataclass
 from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Sequence
 
 
+# The fields of a job and a run record, as every stats store returns them (a missing value is None,
+# a missing mapping is {}).
+JOB_FIELDS = ("workspace", "name", "number", "submission_id", "experiment", "username", "target", "status",
+              "script", "command", "run_count", "counts", "created", "started", "ended", "tags", "hp_space",
+              "primary_metric", "maximize_metric")
+RUN_FIELDS = ("workspace", "name", "job", "job_number", "run_index", "experiment", "username", "target",
+              "status", "exit_code", "node_id", "reason", "created", "queued", "started", "ended", "duration",
+              "command", "hparams", "metrics", "tags", "heartbeat")
+MAPPING_FIELDS = frozenset({"counts", "tags", "hp_space", "hparams", "metrics"})
+
+
 class NotFound(KeyError):
     """A storage key, job or run that does not exist."""
 

@@ -7,7 +7,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import msgspec
 
 from xt_submit.adapters.sqlite_util import connect, transaction
-from xt_submit.ports import NotFound
+from xt_submit.ports import JOB_FIELDS, MAPPING_FIELDS, RUN_FIELDS, NotFound
 from xt_submit.run_query import Filter, RunQuery, window
 
 _SCHEMA = """
@@ -42,13 +42,9 @@ CREATE TABLE IF NOT EXISTS metrics (
 CREATE INDEX IF NOT EXISTS metrics_by_run ON metrics (workspace, run, seq);
 """
 
-JOB_COLUMNS = ("workspace", "name", "number", "submission_id", "experiment", "username", "target", "status",
-               "script", "command", "run_count", "counts", "created", "started", "ended", "tags", "hp_space",
-               "primary_metric", "maximize_metric")
-RUN_COLUMNS = ("workspace", "name", "job", "job_number", "run_index", "experiment", "username", "target",
-               "status", "exit_code", "node_id", "reason", "created", "queued", "started", "ended", "duration",
-               "command", "hparams", "metrics", "tags", "heartbeat")
-_JSON_COLUMNS = frozenset({"counts", "tags", "hp_space", "hparams", "metrics"})
+JOB_COLUMNS = JOB_FIELDS
+RUN_COLUMNS = RUN_FIELDS
+_JSON_COLUMNS = MAPPING_FIELDS
 _BOOL_COLUMNS = frozenset({"maximize_metric"})
 
 _encode = msgspec.json.Encoder().encode
@@ -191,11 +187,13 @@ class SqliteStats:
     def insert_runs(self, runs: Sequence[Dict[str, Any]]) -> None:
         if not runs:
             return
-        columns = [c for c in RUN_COLUMNS if c in runs[0]]
-        _check_columns("run", runs[0], RUN_COLUMNS)
+        present = set().union(*(run.keys() for run in runs))
+        _check_columns("run", dict.fromkeys(present), RUN_COLUMNS)
+        columns = [c for c in RUN_COLUMNS if c in present]
         sql = f"INSERT OR IGNORE INTO runs ({','.join(columns)}) VALUES ({','.join('?' * len(columns))})"
         json_columns = [c in _JSON_COLUMNS for c in columns]
-        rows = ([_encode(run[c]).decode() if is_json else run[c] for c, is_json in zip(columns, json_columns)] for run in runs)
+        rows = ([_encode(run.get(c) or {}).decode() if is_json else run.get(c) for c, is_json in zip(columns, json_columns)]
+                for run in runs)
         with transaction(self._db) as db:
             db.executemany(sql, rows)
 

@@ -1,0 +1,88 @@
+"""The stats store port: one suite, run against every adapter (SQLite and the MongoDB API)."""
+import pytest
+
+import handlers
+from conftest import make_code_zip, make_manifest
+from test_reliability import lifecycle, run_steps
+from xt_submit.bootstrap import Embedded, embedded
+from xt_submit.ports import NotFound, Ports
+from xt_submit.run_log import MetricRow
+
+
+def run_doc(name, **fields):
+    job_number, index = name[3:].split(".")
+    return {"workspace": "ws1", "name": name, "job": f"job{job_number}", "job_number": int(job_number),
+            "run_index": int(index), "status": "queued", "hparams": {"lr": 0.1}, "metrics": {}, "tags": {}, **fields}
+
+
+def test_job_names_are_per_workspace_and_the_same_for_a_redelivery(stats_store):
+    assert [stats_store.assign_job_name(ws, sub) for ws, sub in
+            [("ws1", "a"), ("ws1", "b"), ("ws2", "c"), ("ws1", "a"), ("ws1", "d")]] == ["job1", "job2", "job1", "job1", "job3"]
+    stats_store.restore_job_name("ws1", "old", 10)
+    assert stats_store.assign_job_name("ws1", "e") == "job11"
+    assert stats_store.find_job_by_submission("ws1", "a") is None  # named, not yet recorded
+    stats_store.insert_job({"workspace": "ws1", "name": "job1", "number": 1, "status": "queued", "run_count": 1})
+    assert stats_store.find_job_by_submission("ws1", "a") == "job1"
+
+
+def test_inserts_keep_the_first_record(stats_store):
+    stats_store.insert_runs([run_doc("run1.1", command="first")])
+    stats_store.insert_runs([run_doc("run1.1", command="second"), run_doc("run1.2")])
+    assert stats_store.get_run("ws1", "run1.1")["command"] == "first"
+    assert [r["name"] for r in stats_store.list_runs("ws1", job="job1")] == ["run1.1", "run1.2"]
+
+
+def test_conditional_updates_never_move_a_run_backwards(stats_store):
+    stats_store.insert_runs([run_doc("run1.1")])
+    assert stats_store.update_run("ws1", "run1.1", {"status": "completed", "metrics": {"loss": 0.5}})
+    assert not stats_store.update_run("ws1", "run1.1", {"status": "running"}, only_if_status_in=["queued"])
+    run = stats_store.get_run("ws1", "run1.1")
+    assert run["status"] == "completed" and run["metrics"] == {"loss": 0.5}
+    with pytest.raises(NotFound, match="run run9.9 not found in workspace ws1"):
+        stats_store.update_run("ws1", "run9.9", {"status": "error"})
+    with pytest.raises(NotFound):
+        stats_store.get_job("ws1", "job9")
+
+
+def test_metric_records_are_replaced_in_bulk(stats_store):
+    stats_store.insert_runs([run_doc("run1.1")])
+    rows = [MetricRow(step, "loss", 1 / step, 100.0 + step) for step in range(1, 2001)]
+    stats_store.replace_metrics("ws1", "run1.1", rows)
+    stats_store.replace_metrics("ws1", "run1.1", rows)  # a redelivered finish
+    got = stats_store.get_metrics("ws1", "run1.1")
+    assert len(got) == 2000 and got[0] == {"step": 1, "name": "loss", "value": 1.0, "time": 101.0}
+    assert [g["step"] for g in got] == list(range(1, 2001))
+
+
+def test_rollup_silent_runs_and_clearing(stats_store):
+    stats_store.insert_runs([run_doc("run1.1", status="completed", started=10.0, ended=20.0),
+                             run_doc("run1.2", status="running", started=12.0, heartbeat=50.0),
+                             run_doc("run1.3", status="running", started=15.0),
+                             run_doc("run1.4")])
+    assert stats_store.job_rollup("ws1", "job1") == {"counts": {"completed": 1, "running": 2, "queued": 1},
+                                                     "started": 10.0, "ended": 20.0}
+    assert sorted(r["name"] for r in stats_store.silent_runs(before=40.0)) == ["run1.3"]
+    assert sorted(r["name"] for r in stats_store.silent_runs(before=60.0)) == ["run1.2", "run1.3"]
+    stats_store.clear_workspace("ws1")
+    assert stats_store.list_runs("ws1") == []
+
+
+def test_the_whole_pipeline_records_the_same_on_every_store(tmp_path, stats_store):
+    """The handlers' lifecycle (dispatch, starts, finishes, cancel) against this store, compared
+    with the embedded store field by field."""
+    reference = embedded(tmp_path / "reference")
+    run_steps(reference, lifecycle(reference))
+
+    base = embedded(tmp_path / "under-test")
+    ports = Ports(storage=base.ports.storage, stats=stats_store, compute=base.ports.compute,
+                  publisher=base.ports.publisher, clock=base.ports.clock)
+    parts = Embedded(base.home, ports, base.queue, base.compute)
+    run_steps(parts, lifecycle(parts))
+
+    def normal(record):
+        return {k: v for k, v in record.items() if k != "heartbeat"}
+
+    assert [normal(r) for r in stats_store.list_runs("ws1")] == [normal(r) for r in reference.ports.stats.list_runs("ws1")]
+    assert stats_store.get_job("ws1", "job1") == reference.ports.stats.get_job("ws1", "job1")
+    for run in ("run1.1", "run1.2"):
+        assert stats_store.get_metrics("ws1", run) == reference.ports.stats.get_metrics("ws1", run)
