@@ -57,10 +57,19 @@ def rebuild_workspace(ports: Ports, workspace: str) -> Dict[str, int]:
         ])
         for run in plan:
             counts["metric_records"] += _replay_run(ports, workspace, run["name"])
+            _replay_tags(ports, workspace, run["name"], layout.run_tags_key(workspace, run["name"]), ports.stats.update_run)
+        _replay_tags(ports, workspace, job, layout.job_tags_key(workspace, job), ports.stats.update_job)
         roll_job(ports, workspace, job)
         counts["jobs"] += 1
         counts["runs"] += len(plan)
     return counts
+
+
+def _replay_tags(ports: Ports, workspace: str, name: str, key: str, update) -> None:
+    try:
+        update(workspace, name, {"tags": msgspec.json.decode(ports.storage.read(key))})
+    except NotFound:
+        pass
 
 
 def _replay_run(ports: Ports, workspace: str, run: str) -> int:

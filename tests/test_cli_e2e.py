@@ -142,7 +142,7 @@ def test_dry_run_plans_without_submitting(project):
     (["run", "train.py", "--lr=[0.1,"], "xt: --lr: expected"),
     (["run", "--target", "nope", "train.py"], "xt-services.target"),
     (["run", "--search-type", "bayes", "train.py", "--lr=[1,2]"], "search-type"),
-    (["list", "runs", "--job", "jobX"], "xt: job: expected a name like job7, got 'jobX'"),
+    (["list", "runs", "--job", "jobX"], "xt: run list: 'jobX': expected a run (run7.2)"),
     (["view", "run", "run99.1"], "xt: run run99.1 not found in workspace ws1"),
 ])
 def test_bad_input_is_one_line_nonzero_and_leaves_no_state(project, args, message):

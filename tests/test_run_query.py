@@ -7,8 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from xt_submit.adapters.sqlite_stats import SqliteStats
-from xt_submit.run_query import (Filter, QueryError, RunQuery, SortKey, matches, parse_filter, parse_sort,
-                                 window)
+from xt_submit.run_query import (Filter, QueryError, RunQuery, SortKey, parse_filter, parse_run_list, parse_sort,
+                                 selects, window)
 
 STATUSES = ["completed", "error", "running", "queued"]
 
@@ -77,9 +77,7 @@ def _sort_value(record, key: SortKey):
 
 
 def reference(query: RunQuery):
-    rows = [r for r in RUNS if (query.job is None or r["job"] == query.job)
-            and (query.status is None or r["status"] == query.status)
-            and all(matches(r, f) for f in query.filters)]
+    rows = [r for r in RUNS if selects(r, query)]
     rows.sort(key=lambda r: ((_sort_value(r, query.sort) if query.sort else (0, 0)), r["job_number"], r["run_index"]),
               reverse=query.reverse)
     return window(rows, query.first, query.last)
@@ -99,10 +97,14 @@ SORTS = [None, "metrics.loss", "acc", "hparams.lr", "hparams.opt", "tags.note", 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(filters=st.lists(st.sampled_from(FILTER_TEXTS), max_size=3), sort=st.sampled_from(SORTS),
        reverse=st.booleans(), first=st.none() | st.integers(0, 70), last=st.none() | st.integers(0, 70),
-       job=st.sampled_from([None, "job1", "job2"]), status=st.sampled_from([None, "completed", "error"]))
-def test_store_agrees_with_reference(store, filters, sort, reverse, first, last, job, status):
+       job=st.sampled_from([None, "job1", "job2"]), status=st.sampled_from([None, "completed", "error"]),
+       run_list=st.sampled_from([(), ("run1.2-run1.9",), ("run2.*",), ("job1", "run2.3"), ("run1.4,run2.30",)]),
+       any_tags=st.sampled_from([(), ("note",), ("note", "missing")]))
+def test_store_agrees_with_reference(store, filters, sort, reverse, first, last, job, status, run_list, any_tags):
+    runs, jobs = parse_run_list(list(run_list))
     query = RunQuery(workspace="ws1", job=job, status=status, filters=tuple(map(parse_filter, filters)),
-                     sort=parse_sort(sort) if sort else None, reverse=reverse, first=first, last=last)
+                     sort=parse_sort(sort) if sort else None, reverse=reverse, first=first, last=last,
+                     runs=runs, jobs=jobs, any_tags=any_tags)
     got = [r["name"] for r in store.query_runs(query)]
     assert got == [r["name"] for r in reference(query)]
 
@@ -142,3 +144,11 @@ def test_malformed_filters_are_one_line_errors(text, message):
     with pytest.raises(QueryError, match=message.replace("$", r"\$").replace("[", r"\[")) as info:
         parse_filter(text)
     assert "\n" not in str(info.value)
+
+
+def test_run_lists():
+    assert parse_run_list(["run23.1-run23.3", "run302.*", "job7,run23.2"]) == (
+        ("run23.1", "run23.2", "run23.3"), ("job302", "job7"))
+    for bad in ("run23.3-run23.1", "run1.1-run2.5", "runx", "job0"):
+        with pytest.raises(QueryError, match="run list"):
+            parse_run_list([bad])

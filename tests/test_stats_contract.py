@@ -25,6 +25,14 @@ def test_job_names_are_per_workspace_and_the_same_for_a_redelivery(stats_store):
     assert stats_store.find_job_by_submission("ws1", "a") == "job1"
 
 
+def test_workspaces_and_experiments(stats_store):
+    for ws, job, experiment in (("ws1", "job1", "mnist"), ("ws1", "job2", "cifar"), ("ws2", "job1", "mnist")):
+        stats_store.insert_job({"workspace": ws, "name": job, "number": int(job[3:]), "status": "queued",
+                                "run_count": 1, "experiment": experiment})
+    assert stats_store.workspaces() == ["ws1", "ws2"]
+    assert stats_store.experiments("ws1") == ["cifar", "mnist"]
+
+
 def test_inserts_keep_the_first_record(stats_store):
     stats_store.insert_runs([run_doc("run1.1", command="first")])
     stats_store.insert_runs([run_doc("run1.1", command="second"), run_doc("run1.2")])

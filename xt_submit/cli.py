@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import getpass
-import json
 import os
 import random
 import shlex
@@ -16,14 +15,10 @@ from typing import Any, Dict, List, Optional
 import msgspec
 
 from xt_submit import config as xt_config
-from xt_submit import layout, reports, run_log, run_query, sweep
-from xt_submit.messages import TERMINAL_STATUSES, ContractError
-
-EXIT_USAGE = 2
-
-
-class CliError(Exception):
-    """A one-line message for the user; exit status 2."""
+from xt_submit import layout, report_commands, run_log, sweep
+from xt_submit.cli_common import EXIT_USAGE, CliError, check_name, embedded_parts, load, parse_tag_items, print_json
+from xt_submit.errors import OneLineError
+from xt_submit.messages import TERMINAL_STATUSES
 
 
 # --- argument parsing -------------------------------------------------------------------------
@@ -64,30 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     _run_parser(commands.add_parser("run", help="submit a job (a sweep of runs)"))
 
-    list_parser = commands.add_parser("list", help="list jobs or runs")
-    list_kinds = list_parser.add_subparsers(dest="kind", required=True, metavar="jobs|runs")
-    for kind in ("jobs", "runs"):
-        sub = list_kinds.add_parser(kind)
-        sub.add_argument("--workspace")
-        if kind == "runs":
-            sub.add_argument("--job")
-        sub.add_argument("--status", choices=["queued", "running", "completed", "error", "cancelled"])
-        if kind == "runs":
-            sub.add_argument("--filter", action="append", default=[], metavar="EXPR",
-                             help="'prop op value', e.g. metrics.acc>0.5 (repeatable; all must hold)")
-        sub.add_argument("--sort", help="column: a field, metrics.NAME, hparams.NAME, tags.NAME or a bare metric name")
-        sub.add_argument("--reverse", action="store_true")
-        sub.add_argument("--first", type=int)
-        sub.add_argument("--last", type=int)
-        sub.add_argument("--json", action="store_true")
+    report_commands.add_parsers(commands)
 
-    view_parser = commands.add_parser("view", help="show a run, its log or its console output")
-    view_kinds = view_parser.add_subparsers(dest="kind", required=True, metavar="run|log|console|job")
-    for kind in ("run", "log", "console", "job"):
-        sub = view_kinds.add_parser(kind)
-        sub.add_argument("name")
-        sub.add_argument("--workspace")
-        sub.add_argument("--json", action="store_true")
+    rerun_parser = commands.add_parser("rerun", help="a new job with a run's code snapshot and exact command")
+    rerun_parser.add_argument("name", metavar="RUN")
+    rerun_parser.add_argument("--workspace")
+    rerun_parser.add_argument("--json", action="store_true")
 
     cancel_parser = commands.add_parser("cancel", help="cancel runs or a whole job")
     cancel_kinds = cancel_parser.add_subparsers(dest="kind", required=True, metavar="run|job")
@@ -110,47 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# --- shared helpers ---------------------------------------------------------------------------
-def _load(args: argparse.Namespace, overrides: Optional[Dict[str, Any]] = None):
-    workspace = getattr(args, "workspace", None)
-    overrides = dict(overrides or {})
-    if workspace is not None:
-        overrides["general.workspace"] = workspace
-    return xt_config.load_config(args.config, overrides)
-
-
-def _embedded(cfg):
-    from xt_submit.bootstrap import embedded, xt_home
-
-    return embedded(xt_home(cfg.general.xt_home))
-
-
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=str))
-
-
-def _check_name(kind: str, value: str, pattern) -> str:
-    if not pattern.match(value):
-        raise CliError(f"{kind}: expected a name like {'job7' if kind == 'job' else 'run7.1'}, got {value!r}")
-    return value
-
-
-def _parse_tags(text: Optional[str]) -> Dict[str, str]:
-    tags: Dict[str, str] = {}
-    for item in filter(None, (t.strip() for t in (text or "").split(","))):
-        name, _, value = item.partition("=")
-        if not layout.NAME_PATTERN.match(name):
-            raise CliError(f"--tags: expected name[=value],..., got {item!r}")
-        tags[name] = value
-    return tags
-
-
 # --- xt run -----------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     from xt_submit.manifest_rules import check_manifest, planned_hparams
     from xt_submit.messages import JobManifest, JobSubmitted, SetupSpec
 
-    cfg = _load(args, {
+    cfg = load(args, {
         "general.experiment": args.experiment, "xt-services.target": args.target,
         "hyperparameter-search.search-type": args.search_type, "hyperparameter-search.max-runs": args.max_runs,
         "hyperparameter-search.runs": args.runs, "hyperparameter-search.seed": args.seed,
@@ -185,7 +127,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         max_runs=search.max_runs, seed=search.seed if search.seed is not None else random.randrange(2**31),
         target=target_name, concurrent=concurrent, max_time=args.max_time if args.max_time is not None else target.max_time,
         setup=setup, after_dirs=list(cfg.after_files.after_dirs), after_omit=list(cfg.after_files.after_omit),
-        tags=_parse_tags(args.tags), primary_metric=cfg.general.primary_metric,
+        tags=parse_tag_items([args.tags], "--tags"), primary_metric=cfg.general.primary_metric,
         maximize_metric=cfg.general.maximize_metric, step_name=cfg.general.step_name)
     check_manifest(manifest, "xt run")
     plan = planned_hparams(manifest)
@@ -194,7 +136,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         planned = [{"index": k, "hparams": hp, "command": command + sweep.format_hparam_args(hp)}
                    for k, hp in enumerate(plan, start=1)]
         if args.json:
-            _print_json({"job": None, "runs": planned})
+            print_json({"job": None, "runs": planned})
         else:
             print(f"dry run: {len(planned)} runs planned ({manifest.search_type} search), nothing submitted")
             for entry in planned:
@@ -204,7 +146,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from xt_submit.code_upload import upload_code
     from xt_submit.local_host import ensure_host
 
-    parts = _embedded(cfg)
+    parts = embedded_parts(cfg)
     key, sha256 = upload_code(parts.ports.storage, parts.home, cfg.code.code_dirs, os.getcwd(), cfg.code.code_omit,
                               max_bytes=cfg.code.max_size_mb * 1024**2)
     manifest = msgspec.structs.replace(manifest, code_key=key, code_sha256=sha256)
@@ -215,14 +157,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     job = _await_dispatch(parts, manifest.workspace, submission_id)
     runs = [r["name"] for r in parts.ports.stats.list_runs(manifest.workspace, job=job)]
     if args.json and not args.wait:
-        _print_json({"job": job, "runs": runs})
+        print_json({"job": job, "runs": runs})
     elif not args.json:
         print(f"{job}: {len(runs)} runs queued on {target_name} ({runs[0]}..{runs[-1]})" if runs else f"{job}: no runs")
     if not args.wait:
         return 0
     final = _follow(parts, manifest.workspace, job, len(runs), show_progress=not args.json)
     if args.json:
-        _print_json({"job": job, "runs": runs, "status": final["status"], "counts": final["counts"]})
+        print_json({"job": job, "runs": runs, "status": final["status"], "counts": final["counts"]})
     else:
         counts = ", ".join(f"{n} {s}" for s, n in sorted(final["counts"].items()))
         print(f"{job}: {final['status']} ({counts})")
@@ -267,87 +209,32 @@ def _follow(parts, workspace: str, job: str, total: int, show_progress: bool) ->
         bar.close()
 
 
-# --- reports ----------------------------------------------------------------------------------
-def cmd_list(args: argparse.Namespace) -> int:
-    cfg = _load(args)
-    stats = _embedded(cfg).ports.stats
+def cmd_rerun(args: argparse.Namespace) -> int:
+    """A new job of one run: the same code snapshot, the same command and swept hparams."""
+    from xt_submit.local_host import ensure_host
+    from xt_submit.messages import JobSubmitted, decode_manifest
+
+    cfg = load(args)
+    parts = embedded_parts(cfg)
     ws = cfg.general.workspace
-    if args.kind == "runs":
-        report = cfg.run_reports
-        records = stats.query_runs(run_query_from_args(args, ws, report))
-    else:
-        report = cfg.job_reports
-        records = [j for j in stats.list_jobs(ws) if args.status in (None, j["status"])]
-        sort = args.sort or (report.sort if report.sort != "name" else None)
-        if sort:
-            records = reports.sort_records(records, sort, args.reverse or report.reverse)
-        elif args.reverse or report.reverse:
-            records = records[::-1]
-        records = run_query.window(records, args.first if args.first is not None else report.first,
-                                   args.last if args.last is not None else report.last)
-    if args.kind == "runs":
-        if args.json:
-            _print_json([reports.run_json(r) for r in records])
-        else:
-            print(reports.format_table(records, reports.run_columns(records), report.precision) if records else "no runs")
-    else:
-        if args.json:
-            _print_json([reports.job_json(j) for j in records])
-        else:
-            for job in records:
-                job["completed"] = job["counts"].get("completed", 0)
-                job["error"] = job["counts"].get("error", 0)
-            columns = ["name", "experiment", "status", "run_count", "completed", "error", "target"]
-            print(reports.format_table(records, columns, report.precision) if records else "no jobs")
-    return 0
-
-
-def run_query_from_args(args: argparse.Namespace, workspace: str, report) -> "run_query.RunQuery":
-    """`xt list runs` options (falling back to the run-reports config) as a store-neutral query."""
-    if args.job:
-        _check_name("job", args.job, layout.JOB_PATTERN)
-    sort = args.sort or (report.sort if report.sort != "name" else None)
-    return run_query.RunQuery(
-        workspace=workspace, job=args.job, status=args.status,
-        filters=tuple(run_query.parse_filter(text) for text in args.filter),
-        sort=run_query.parse_sort(sort) if sort else None, reverse=args.reverse or report.reverse,
-        first=args.first if args.first is not None else report.first,
-        last=args.last if args.last is not None else report.last)
-
-
-def cmd_view(args: argparse.Namespace) -> int:
-    cfg = _load(args)
-    parts = _embedded(cfg)
-    ws = cfg.general.workspace
-    if args.kind == "job":
-        _check_name("job", args.name, layout.JOB_PATTERN)
-        job = reports.job_json(parts.ports.stats.get_job(ws, args.name))
-        _print_json(job) if args.json else print("\n".join(f"{k:>12}: {v}" for k, v in job.items()))
-        return 0
-    run = _check_name("run", args.name, layout.RUN_PATTERN)
+    run = check_name("run", args.name, layout.RUN_PATTERN)
+    record = parts.ports.stats.get_run(ws, run)
     storage = parts.ports.storage
-    if args.kind == "run":
-        record = reports.run_json(parts.ports.stats.get_run(ws, run))
-        prefix = layout.output_prefix(ws, run)
-        record["outputs"] = [k[len(prefix):] for k in storage.list(prefix)]
-        _print_json(record) if args.json else print("\n".join(f"{k:>12}: {v}" for k, v in record.items()))
-    elif args.kind == "log":
-        record = parts.ports.stats.get_run(ws, run)
-        key = layout.run_log_key(ws, run)
-        if not storage.exists(key):  # a run's node opens its log when it starts
-            print(f"{run} is {record['status']}: no run log yet", file=sys.stderr)
-            return 0
-        records = run_log.parse(storage.read(key))
-        if args.json:
-            _print_json(records)
-        else:
-            for entry in records:
-                stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(entry["time"]))
-                print(f"{stamp}  {entry['event']:<10} {json.dumps(entry['data'], default=str)}")
+    manifest = decode_manifest(storage.read(layout.manifest_key(ws, record["job"])))
+    plan = run_log.parse(storage.read(layout.job_log_key(ws, record["job"])))[0]["data"]["runs"]
+    planned = next(entry for entry in plan if entry["name"] == run)
+    # each swept value becomes a fixed one: the one run's command comes out exactly as before
+    manifest = msgspec.structs.replace(manifest, hp_space=dict(planned["hparams"]), search_type="grid", runs=None,
+                                       max_runs=None, tags={**manifest.tags, "rerun_of": run})
+    submission_id = uuid.uuid4().hex
+    parts.ports.publisher.send_job(JobSubmitted(submission_id=submission_id, manifest=manifest, submitted_at=time.time()))
+    ensure_host(parts.home)
+    job = _await_dispatch(parts, ws, submission_id)
+    (new_run,) = [r["name"] for r in parts.ports.stats.list_runs(ws, job=job)]
+    if args.json:
+        print_json({"job": job, "runs": [new_run], "rerun_of": run})
     else:
-        parts.ports.stats.get_run(ws, run)
-        key = layout.console_key(ws, run)
-        sys.stdout.write(storage.read(key).decode("utf-8", "replace") if storage.exists(key) else "")
+        print(f"{job}: {new_run} reruns {run}: {planned['command']}")
     return 0
 
 
@@ -355,17 +242,17 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     from xt_submit.local_host import ensure_host
     from xt_submit.messages import CancelRequested
 
-    cfg = _load(args)
-    parts = _embedded(cfg)
+    cfg = load(args)
+    parts = embedded_parts(cfg)
     ws = cfg.general.workspace
     by_job: Dict[str, List[str]] = {}
     for name in args.names:
         if args.kind == "run":
-            _check_name("run", name, layout.RUN_PATTERN)
+            check_name("run", name, layout.RUN_PATTERN)
             parts.ports.stats.get_run(ws, name)
             by_job.setdefault(layout.job_of_run(name), []).append(name)
         else:
-            _check_name("job", name, layout.JOB_PATTERN)
+            check_name("job", name, layout.JOB_PATTERN)
             parts.ports.stats.get_job(ws, name)
             by_job[name] = []
     now = time.time()
@@ -380,7 +267,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from xt_submit.bootstrap import xt_home
     from xt_submit.local_host import run_host
 
-    cfg = _load(args)
+    cfg = load(args)
     home = xt_home(cfg.general.xt_home)
     print(f"xt host serving {home} (Ctrl-C to stop)", file=sys.stderr)
     if run_host(home, idle_exit_seconds=args.idle_exit) == 1:
@@ -393,7 +280,7 @@ def cmd_admin(args: argparse.Namespace) -> int:
     from xt_submit.local_host import host_running
 
     cfg = xt_config.load_config(args.config)
-    parts = _embedded(cfg)
+    parts = embedded_parts(cfg)
     if host_running(parts.home):
         raise CliError(f"a host is serving {parts.home}: wait until it is idle (it exits by itself) and run again")
     workspaces = [args.workspace] if args.workspace else workspaces_in_storage(parts.ports)
@@ -413,19 +300,17 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "list": cmd_list, "view": cmd_view, "cancel": cmd_cancel, "serve": cmd_serve,
-            "admin": cmd_admin, "config": cmd_config}
+COMMANDS = {"run": cmd_run, "rerun": cmd_rerun, "cancel": cmd_cancel, "serve": cmd_serve, "admin": cmd_admin,
+            "config": cmd_config, **report_commands.COMMANDS}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from xt_submit.code_archive import ArchiveError
     from xt_submit.ports import NotFound
 
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (CliError, xt_config.ConfigError, sweep.SweepError, ContractError, ArchiveError, reports.ReportError,
-            run_query.QueryError) as exc:
+    except OneLineError as exc:  # every error meant for a person: config, sweep, contract, archive, query...
         print(f"xt: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except NotFound as exc:

@@ -10,6 +10,7 @@
     workspaces/<ws>/runs/<run>/output/...              final outputs (after-dirs), captured at the end
     workspaces/<ws>/runs/<run>/checkpoint.json         the last Run.set_checkpoint()
     workspaces/<ws>/runs/<run>/run_stats.json          final status, hparams, last metrics, output list
+    workspaces/<ws>/{jobs,runs}/<name>/tags.json       tags set after submission (xt set tags)
 """
 from __future__ import annotations
 
@@ -63,6 +64,14 @@ def checkpoint_key(workspace: str, run: str) -> str:
 
 def run_stats_key(workspace: str, run: str) -> str:
     return run_prefix(workspace, run) + "run_stats.json"
+
+
+def job_tags_key(workspace: str, job: str) -> str:
+    return job_prefix(workspace, job) + "tags.json"
+
+
+def run_tags_key(workspace: str, run: str) -> str:
+    return run_prefix(workspace, run) + "tags.json"
 
 
 def job_name(number: int) -> str:

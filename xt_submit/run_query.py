@@ -49,7 +49,9 @@ class RunQuery:
     reverse: bool = False
     first: Optional[int] = None
     last: Optional[int] = None
-    runs: Tuple[str, ...] = field(default=())
+    runs: Tuple[str, ...] = field(default=())  # these run names only (with `jobs`: either)
+    jobs: Tuple[str, ...] = field(default=())  # runs of these jobs
+    any_tags: Tuple[str, ...] = field(default=())  # runs carrying at least one of these tags
 
 
 def parse_value(text: str) -> Any:
@@ -109,6 +111,20 @@ def parse_sort(column: str) -> SortKey:
     return SortKey(group, name)
 
 
+def selects(record: dict, query: RunQuery) -> bool:
+    """The reference semantics of a whole query's selection (what every store must return)."""
+    if query.job is not None and record.get("job") != query.job:
+        return False
+    if query.status is not None and record.get("status") != query.status:
+        return False
+    if (query.runs or query.jobs) and not (record.get("name") in query.runs or record.get("job") in query.jobs):
+        return False
+    tags = record.get("tags") or {}
+    if query.any_tags and not any(tags.get(tag) is not None for tag in query.any_tags):
+        return False
+    return all(matches(record, flt) for flt in query.filters)
+
+
 def matches(record: dict, flt: Filter) -> bool:
     """The reference semantics of one filter on a run record (stores must agree with this)."""
     container = record if flt.group is None else (record.get(flt.group) or {})
@@ -129,6 +145,37 @@ def _equal(a: Any, b: Any) -> bool:
     if isinstance(a, bool) or isinstance(b, bool):  # True is not the number 1 here
         return a is b
     return a == b
+
+
+_RUN_RANGE = re.compile(r"^run(\d+)\.(\d+)-run(\d+)\.(\d+)$")
+_RUN_NAME = re.compile(r"^run[1-9]\d*\.[1-9]\d*$")
+_JOB_NAME = re.compile(r"^job[1-9]\d*$")
+_JOB_WILDCARD = re.compile(r"^run([1-9]\d*)\.\*$")
+MAX_RANGE = 100_000
+
+
+def parse_run_list(items: List[str]) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
+    """XT run lists: `run23.1-run23.10`, `run302.*`, `run7.2`, `job12` -> (run names, job names)."""
+    runs: List[str] = []
+    jobs: List[str] = []
+    for item in (piece.strip() for text in items for piece in text.split(",")):
+        if not item:
+            continue
+        if _RUN_NAME.match(item):
+            runs.append(item)
+        elif _JOB_NAME.match(item):
+            jobs.append(item)
+        elif _JOB_WILDCARD.match(item):
+            jobs.append("job" + _JOB_WILDCARD.match(item).group(1))
+        elif _RUN_RANGE.match(item):
+            first_job, first, last_job, last = map(int, _RUN_RANGE.match(item).groups())
+            if first_job != last_job or first > last or last - first >= MAX_RANGE or first < 1:
+                raise QueryError(f"run list: {item!r}: expected runN.a-runN.b within one job, a <= b")
+            runs += [f"run{first_job}.{k}" for k in range(first, last + 1)]
+        else:
+            raise QueryError(f"run list: {item!r}: expected a run (run7.2), a range (run7.1-run7.10), "
+                             f"a job's runs (run7.* or job7)")
+    return tuple(dict.fromkeys(runs)), tuple(dict.fromkeys(jobs))
 
 
 def window(records: List[dict], first: Optional[int], last: Optional[int]) -> List[dict]:

@@ -203,6 +203,12 @@ class MongoStats:
     def list_jobs(self, workspace: str) -> List[Dict[str, Any]]:
         return [_job(doc) for doc in _retrying(lambda: list(self.jobs.find({"workspace": workspace}).sort("number", 1)))]
 
+    def workspaces(self) -> List[str]:
+        return sorted(_retrying(lambda: self.jobs.distinct("workspace")))
+
+    def experiments(self, workspace: str) -> List[str]:
+        return sorted(e for e in _retrying(lambda: self.jobs.distinct("experiment", {"workspace": workspace})) if e)
+
     def silent_runs(self, before: float) -> List[Dict[str, Any]]:
         query = {"status": "running", "$or": [{"heartbeat": {"$lt": before}},
                                               {"heartbeat": None, "started": {"$lt": before}}]}
@@ -214,8 +220,11 @@ class MongoStats:
             conditions.append({"job_number": int(query.job[3:])})
         if query.status is not None:
             conditions.append({"status": query.status})
-        if query.runs:
-            conditions.append({"name": {"$in": list(query.runs)}})
+        if query.runs or query.jobs:
+            conditions.append({"$or": [{"name": {"$in": list(query.runs)}},
+                                       {"job_number": {"$in": [int(job[3:]) for job in query.jobs]}}]})
+        if query.any_tags:
+            conditions.append({"$or": [{f"tags.{tag}": {"$exists": True, "$ne": None}} for tag in query.any_tags]})
         conditions += [_filter_doc(flt) for flt in query.filters]
         match = {"$and": conditions}
 

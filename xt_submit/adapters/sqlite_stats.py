@@ -268,6 +268,13 @@ class SqliteStats:
         sql += " ORDER BY job_number, run_index"
         return [_from_row(RUN_COLUMNS, row) for row in self._db.execute(sql, params)]
 
+    def workspaces(self) -> List[str]:
+        return [r[0] for r in self._db.execute("SELECT DISTINCT workspace FROM jobs ORDER BY workspace")]
+
+    def experiments(self, workspace: str) -> List[str]:
+        return [r[0] for r in self._db.execute("SELECT DISTINCT experiment FROM jobs WHERE workspace = ?"
+                                               " AND experiment IS NOT NULL ORDER BY experiment", (workspace,))]
+
     def silent_runs(self, before: float) -> List[Dict[str, Any]]:
         """Running runs whose last sign of life (heartbeat, else start) is older than `before`."""
         rows = self._db.execute(f"SELECT {','.join(RUN_COLUMNS)} FROM runs WHERE status = 'running'"
@@ -289,9 +296,18 @@ class SqliteStats:
         if query.status is not None:
             where.append("r.status = ?")
             params.append(query.status)
-        if query.runs:
-            where.append(f"r.name IN ({','.join('?' * len(query.runs))})")
-            params.extend(query.runs)
+        if query.runs or query.jobs:
+            either = []
+            if query.runs:
+                either.append(f"r.name IN ({','.join('?' * len(query.runs))})")
+                params.extend(query.runs)
+            if query.jobs:
+                either.append(f"r.job_number IN ({','.join('?' * len(query.jobs))})")
+                params.extend(int(job[3:]) for job in query.jobs)
+            where.append(f"({' OR '.join(either)})")
+        if query.any_tags:
+            where.append("(" + " OR ".join(f"coalesce(json_type(r.tags, {_json_path(tag)}), 'null') != 'null'"
+                                           for tag in query.any_tags) + ")")
         for flt in query.filters:
             sql, values = _filter_sql(flt)
             where.append(sql)

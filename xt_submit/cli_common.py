@@ -1,0 +1,51 @@
+"""What every `xt` subcommand shares: the user-facing error, config loading, output helpers."""
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any, Dict, Optional
+
+from xt_submit import config as xt_config
+from xt_submit import layout
+from xt_submit.errors import OneLineError
+
+EXIT_USAGE = 2
+
+
+class CliError(OneLineError):
+    """A one-line message for the user; exit status 2."""
+
+
+def load(args: argparse.Namespace, overrides: Optional[Dict[str, Any]] = None):
+    workspace = getattr(args, "workspace", None)
+    overrides = dict(overrides or {})
+    if workspace is not None:
+        overrides["general.workspace"] = workspace
+    return xt_config.load_config(args.config, overrides)
+
+
+def embedded_parts(cfg):
+    from xt_submit.bootstrap import embedded, xt_home
+
+    return embedded(xt_home(cfg.general.xt_home))
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def check_name(kind: str, value: str, pattern) -> str:
+    if not pattern.match(value):
+        raise CliError(f"{kind}: expected a name like {'job7' if kind == 'job' else 'run7.1'}, got {value!r}")
+    return value
+
+
+def parse_tag_items(items, option: str) -> Dict[str, str]:
+    """`name[=value]` items (or one comma-separated text) as a dict."""
+    tags: Dict[str, str] = {}
+    for item in filter(None, (t.strip() for text in items for t in (text or "").split(","))):
+        name, _, value = item.partition("=")
+        if not layout.NAME_PATTERN.match(name):
+            raise CliError(f"{option}: expected name[=value], got {item!r}")
+        tags[name] = value
+    return tags
