@@ -19,6 +19,7 @@ SCRIPT = textwrap.dedent('''
     parser.add_argument("--opt", default="sgd")
     parser.add_argument("--exit", type=int, default=0)
     parser.add_argument("--sleep", type=float, default=0.0)
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     with open(os.environ["INVOCATIONS"], "a") as f:
         f.write(os.environ.get("XT_RUN_NAME", "?") + "\\n")

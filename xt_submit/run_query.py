@@ -90,6 +90,8 @@ def parse_filter(text: str) -> Filter:
     prop, op, raw = match.groups()
     if raw == "":
         raise QueryError(f"--filter: {text!r}: missing a value after {op}")
+    if raw[0] in "<>=!":  # 'loss >> 2', 'loss =< 2': a mistyped operator, not a word to compare with
+        raise QueryError(f"--filter: {text!r}: unknown operator (expected one of {' '.join(OPERATORS)}; quote a value that starts with {raw[0]})")
     group, name = parse_prop(prop)
     op = {"=": "==", "<>": "!="}.get(op, op).strip(":")
     value = parse_value(raw)
