@@ -85,8 +85,8 @@ def test_columns_aliases_formats_and_unknown_columns(sweep40):
     header, rule, *rows = table.splitlines()
     assert header.split() == ["name", "LR", "Loss", "created"] and len(rows) == 3
     assert rows[0].split()[:3] == ["run1.1", "0.1000", "0.33"]  # lr at the configured precision, loss as :.2f
-    added = sweep40.xt("list", "runs", "run1.1", "--add-columns", "tags.note=Note").stdout.splitlines()[0]
-    assert added.split()[-1] == "Note" and added.split()[0] == "name"
+    added = sweep40.xt("list", "runs", "run1.1", "--add-columns", "hparams.opt=Optimizer").stdout.splitlines()[0]
+    assert added.split()[-1] == "Optimizer" and added.split()[0] == "name"
     for option in ("--columns", "--add-columns"):
         bad = sweep40.xt("list", "runs", option, "metrics.lossy", check=False)
         assert bad.returncode == 2 and bad.stderr.strip() == "xt: --columns: unknown column 'metrics.lossy' (no runs has it)"
