@@ -5,7 +5,6 @@ import sqlite3
 import sys
 from pathlib import Path
 
-import msgspec
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -118,3 +117,13 @@ def reliability():
         import json
 
         Path(out).write_text(json.dumps(counts.rows, indent=2, sort_keys=True))
+
+
+@pytest.fixture
+def project(tmp_path):
+    """A project dir with a training script and its own XT_HOME; its host is stopped afterwards."""
+    from cli_project import Project
+
+    proj = Project(tmp_path)
+    yield proj
+    proj.stop_host()

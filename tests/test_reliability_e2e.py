@@ -1,15 +1,11 @@
 """Run faults, secrets and load, end to end through the real CLI, host and runs."""
 import json
-import os
 import sqlite3
 import time
 import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import pytest
-
-from test_cli_e2e import Project, project  # noqa: F401  (the fixture)
 
 KILLER = '''
 import os, signal

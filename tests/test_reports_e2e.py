@@ -1,14 +1,10 @@
 """Finding, comparing, following and reusing runs, through the CLI, on a recorded 40-run sweep."""
 import csv
-import json
 import os
-import signal
-import subprocess
-import sys
 
 import pytest
 
-from test_cli_e2e import SCRIPT, Project
+from cli_project import SCRIPT, Project
 
 
 @pytest.fixture(scope="module")
@@ -19,12 +15,7 @@ def sweep40(tmp_path_factory):
                        "--opt=[sgd,adam]", "--seed=[1,2,3,4]")
     assert out["status"] == "completed" and len(out["runs"]) == 40
     yield project
-    pid = project.host_pid()
-    if pid:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+    project.stop_host()
 
 
 def names(project, *args):

@@ -1,8 +1,6 @@
 """The stats store port: one suite, run against every adapter (SQLite and the MongoDB API)."""
 import pytest
 
-import handlers
-from conftest import make_code_zip, make_manifest
 from test_reliability import lifecycle, run_steps
 from xt_submit.bootstrap import Embedded, embedded
 from xt_submit.ports import NotFound, Ports

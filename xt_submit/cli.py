@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
 # --- xt run -----------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     from xt_submit.manifest_rules import check_manifest, planned_hparams
-    from xt_submit.messages import JobManifest, JobSubmitted, SetupSpec
+    from xt_submit.messages import JobManifest, SetupSpec
 
     cfg = load(args, {
         "general.experiment": args.experiment, "xt-services.target": args.target,
@@ -144,17 +144,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         return 0
 
     from xt_submit.code_upload import upload_code
-    from xt_submit.local_host import ensure_host
 
     parts = embedded_parts(cfg)
     key, sha256 = upload_code(parts.ports.storage, parts.home, cfg.code.code_dirs, os.getcwd(), cfg.code.code_omit,
                               max_bytes=cfg.code.max_size_mb * 1024**2)
     manifest = msgspec.structs.replace(manifest, code_key=key, code_sha256=sha256)
-    submission_id = uuid.uuid4().hex
-    parts.ports.publisher.send_job(JobSubmitted(submission_id=submission_id, manifest=manifest, submitted_at=time.time()))
-    ensure_host(parts.home)
-
-    job = _await_dispatch(parts, manifest.workspace, submission_id)
+    job = _submit(parts, manifest)
     runs = [r["name"] for r in parts.ports.stats.list_runs(manifest.workspace, job=job)]
     if args.json and not args.wait:
         print_json({"job": job, "runs": runs})
@@ -169,6 +164,17 @@ def cmd_run(args: argparse.Namespace) -> int:
         counts = ", ".join(f"{n} {s}" for s, n in sorted(final["counts"].items()))
         print(f"{job}: {final['status']} ({counts})")
     return 0 if final["status"] == "completed" else 1
+
+
+def _submit(parts, manifest) -> str:
+    """Queue the job (JobSubmitted), make sure a host serves it, and wait for its name."""
+    from xt_submit.local_host import ensure_host
+    from xt_submit.messages import JobSubmitted
+
+    submission_id = uuid.uuid4().hex
+    parts.ports.publisher.send_job(JobSubmitted(submission_id=submission_id, manifest=manifest, submitted_at=time.time()))
+    ensure_host(parts.home)
+    return _await_dispatch(parts, manifest.workspace, submission_id)
 
 
 def _await_dispatch(parts, workspace: str, submission_id: str, timeout: float = 120.0) -> str:
@@ -211,8 +217,7 @@ def _follow(parts, workspace: str, job: str, total: int, show_progress: bool) ->
 
 def cmd_rerun(args: argparse.Namespace) -> int:
     """A new job of one run: the same code snapshot, the same command and swept hparams."""
-    from xt_submit.local_host import ensure_host
-    from xt_submit.messages import JobSubmitted, decode_manifest
+    from xt_submit.messages import decode_manifest
 
     cfg = load(args)
     parts = embedded_parts(cfg)
@@ -226,10 +231,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     # each swept value becomes a fixed one: the one run's command comes out exactly as before
     manifest = msgspec.structs.replace(manifest, hp_space=dict(planned["hparams"]), search_type="grid", runs=None,
                                        max_runs=None, tags={**manifest.tags, "rerun_of": run})
-    submission_id = uuid.uuid4().hex
-    parts.ports.publisher.send_job(JobSubmitted(submission_id=submission_id, manifest=manifest, submitted_at=time.time()))
-    ensure_host(parts.home)
-    job = _await_dispatch(parts, ws, submission_id)
+    job = _submit(parts, manifest)
     (new_run,) = [r["name"] for r in parts.ports.stats.list_runs(ws, job=job)]
     if args.json:
         print_json({"job": job, "runs": [new_run], "rerun_of": run})
