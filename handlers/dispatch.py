@@ -35,10 +35,10 @@ def dispatch_job(event: JobSubmitted, ports: Ports) -> Dispatched:
     # The plan goes into the job log as one record (a 10,000-run sweep is one write, not 10,000);
     # each run's own log is opened by its node when it starts.
     ports.storage.write(layout.manifest_key(ws, job), encode(manifest))
-    ports.storage.write(layout.job_log_key(ws, job), run_log.record(now, "created", {
+    ports.storage.create_log(layout.job_log_key(ws, job), run_log.record(now, "created", {
         "job": job, "submission_id": event.submission_id,
         "runs": [{"name": n, "command": c, "hparams": hp} for n, c, hp in zip(run_names, commands, hparam_sets)],
-    }), overwrite=False)
+    }))
 
     ports.stats.insert_job({
         "workspace": ws, "name": job, "number": number, "submission_id": event.submission_id,

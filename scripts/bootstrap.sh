@@ -22,3 +22,9 @@ if [ ! -x .venv/bin/python ]; then
     "$python" -m venv .venv
 fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
+
+# Test peers from npm (Azurite, the Blob Storage emulator), pinned by package-lock.json.
+if [ ! -x node_modules/.bin/azurite-blob ]; then
+    command -v npm >/dev/null 2>&1 || { echo "bootstrap: npm is needed for the test peers (Azurite)" >&2; exit 1; }
+    npm ci --no-audit --no-fund --loglevel=error
+fi

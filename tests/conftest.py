@@ -24,6 +24,35 @@ def mongo_uri():
     process.wait()
 
 
+AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="  # public
+
+
+@pytest.fixture(scope="session")
+def azurite_connection_string(tmp_path_factory):
+    """A real Blob Storage emulator (Azurite, from npm) on a free loopback port."""
+    import socket
+    import subprocess
+    import time
+
+    binary = ROOT / "node_modules" / ".bin" / "azurite-blob"
+    assert binary.exists(), "Azurite is missing: scripts/bootstrap.sh installs it (npm ci)"
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = tmp_path_factory.mktemp("azurite") / "azurite.log"
+    process = subprocess.Popen([str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
+                                "--skipApiVersionCheck", "--loose", "--disableTelemetry"],
+                               stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    deadline = time.time() + 30
+    while "successfully listens" not in log.read_text():
+        assert process.poll() is None and time.time() < deadline, f"Azurite did not start: {log.read_text()}"
+        time.sleep(0.1)
+    yield (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
+           f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
+    process.kill()
+    process.wait()
+
+
 _databases = itertools.count()
 
 

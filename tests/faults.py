@@ -4,7 +4,7 @@ from __future__ import annotations
 from xt_submit.ports import Ports
 
 SIDE_EFFECTS = {
-    "storage": ("write", "append", "upload_file", "delete"),
+    "storage": ("write", "create_log", "append", "upload_file", "delete"),
     "stats": ("assign_job_name", "restore_job_name", "clear_workspace", "insert_job", "insert_runs", "update_job",
               "update_run", "replace_metrics"),
     "compute": ("submit", "cancel"),

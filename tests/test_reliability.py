@@ -22,8 +22,8 @@ WS = "ws1"
 def node_writes(storage, run, *, finished, status="completed", exit_code=0):
     """What a node leaves in storage: the run log (opening, start, metrics, end) and an output."""
     key = layout.run_log_key(WS, run)
-    storage.write(key, run_log.record(100.0, "created", {"job": "job1", "command": "c", "step_name": "step"})
-                  + run_log.record(100.0, "hparams", {"lr": 0.1}) + run_log.record(100.0, "queued", {}), overwrite=False)
+    storage.create_log(key, run_log.record(100.0, "created", {"job": "job1", "command": "c", "step_name": "step"})
+                       + run_log.record(100.0, "hparams", {"lr": 0.1}) + run_log.record(100.0, "queued", {}))
     storage.append(key, run_log.record(110.0, "started", {"node": "n1"}))
     if finished:
         for step in (1, 2, 3):

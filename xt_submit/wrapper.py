@@ -84,7 +84,7 @@ class RunWrapper:
                                                               "step_name": task.step_name})
                    + run_log.record(task.created_at, "hparams", task.hparams)
                    + run_log.record(task.created_at, "queued", {"target": task.target}))
-        self.storage.write(log_key, opening, overwrite=False)  # already there if this run is resumed
+        self.storage.create_log(log_key, opening)  # already there if this run is resumed
         self.storage.append(log_key, run_log.record(started_at, "started", {"node": self.node_id}))
         self.publisher.send_events([RunStarted(workspace=ws, job=task.job, run=task.run, node_id=self.node_id,
                                                started_at=started_at)])

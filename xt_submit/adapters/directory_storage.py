@@ -15,7 +15,7 @@ class StorageKeyError(OneLineError):
     pass
 
 
-def _check_key(key: str) -> str:
+def check_key(key: str) -> str:
     parts = key.split("/")
     if not key or key.startswith("/") or "\\" in key or "\x00" in key or any(p in ("", ".", "..") for p in parts[:-1]) or parts[-1] in (".", ".."):
         raise StorageKeyError(f"storage key: expected a relative path without '..', got {key!r}")
@@ -29,7 +29,7 @@ class DirectoryStorage:
         self._made_dirs: set = set()
 
     def _path(self, key: str) -> Path:
-        return self.root / _check_key(key)
+        return self.root / check_key(key)
 
     def _parent_dir(self, path: Path) -> None:
         """mkdir -p once per folder per process: most writes land in a folder already made."""
@@ -63,6 +63,9 @@ class DirectoryStorage:
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+    def create_log(self, key: str, data: bytes) -> bool:
+        return self.write(key, data, overwrite=False)
 
     def append(self, key: str, data: bytes) -> None:
         path = self._path(key)
