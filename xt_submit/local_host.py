@@ -22,8 +22,8 @@ from xt_submit.adapters.local_compute import LocalExecutor
 from xt_submit.adapters.queue_publisher import EVENTS_QUEUE, JOBS_QUEUE
 from xt_submit.adapters.sqlite_queue import ReceivedMessage
 from xt_submit.bootstrap import Embedded, embedded
-from xt_submit.code_archive import ArchiveError
-from xt_submit.messages import (CancelRequested, ContractError, JobSubmitted, RunFinished, RunHeartbeat, RunStarted,
+from xt_submit.errors import OneLineError
+from xt_submit.messages import (CancelRequested, JobSubmitted, RunFinished, RunHeartbeat, RunStarted,
                                 UploadReceived, decode_event)
 from xt_submit.ports import NotFound, Ports
 
@@ -38,8 +38,8 @@ HANDLERS: Dict[type, Callable] = {
     CancelRequested: handlers.cancel_runs,
     UploadReceived: handlers.accept_upload,
 }
-# Errors no redelivery can fix: dead-letter at once, with the reason.
-PERMANENT_ERRORS = (ContractError, ArchiveError, NotFound)
+# Errors no redelivery can fix (bad contracts, unsafe zips, unknown runs): dead-letter at once, with the reason.
+PERMANENT_ERRORS = (OneLineError, NotFound)
 
 log = logging.getLogger("xt.host")
 

@@ -20,8 +20,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     workspace TEXT NOT NULL, run TEXT NOT NULL, job TEXT NOT NULL, concurrent INTEGER NOT NULL,
     command TEXT NOT NULL, hparams BLOB NOT NULL, state TEXT NOT NULL DEFAULT 'queued',
-    pid INTEGER, pid_start TEXT, launched_at REAL, cancel_requested INTEGER NOT NULL DEFAULT 0,
-    cancel_sent_at REAL,
+    pid INTEGER, launched_at REAL, cancel_requested INTEGER NOT NULL DEFAULT 0,
     UNIQUE (workspace, run));
 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, seq);
 """
@@ -96,15 +95,14 @@ class LocalCompute:
                               " AND state = 'queued'", (time.time(), task.workspace, task.run)).rowcount > 0
 
     def launched(self) -> List[dict]:
-        rows = self._db.execute("SELECT workspace, run, job, pid, pid_start, launched_at, cancel_requested, cancel_sent_at, state"
+        rows = self._db.execute("SELECT workspace, run, job, pid, launched_at, cancel_requested, state"
                                 " FROM tasks WHERE state IN ('launching', 'launched')").fetchall()
-        keys = ("workspace", "run", "job", "pid", "pid_start", "launched_at", "cancel_requested", "cancel_sent_at", "state")
+        keys = ("workspace", "run", "job", "pid", "launched_at", "cancel_requested", "state")
         return [dict(zip(keys, row)) for row in rows]
 
-    def set_launched(self, workspace: str, run: str, pid: int, pid_start: str) -> None:
+    def set_launched(self, workspace: str, run: str, pid: int) -> None:
         with transaction(self._db) as db:
-            db.execute("UPDATE tasks SET state = 'launched', pid = ?, pid_start = ? WHERE workspace = ? AND run = ?",
-                       (pid, pid_start, workspace, run))
+            db.execute("UPDATE tasks SET state = 'launched', pid = ? WHERE workspace = ? AND run = ?", (pid, workspace, run))
 
     def mark(self, workspace: str, run: str, **fields) -> None:
         with transaction(self._db) as db:
@@ -148,7 +146,7 @@ class LocalExecutor:
         wrapper = RunWrapper(task, node_dir, self.storage, self.publisher)
         wrapper.start()
         self.running[(task.workspace, task.run)] = wrapper
-        self.compute.set_launched(task.workspace, task.run, wrapper.state["pid"] or 0, wrapper.state["pid_start"] or "")
+        self.compute.set_launched(task.workspace, task.run, wrapper.state["pid"] or 0)
 
     def _wrapper_for(self, entry: dict) -> Optional[RunWrapper]:
         key = (entry["workspace"], entry["run"])
