@@ -12,8 +12,13 @@ ROOT = Path(__file__).resolve().parent.parent
 
 @pytest.fixture(scope="session")
 def mongo_uri():
-    """A real MongoDB wire-protocol peer on loopback (tests/peers/mongo_server.py, mongoeco)."""
+    """A real MongoDB wire-protocol peer on loopback (tests/peers/mongo_server.py, mongoeco),
+    or the server XT_TEST_MONGO_URI names (a real MongoDB or Cosmos DB)."""
     import subprocess
+
+    if os.environ.get("XT_TEST_MONGO_URI"):
+        yield os.environ["XT_TEST_MONGO_URI"]
+        return
 
     process = subprocess.Popen([sys.executable, str(ROOT / "tests" / "peers" / "mongo_server.py")],
                                stdout=subprocess.PIPE, text=True)
@@ -49,6 +54,24 @@ def azurite_connection_string(tmp_path_factory):
         time.sleep(0.1)
     yield (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
            f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
+    process.kill()
+    process.wait()
+
+
+@pytest.fixture(scope="session")
+def servicebus_connection_string():
+    """The in-memory AMQP 1.0 broker (tests/peers/servicebus_broker.py) the real SDK talks to, on loopback.
+    Locks last 2 s and a 5th delivery dead-letters, as the embedded queue is set up in the tests."""
+    import subprocess
+    import time
+
+    env = dict(os.environ, XT_BROKER_LOCK_SECONDS="2", XT_BROKER_MAX_DELIVERY_COUNT="5")
+    process = subprocess.Popen([sys.executable, str(ROOT / "tests" / "peers" / "servicebus_broker.py")],
+                               stdout=subprocess.PIPE, text=True, env=env)
+    port = int(process.stdout.readline())
+    time.sleep(0.3)
+    yield (f"Endpoint=sb://127.0.0.1:{port};SharedAccessKeyName=RootManageSharedAccessKey;"
+           f"SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true")
     process.kill()
     process.wait()
 

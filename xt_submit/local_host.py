@@ -20,12 +20,11 @@ import handlers
 from xt_submit import layout
 from xt_submit.adapters.local_compute import LocalExecutor
 from xt_submit.adapters.queue_publisher import EVENTS_QUEUE, JOBS_QUEUE
-from xt_submit.adapters.sqlite_queue import ReceivedMessage
 from xt_submit.bootstrap import Embedded, embedded
 from xt_submit.errors import OneLineError
 from xt_submit.messages import (CancelRequested, JobSubmitted, RunFinished, RunHeartbeat, RunStarted,
                                 UploadReceived, decode_event)
-from xt_submit.ports import NotFound, Ports
+from xt_submit.ports import NotFound, Ports, ReceivedMessage
 
 LOCK_FILE = "host.lock"
 HEARTBEAT_TIMEOUT_SECONDS = float(os.environ.get("XT_HEARTBEAT_TIMEOUT", "300"))

@@ -100,6 +100,31 @@ class Publisher(Protocol):
 
 
 @dataclass(frozen=True)
+class ReceivedMessage:
+    id: int
+    queue: str
+    body: bytes
+    delivery_count: int  # this delivery included: 1 the first time
+    lock_token: str
+
+
+class LockLost(RuntimeError):
+    """The message's lock expired (or it was settled) before this settlement."""
+
+
+class MessageQueue(Protocol):
+    """Queues with peek-lock (the local host's view of the jobs and events queues)."""
+
+    def send(self, queue: str, bodies: Sequence[bytes]) -> None: ...
+    def receive(self, queue: str, max_messages: int = 1) -> List[ReceivedMessage]: ...
+    def complete(self, message: ReceivedMessage) -> None: ...
+    def abandon(self, message: ReceivedMessage, error: str = "") -> None: ...
+    def dead_letter(self, message: ReceivedMessage, reason: str) -> None: ...
+    def renew_lock(self, message: ReceivedMessage) -> None: ...
+    def peek(self, queue: str, limit: int = 100) -> List[dict]: ...
+
+
+@dataclass(frozen=True)
 class Ports:
     storage: Storage
     stats: StatsStore

@@ -1,17 +1,17 @@
-"""The Publisher port over the embedded SQLite queue."""
+"""The Publisher port over a queue (the embedded SQLite queue, or Service Bus)."""
 from __future__ import annotations
 
 from typing import Any, Sequence
 
-from xt_submit.adapters.sqlite_queue import SqliteQueue
 from xt_submit.messages import encode
+from xt_submit.ports import MessageQueue
 
 JOBS_QUEUE = "jobs"
 EVENTS_QUEUE = "events"
 
 
 class QueuePublisher:
-    def __init__(self, queue: SqliteQueue, jobs_queue: str = JOBS_QUEUE, events_queue: str = EVENTS_QUEUE) -> None:
+    def __init__(self, queue: MessageQueue, jobs_queue: str = JOBS_QUEUE, events_queue: str = EVENTS_QUEUE) -> None:
         self.queue = queue
         self.jobs_queue = jobs_queue
         self.events_queue = events_queue

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
 from xt_submit.adapters.sqlite_util import connect, transaction
+from xt_submit.ports import LockLost, ReceivedMessage
 
 DEAD_LETTER_SUFFIX = "/$DeadLetterQueue"
 
@@ -29,19 +29,6 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, visible_at, id);
 """
-
-
-@dataclass(frozen=True)
-class ReceivedMessage:
-    id: int
-    queue: str
-    body: bytes
-    delivery_count: int
-    lock_token: str
-
-
-class LockLost(RuntimeError):
-    """The message's lock expired (or it was settled) before this settlement."""
 
 
 class SqliteQueue:
