@@ -45,6 +45,30 @@ def embedded(home: Path) -> Embedded:
     return Embedded(home, ports, queue, compute)
 
 
+def from_config(cfg) -> Embedded:
+    """The parts `xt_config.yaml` selects: each of storage, queue and stats is the embedded
+    default or the external service `xt-services` names. Compute is local (Batch comes later)."""
+    from xt_submit import services
+    from xt_submit.adapters.local_compute import LocalCompute
+    from xt_submit.adapters.queue_publisher import QueuePublisher
+
+    base = embedded(xt_home(cfg.general.xt_home))
+    chosen = cfg.xt_services
+    if (chosen.storage, chosen.queue, chosen.stats) == ("embedded", "embedded", "embedded"):
+        return base
+    external = cfg.external_services
+    storage = base.ports.storage if chosen.storage == "embedded" else services.storage_from(chosen.storage, external[chosen.storage])
+    stats = base.ports.stats if chosen.stats == "embedded" else services.stats_from(chosen.stats, external[chosen.stats])
+    if chosen.queue == "embedded":
+        queue, publisher = base.queue, base.ports.publisher
+    else:
+        queue = services.queue_from(chosen.queue, external[chosen.queue])
+        publisher = QueuePublisher(queue, **services.queue_names(external[chosen.queue]))
+    compute: LocalCompute = base.compute
+    ports = Ports(storage=storage, stats=stats, compute=compute, publisher=publisher, clock=time.time)
+    return Embedded(base.home, ports, queue, compute)
+
+
 def node_ports(home: Path):
     """(storage, publisher) for a run wrapper on this machine: a node needs nothing else."""
     from xt_submit.adapters.directory_storage import DirectoryStorage

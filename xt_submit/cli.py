@@ -16,7 +16,8 @@ import msgspec
 
 from xt_submit import config as xt_config
 from xt_submit import layout, report_commands, run_log, sweep
-from xt_submit.cli_common import EXIT_USAGE, CliError, check_name, embedded_parts, load, parse_tag_items, print_json
+from xt_submit.cli_common import (EXIT_USAGE, CliError, check_name, embedded_parts, ensure_local_host, load,
+                                   parse_tag_items, print_json)
 from xt_submit.errors import OneLineError
 from xt_submit.messages import TERMINAL_STATUSES
 
@@ -168,17 +169,15 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _submit(parts, manifest) -> str:
     """Queue the job (JobSubmitted), make sure a host serves it, and wait for its name."""
-    from xt_submit.local_host import ensure_host
     from xt_submit.messages import JobSubmitted
 
     submission_id = uuid.uuid4().hex
     parts.ports.publisher.send_job(JobSubmitted(submission_id=submission_id, manifest=manifest, submitted_at=time.time()))
-    ensure_host(parts.home)
+    ensure_local_host(parts)
     return _await_dispatch(parts, manifest.workspace, submission_id)
 
 
 def _await_dispatch(parts, workspace: str, submission_id: str, timeout: float = 120.0) -> str:
-    from xt_submit.local_host import ensure_host
 
     deadline = time.monotonic() + timeout
     delay = 0.02
@@ -186,19 +185,18 @@ def _await_dispatch(parts, workspace: str, submission_id: str, timeout: float = 
         job = parts.ports.stats.find_job_by_submission(workspace, submission_id)
         if job:
             return job
-        dead = parts.queue.peek("jobs/$DeadLetterQueue", limit=1000)
+        dead = parts.queue.peek(parts.ports.publisher.jobs_queue + "/$DeadLetterQueue", limit=1000)
         for entry in dead:
             if submission_id.encode() in entry["body"]:
                 raise CliError(f"job rejected: {entry['reason']}")
         time.sleep(delay)
         delay = min(delay * 1.5, 0.5)
-        ensure_host(parts.home)
+        ensure_local_host(parts)
     raise CliError(f"submission {submission_id} was not dispatched within {timeout:.0f}s; see {parts.home / 'host.log'}")
 
 
 def _follow(parts, workspace: str, job: str, total: int, show_progress: bool) -> Dict[str, Any]:
     from tqdm import tqdm
-    from xt_submit.local_host import ensure_host
 
     bar = tqdm(total=total, unit="run", desc=job, disable=not show_progress, file=sys.stderr)
     try:
@@ -209,7 +207,7 @@ def _follow(parts, workspace: str, job: str, total: int, show_progress: bool) ->
             bar.update(done - bar.n)
             if record["status"] in TERMINAL_STATUSES:
                 return record
-            ensure_host(parts.home)
+            ensure_local_host(parts)
             time.sleep(0.1)
     finally:
         bar.close()
@@ -241,7 +239,6 @@ def cmd_rerun(args: argparse.Namespace) -> int:
 
 
 def cmd_cancel(args: argparse.Namespace) -> int:
-    from xt_submit.local_host import ensure_host
     from xt_submit.messages import CancelRequested
 
     cfg = load(args)
@@ -260,7 +257,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
     now = time.time()
     parts.ports.publisher.send_events([CancelRequested(workspace=ws, job=job, runs=runs, requested_at=now)
                                        for job, runs in by_job.items()])
-    ensure_host(parts.home)
+    ensure_local_host(parts)
     print(f"cancel requested: {', '.join(args.names)}")
     return 0
 

@@ -25,9 +25,10 @@ def load(args: argparse.Namespace, overrides: Optional[Dict[str, Any]] = None):
 
 
 def embedded_parts(cfg):
-    from xt_submit.bootstrap import embedded, xt_home
+    """The parts the config selects: the embedded default unless `xt-services` names others."""
+    from xt_submit.bootstrap import from_config
 
-    return embedded(xt_home(cfg.general.xt_home))
+    return from_config(cfg)
 
 
 def print_json(data: Any) -> None:
@@ -49,3 +50,12 @@ def parse_tag_items(items, option: str) -> Dict[str, str]:
             raise CliError(f"{option}: expected name[=value], got {item!r}")
         tags[name] = value
     return tags
+
+
+def ensure_local_host(parts) -> None:
+    """With the embedded queue, a local host must be serving it; with Service Bus, Functions do."""
+    from xt_submit.adapters.sqlite_queue import SqliteQueue
+    from xt_submit.local_host import ensure_host
+
+    if isinstance(parts.queue, SqliteQueue):
+        ensure_host(parts.home)

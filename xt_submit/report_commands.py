@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from xt_submit import layout, reports, run_log, run_query
-from xt_submit.cli_common import CliError, check_name, embedded_parts, load, parse_tag_items, print_json
+from xt_submit.cli_common import (CliError, check_name, embedded_parts, ensure_local_host, load, parse_tag_items,
+                                   print_json)
 from xt_submit.messages import TERMINAL_STATUSES
 
 STATUSES = ["queued", "running", "completed", "error", "cancelled"]
@@ -278,7 +279,6 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 # --- xt monitor -------------------------------------------------------------------------------
 def cmd_monitor(args: argparse.Namespace) -> int:
-    from xt_submit.local_host import ensure_host
 
     cfg = load(args)
     parts = embedded_parts(cfg)
@@ -307,7 +307,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
                     counts[r["status"]] = counts.get(r["status"], 0) + 1
                 print(f"{args.name}: ended ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))})")
                 return 0
-            ensure_host(parts.home)
+            ensure_local_host(parts)
             time.sleep(args.poll)
     except KeyboardInterrupt:
         print(f"\nstopped following {args.name}; it keeps running", file=sys.stderr)
