@@ -134,3 +134,23 @@ def test_the_pipeline_and_a_real_run_on_blob_storage(tmp_path, azurite_connectio
     assert blob.list(layout.output_prefix("ws1", "run1.1")) == [layout.output_prefix("ws1", "run1.1") + "m.txt"]
     events = [e["event"] for e in run_log.parse(blob.read(layout.run_log_key("ws1", "run1.1")))]
     assert events == ["created", "hparams", "queued", "started", "metrics", "ended"]
+
+
+def test_a_read_url_reads_one_blob_only_and_expires(azurite_connection_string):
+    from azure.core.exceptions import HttpResponseError
+    from azure.storage.blob import BlobClient
+
+    blob = BlobStorage("xt-sas", connection_string=azurite_connection_string)
+    blob.ensure_container()
+    blob.write("code/abc.zip", b"the code")
+    blob.write("code/other.zip", b"not yours")
+    url = blob.read_url("code/abc.zip", expiry_seconds=600)
+    assert "AccountKey" not in url and "sig=" in url
+    assert BlobClient.from_blob_url(url).download_blob().readall() == b"the code"
+    with pytest.raises(HttpResponseError):  # the signature names one blob
+        BlobClient.from_blob_url(url.replace("code/abc.zip", "code/other.zip")).download_blob().readall()
+    with pytest.raises(HttpResponseError):  # read only
+        BlobClient.from_blob_url(url).upload_blob(b"tampered", overwrite=True)
+    expired = blob.read_url("code/abc.zip", expiry_seconds=-60)
+    with pytest.raises(HttpResponseError):
+        BlobClient.from_blob_url(expired).download_blob().readall()

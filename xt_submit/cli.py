@@ -17,7 +17,7 @@ import msgspec
 from xt_submit import config as xt_config
 from xt_submit import layout, report_commands, run_log, sweep
 from xt_submit.cli_common import (EXIT_USAGE, CliError, check_name, embedded_parts, ensure_local_host, load,
-                                   parse_tag_items, print_json)
+                                   parse_tag_items, print_json, transfer_progress)
 from xt_submit.errors import OneLineError
 from xt_submit.messages import TERMINAL_STATUSES
 
@@ -147,8 +147,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from xt_submit.code_upload import upload_code
 
     parts = embedded_parts(cfg)
-    key, sha256 = upload_code(parts.ports.storage, parts.home, cfg.code.code_dirs, os.getcwd(), cfg.code.code_omit,
-                              max_bytes=cfg.code.max_size_mb * 1024**2)
+    with transfer_progress(parts.ports.storage, "uploading code", enabled=not args.json):
+        key, sha256 = upload_code(parts.ports.storage, parts.home, cfg.code.code_dirs, os.getcwd(), cfg.code.code_omit,
+                                  max_bytes=cfg.code.max_size_mb * 1024**2)
     manifest = msgspec.structs.replace(manifest, code_key=key, code_sha256=sha256)
     job = _submit(parts, manifest)
     runs = [r["name"] for r in parts.ports.stats.list_runs(manifest.workspace, job=job)]

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any, Dict, Optional
+import sys
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, Optional
 
 from xt_submit import config as xt_config
 from xt_submit import layout
@@ -59,3 +61,26 @@ def ensure_local_host(parts) -> None:
 
     if isinstance(parts.queue, SqliteQueue):
         ensure_host(parts.home)
+
+
+@contextmanager
+def transfer_progress(storage, label: str, enabled: bool) -> Iterator[None]:
+    """A progress bar for the transfers of a storage that reports them (Blob Storage does)."""
+    if not enabled or not hasattr(storage, "progress"):
+        yield
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(unit="B", unit_scale=True, desc=label, file=sys.stderr, leave=False)
+
+    def report(done: int, total: Optional[int]) -> None:
+        if total and bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
+
+    previous, storage.progress = storage.progress, report
+    try:
+        yield
+    finally:
+        storage.progress = previous
+        bar.close()

@@ -26,6 +26,7 @@ class BlobStorage:
             service = BlobServiceClient(account_url, credential=credential)
         else:
             raise ValueError("blob storage: expected a connection string or an account URL with a credential")
+        self.service = service
         self.container = service.get_container_client(container)
         self.max_concurrency = max_concurrency
         self.progress = progress
@@ -55,7 +56,8 @@ class BlobStorage:
         from azure.core.exceptions import ResourceExistsError
 
         try:
-            self._blob(key).upload_blob(data, overwrite=overwrite, max_concurrency=self.max_concurrency)
+            self._blob(key).upload_blob(data, overwrite=overwrite, max_concurrency=self.max_concurrency,
+                                        progress_hook=self.progress)
             return True
         except ResourceExistsError:
             return False
@@ -123,6 +125,27 @@ class BlobStorage:
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with open(path, "wb") as f:
             stream.readinto(f)
+
+    def read_url(self, key: str, expiry_seconds: float = 3600) -> str:
+        """A URL that can read this one blob, and nothing else, until it expires: what a compute
+        node gets for a job's code, in place of any key. Signed with the account key when the
+        connection has one, else with a user delegation key (an azure-identity sign-in)."""
+        from datetime import datetime, timedelta, timezone
+
+        from azure.storage.blob import BlobSasPermissions, generate_blob_sas
+
+        blob = self._blob(key)
+        now = datetime.now(timezone.utc)
+        expiry = now + timedelta(seconds=expiry_seconds)
+        signing = {}
+        account_key = getattr(self.container.credential, "account_key", None)
+        if account_key:
+            signing["account_key"] = account_key
+        else:
+            signing["user_delegation_key"] = self.service.get_user_delegation_key(now - timedelta(minutes=5), expiry)
+        sas = generate_blob_sas(blob.account_name, blob.container_name, blob.blob_name,
+                                permission=BlobSasPermissions(read=True), expiry=expiry, **signing)
+        return f"{blob.url}?{sas}"
 
     def delete(self, key: str) -> None:
         from azure.core.exceptions import ResourceNotFoundError
