@@ -21,6 +21,7 @@ import msgspec
 from xt_submit import reports, run_query
 from xt_submit.adapters.sqlite_stats import RUN_COLUMNS, SqliteStats
 from xt_submit.bootstrap import embedded
+from xt_submit.config import RunReports
 
 ARGS = ["--filter", "metrics.acc>0.5", "--sort", "metrics.loss", "--last", "20"]
 
@@ -42,7 +43,7 @@ def fill_ours(home, n: int) -> None:
     for r in generate(n):
         runs.append(("ws1", r["name"], r["job"], r["job_number"], r["run_index"], "exp", "me", "local", "completed", 0,
                      "local", "", 1.0, 1.0, 2.0, 3.0, 1.0, "python train.py", encode(r["hparams"]).decode(),
-                     encode(r["metrics"]).decode(), "{}"))
+                     encode(r["metrics"]).decode(), "{}", None))  # tags, heartbeat
         values += [("ws1", r["name"], name, value) for name, value in r["metrics"].items()]
     db = stats._db
     db.execute("BEGIN")
@@ -123,7 +124,8 @@ def measure_ours(root: str, name: str, n: int, repeat: int, with_cli: bool) -> d
                                    sort=run_query.parse_sort("metrics.loss"), last=20)
         rows = stats.query_runs(query)
         assert len(rows) == 20
-        return reports.format_table(rows, reports.run_columns(rows))
+        columns = reports.resolve_columns(reports.parse_columns(",".join(RunReports().columns)), rows, kind="runs")
+        return reports.format_table(rows, columns)
 
     limit_db = sqlite3.connect(str(home / "stats.db"))
 
