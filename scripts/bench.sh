@@ -2,6 +2,5 @@
 # Every benchmark in bench/ (P1-P6 against MLflow and the machine's limits), with the bench extra.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/bootstrap.sh
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test,bench]"
+scripts/bootstrap.sh test,bench
 exec .venv/bin/python bench/run_all.py "$@"

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Creates .venv (Python 3.13 preferred, 3.10+ accepted) and installs xt with its test extras.
-# Idempotent: a second call only re-checks the install.
+# Creates .venv (Python 3.13 preferred, 3.10+ accepted) and installs xt, with the extras named in
+# $1 (e.g. "test" or "test,bench"). Idempotent: a second call only re-checks the install.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+extras="${1:-}"
 
 find_python() {
     for candidate in "${XT_PYTHON:-}" python3.13 "$HOME/.pyenv/versions/3.13"*/bin/python3.13 /usr/local/bin/python3.13 python3.12 python3.11 python3.10 python3; do
@@ -21,10 +22,4 @@ if [ ! -x .venv/bin/python ]; then
     echo "bootstrap: creating .venv with $("$python" --version)" >&2
     "$python" -m venv .venv
 fi
-.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".[test]"
-
-# Test peers from npm (Azurite, the Blob Storage emulator), pinned by package-lock.json.
-if [ ! -x node_modules/.bin/azurite-blob ]; then
-    command -v npm >/dev/null 2>&1 || { echo "bootstrap: npm is needed for the test peers (Azurite)" >&2; exit 1; }
-    npm ci --no-audit --no-fund --loglevel=error
-fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check -e ".${extras:+[$extras]}"

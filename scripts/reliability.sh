@@ -2,7 +2,7 @@
 # Runs the reliability scenarios (faults, duplicates, bad input, secrets, load) and writes RELIABILITY.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-scripts/bootstrap.sh
+scripts/bootstrap.sh test
 out=$(mktemp)
 XT_RELIABILITY_OUT="$out" .venv/bin/python -m pytest -q tests/test_reliability.py tests/test_reliability_e2e.py \
     tests/test_bad_input.py tests/test_cli_e2e.py tests/test_code_archive.py
