@@ -82,6 +82,11 @@ def build_parser() -> argparse.ArgumentParser:
     reindex_parser = admin_kinds.add_parser("reindex")
     reindex_parser.add_argument("--workspace", help="one workspace (default: every workspace in storage)")
 
+    create_parser = commands.add_parser("create", help="create the template of a team's Azure services")
+    create_parser.add_argument("what", choices=["team"])
+    create_parser.add_argument("name", help="3-12 lowercase letters and digits")
+    create_parser.add_argument("--out", help="the template file (default: xt_team_NAME.json)")
+
     config_parser = commands.add_parser("config", help="write a starter xt_config.yaml")
     config_parser.add_argument("--create", action="store_true", required=True)
     config_parser.add_argument("--path", default="xt_config.yaml")
@@ -294,6 +299,20 @@ def cmd_admin(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_create(args: argparse.Namespace) -> int:
+    import json
+
+    from xt_submit.team_template import build_template, next_steps
+
+    template = build_template(args.name)
+    path = Path(args.out or f"xt_team_{args.name}.json")
+    if path.exists():
+        raise CliError(f"{path}: exists; name another file with --out")
+    path.write_text(json.dumps(template, indent=2) + "\n")
+    print(next_steps(args.name, str(path)))
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     xt_config.write_starter_config(args.path)
     print(f"wrote {args.path}")
@@ -301,7 +320,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"run": cmd_run, "rerun": cmd_rerun, "cancel": cmd_cancel, "serve": cmd_serve, "admin": cmd_admin,
-            "config": cmd_config, **report_commands.COMMANDS}
+            "create": cmd_create, "config": cmd_config, **report_commands.COMMANDS}
 
 
 def main(argv: Optional[List[str]] = None) -> int:
