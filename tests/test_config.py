@@ -415,7 +415,10 @@ def test_unreadable_config_path_is_an_error(tmp_path):
     ]),
     value=st.recursive(
         st.none() | st.booleans() | st.integers(-3, 3) | st.floats(allow_nan=False) | st.text(max_size=8),
-        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3),
+        # keys without ` and $: a user's key may hold them, and then the message rightly shows them,
+        # while the check below is for msgspec's own `$.path` notation leaking through
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+            st.text(alphabet=st.characters(blacklist_characters="`$"), max_size=4), inner, max_size=3),
         max_leaves=6,
     ),
 )

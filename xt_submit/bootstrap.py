@@ -56,14 +56,23 @@ def from_config(cfg) -> Embedded:
     chosen = cfg.xt_services
     if (chosen.storage, chosen.queue, chosen.stats) == ("embedded", "embedded", "embedded"):
         return base
-    external = cfg.external_services
-    storage = base.ports.storage if chosen.storage == "embedded" else services.storage_from(chosen.storage, external[chosen.storage])
-    stats = base.ports.stats if chosen.stats == "embedded" else services.stats_from(chosen.stats, external[chosen.stats])
+    from xt_submit import secrets
+
+    vault = None
+    if chosen.vault:
+        vault = secrets.VaultSecrets(cfg.external_services[chosen.vault]["url"],
+                                     secrets.credential_for(cfg.general.authentication))
+
+    def spec(name: str) -> dict:
+        return secrets.resolve(name, cfg.external_services[name], vault)
+
+    storage = base.ports.storage if chosen.storage == "embedded" else services.storage_from(chosen.storage, spec(chosen.storage))
+    stats = base.ports.stats if chosen.stats == "embedded" else services.stats_from(chosen.stats, spec(chosen.stats))
     if chosen.queue == "embedded":
         queue, publisher = base.queue, base.ports.publisher
     else:
-        queue = services.queue_from(chosen.queue, external[chosen.queue])
-        publisher = QueuePublisher(queue, **services.queue_names(external[chosen.queue]))
+        queue = services.queue_from(chosen.queue, spec(chosen.queue))
+        publisher = QueuePublisher(queue, **services.queue_names(spec(chosen.queue)))
     compute: LocalCompute = base.compute
     ports = Ports(storage=storage, stats=stats, compute=compute, publisher=publisher, clock=time.time)
     return Embedded(base.home, ports, queue, compute)

@@ -50,6 +50,7 @@ class XtServices(_Section):
     stats: str = EMBEDDED
     queue: str = EMBEDDED
     target: str = "local"
+    vault: str | None = None  # an external-services entry of type vault: where `$vault` values come from
 
 
 class ComputeTarget(_Section):
@@ -355,6 +356,10 @@ def _reference_problems(cfg: Config):
                 f"xt-services.{role}: expected {EMBEDDED!r} or an external-services name "
                 f"({_names(cfg.external_services)}), got {_show(chosen)}"
             )
+    vault = cfg.xt_services.vault
+    if vault is not None and (vault not in cfg.external_services or cfg.external_services[vault].get("type") != "vault"):
+        yield (f"xt-services.vault: expected an external-services entry of type vault "
+               f"({_names(cfg.external_services)}), got {_show(vault)}")
     if cfg.xt_services.target not in cfg.compute_targets:
         yield (
             f"xt-services.target: expected a compute-targets name ({_names(cfg.compute_targets)}), "
@@ -419,6 +424,7 @@ xt-services:                  # each is "embedded" (local) or a name from extern
   stats: embedded             # index of jobs, runs, hparams and metrics for reports
   queue: embedded             # queue that carries jobs and run events
   target: local               # compute target used when a command names none
+  vault: null                 # an external-services entry of type vault: where `$vault` values come from
 
 external-services: {}         # name -> settings of a cloud service; each needs a `type`
 #  mystore:

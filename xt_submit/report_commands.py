@@ -88,10 +88,11 @@ def add_parsers(commands) -> None:
     download.add_argument("--code", action="store_true", help="with a job: its code snapshot, unpacked")
 
     for verb in ("set", "clear"):
-        sub = commands.add_parser(verb, help=f"{verb} tags on a run or a job")
-        sub.add_argument("what", choices=["tags"])
-        sub.add_argument("name")
-        sub.add_argument("tags", nargs="+", metavar="name=value" if verb == "set" else "name")
+        sub = commands.add_parser(verb, help=f"{verb} tags on a run or a job" + (", or the cached credentials"
+                                                                                 if verb == "clear" else ""))
+        sub.add_argument("what", choices=["tags"] if verb == "set" else ["tags", "credentials"])
+        sub.add_argument("name", nargs="?" if verb == "clear" else None)
+        sub.add_argument("tags", nargs="*" if verb == "clear" else "+", metavar="name=value" if verb == "set" else "name")
         sub.add_argument("--workspace")
 
 
@@ -354,6 +355,13 @@ def cmd_download(args: argparse.Namespace) -> int:
 def cmd_tags(args: argparse.Namespace) -> int:
     from handlers.tags import change_tags
 
+    if args.what == "credentials":
+        from xt_submit import secrets
+
+        print("cleared the cached secrets" if secrets.clear_cache() else "no cached secrets")
+        return 0
+    if not args.name or not args.tags:
+        raise CliError(f"xt {args.command} tags: expected a run or a job, then tag names")
     cfg = load(args)
     parts = embedded_parts(cfg)
     ws = cfg.general.workspace
