@@ -10,17 +10,13 @@ import time
 import azure.functions as func
 
 import handlers
-from xt_submit.messages import (CancelRequested, JobSubmitted, RunFinished, RunHeartbeat, RunStarted, UploadReceived,
-                                decode_event)
+from xt_submit.messages import UploadReceived, decode_event
 
 from function_app import settings
 
 app = func.FunctionApp()
 log = logging.getLogger("xt.functions")
 
-JOB_HANDLERS = {JobSubmitted: handlers.dispatch_job, UploadReceived: handlers.accept_upload}
-EVENT_HANDLERS = {RunStarted: handlers.run_started, RunFinished: handlers.run_finished,
-                  RunHeartbeat: handlers.run_heartbeat, CancelRequested: handlers.cancel_runs}
 HEARTBEAT_TIMEOUT_SECONDS = float(os.environ.get("XT_HEARTBEAT_TIMEOUT", "300"))
 
 
@@ -54,13 +50,13 @@ def handle_message(function: str, body: bytes, table: dict):
 @app.function_name("dispatch")
 @app.service_bus_queue_trigger(arg_name="msg", queue_name="%XT_JOBS_QUEUE%", connection="XT_SERVICEBUS")
 def dispatch(msg: func.ServiceBusMessage) -> None:
-    handle_message("dispatch", msg.get_body(), JOB_HANDLERS)
+    handle_message("dispatch", msg.get_body(), handlers.ON_JOBS_QUEUE)
 
 
 @app.function_name("run_events")
 @app.service_bus_queue_trigger(arg_name="msg", queue_name="%XT_EVENTS_QUEUE%", connection="XT_SERVICEBUS")
 def run_events(msg: func.ServiceBusMessage) -> None:
-    handle_message("run_events", msg.get_body(), EVENT_HANDLERS)
+    handle_message("run_events", msg.get_body(), handlers.ON_EVENTS_QUEUE)
 
 
 @app.function_name("upload_received")

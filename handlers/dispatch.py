@@ -25,7 +25,7 @@ def dispatch_job(event: JobSubmitted, ports: Ports) -> Dispatched:
 
     ws = manifest.workspace
     job = ports.stats.assign_job_name(ws, event.submission_id)  # the same name on a redelivery
-    number = int(job[3:])
+    number = layout.job_number(job)
     now = event.submitted_at  # not the clock: a redelivery must record the very same times
     run_names = [layout.run_name(number, k) for k in range(1, len(hparam_sets) + 1)]
     commands = [manifest.command + sweep.format_hparam_args(hp) for hp in hparam_sets]

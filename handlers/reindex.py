@@ -20,7 +20,7 @@ from handlers.jobs import roll_job
 def _jobs_in_storage(ports: Ports, workspace: str) -> List[str]:
     prefix = f"workspaces/{workspace}/jobs/"
     jobs = {key[len(prefix):].split("/", 1)[0] for key in ports.storage.list(prefix)}
-    return sorted((j for j in jobs if layout.JOB_PATTERN.match(j)), key=lambda j: int(j[3:]))
+    return sorted((j for j in jobs if layout.JOB_PATTERN.match(j)), key=layout.job_number)
 
 
 def workspaces_in_storage(ports: Ports) -> List[str]:
@@ -37,7 +37,7 @@ def rebuild_workspace(ports: Ports, workspace: str) -> Dict[str, int]:
             created = run_log.parse(ports.storage.read(layout.job_log_key(workspace, job)))[0]
         except (NotFound, IndexError):
             continue  # a dispatch that crashed before its first write: nothing was promised
-        number = int(job[3:])
+        number = layout.job_number(job)
         plan = created["data"]["runs"]
         ports.stats.restore_job_name(workspace, created["data"]["submission_id"], number)
         ports.stats.insert_job({

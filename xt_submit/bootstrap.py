@@ -58,21 +58,24 @@ def from_config(cfg) -> Embedded:
         return base
     from xt_submit import secrets
 
+    # one sign-in, as general.authentication says, for the vault and every service without a key
+    credential = secrets.credential_for(cfg.general.authentication)
     vault = None
     if chosen.vault:
-        vault = secrets.VaultSecrets(cfg.external_services[chosen.vault]["url"],
-                                     secrets.credential_for(cfg.general.authentication))
+        vault = secrets.VaultSecrets(cfg.external_services[chosen.vault]["url"], credential)
 
     def spec(name: str) -> dict:
         return secrets.resolve(name, cfg.external_services[name], vault)
 
-    storage = base.ports.storage if chosen.storage == "embedded" else services.storage_from(chosen.storage, spec(chosen.storage))
+    storage = (base.ports.storage if chosen.storage == "embedded"
+               else services.storage_from(chosen.storage, spec(chosen.storage), credential))
     stats = base.ports.stats if chosen.stats == "embedded" else services.stats_from(chosen.stats, spec(chosen.stats))
     if chosen.queue == "embedded":
         queue, publisher = base.queue, base.ports.publisher
     else:
-        queue = services.queue_from(chosen.queue, spec(chosen.queue))
-        publisher = QueuePublisher(queue, **services.queue_names(spec(chosen.queue)))
+        queue_spec = spec(chosen.queue)
+        queue = services.queue_from(chosen.queue, queue_spec, credential)
+        publisher = QueuePublisher(queue, **services.queue_names(queue_spec))
     compute: LocalCompute = base.compute
     ports = Ports(storage=storage, stats=stats, compute=compute, publisher=publisher, clock=time.time)
     return Embedded(base.home, ports, queue, compute)

@@ -78,6 +78,11 @@ def job_name(number: int) -> str:
     return f"job{number}"
 
 
+def job_number(job: str) -> int:
+    """job42 -> 42"""
+    return int(job[3:])
+
+
 def run_name(job_number: int, index: int) -> str:
     return f"run{job_number}.{index}"
 

@@ -22,21 +22,13 @@ from xt_submit.adapters.local_compute import LocalExecutor
 from xt_submit.adapters.queue_publisher import EVENTS_QUEUE, JOBS_QUEUE
 from xt_submit.bootstrap import Embedded, embedded
 from xt_submit.errors import OneLineError
-from xt_submit.messages import (CancelRequested, JobSubmitted, RunFinished, RunHeartbeat, RunStarted,
-                                UploadReceived, decode_event)
+from xt_submit.messages import JobSubmitted, UploadReceived, decode_event
 from xt_submit.ports import NotFound, Ports, ReceivedMessage
 
 LOCK_FILE = "host.lock"
 HEARTBEAT_TIMEOUT_SECONDS = float(os.environ.get("XT_HEARTBEAT_TIMEOUT", "300"))
 HEARTBEAT_CHECK_SECONDS = min(30.0, HEARTBEAT_TIMEOUT_SECONDS / 4)
-HANDLERS: Dict[type, Callable] = {
-    JobSubmitted: handlers.dispatch_job,
-    RunStarted: handlers.run_started,
-    RunFinished: handlers.run_finished,
-    RunHeartbeat: handlers.run_heartbeat,
-    CancelRequested: handlers.cancel_runs,
-    UploadReceived: handlers.accept_upload,
-}
+HANDLERS: Dict[type, Callable] = {**handlers.ON_JOBS_QUEUE, **handlers.ON_EVENTS_QUEUE}
 # Errors no redelivery can fix (bad contracts, unsafe zips, unknown runs): dead-letter at once, with the reason.
 PERMANENT_ERRORS = (OneLineError, NotFound)
 

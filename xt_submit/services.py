@@ -27,13 +27,16 @@ def _require(name: str, spec: Dict[str, Any], kinds: tuple) -> None:
         raise ServiceError(f"external-services.{name}.type: expected {' or '.join(kinds)} here, got {spec.get('type')!r}")
 
 
-def _credential(spec: Dict[str, Any]):
-    from azure.identity import DefaultAzureCredential
+def _signed_in(credential):
+    """The sign-in to use where a service has no connection string (the Functions app: its identity)."""
+    if credential is not None:
+        return credential
+    from xt_submit.secrets import credential_for
 
-    return DefaultAzureCredential()
+    return credential_for("auto")
 
 
-def storage_from(name: str, spec: Dict[str, Any]):
+def storage_from(name: str, spec: Dict[str, Any], credential=None):
     from xt_submit.adapters.blob_storage import BlobStorage
 
     _require(name, spec, ("blob", "storage"))
@@ -41,21 +44,21 @@ def storage_from(name: str, spec: Dict[str, Any]):
     if spec.get("connection-string"):
         storage = BlobStorage(container, connection_string=spec["connection-string"])
     elif spec.get("account-url"):
-        storage = BlobStorage(container, account_url=spec["account-url"], credential=_credential(spec))
+        storage = BlobStorage(container, account_url=spec["account-url"], credential=_signed_in(credential))
     else:
         raise ServiceError(f"external-services.{name}: expected connection-string or account-url")
     storage.ensure_container()
     return storage
 
 
-def queue_from(name: str, spec: Dict[str, Any]):
+def queue_from(name: str, spec: Dict[str, Any], credential=None):
     from xt_submit.adapters.servicebus_queue import ServiceBusQueue
 
     _require(name, spec, ("servicebus",))
     if spec.get("connection-string"):
         return ServiceBusQueue(spec["connection-string"])
     if spec.get("namespace"):
-        return ServiceBusQueue(namespace=spec["namespace"], credential=_credential(spec))
+        return ServiceBusQueue(namespace=spec["namespace"], credential=_signed_in(credential))
     raise ServiceError(f"external-services.{name}: expected connection-string or namespace")
 
 

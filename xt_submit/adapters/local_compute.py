@@ -20,7 +20,7 @@ CREATE TABLE IF NOT EXISTS tasks (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     workspace TEXT NOT NULL, run TEXT NOT NULL, job TEXT NOT NULL, concurrent INTEGER NOT NULL,
     command TEXT NOT NULL, hparams BLOB NOT NULL, state TEXT NOT NULL DEFAULT 'queued',
-    pid INTEGER, launched_at REAL, cancel_requested INTEGER NOT NULL DEFAULT 0,
+    launched_at REAL, cancel_requested INTEGER NOT NULL DEFAULT 0,
     UNIQUE (workspace, run));
 CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, seq);
 """
@@ -95,14 +95,15 @@ class LocalCompute:
                               " AND state = 'queued'", (time.time(), task.workspace, task.run)).rowcount > 0
 
     def launched(self) -> List[dict]:
-        rows = self._db.execute("SELECT workspace, run, job, pid, launched_at, cancel_requested, state"
+        rows = self._db.execute("SELECT workspace, run, job, launched_at, cancel_requested, state"
                                 " FROM tasks WHERE state IN ('launching', 'launched')").fetchall()
-        keys = ("workspace", "run", "job", "pid", "launched_at", "cancel_requested", "state")
+        keys = ("workspace", "run", "job", "launched_at", "cancel_requested", "state")
         return [dict(zip(keys, row)) for row in rows]
 
-    def set_launched(self, workspace: str, run: str, pid: int) -> None:
+    def set_launched(self, workspace: str, run: str) -> None:
+        """The run's process (if any) is recorded in its wrapper state, in the node dir."""
         with transaction(self._db) as db:
-            db.execute("UPDATE tasks SET state = 'launched', pid = ? WHERE workspace = ? AND run = ?", (pid, workspace, run))
+            db.execute("UPDATE tasks SET state = 'launched' WHERE workspace = ? AND run = ?", (workspace, run))
 
     def mark(self, workspace: str, run: str, **fields) -> None:
         with transaction(self._db) as db:
@@ -146,7 +147,7 @@ class LocalExecutor:
         wrapper = RunWrapper(task, node_dir, self.storage, self.publisher)
         wrapper.start()
         self.running[(task.workspace, task.run)] = wrapper
-        self.compute.set_launched(task.workspace, task.run, wrapper.state["pid"] or 0)
+        self.compute.set_launched(task.workspace, task.run)
 
     def _wrapper_for(self, entry: dict) -> Optional[RunWrapper]:
         key = (entry["workspace"], entry["run"])

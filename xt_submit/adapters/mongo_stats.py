@@ -11,6 +11,7 @@ import random
 import time
 from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, TypeVar
 
+from xt_submit import layout
 from xt_submit.ports import JOB_FIELDS, MAPPING_FIELDS, RUN_FIELDS, NotFound
 from xt_submit.run_query import Filter, RunQuery, window
 
@@ -107,7 +108,7 @@ class MongoStats:
             except self._pymongo.errors.DuplicateKeyError:
                 pass  # a concurrent delivery of the same message won: its number stands (ours is skipped)
             found = _retrying(lambda: self.submissions.find_one({"_id": key}))
-        return f"job{found['number']}"
+        return layout.job_name(found["number"])
 
     def restore_job_name(self, workspace: str, submission_id: str, number: int) -> None:
         _retrying(lambda: self.submissions.update_one({"_id": _key(workspace, submission_id)},
@@ -119,7 +120,7 @@ class MongoStats:
         found = _retrying(lambda: self.submissions.find_one({"_id": _key(workspace, submission_id)}))
         if found is None:
             return None
-        job = f"job{found['number']}"
+        job = layout.job_name(found["number"])
         return job if _retrying(lambda: self.jobs.find_one({"_id": _key(workspace, job)}, {"_id": 1})) else None
 
     def clear_workspace(self, workspace: str) -> None:
@@ -189,7 +190,7 @@ class MongoStats:
 
     def job_rollup(self, workspace: str, job: str) -> Dict[str, Any]:
         rows = _retrying(lambda: list(self.runs.aggregate([
-            {"$match": {"workspace": workspace, "job_number": int(job[3:])}},
+            {"$match": {"workspace": workspace, "job_number": layout.job_number(job)}},
             {"$group": {"_id": "$status", "count": {"$sum": 1}, "started": {"$min": "$started"},
                         "ended": {"$max": "$ended"}}}])))
         starts = [r["started"] for r in rows if r.get("started") is not None]
@@ -217,12 +218,12 @@ class MongoStats:
     def query_runs(self, query: RunQuery) -> List[Dict[str, Any]]:
         conditions: List[Dict[str, Any]] = [{"workspace": query.workspace}]
         if query.job is not None:
-            conditions.append({"job_number": int(query.job[3:])})
+            conditions.append({"job_number": layout.job_number(query.job)})
         if query.status is not None:
             conditions.append({"status": query.status})
         if query.runs or query.jobs:
             conditions.append({"$or": [{"name": {"$in": list(query.runs)}},
-                                       {"job_number": {"$in": [int(job[3:]) for job in query.jobs]}}]})
+                                       {"job_number": {"$in": [layout.job_number(job) for job in query.jobs]}}]})
         if query.any_tags:
             conditions.append({"$or": [{f"tags.{tag}": {"$exists": True, "$ne": None}} for tag in query.any_tags]})
         conditions += [_filter_doc(flt) for flt in query.filters]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import List, Optional, Sequence
+from typing import List, Sequence
 
 from xt_submit.adapters.sqlite_util import connect, transaction
 from xt_submit.ports import LockLost, ReceivedMessage
@@ -108,12 +108,6 @@ class SqliteQueue:
             (queue, limit),
         ).fetchall()
         return [{"id": r[0], "body": bytes(r[1]), "delivery_count": r[2], "reason": r[3]} for r in rows]
-
-    def next_visible_in(self, queues: Sequence[str]) -> Optional[float]:
-        """Seconds until a message of these queues becomes receivable (None when they are empty)."""
-        marks = ",".join("?" * len(queues))
-        row = self._db.execute(f"SELECT min(visible_at) FROM messages WHERE queue IN ({marks})", list(queues)).fetchone()
-        return None if row[0] is None else max(0.0, row[0] - time.time())
 
     def _owned(self, message: ReceivedMessage) -> None:
         row = self._db.execute("SELECT lock_token, visible_at FROM messages WHERE id = ?", (message.id,)).fetchone()

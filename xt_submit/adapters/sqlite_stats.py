@@ -6,6 +6,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import msgspec
 
+from xt_submit import layout
 from xt_submit.adapters.sqlite_util import connect, transaction
 from xt_submit.ports import JOB_FIELDS, MAPPING_FIELDS, RUN_FIELDS, NotFound
 from xt_submit.run_query import Filter, RunQuery, window
@@ -156,7 +157,7 @@ class SqliteStats:
                            (workspace, submission_id, number))
             else:
                 number = row[0]
-        return f"job{number}"
+        return layout.job_name(number)
 
     def restore_job_name(self, workspace: str, submission_id: str, number: int) -> None:
         """Record a name assigned earlier (a reindex), keeping the counter past it."""
@@ -250,23 +251,14 @@ class SqliteStats:
 
     def job_rollup(self, workspace: str, job: str) -> Dict[str, Any]:
         rows = self._db.execute("SELECT status, count(*), min(started), max(ended) FROM runs"
-                                " WHERE workspace = ? AND job_number = ? GROUP BY status", (workspace, int(job[3:]))).fetchall()
+                                " WHERE workspace = ? AND job_number = ? GROUP BY status", (workspace, layout.job_number(job))).fetchall()
         starts = [r[2] for r in rows if r[2] is not None]
         ends = [r[3] for r in rows if r[3] is not None]
         return {"counts": {r[0]: r[1] for r in rows}, "started": min(starts) if starts else None,
                 "ended": max(ends) if ends else None}
 
     def list_runs(self, workspace: str, *, job: Optional[str] = None, status: Optional[str] = None) -> List[Dict[str, Any]]:
-        sql = f"SELECT {','.join(RUN_COLUMNS)} FROM runs WHERE workspace = ?"
-        params: List[Any] = [workspace]
-        if job is not None:
-            sql += " AND job_number = ?"
-            params.append(int(job[3:]))
-        if status is not None:
-            sql += " AND status = ?"
-            params.append(status)
-        sql += " ORDER BY job_number, run_index"
-        return [_from_row(RUN_COLUMNS, row) for row in self._db.execute(sql, params)]
+        return self.query_runs(RunQuery(workspace=workspace, job=job, status=status))
 
     def workspaces(self) -> List[str]:
         return [r[0] for r in self._db.execute("SELECT DISTINCT workspace FROM jobs ORDER BY workspace")]
@@ -292,7 +284,7 @@ class SqliteStats:
         params: List[Any] = [query.workspace]
         if query.job is not None:
             where.append("r.job_number = ?")
-            params.append(int(query.job[3:]))
+            params.append(layout.job_number(query.job))
         if query.status is not None:
             where.append("r.status = ?")
             params.append(query.status)
@@ -303,7 +295,7 @@ class SqliteStats:
                 params.extend(query.runs)
             if query.jobs:
                 either.append(f"r.job_number IN ({','.join('?' * len(query.jobs))})")
-                params.extend(int(job[3:]) for job in query.jobs)
+                params.extend(layout.job_number(job) for job in query.jobs)
             where.append(f"({' OR '.join(either)})")
         if query.any_tags:
             where.append("(" + " OR ".join(f"coalesce(json_type(r.tags, {_json_path(tag)}), 'null') != 'null'"
