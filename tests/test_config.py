@@ -269,8 +269,8 @@ def test_snake_case_keys_are_unknown(tmp_path):
     ("text", "expected"),
     [
         ("compute-targets: {gpu: {service: pool, colour: red}}",
-         "compute-targets.gpu.colour: unknown key (expected one of boxes, concurrent, image, low-pri, "
-         "max-time, nodes, service, setup, vm-size)"),
+         "compute-targets.gpu.colour: unknown key (expected one of account, boxes, concurrent, image, low-pri, "
+         "max-time, nodes, preemption-retries, service, setup, vm-size)"),
         ("compute-targets: {gpu: {nodes: 2}}", "compute-targets.gpu.service: required key missing"),
         ("compute-targets: {gpu: {service: cloud}}",
          "compute-targets.gpu.service: expected one of local, pool, batch, got 'cloud'"),

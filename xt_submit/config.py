@@ -62,6 +62,8 @@ class ComputeTarget(_Section):
     image: str | None = None
     nodes: PositiveInt | None = None
     low_pri: bool = False
+    account: str | None = None  # batch only: the external-services entry (type batch) of the Batch account
+    preemption_retries: Annotated[int, msgspec.Meta(ge=0)] = 3  # batch only: requeues after low-priority preemptions
     max_time: Annotated[float, msgspec.Meta(gt=0)] | None = None  # seconds
 
 
@@ -441,6 +443,8 @@ compute-targets:              # name -> where runs execute
 #    image: my-image          # machine or container image
 #    nodes: 2                 # number of nodes
 #    low-pri: true            # use cheaper, preemptible nodes
+#    account: team-batch      # external-services entry (type: batch) of the Batch account
+#    preemption-retries: 3    # times a preempted run is requeued before it ends as an error
 #    max-time: 3600           # seconds a run may take before it is stopped
 #    boxes: [mybox]           # pool only: boxes to run on
 
