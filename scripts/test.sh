@@ -1,11 +1,16 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh clone: installs what it needs (the package with its test
-# extras, and the npm test peer Azurite), then runs pytest. Arguments go to pytest.
+# extras, the npm test peer Azurite, and Debian's openssh-server for the pool tests), then runs pytest. Arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh test
 if [ ! -x node_modules/.bin/azurite-blob ]; then
     command -v npm >/dev/null 2>&1 || { echo "test.sh: npm is needed for the test peer Azurite" >&2; exit 1; }
     npm ci --no-audit --no-fund --loglevel=error
+fi
+if [ ! -x /usr/sbin/sshd ]; then  # the pool tests' boxes are real OpenSSH servers on loopback
+    as_root=""; [ "$(id -u)" = 0 ] || as_root="sudo"
+    $as_root apt-get update -qq && DEBIAN_FRONTEND=noninteractive $as_root apt-get install -y -qq openssh-server >/dev/null \
+        || echo "test.sh: could not install openssh-server; the pool tests will be skipped" >&2
 fi
 exec .venv/bin/python -m pytest tests "$@"

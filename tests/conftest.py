@@ -83,6 +83,21 @@ def servicebus_connection_string():
     process.wait()
 
 
+@pytest.fixture(scope="session")
+def ssh_boxes():
+    """Two real OpenSSH boxes on loopback (tests/peers/ssh_boxes.py), each its own user and port."""
+    from peers import ssh_boxes
+
+    why_not = ssh_boxes.available()
+    if why_not:
+        pytest.skip(why_not)
+    boxes = ssh_boxes.SshBoxes()
+    boxes.start("box1", "xtbox1")
+    boxes.start("box2", "xtbox2")
+    yield boxes
+    boxes.stop()
+
+
 _databases = itertools.count()
 
 

@@ -15,7 +15,7 @@ from typing import Any, Dict, List, Optional
 import msgspec
 
 from xt_submit import config as xt_config
-from xt_submit import layout, report_commands, run_log, sweep
+from xt_submit import layout, report_commands, run_log, sweep, targets
 from xt_submit.cli_common import (EXIT_USAGE, CliError, check_name, embedded_parts, ensure_local_host, load,
                                    parse_tag_items, print_json, transfer_progress)
 from xt_submit.errors import OneLineError
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 # --- xt run -----------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     from xt_submit.manifest_rules import check_manifest, planned_hparams
-    from xt_submit.messages import JobManifest, SetupSpec
+    from xt_submit.messages import JobManifest
 
     cfg = load(args, {
         "general.experiment": args.experiment, "xt-services.target": args.target,
@@ -106,8 +106,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     })
     target_name = cfg.xt_services.target
     target = cfg.compute_targets[target_name]
-    if target.service != "local":
-        raise CliError(f"--target: {target_name} is a {target.service!r} target; this install runs 'local' targets only")
+    if target.service == "batch":
+        raise CliError(f"--target: {target_name} is a 'batch' target; this install runs 'local' and 'pool' targets only")
+    targets.check_target(cfg, target_name)
     concurrent = args.concurrent if args.concurrent is not None else target.concurrent
     if concurrent < 1:
         raise CliError(f"--concurrent: expected a whole number >= 1, got {concurrent}")
@@ -122,11 +123,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         space = {**file_space, **space}  # the command line wins over the file
     base = ["python", script] if script.endswith(".py") else [script]
     command = shlex.join(base + fixed_args)
-    setup = None
-    if target.setup:
-        entry = cfg.setups[target.setup]
-        setup = SetupSpec(activate=entry.activate, pip_packages=list(entry.pip_packages),
-                          conda_packages=list(entry.conda_packages), environment=dict(entry.environment))
+    setup = targets.setup_spec(cfg, target.setup)
     manifest = JobManifest(
         workspace=cfg.general.workspace, experiment=cfg.general.experiment, username=getpass.getuser(),
         script=script, command=command, hp_space=space, search_type=search.search_type, runs=search.runs,
@@ -156,7 +153,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         key, sha256 = upload_code(parts.ports.storage, parts.home, cfg.code.code_dirs, os.getcwd(), cfg.code.code_omit,
                                   max_bytes=cfg.code.max_size_mb * 1024**2)
     manifest = msgspec.structs.replace(manifest, code_key=key, code_sha256=sha256)
-    job = _submit(parts, manifest)
+    job = _submit(parts, manifest, cfg)
     runs = [r["name"] for r in parts.ports.stats.list_runs(manifest.workspace, job=job)]
     if args.json and not args.wait:
         print_json({"job": job, "runs": runs})
@@ -173,10 +170,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0 if final["status"] == "completed" else 1
 
 
-def _submit(parts, manifest) -> str:
+def _submit(parts, manifest, cfg) -> str:
     """Queue the job (JobSubmitted), make sure a host serves it, and wait for its name."""
     from xt_submit.messages import JobSubmitted
 
+    if manifest.target in cfg.compute_targets:  # the host learns the target's boxes from here, never from a message
+        targets.register(parts.compute, cfg, manifest.target)
     submission_id = uuid.uuid4().hex
     parts.ports.publisher.send_job(JobSubmitted(submission_id=submission_id, manifest=manifest, submitted_at=time.time()))
     ensure_local_host(parts)
@@ -235,7 +234,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
     # each swept value becomes a fixed one: the one run's command comes out exactly as before
     manifest = msgspec.structs.replace(manifest, hp_space=dict(planned["hparams"]), search_type="grid", runs=None,
                                        max_runs=None, tags={**manifest.tags, "rerun_of": run})
-    job = _submit(parts, manifest)
+    job = _submit(parts, manifest, cfg)
     (new_run,) = [r["name"] for r in parts.ports.stats.list_runs(ws, job=job)]
     if args.json:
         print_json({"job": job, "runs": [new_run], "rerun_of": run})

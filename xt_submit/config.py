@@ -367,6 +367,13 @@ def _reference_problems(cfg: Config):
             f"xt-services.target: expected a compute-targets name ({_names(cfg.compute_targets)}), "
             f"got {_show(cfg.xt_services.target)}"
         )
+    for name, box in cfg.boxes.items():
+        from xt_submit.adapters.ssh_node import BoxAddress, BoxError
+
+        try:
+            BoxAddress.parse(box.address, name)
+        except BoxError as exc:
+            yield str(exc)
     for section, entries in (("compute-targets", cfg.compute_targets), ("boxes", cfg.boxes)):
         for name, entry in entries.items():
             if entry.setup is not None and entry.setup not in cfg.setups:
@@ -374,6 +381,22 @@ def _reference_problems(cfg: Config):
                     f"{section}.{name}.setup: expected a setups name ({_names(cfg.setups)}), "
                     f"got {_show(entry.setup)}"
                 )
+
+
+def target_problems(cfg: Config, name: str):
+    """What a target needs before runs can be sent to it (checked when one is: a draft entry may load)."""
+    target = cfg.compute_targets[name]
+    if target.service == "pool":
+        if not target.boxes:
+            yield f"compute-targets.{name}.boxes: expected at least one boxes name for a pool target"
+        for box in target.boxes:
+            if box not in cfg.boxes:
+                yield f"compute-targets.{name}.boxes: expected boxes names ({_names(cfg.boxes)}), got {_show(box)}"
+    if target.service == "batch":
+        account = cfg.external_services.get(target.account or "", {})
+        if account.get("type") != "batch":
+            yield (f"compute-targets.{name}.account: expected an external-services entry of type batch "
+                   f"({_names(cfg.external_services)}), got {_show(target.account)}")
 
 
 # ----------------------------------------------------------------------------- small helpers

@@ -23,6 +23,7 @@ from xt_submit.adapters.queue_publisher import EVENTS_QUEUE, JOBS_QUEUE
 from xt_submit.bootstrap import Embedded, embedded
 from xt_submit.errors import OneLineError
 from xt_submit.messages import JobSubmitted, UploadReceived, decode_event
+from xt_submit.pool_executor import PoolExecutor
 from xt_submit.ports import NotFound, Ports, ReceivedMessage
 
 LOCK_FILE = "host.lock"
@@ -58,6 +59,7 @@ class LocalHost:
         self.ports = parts.ports
         self.queue = parts.queue
         self.executor = LocalExecutor(parts.compute, parts.home, parts.ports.storage, parts.ports.publisher)
+        self.pools = PoolExecutor(parts.compute, parts.home, parts.ports.storage, parts.ports.publisher)
         self.idle_exit_seconds = idle_exit_seconds
         self.poll_seconds = poll_seconds
         self.busy_poll_seconds = busy_poll_seconds
@@ -90,6 +92,7 @@ class LocalHost:
                 busy = True
         busy |= self._watch_uploads()
         busy |= self.executor.poll()
+        busy |= self.pools.poll()
         busy |= self._check_heartbeats()
         return busy
 

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-from xt_submit import layout, reports, run_log, run_query
+from xt_submit import layout, reports, run_log, run_query, target_commands
 from xt_submit.cli_common import (CliError, check_name, embedded_parts, ensure_local_host, load, parse_tag_items,
                                    print_json)
 from xt_submit.messages import TERMINAL_STATUSES
@@ -18,7 +18,8 @@ STATUSES = ["queued", "running", "completed", "error", "cancelled"]
 # --- parsers ----------------------------------------------------------------------------------
 def add_parsers(commands) -> None:
     list_parser = commands.add_parser("list", help="list runs, jobs, workspaces, experiments or tags")
-    kinds = list_parser.add_subparsers(dest="kind", required=True, metavar="runs|jobs|workspaces|experiments|tags")
+    kinds = list_parser.add_subparsers(dest="kind", required=True,
+                                       metavar="runs|jobs|workspaces|experiments|tags|targets|boxes")
     for kind in ("runs", "jobs"):
         sub = kinds.add_parser(kind)
         sub.add_argument("names", nargs="*", metavar="RUNS" if kind == "runs" else "JOBS",
@@ -51,9 +52,11 @@ def add_parsers(commands) -> None:
     sub.add_argument("name", help="a run or a job")
     sub.add_argument("--workspace")
     sub.add_argument("--json", action="store_true")
+    target_commands.add_list_kinds(kinds)
 
     view_parser = commands.add_parser("view", help="show a run, its log, console or metrics, or a job")
-    view_kinds = view_parser.add_subparsers(dest="kind", required=True, metavar="run|log|console|metrics|job")
+    view_kinds = view_parser.add_subparsers(dest="kind", required=True, metavar="run|log|console|metrics|job|status")
+    target_commands.add_view_kinds(view_kinds)
     for kind in ("run", "log", "console", "job"):
         sub = view_kinds.add_parser(kind)
         sub.add_argument("name")
@@ -145,6 +148,8 @@ def _job_rows(stats, workspace: str, args, report) -> List[Dict[str, Any]]:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    if args.kind in target_commands.LIST_KINDS:
+        return target_commands.cmd_list(args)
     cfg = load(args)
     stats = embedded_parts(cfg).ports.stats
     if args.kind == "workspaces":
@@ -208,6 +213,8 @@ def _record_of(stats, workspace: str, name: str) -> Dict[str, Any]:
 
 # --- xt view ----------------------------------------------------------------------------------
 def cmd_view(args: argparse.Namespace) -> int:
+    if args.kind in target_commands.VIEW_KINDS:
+        return target_commands.cmd_view(args)
     cfg = load(args)
     parts = embedded_parts(cfg)
     ws = cfg.general.workspace

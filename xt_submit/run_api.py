@@ -18,7 +18,30 @@ import sys
 import time
 from typing import Any, Dict, Optional
 
-import msgspec
+try:
+    import msgspec
+
+    _encode_json = msgspec.json.Encoder().encode
+    _decode_json = msgspec.json.decode
+except ImportError:  # a pool box may run scripts with a bare Python: the stdlib writes the same records
+    import json
+    import math
+
+    def _finite(value):
+        """As msgspec writes them: NaN and infinities become null (JSON has no spelling for them)."""
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {key: _finite(item) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [_finite(item) for item in value]
+        return value
+
+    def _encode_json(value) -> bytes:
+        return json.dumps(_finite(value), separators=(",", ":"), default=str).encode()
+
+    def _decode_json(data: bytes):
+        return json.loads(data)
 
 LOG_FILE_NAME = "xt_run_log.jsonl"
 CHECKPOINT_FILE_NAME = "xt_checkpoint.json"
@@ -47,7 +70,7 @@ class Run:
         self._buffer: list = []
         self._next_flush = time.monotonic() + flush_seconds
         self._index = 0
-        self._encode = msgspec.json.Encoder().encode
+        self._encode = _encode_json
         self._fd: Optional[int] = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         atexit.register(self.close)
         self._chain_sigterm()
@@ -81,7 +104,7 @@ class Run:
         """Save resumable state (JSON-able): written atomically, shipped with the run's files."""
         tmp = self.checkpoint_path + ".tmp"
         with open(tmp, "wb") as f:
-            f.write(msgspec.json.encode(state))
+            f.write(_encode_json(state))
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, self.checkpoint_path)
@@ -91,7 +114,7 @@ class Run:
     def get_checkpoint(self) -> Optional[Dict[str, Any]]:
         try:
             with open(self.checkpoint_path, "rb") as f:
-                return msgspec.json.decode(f.read())
+                return _decode_json(f.read())
         except FileNotFoundError:
             return None
 

@@ -5,19 +5,21 @@ under a tiny reaper process (xt_submit/reaper.py: the run's parent, which record
 code), ships console output and the script's run log to storage while it runs, syncs the output
 dir live, captures the after-dirs at the end, and reports RunFinished.
 
-Its state lives in the node dir, so a supervisor that dies can be replaced mid-run (`resume`):
-the local host drives RunWrappers in-process; a remote node runs `python -m xt_submit.wrapper
-TASK_JSON`, which drives one until it ends.
+The run's files and process live on a Node (run_node.py): this machine, or a pool's box over
+SSH. The supervisor's state lives in the node dir on this machine, so a supervisor that dies can
+be replaced mid-run (`resume`): the local host drives RunWrappers in-process; a remote node can
+run `python -m xt_submit.wrapper TASK_JSON`, which drives one until it ends.
 """
 from __future__ import annotations
 
 import fnmatch
 import json
 import os
+import posixpath
 import shlex
 import signal
-import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -26,45 +28,36 @@ from xt_submit import code_archive, layout, run_log
 from xt_submit.messages import (CANCELLED, COMPLETED, ERROR, RunFinished, RunHeartbeat, RunStarted, RunTask,
                                 decode_task)
 from xt_submit.ports import NotFound, Publisher, Storage
+from xt_submit.run_node import LocalNode, Node
+from xt_submit.setup_script import with_setup
 
 SYNC_SECONDS = float(os.environ.get("XT_SYNC_SECONDS", "1.0"))
 HEARTBEAT_SECONDS = float(os.environ.get("XT_HEARTBEAT_SECONDS", "60"))
 KILL_GRACE_SECONDS = 10.0
-REAPER = str(Path(__file__).with_name("reaper.py"))
 STATE_FILE = "wrapper_state.json"
 EXIT_FILE = "exit_code"
 FINISHED_MARKER = "finished"  # written once RunFinished is sent
 
 
-def process_start_time(pid: int) -> Optional[str]:
-    """The kernel's start time of pid (None if gone or a zombie): tells a live process from a recycled pid."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            return None
-        return "?"  # no /proc (not Linux): trust the pid
-    if fields[0] in (b"Z", b"X"):
-        return None
-    return fields[19].decode()
-
-
 class RunWrapper:
-    def __init__(self, task: RunTask, node_dir: Path, storage: Storage, publisher: Publisher, node_id: str = "local") -> None:
+    def __init__(self, task: RunTask, node_dir: Path, storage: Storage, publisher: Publisher, node_id: str = "local",
+                 node: Optional[Node] = None, work_dir: Optional[str] = None) -> None:
+        """node_dir: the supervisor's state, on this machine. work_dir: the run's folder on `node`
+        (by default this machine, in node_dir itself)."""
         self.task = task
         self.node_dir = Path(node_dir)
         self.storage = storage
         self.publisher = publisher
         self.node_id = node_id
-        self.code_dir = self.node_dir / "code"
-        self.output_dir = self.code_dir / "output"
-        self.local_log = self.node_dir / "xt_run_log.jsonl"
-        self.console = self.node_dir / "console.log"
-        self.checkpoint = self.node_dir / "xt_checkpoint.json"
-        self.process: Optional[subprocess.Popen] = None  # set when this supervisor started the run
+        self.node: Node = node or LocalNode(str(self.node_dir.parent.parent))
+        work = work_dir or str(self.node_dir)
+        self.work_dir = work
+        self.code_dir = posixpath.join(work, "code")
+        self.output_dir = posixpath.join(self.code_dir, "output")
+        self.local_log = posixpath.join(work, "xt_run_log.jsonl")
+        self.console = posixpath.join(work, "console.log")
+        self.checkpoint = posixpath.join(work, "xt_checkpoint.json")
+        self.exit_file = posixpath.join(work, EXIT_FILE)
         self.state: Dict = {"started_at": None, "pid": None, "pid_start": None, "console_offset": 0, "log_offset": 0,
                             "stopping": None, "stop_sent_at": None, "failure": ""}
         self._live_seen: Dict[str, tuple] = {}
@@ -89,30 +82,28 @@ class RunWrapper:
         self.publisher.send_events([RunStarted(workspace=ws, job=task.job, run=task.run, node_id=self.node_id,
                                                started_at=started_at)])
         try:
+            self.node.makedirs(self.work_dir)
             self._fetch_code()
             self._restore_checkpoint()
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            self.local_log.touch()
+            self.node.makedirs(self.output_dir)
+            self.node.touch(self.local_log)
             self._launch()
         except (code_archive.ArchiveError, NotFound, OSError) as exc:
             self.state["failure"] = f"run wrapper: {exc}"
-            with open(self.console, "ab") as f:
-                f.write(f"[xt] {self.state['failure']}\n".encode())
+            self.node.append(self.console, f"[xt] {self.state['failure']}\n".encode())
             self._save_state()
 
     @classmethod
     def resume(cls, task: RunTask, node_dir: Path, storage: Storage, publisher: Publisher,
-               node_id: str = "local") -> "RunWrapper":
+               node_id: str = "local", node: Optional[Node] = None, work_dir: Optional[str] = None) -> "RunWrapper":
         """Take over a run started by a supervisor that died, from the state it left in the node dir."""
-        wrapper = cls(task, node_dir, storage, publisher, node_id)
+        wrapper = cls(task, node_dir, storage, publisher, node_id, node, work_dir)
         wrapper.state.update(json.loads((wrapper.node_dir / STATE_FILE).read_text()))
         return wrapper
 
     def ended(self) -> bool:
-        if self.process is not None:
-            return self.process.poll() is not None
         pid = self.state["pid"]
-        return pid is None or process_start_time(pid) != self.state["pid_start"]
+        return pid is None or not self.node.alive(pid, self.state["pid_start"])
 
     def stop(self, why: str) -> None:
         """Ask the run to end (why: 'cancelled' or 'max-time'); SIGKILL follows if it lingers."""
@@ -169,7 +160,7 @@ class RunWrapper:
         self.sync()
         self._capture_after_files()
         self._ship_checkpoint()
-        _, last_metrics, _ = run_log.summarize(run_log.parse(self._read(self.local_log)))
+        _, last_metrics, _ = run_log.summarize(run_log.parse(self.node.read_from(self.local_log)))
         started_at = self.state["started_at"] or ended_at
         self.storage.append(layout.run_log_key(ws, task.run), run_log.record(ended_at, "ended", {
             "status": status, "exit_code": exit_code, "duration": round(ended_at - started_at, 3), "reason": reason}))
@@ -178,78 +169,62 @@ class RunWrapper:
                                metrics=last_metrics)
         self.publisher.send_events([finished])
         (self.node_dir / FINISHED_MARKER).write_text("")
+        self._cleanup()
         return finished
 
     # --- the command -------------------------------------------------------------------------
     def _fetch_code(self) -> None:
-        zip_path = self.node_dir / "code.zip"
-        self.storage.download_file(self.task.code_key, str(zip_path))
-        code_archive.safe_extract(str(zip_path), str(self.code_dir), source=self.task.code_key)
-        zip_path.unlink()
+        with tempfile.TemporaryDirectory(dir=self.node_dir) as scratch:
+            zip_path = os.path.join(scratch, "code.zip")
+            self.storage.download_file(self.task.code_key, zip_path)
+            self.node.unpack(zip_path, self.code_dir, source=self.task.code_key)
 
     def _environment(self) -> Dict[str, str]:
+        """What the run gets on top of the node's own environment."""
         task = self.task
-        env = dict(os.environ)
-        env.update({
+        env = {
             "XT_WORKSPACE": task.workspace, "XT_EXPERIMENT": task.experiment, "XT_JOB_ID": task.job,
-            "XT_RUN_NAME": task.run, "XT_NODE_ID": self.node_id, "XT_OUTPUT_DIR": str(self.output_dir),
-            "XT_RUN_LOG": str(self.local_log), "XT_CHECKPOINT": str(self.checkpoint), "XT_STEP_NAME": task.step_name,
+            "XT_RUN_NAME": task.run, "XT_NODE_ID": self.node_id, "XT_OUTPUT_DIR": self.output_dir,
+            "XT_RUN_LOG": self.local_log, "XT_CHECKPOINT": self.checkpoint, "XT_STEP_NAME": task.step_name,
             "PYTHONUNBUFFERED": "1",  # console lines reach the log as they are printed
-        })
+        }
         if task.setup:
             env.update(task.setup.environment)
         return env
 
     def _argv(self) -> List[str]:
         """The command as argv (no shell needed), or a bash script when a setup must run first."""
-        command = self.task.command
-        setup = self.task.setup
-        if setup and (setup.activate or setup.pip_packages):
-            steps = [setup.activate] if setup.activate else []
-            if setup.pip_packages:
-                steps.append("python -m pip install --quiet " + " ".join(shlex.quote(p) for p in setup.pip_packages))
-            return ["/bin/bash", "-c", " && ".join(steps + [command])]
-        argv = shlex.split(command)
-        if argv and argv[0] == "python":
-            argv[0] = sys.executable  # the interpreter that runs XT has xt_submit (the Run API) installed
-        return argv
+        command, setup = self.task.command, self.task.setup
+        if setup and (setup.activate or setup.pip_packages or setup.conda_packages):
+            return ["/bin/bash", "-c", with_setup(command, setup, posixpath.join(self.node.home, "setups"))]
+        return self.node.python_argv(shlex.split(command))
 
     def _launch(self) -> None:
-        exit_file = self.node_dir / EXIT_FILE
-        if exit_file.exists():
-            exit_file.unlink()
-        with open(self.console, "ab") as console:
-            # own session: the run outlives its supervisor, and a cancel can signal its whole tree
-            self.process = subprocess.Popen([sys.executable, "-S", "-I", REAPER, str(exit_file), *self._argv()],
-                                            cwd=self.code_dir, env=self._environment(), stdin=subprocess.DEVNULL,
-                                            stdout=console, stderr=subprocess.STDOUT, start_new_session=True)
-        self.state.update(pid=self.process.pid, pid_start=process_start_time(self.process.pid) or "?")
+        self.node.remove(self.exit_file)
+        pid, pid_start = self.node.launch(self._argv(), self.code_dir, self._environment(), self.console, self.exit_file)
+        self.state.update(pid=pid, pid_start=pid_start)
         self._save_state()  # at once: a supervisor that dies now must find this run, not start it again
 
     def _exit_code(self) -> Optional[int]:
         try:
-            return int((self.node_dir / EXIT_FILE).read_text())
-        except (OSError, ValueError):
+            return int(self.node.read_from(self.exit_file))
+        except ValueError:
             return None  # the reaper itself was killed, or the command never started
 
     def _signal(self, sig: int) -> None:
         pid = self.state["pid"]
         if pid is None or self.ended():
             return
-        try:
-            os.killpg(pid, sig)  # the reaper forwards; the whole process group gets it too
-        except (ProcessLookupError, PermissionError):
-            pass
+        self.node.kill_group(pid, sig)  # the reaper forwards; the whole process group gets it too
+
+    def _cleanup(self) -> None:
+        """Once RunFinished is out, the node's copy of the run is no longer needed."""
+        self.node.release(self.work_dir)
 
     # --- shipping files to storage -----------------------------------------------------------
-    def _ship_tail(self, path: Path, key: str, offset_name: str, whole_lines: bool) -> None:
+    def _ship_tail(self, path: str, key: str, offset_name: str, whole_lines: bool) -> None:
         offset = self.state[offset_name]
-        try:
-            with open(path, "rb") as f:
-                f.seek(offset)
-                data = f.read()
-        except FileNotFoundError:
-            return
+        data = self.node.read_from(path, offset)
         if whole_lines:
             data = data[: data.rfind(b"\n") + 1]
         if data:
@@ -259,55 +234,39 @@ class RunWrapper:
 
     def _sync_live(self) -> None:
         prefix = layout.live_prefix(self.task.workspace, self.task.run)
-        for path in _walk_files(self.output_dir):
-            stat = path.stat()
-            rel = path.relative_to(self.output_dir).as_posix()
-            signature = (stat.st_mtime_ns, stat.st_size)
+        for rel, signature in self.node.walk(self.output_dir):
             if self._live_seen.get(rel) != signature:
-                self.storage.upload_file(prefix + rel, str(path))
+                with self.node.local_copy(posixpath.join(self.output_dir, rel)) as path:
+                    self.storage.upload_file(prefix + rel, path)
                 self._live_seen[rel] = signature
 
     def _capture_after_files(self) -> None:
         prefix = layout.output_prefix(self.task.workspace, self.task.run)
-        for path in _walk_files(self.code_dir):
-            rel = path.relative_to(self.code_dir).as_posix()
+        for rel, _ in self.node.walk(self.code_dir):
             if any(_glob_match(rel, pattern) for pattern in self.task.after_dirs) and \
                     not any(_glob_match(rel, pattern) for pattern in self.task.after_omit):
                 target = rel[len("output/"):] if rel.startswith("output/") else rel
-                self.storage.upload_file(prefix + target, str(path))
+                with self.node.local_copy(posixpath.join(self.code_dir, rel)) as path:
+                    self.storage.upload_file(prefix + target, path)
 
     def _restore_checkpoint(self) -> None:
-        try:
-            self.storage.download_file(layout.checkpoint_key(self.task.workspace, self.task.run), str(self.checkpoint))
-        except NotFound:
-            pass
+        with tempfile.TemporaryDirectory(dir=self.node_dir) as scratch:
+            local = os.path.join(scratch, "checkpoint.json")
+            try:
+                self.storage.download_file(layout.checkpoint_key(self.task.workspace, self.task.run), local)
+            except NotFound:
+                return
+            self.node.put(local, self.checkpoint)
 
     def _ship_checkpoint(self) -> None:
-        if self.checkpoint.exists():
-            self.storage.upload_file(layout.checkpoint_key(self.task.workspace, self.task.run), str(self.checkpoint))
+        if self.node.exists(self.checkpoint):
+            with self.node.local_copy(self.checkpoint) as path:
+                self.storage.upload_file(layout.checkpoint_key(self.task.workspace, self.task.run), path)
 
     def _save_state(self) -> None:
         tmp = self.node_dir / (STATE_FILE + ".tmp")
         tmp.write_text(json.dumps(self.state))
         os.replace(tmp, self.node_dir / STATE_FILE)
-
-    @staticmethod
-    def _read(path: Path) -> bytes:
-        try:
-            return path.read_bytes()
-        except FileNotFoundError:
-            return b""
-
-
-def _walk_files(root: Path):
-    if not root.is_dir():
-        return
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            path = Path(dirpath, name)
-            if not path.is_symlink():  # a link's target never travels to storage
-                yield path
 
 
 def _glob_match(rel: str, pattern: str) -> bool:

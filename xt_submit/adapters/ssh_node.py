@@ -1,0 +1,349 @@
+"""A pool's box over SSH: one verified connection per box, and the Node operations a run wrapper
+needs (files over SFTP, processes over exec channels).
+
+Runs on a box are started in their own session with their output in files on the box, so a
+dropped connection loses nothing: the supervisor reconnects and carries on from its offsets.
+No password is ever asked for: a key (the box's `key`, the agent, or ~/.ssh) or nothing.
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import os
+import posixpath
+import shlex
+import stat
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple
+
+from xt_submit import code_archive
+from xt_submit.errors import OneLineError
+from xt_submit.run_node import NodeUnreachable
+
+CONNECT_TIMEOUT_SECONDS = 10.0
+COMMAND_TIMEOUT_SECONDS = 60.0
+MIN_PYTHON = (3, 9)
+# What a box needs from XT, copied once per version: the reaper, the code unpacker and the Run API
+# (which falls back to the stdlib's json where msgspec is not installed).
+_SHIPPED_MODULES = ("__init__.py", "errors.py", "code_archive.py", "reaper.py", "run_api.py")
+_PACKAGE_DIR = Path(__file__).resolve().parent.parent
+
+
+class BoxError(OneLineError):
+    """A box that cannot be used, named, with why (never a key)."""
+
+
+@dataclass(frozen=True)
+class BoxAddress:
+    user: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, address: str, box: str) -> "BoxAddress":
+        """`user@host[:port]` or `host[:port]`; the user defaults to the one running XT."""
+        user, _, hostport = address.rpartition("@")
+        host, port = hostport, 22
+        if hostport.count(":") == 1:
+            host, _, port_text = hostport.partition(":")
+            if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+                raise BoxError(f"boxes.{box}.address: expected user@host[:port] with a port number, got {address!r}")
+            port = int(port_text)
+        if not host or any(c.isspace() for c in address):
+            raise BoxError(f"boxes.{box}.address: expected user@host[:port], got {address!r}")
+        import getpass
+
+        return cls(user or getpass.getuser(), host, port)
+
+    def __str__(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}"
+
+    @property
+    def known_hosts_name(self) -> str:
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+
+def shipped_digest() -> str:
+    digest = hashlib.sha256()
+    for name in _SHIPPED_MODULES:
+        digest.update(name.encode() + b"\0" + (_PACKAGE_DIR / name).read_bytes())
+    return digest.hexdigest()[:16]
+
+
+class SshNode:
+    """One box. Connects lazily; any failure of the connection itself becomes NodeUnreachable (the
+    run is not known to have failed), and the next call connects afresh."""
+
+    def __init__(self, box: str, address: str, key: Optional[str] = None, host_key: Optional[str] = None,
+                 runs_folder: str = "runs") -> None:
+        self.name = box
+        self.address = BoxAddress.parse(address, box)
+        self.key = os.path.expanduser(key) if key else None
+        self.host_key = host_key
+        self.runs_folder = runs_folder
+        self.home = ""  # the box's XT folder (~/.xt), known once connected
+        self._client = None
+        self._sftp = None
+        self._lib = ""
+
+    # --- the connection ----------------------------------------------------------------------
+    def connect(self) -> None:
+        """Connect, verify the host key, and make sure the box has what runs need. BoxError says why not."""
+        if self._client is not None and self._client.get_transport() is not None and self._client.get_transport().is_active():
+            return
+        self.close()
+        import paramiko
+
+        where = f"box {self.name} ({self.address})"
+        client = paramiko.SSHClient()
+        if self.host_key:
+            client.get_host_keys().add(self.address.known_hosts_name, *self._parse_host_key())
+        else:
+            client.load_system_host_keys()
+            known_hosts = Path("~/.ssh/known_hosts").expanduser()
+            if known_hosts.exists():
+                client.load_host_keys(str(known_hosts))
+        client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        try:
+            client.connect(self.address.host, port=self.address.port, username=self.address.user,
+                           key_filename=self.key, look_for_keys=self.key is None, allow_agent=True,
+                           timeout=CONNECT_TIMEOUT_SECONDS, banner_timeout=CONNECT_TIMEOUT_SECONDS,
+                           auth_timeout=CONNECT_TIMEOUT_SECONDS, passphrase=None)
+        except paramiko.BadHostKeyException:
+            client.close()
+            raise BoxError(f"{where}: its host key does not match the one expected (known_hosts or boxes.{self.name}.host-key)") from None
+        except paramiko.PasswordRequiredException:
+            client.close()
+            raise BoxError(f"{where}: the key is protected by a passphrase; load it into ssh-agent (XT never prompts)") from None
+        except paramiko.AuthenticationException:
+            client.close()
+            raise BoxError(f"{where}: the box refused the key (set boxes.{self.name}.key, or add the key to its authorized_keys)") from None
+        except paramiko.SSHException as exc:
+            client.close()
+            if "not found in known_hosts" in str(exc):
+                raise BoxError(f"{where}: unknown host key; add it to ~/.ssh/known_hosts (ssh-keyscan) "
+                               f"or set boxes.{self.name}.host-key") from None
+            raise BoxError(f"{where}: {exc}") from None
+        except (OSError, EOFError) as exc:
+            client.close()
+            raise BoxError(f"{where}: cannot connect: {exc.strerror or exc}") from None
+        self._client = client
+        self._sftp = client.open_sftp()
+        self.home = posixpath.join(self._sftp.normalize("."), ".xt")
+        self._prepare()
+
+    def close(self) -> None:
+        for part in (self._sftp, self._client):
+            if part is not None:
+                with contextlib.suppress(Exception):
+                    part.close()
+        self._client = self._sftp = None
+
+    def _parse_host_key(self):
+        import paramiko
+
+        try:
+            key_type, data = self.host_key.split()[:2]
+            return key_type, paramiko.PKey.from_type_string(key_type, base64.b64decode(data))
+        except Exception:
+            raise BoxError(f"boxes.{self.name}.host-key: expected '<type> <base64>' as in known_hosts, "
+                           "e.g. 'ssh-ed25519 AAAA...'") from None
+
+    def _prepare(self) -> None:
+        """Once per connection: a recent enough python3, and XT's run-side modules for this version."""
+        code, out, _ = self.run("python3 -c 'import sys; print(sys.version_info[:2] >= (%d, %d))'" % MIN_PYTHON)
+        if out.strip() != "True":
+            raise BoxError(f"box {self.name} ({self.address}): expected python3 {MIN_PYTHON[0]}.{MIN_PYTHON[1]} or "
+                           "newer on the box's PATH")
+        lib = posixpath.join(self.home, "lib", shipped_digest())
+        complete = posixpath.join(lib, ".complete")
+        if not self.exists(complete):
+            self.makedirs(posixpath.join(lib, "xt_submit"))
+            for name in _SHIPPED_MODULES:
+                self._sftp.put(str(_PACKAGE_DIR / name), posixpath.join(lib, "xt_submit", name))
+            self._sftp.open(complete, "w").close()
+        bin_dir = posixpath.join(self.home, "bin")
+        # `python train.py` on a box that only has python3: a fallback at the end of PATH
+        self.run(f"mkdir -p {q(bin_dir)} && (command -v python >/dev/null || ln -sf \"$(command -v python3)\" {q(bin_dir + '/python')})")
+        self._lib = lib
+
+    @contextlib.contextmanager
+    def _connection(self):
+        """Connection failures become NodeUnreachable; file errors (a missing file) stay what they are."""
+        try:
+            self.connect()
+        except BoxError as exc:
+            raise NodeUnreachable(str(exc)) from None
+        try:
+            yield
+        except Exception as exc:
+            transport = self._client.get_transport() if self._client is not None else None
+            if transport is None or not transport.is_active():
+                self.close()
+                raise NodeUnreachable(f"box {self.name} ({self.address}): connection lost") from None
+            if isinstance(exc, (OSError, code_archive.ArchiveError)):
+                raise
+            import paramiko
+
+            if isinstance(exc, (paramiko.SSHException, EOFError)):
+                self.close()
+                raise NodeUnreachable(f"box {self.name} ({self.address}): {exc}") from None
+            raise
+
+    def run(self, command: str, timeout: float = COMMAND_TIMEOUT_SECONDS) -> Tuple[int, str, str]:
+        """Run a command on the box (already connected or not); returns (exit status, stdout, stderr)."""
+        with self._connection():
+            _, stdout, stderr = self._client.exec_command(command, timeout=timeout)
+            out, err = stdout.read().decode(errors="replace"), stderr.read().decode(errors="replace")
+            return stdout.channel.recv_exit_status(), out, err
+
+    # --- the Node operations -------------------------------------------------------------------
+    @property
+    def runs_root(self) -> str:
+        with self._connection():
+            return posixpath.join(self.home, self.runs_folder)
+
+    def makedirs(self, path: str) -> None:
+        code, _, err = self.run(f"mkdir -p {q(path)}")
+        if code:
+            raise OSError(f"box {self.name}: cannot create {path}: {err.strip()}")
+
+    def touch(self, path: str) -> None:
+        with self._connection():
+            self._sftp.open(path, "a").close()
+
+    def append(self, path: str, data: bytes) -> None:
+        with self._connection():
+            with self._sftp.open(path, "a") as f:
+                f.write(data)
+
+    def read_from(self, path: str, offset: int = 0) -> bytes:
+        with self._connection():
+            try:
+                with self._sftp.open(path, "rb") as f:
+                    f.seek(offset)
+                    f.prefetch()
+                    return f.read()
+            except FileNotFoundError:
+                return b""
+
+    def exists(self, path: str) -> bool:
+        with self._connection():
+            try:
+                self._sftp.stat(path)
+                return True
+            except FileNotFoundError:
+                return False
+
+    def remove(self, path: str) -> None:
+        with self._connection():
+            with contextlib.suppress(FileNotFoundError):
+                self._sftp.remove(path)
+
+    def walk(self, root: str) -> Iterator[Tuple[str, tuple]]:
+        with self._connection():
+            found: List[Tuple[str, tuple]] = []
+            pending = [""]
+            while pending:
+                rel_dir = pending.pop()
+                try:
+                    entries = self._sftp.listdir_attr(posixpath.join(root, rel_dir) if rel_dir else root)
+                except FileNotFoundError:
+                    continue
+                for entry in entries:
+                    rel = posixpath.join(rel_dir, entry.filename) if rel_dir else entry.filename
+                    if stat.S_ISDIR(entry.st_mode):
+                        pending.append(rel)
+                    elif stat.S_ISREG(entry.st_mode):  # a link's target never travels to storage
+                        found.append((rel, (entry.st_mtime, entry.st_size)))
+        return iter(sorted(found))
+
+    @contextlib.contextmanager
+    def local_copy(self, path: str) -> Iterator[str]:
+        with tempfile.TemporaryDirectory(prefix="xt-box-") as scratch:
+            local = os.path.join(scratch, posixpath.basename(path))
+            with self._connection():
+                self._sftp.get(path, local)
+            yield local
+
+    def put(self, local_path: str, path: str) -> None:
+        with self._connection():
+            self._sftp.put(local_path, path)
+
+    def unpack(self, local_zip: str, dest: str, source: str) -> None:
+        """The zip goes over SFTP and is unpacked on the box by the same checks as anywhere."""
+        remote_zip = dest.rstrip("/") + ".zip"
+        self.put(local_zip, remote_zip)
+        script = "import sys; from xt_submit.code_archive import safe_extract; safe_extract(sys.argv[1], sys.argv[2], sys.argv[3])"
+        code, _, err = self.run(f"PYTHONPATH={q(self._lib)} python3 -c {q(script)} {q(remote_zip)} {q(dest)} {q(source)}")
+        self.remove(remote_zip)
+        if code:
+            lines = err.strip().splitlines()
+            raise code_archive.ArchiveError(f"box {self.name}: {lines[-1] if lines else 'unpacking the code failed'}")
+
+    def python_argv(self, argv: List[str]) -> List[str]:
+        return argv  # the box's own python (an activated environment's, or python3 as a fallback)
+
+    def launch(self, argv: List[str], cwd: str, env: Dict[str, str], console: str, exit_file: str) -> Tuple[int, str]:
+        """Through a script file (the environment never appears on a command line the box's `ps`
+        shows), in its own session under the reaper, with all output in files on the box."""
+        work = posixpath.dirname(console)
+        script = posixpath.join(work, "launch.sh")
+        lines = ["#!/bin/bash"] + [f"export {name}={q(value)}" for name, value in env.items()] + [
+            f"export PATH=\"$PATH:{self.home}/bin\"",
+            f"export PYTHONPATH={q(self._lib)}\"${{PYTHONPATH:+:$PYTHONPATH}}\"",
+            f"cd {q(cwd)} || exit 1",
+            "exec " + shlex.join(argv),
+        ]
+        with self._connection():
+            with self._sftp.open(script, "w") as f:
+                f.write("\n".join(lines) + "\n")
+            self._sftp.chmod(script, 0o700)
+        reaper = posixpath.join(self._lib, "xt_submit", "reaper.py")
+        code, out, err = self.run(
+            f"cd {q(work)} && setsid python3 -S -I {q(reaper)} {q(exit_file)} /bin/bash {q(script)} "
+            f"</dev/null >>{q(console)} 2>&1 & pid=$!; echo $pid; sed 's/.*) //' /proc/$pid/stat | cut -d' ' -f20")
+        parts = out.split()
+        if code or len(parts) != 2:
+            raise OSError(f"box {self.name}: the run did not start: {err.strip() or out.strip()}")
+        return int(parts[0]), parts[1]
+
+    def alive(self, pid: int, start: Optional[str]) -> bool:
+        _, out, _ = self.run(f"sed 's/.*) //' /proc/{int(pid)}/stat 2>/dev/null | cut -d' ' -f1,20")
+        parts = out.split()
+        return len(parts) == 2 and parts[0] not in ("Z", "X") and parts[1] == start
+
+    def kill_group(self, pid: int, sig: int) -> None:
+        self.run(f"kill -{int(sig)} -- -{int(pid)} 2>/dev/null")
+
+    def release(self, work_dir: str) -> None:
+        self.run(f"rm -rf {q(work_dir)}")
+
+
+def q(text: str) -> str:
+    return shlex.quote(text)
+
+
+class Backoff:
+    """When to try an unreachable box again: soon after a drop, then less and less often."""
+
+    def __init__(self, first: float = 1.0, most: float = 60.0) -> None:
+        self.first, self.most = first, most
+        self._delay: Dict[str, float] = {}
+        self._until: Dict[str, float] = {}
+
+    def ready(self, box: str) -> bool:
+        return time.monotonic() >= self._until.get(box, 0.0)
+
+    def failed(self, box: str) -> None:
+        delay = min(self.most, self._delay.get(box, self.first / 2) * 2)
+        self._delay[box] = delay
+        self._until[box] = time.monotonic() + delay
+
+    def succeeded(self, box: str) -> None:
+        self._delay.pop(box, None)
+        self._until.pop(box, None)

@@ -1,0 +1,214 @@
+"""Runs the tasks of `pool` targets on their boxes, from the local host.
+
+A box takes a run whenever it has a free slot (at most its max-runs at once), so a fast box does
+more of a sweep. A box that cannot be reached is reported by name (host log, `xt view status`,
+and the job's log) and its share goes to the others; it is tried again later. The run wrapper's
+logic is the one local runs use, on an SshNode: code goes over SFTP, events come back through
+this host, and a dropped connection only pauses the shipping of what the run wrote.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import posixpath
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+import msgspec
+
+from xt_submit import layout, run_log
+from xt_submit.adapters.local_compute import SPAWN_TIMEOUT_SECONDS, LocalCompute
+from xt_submit.adapters.ssh_node import Backoff, BoxError, SshNode
+from xt_submit.messages import ERROR, RunFinished, RunTask, SetupSpec, decode_task, encode
+from xt_submit.run_node import LocalNode, NodeUnreachable
+from xt_submit.wrapper import FINISHED_MARKER, RunWrapper
+
+TICK_SECONDS = 0.5  # each remote run is looked at this often (every look is a few round trips)
+LOCAL_ADDRESS = "localhost"  # a box at this address runs here, without SSH
+
+log = logging.getLogger("xt.pool")
+
+
+class PoolExecutor:
+    def __init__(self, compute: LocalCompute, home: Path, storage, publisher) -> None:
+        self.compute = compute
+        self.home = Path(home)
+        self.storage = storage
+        self.publisher = publisher
+        self.nodes: Dict[str, object] = {}
+        self.running: Dict[tuple, RunWrapper] = {}
+        self.backoff = Backoff()
+        self._next_look: Dict[tuple, float] = {}
+        self._health: Dict[str, str] = {}  # box -> "" (reachable) or the error last recorded
+        self._reported: set = set()  # (workspace, job, box) already told in a job log
+        # two hosts (or two XT homes) using one box account keep their runs apart
+        self._runs_folder = "runs/" + hashlib.sha256(f"{socket.gethostname()}:{self.home}".encode()).hexdigest()[:12]
+
+    def poll(self) -> bool:
+        changed = False
+        for entry in self.compute.launched(pooled=True):
+            changed |= self._supervise(entry)
+        for pool in self.compute.pools_with_queued():
+            changed |= self._place(pool)
+        return changed
+
+    def close(self) -> None:
+        for node in self.nodes.values():
+            if isinstance(node, SshNode):
+                node.close()
+
+    # --- placing runs on boxes ---------------------------------------------------------------
+    def _place(self, pool: str) -> bool:
+        definition = self.compute.target(pool)
+        if definition is None or definition.get("service") != "pool":
+            return self._refuse(pool)
+        busy = self.compute.runs_per_node()
+        placed = False
+        for box, settings in definition["boxes"].items():
+            free = settings["max_runs"] - busy.get(box, 0)
+            if free <= 0:
+                continue
+            tasks = self.compute.queued_in_pool(pool, free)
+            if not tasks:
+                break
+            node = self._reachable(box, settings)
+            if node is None:
+                self._report_unreachable(box, tasks)
+                continue
+            for task in tasks:
+                if self.compute.claim(task, node=box):
+                    self._launch(task, box, settings, node)
+                    placed = True
+        return placed
+
+    def _refuse(self, pool: str) -> bool:
+        """Runs for a target this machine was never told about end at once, saying so."""
+        now = time.time()
+        for task in self.compute.queued_in_pool(pool, 1000):
+            if self.compute.claim(task):
+                reason = f"target {pool!r} is not a pool this machine knows (submit with a config that defines it)"
+                self.publisher.send_events([RunFinished(workspace=task.workspace, job=task.job, run=task.run,
+                                                        node_id="", status=ERROR, exit_code=None, started_at=now,
+                                                        ended_at=now, reason=reason)])
+                self.compute.mark(task.workspace, task.run, state="done")
+        return True
+
+    def _node(self, box: str, settings: dict):
+        node = self.nodes.get(box)
+        if node is None:
+            if settings["address"] == LOCAL_ADDRESS:
+                node = LocalNode(str(self.home / "nodes" / box))
+            else:
+                node = SshNode(box, settings["address"], settings.get("key"), settings.get("host_key"),
+                               runs_folder=self._runs_folder)
+            self.nodes[box] = node
+        return node
+
+    def _reachable(self, box: str, settings: dict):
+        if not self.backoff.ready(box):
+            return None
+        node = self._node(box, settings)
+        if isinstance(node, SshNode):
+            try:
+                node.connect()
+            except BoxError as exc:
+                self._box_down(box, str(exc))
+                return None
+        self.backoff.succeeded(box)
+        self._set_health(box, "")
+        return node
+
+    def _box_down(self, box: str, error: str) -> None:
+        self.backoff.failed(box)
+        if self._health.get(box) != error:
+            log.warning(json.dumps({"event": "BoxUnreachable", "box": box, "error": error}))
+        self._set_health(box, error)
+
+    def _set_health(self, box: str, error: str) -> None:
+        if self._health.get(box) != error:
+            self._health[box] = error
+            self.compute.record_box(box, not error, error)
+
+    def _report_unreachable(self, box: str, tasks) -> None:
+        error = self._health.get(box) or f"box {box} is not reachable"
+        for task in tasks:
+            if (task.workspace, task.job, box) not in self._reported:
+                self._reported.add((task.workspace, task.job, box))
+                self.storage.append(layout.job_log_key(task.workspace, task.job), run_log.record(
+                    time.time(), "box-unreachable", {"box": box, "error": error, "runs go to": "the other boxes"}))
+
+    def _launch(self, task: RunTask, box: str, settings: dict, node) -> None:
+        if settings.get("setup") is not None:  # a box's own setup (its paths, its environment) wins
+            task = msgspec.structs.replace(task, setup=msgspec.convert(settings["setup"], SetupSpec))
+        node_dir = self.home / "nodes" / box / task.workspace / task.run
+        node_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            work_dir = str(node_dir) if isinstance(node, LocalNode) else posixpath.join(node.runs_root, task.workspace, task.run)
+        except NodeUnreachable as exc:
+            self._box_down(box, str(exc))
+            self.compute.requeue(task.workspace, task.run)
+            return
+        (node_dir / "task.json").write_bytes(encode(task))
+        (node_dir / "placement.json").write_text(json.dumps({"box": box, "settings": settings, "work_dir": work_dir}))
+        wrapper = RunWrapper(task, node_dir, self.storage, self.publisher, node_id=box, node=node, work_dir=work_dir)
+        try:
+            wrapper.start()
+        except NodeUnreachable as exc:
+            self._box_down(box, str(exc))
+            if wrapper.state["pid"] is None:  # nothing runs on the box: the run goes back in line
+                shutil.rmtree(node_dir, ignore_errors=True)
+                self.compute.requeue(task.workspace, task.run)
+                return
+        self.running[(task.workspace, task.run)] = wrapper
+        self.compute.set_launched(task.workspace, task.run)
+
+    # --- supervising runs on boxes -----------------------------------------------------------
+    def _supervise(self, entry: dict) -> bool:
+        key = (entry["workspace"], entry["run"])
+        now = time.monotonic()
+        if now < self._next_look.get(key, 0.0):
+            return False
+        self._next_look[key] = now + TICK_SECONDS
+        box = entry["node"]
+        try:
+            wrapper = self.running.get(key) or self._resume(entry, box)
+            if wrapper is None:
+                if time.time() - (entry["launched_at"] or 0) > SPAWN_TIMEOUT_SECONDS:
+                    self.compute.requeue(*key)  # a host died between claiming the task and starting it
+                    return True
+                return False
+            if entry["cancel_requested"]:
+                wrapper.stop("cancelled")
+            if not wrapper.ended():
+                wrapper.tick()
+                return False
+            if not (wrapper.node_dir / FINISHED_MARKER).exists():
+                wrapper.finish()
+        except NodeUnreachable as exc:
+            self._box_down(box, str(exc))
+            return False
+        self.compute.mark(*key, state="done")
+        self.running.pop(key, None)
+        self._next_look.pop(key, None)
+        return True
+
+    def _resume(self, entry: dict, box: str) -> Optional[RunWrapper]:
+        """Adopt a run a previous host started (its state is in the node dir, on this machine)."""
+        node_dir = self.home / "nodes" / box / entry["workspace"] / entry["run"]
+        try:
+            task = decode_task((node_dir / "task.json").read_bytes())
+            placement = json.loads((node_dir / "placement.json").read_text())
+            json.loads((node_dir / "wrapper_state.json").read_text())
+        except (OSError, ValueError):
+            return None
+        node = self._reachable(box, placement["settings"])
+        if node is None:
+            raise NodeUnreachable(self._health.get(box) or f"box {box} is not reachable")
+        wrapper = RunWrapper.resume(task, node_dir, self.storage, self.publisher, node_id=box, node=node,
+                                    work_dir=placement["work_dir"])
+        self.running[(entry["workspace"], entry["run"])] = wrapper
+        return wrapper
