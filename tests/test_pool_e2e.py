@@ -78,5 +78,134 @@ def test_sweep_spreads_over_two_boxes_and_skips_an_unreachable_one(pool_project,
             assert sum(1 for s, e in spans if s <= start < e) <= 2
     status = pool_project.xt("view", "status", "pool").stdout
     assert "box3" in status and "unreachable" in status, status
+    boxes = {b["name"]: b for b in pool_project.json("list", "boxes")}
+    assert boxes["box3"]["state"].startswith("unreachable") and "box3" in boxes["box3"]["state"]
+    assert boxes["box1"]["state"].startswith("reachable") and boxes["box1"]["running"] == 0
+    targets = {t["name"]: t for t in pool_project.json("list", "targets")}
+    assert targets["pool"]["where"] == "boxes: box1, box2, box3" and targets["local"]["default"]
     log_text = (pool_project.home / "storage").rglob("job_log.jsonl")
     assert any("box-unreachable" in p.read_text() and "box3" in p.read_text() for p in log_text)
+
+
+def make_wheel(folder: Path, version: str = "1.0") -> Path:
+    """A tiny pure-Python wheel, built by hand so pip can install it with no index."""
+    import zipfile
+
+    wheel = folder / f"xt_probe_pkg-{version}-py3-none-any.whl"
+    info = f"xt_probe_pkg-{version}.dist-info"
+    files = {"xt_probe_pkg/__init__.py": f'VERSION = "{version}"\n',
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: xt-probe-pkg\nVersion: {version}\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: xt-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+    files[f"{info}/RECORD"] = "".join(f"{name},,\n" for name in files) + f"{info}/RECORD,,\n"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(name, text)
+    return wheel
+
+
+SETUP_SCRIPT = POOL_SCRIPT.replace('"pid": os.getpid()}', '"pid": os.getpid(), "prefix": sys.prefix,'
+                                   ' "probe": __import__("xt_probe_pkg").VERSION}')
+
+
+def test_setup_installs_once_per_box_and_the_run_sees_the_activation(pool_project, ssh_boxes, tmp_path):
+    import tempfile
+
+    shared = Path(tempfile.mkdtemp(prefix="xt-probe-"))  # readable by the boxes' users
+    shared.chmod(0o777)
+    wheel = make_wheel(shared)
+    for box in ssh_boxes.boxes.values():  # each box has its own environment, made by its user
+        made = box.as_user("rm -rf ~/venv ~/pip.log && python3 -m venv ~/venv")
+        assert made.returncode == 0, made.stderr
+    setups = textwrap.dedent(f'''
+        setups:
+          probe:
+            activate: "source ~/venv/bin/activate && export XT_ACTIVATED=$VIRTUAL_ENV PIP_LOG=$HOME/pip.log"
+            pip-packages: ["{wheel}"]
+    ''')
+    config = pool_config(ssh_boxes, tmp_path, setups=setups).replace("boxes: [box1, box2]", "boxes: [box1, box2]\n    setup: probe")
+    (pool_project.code / "xt_config.yaml").write_text(config)
+    (pool_project.code / "train.py").write_text(SETUP_SCRIPT)
+    first = pool_project.json("run", "--target", "pool", "--wait", "train.py", "--lr=[0.1,0.2,0.3,0.4,0.5,0.6]")
+    assert first["status"] == "completed", first
+    wheel.unlink()  # a second install would now fail: the next job must not try one
+    second = pool_project.json("run", "--target", "pool", "--wait", "train.py", "--lr=[0.7,0.8]")
+    assert second["status"] == "completed", second
+    for box in ssh_boxes.boxes.values():  # once on each box, though its runs started two at a time
+        assert (box.home / "pip.log").read_text().count("Successfully installed xt-probe-pkg") == 1
+    for run in pool_project.json("list", "runs", "--job", first["job"], "--all"):
+        where = outputs(pool_project, run["name"], tmp_path)
+        home = ssh_boxes.boxes[run["node_id"]].home
+        assert where["activated"] == str(home / "venv") and where["prefix"] == str(home / "venv")
+        assert where["probe"] == "1.0"
+
+
+SLOW_SCRIPT = textwrap.dedent('''
+    import json, os, subprocess, sys, time
+    from xt_submit import Run
+
+    steps = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+    child = subprocess.Popen(["sleep", "300"])  # part of the run's process tree
+    os.makedirs(os.environ["XT_OUTPUT_DIR"], exist_ok=True)
+    with open(os.path.join(os.environ["XT_OUTPUT_DIR"], "pids.json"), "w") as f:
+        json.dump({"run": os.getpid(), "child": child.pid}, f)
+    run = Run(flush_seconds=0.1)
+    for step in range(1, steps + 1):
+        run.log_metrics({"step": step, "loss": 1.0 / step})
+        time.sleep(0.4)
+    child.kill()
+''')
+
+
+def one_box_pool(pool_project, ssh_boxes, tmp_path):
+    config = pool_config(ssh_boxes, tmp_path).replace("boxes: [box1, box2]", "boxes: [box1]")
+    (pool_project.code / "xt_config.yaml").write_text(config)
+    (pool_project.code / "slow.py").write_text(SLOW_SCRIPT)
+
+
+def live_file(project, run, name, timeout=60):
+    path = project.home / "storage" / "workspaces" / "ws1" / "runs" / run / "live" / name
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert time.time() < deadline, f"{name} never reached the live outputs of {run}"
+        time.sleep(0.1)
+    time.sleep(0.2)
+    return json.loads(path.read_text())
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def test_cancel_stops_the_whole_process_tree_on_the_box(pool_project, ssh_boxes, tmp_path):
+    one_box_pool(pool_project, ssh_boxes, tmp_path)
+    job = pool_project.json("run", "--target", "pool", "slow.py", "1000")["job"]
+    run = job.replace("job", "run") + ".1"
+    pids = live_file(pool_project, run, "pids.json")
+    assert alive(pids["run"]) and alive(pids["child"])
+    pool_project.xt("cancel", "job", job)
+    assert pool_project.wait_job(job, timeout=60)["status"] == "cancelled"
+    deadline = time.time() + 15
+    while (alive(pids["run"]) or alive(pids["child"])) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not alive(pids["run"]) and not alive(pids["child"])
+
+
+def test_a_dropped_ssh_connection_loses_no_logged_metric(pool_project, ssh_boxes, tmp_path):
+    one_box_pool(pool_project, ssh_boxes, tmp_path)
+    job = pool_project.json("run", "--target", "pool", "slow.py", "12")["job"]
+    run = job.replace("job", "run") + ".1"
+    live_file(pool_project, run, "pids.json")
+    box = ssh_boxes.boxes["box1"]
+    dropped = 0
+    for _ in range(3):  # the connection dies several times while the run goes on
+        dropped += box.drop_connections()
+        time.sleep(0.8)
+    assert dropped >= 1
+    record = pool_project.wait_job(job, timeout=90)
+    assert record["status"] == "completed", record
+    history = pool_project.json("view", "metrics", run)[run]
+    assert sorted(m["step"] for m in history if m["name"] == "loss") == list(range(1, 13))

@@ -305,7 +305,7 @@ class SshNode:
             self._sftp.chmod(script, 0o700)
         reaper = posixpath.join(self._lib, "xt_submit", "reaper.py")
         code, out, err = self.run(
-            f"cd {q(work)} && setsid python3 -S -I {q(reaper)} {q(exit_file)} /bin/bash {q(script)} "
+            f"cd {q(work)} || exit 1; setsid python3 -S -I {q(reaper)} {q(exit_file)} /bin/bash {q(script)} "
             f"</dev/null >>{q(console)} 2>&1 & pid=$!; echo $pid; sed 's/.*) //' /proc/$pid/stat | cut -d' ' -f20")
         parts = out.split()
         if code or len(parts) != 2:
