@@ -78,5 +78,11 @@ def upload_received(blob: func.InputStream) -> None:
 @app.timer_trigger(arg_name="timer", schedule="0 */1 * * * *")
 def heartbeat_timer(timer: func.TimerRequest) -> None:
     started = time.monotonic()
-    marked = handlers.mark_silent_runs(time.time(), HEARTBEAT_TIMEOUT_SECONDS, settings.ports())
-    _audit("heartbeat_timer", None, started, "ok", runs_marked=marked)
+    ports = settings.ports()
+    # Batch preemptions first: a preempted run's node went silent, but it is requeued, not lost.
+    # They travel through the events queue like any node report (retried, dead-lettered).
+    preempted = ports.compute.check_tasks()
+    if preempted:
+        ports.publisher.send_events(preempted)
+    marked = handlers.mark_silent_runs(time.time(), HEARTBEAT_TIMEOUT_SECONDS, ports)
+    _audit("heartbeat_timer", None, started, "ok", runs_marked=marked, runs_preempted=[e.run for e in preempted])

@@ -5,15 +5,15 @@ idempotent and tolerates duplicated and reordered events.
 """
 from handlers.cancel import cancel_runs
 from handlers.dispatch import dispatch_job
-from handlers.run_events import mark_silent_runs, run_finished, run_heartbeat, run_started
+from handlers.run_events import mark_silent_runs, run_finished, run_heartbeat, run_preempted, run_started
 from handlers.upload import accept_upload
-from xt_submit.messages import (CancelRequested, JobSubmitted, RunFinished, RunHeartbeat, RunStarted,
+from xt_submit.messages import (CancelRequested, JobSubmitted, RunFinished, RunHeartbeat, RunPreempted, RunStarted,
                                 UploadReceived)
 
 # Which handler each message gets, per queue: the local host and the Functions app both route by these.
 ON_JOBS_QUEUE = {JobSubmitted: dispatch_job, UploadReceived: accept_upload}
 ON_EVENTS_QUEUE = {RunStarted: run_started, RunFinished: run_finished, RunHeartbeat: run_heartbeat,
-                   CancelRequested: cancel_runs}
+                   RunPreempted: run_preempted, CancelRequested: cancel_runs}
 
 __all__ = ["ON_EVENTS_QUEUE", "ON_JOBS_QUEUE", "accept_upload", "cancel_runs", "dispatch_job", "mark_silent_runs", "run_finished", "run_heartbeat",
-           "run_started"]
+           "run_preempted", "run_started"]

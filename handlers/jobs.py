@@ -6,7 +6,7 @@ from typing import Any, Dict
 import msgspec
 
 from xt_submit import layout
-from xt_submit.messages import CANCELLED, COMPLETED, ERROR, QUEUED, RUNNING, TERMINAL_STATUSES
+from xt_submit.messages import CANCELLED, COMPLETED, ERROR, PREEMPTED, QUEUED, RUNNING, TERMINAL_STATUSES
 from xt_submit.ports import Ports
 
 
@@ -36,7 +36,7 @@ def write_run_stats(ports: Ports, run: Dict[str, Any], outputs: list) -> None:
 
 
 def end_run(ports: Ports, workspace: str, run: str, changes: Dict[str, Any]) -> bool:
-    """End a queued or running run without its node's report (a cancel, a silent node).
+    """End a queued, running or preempted run without its node's report (a cancel, a silent node).
 
     Storage first, then the index: a crash in between is repaired by the redelivery, which finds
     the run still live and writes both again. Returns False if the run had already ended."""
@@ -44,7 +44,7 @@ def end_run(ports: Ports, workspace: str, run: str, changes: Dict[str, Any]) -> 
     if record["status"] in TERMINAL_STATUSES:
         return False
     write_run_stats(ports, {**record, **changes}, [])
-    if ports.stats.update_run(workspace, run, changes, only_if_status_in=[QUEUED, RUNNING]):
+    if ports.stats.update_run(workspace, run, changes, only_if_status_in=[QUEUED, RUNNING, PREEMPTED]):
         return True
     write_run_stats(ports, ports.stats.get_run(workspace, run), [])  # its node's report won the race
     return False

@@ -1,18 +1,19 @@
-"""RunStarted and RunFinished: move the run forward, collect its record, roll the job."""
+"""RunStarted, RunFinished, RunHeartbeat and RunPreempted: move the run, collect its record, roll the job."""
 from __future__ import annotations
 
 from xt_submit import layout, run_log
-from xt_submit.messages import ERROR, QUEUED, RUNNING, RunFinished, RunHeartbeat, RunStarted
+from xt_submit.messages import (ERROR, PREEMPTED, QUEUED, RUNNING, TERMINAL_STATUSES, RunFinished, RunHeartbeat,
+                                RunPreempted, RunStarted)
 from xt_submit.ports import NotFound, Ports
 
 from handlers.jobs import end_run, roll_job, write_run_stats
 
 
 def run_started(event: RunStarted, ports: Ports) -> bool:
-    """Queued -> running. A start that arrives after the finish changes nothing."""
+    """Queued (or preempted and requeued) -> running. A start that arrives after the finish changes nothing."""
     moved = ports.stats.update_run(event.workspace, event.run,
                                    {"status": RUNNING, "started": event.started_at, "node_id": event.node_id},
-                                   only_if_status_in=[QUEUED])
+                                   only_if_status_in=[QUEUED, PREEMPTED])
     roll_job(ports, event.workspace, event.job)
     return moved
 
@@ -45,6 +46,32 @@ def run_finished(event: RunFinished, ports: Ports) -> dict:
 def run_heartbeat(event: RunHeartbeat, ports: Ports) -> bool:
     """Note a running run's sign of life (ignored once it has ended)."""
     return ports.stats.update_run(event.workspace, event.run, {"heartbeat": event.at}, only_if_status_in=[RUNNING])
+
+
+def run_preempted(event: RunPreempted, ports: Ports) -> bool:
+    """A preempted run waits to run again; past its retries it ends as an error (compute has already
+    stopped requeueing it). Ignored once the run ended, or when it started again after this requeue
+    (a late or repeated report). Returns True if the run changed."""
+    ws, run = event.workspace, event.run
+    record = ports.stats.get_run(ws, run)
+    if record["status"] in TERMINAL_STATUSES or (record["started"] or 0) > event.requeued_at:
+        return False
+    node = event.node_id or "?"
+    if event.preemptions > event.retries:
+        reason = (f"node {node} preempted: {event.preemptions} preemptions, more than "
+                  f"preemption-retries ({event.retries})")
+        ended = end_run(ports, ws, run, {"status": ERROR, "ended": event.requeued_at, "reason": reason,
+                                         "heartbeat": None})
+        if ended:
+            roll_job(ports, ws, event.job)
+        return ended
+    reason = f"node {node} preempted: requeued ({event.preemptions} of {event.retries} preemption-retries)"
+    if record["status"] == PREEMPTED and record["reason"] == reason:
+        return False  # the periodic check repeats itself while the run waits for a node
+    moved = ports.stats.update_run(ws, run, {"status": PREEMPTED, "reason": reason, "heartbeat": None},
+                                   only_if_status_in=[QUEUED, RUNNING, PREEMPTED])
+    roll_job(ports, ws, event.job)
+    return moved
 
 
 def mark_silent_runs(now: float, timeout: float, ports: Ports) -> list:

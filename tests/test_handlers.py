@@ -176,3 +176,57 @@ def test_messages_decode_strictly():
     with pytest.raises(ContractError, match="version: expected 1, got 2"):
         decode_event(good.replace(b'"version":1', b'"version":2') if b'"version":1' in good else
                      good[:-1] + b',"version":2}')
+
+
+def preempted(run, preemptions=1, retries=2, requeued_at=12.0):
+    from xt_submit.messages import RunPreempted
+
+    return RunPreempted(workspace="ws1", job=layout.job_of_run(run), run=run, node_id="n1", preemptions=preemptions,
+                        retries=retries, requeued_at=requeued_at)
+
+
+def test_preemption_requeues_then_the_run_starts_again(parts):
+    submit(parts)
+    handlers.run_started(started("run1.1"), parts.ports)
+    assert handlers.run_preempted(preempted("run1.1"), parts.ports)
+    run = parts.ports.stats.get_run("ws1", "run1.1")
+    assert run["status"] == "preempted" and run["reason"] == "node n1 preempted: requeued (1 of 2 preemption-retries)"
+    assert parts.ports.stats.get_job("ws1", "job1")["status"] == "running"  # preempted is not an end
+    before = state_of(parts)
+    assert not handlers.run_preempted(preempted("run1.1"), parts.ports)  # the periodic check repeats itself
+    assert state_of(parts) == before
+    # the requeued task starts on another node; a late copy of the preemption report changes nothing
+    handlers.run_started(RunStarted(workspace="ws1", job="job1", run="run1.1", node_id="n2", started_at=20.0),
+                         parts.ports)
+    assert parts.ports.stats.get_run("ws1", "run1.1")["status"] == "running"
+    assert not handlers.run_preempted(preempted("run1.1"), parts.ports)
+    assert parts.ports.stats.get_run("ws1", "run1.1")["status"] == "running"
+    handlers.run_finished(finished("run1.1"), parts.ports)
+    assert not handlers.run_preempted(preempted("run1.1", preemptions=2, requeued_at=30.0), parts.ports)
+    assert parts.ports.stats.get_run("ws1", "run1.1")["status"] == "completed"
+
+
+def test_preemption_beyond_the_retries_ends_the_run_as_an_error(parts):
+    submit(parts, hp_space={"lr": [0.1]})
+    handlers.run_preempted(preempted("run1.1", preemptions=1, retries=1), parts.ports)
+    assert handlers.run_preempted(preempted("run1.1", preemptions=2, retries=1, requeued_at=40.0), parts.ports)
+    run = parts.ports.stats.get_run("ws1", "run1.1")
+    assert run["status"] == "error" and run["ended"] == 40.0
+    assert run["reason"] == "node n1 preempted: 2 preemptions, more than preemption-retries (1)"
+    assert parts.ports.stats.get_job("ws1", "job1")["status"] == "error"
+    stats_file = msgspec.json.decode(parts.ports.storage.read(layout.run_stats_key("ws1", "run1.1")))
+    assert stats_file["status"] == "error"
+    before = state_of(parts)
+    assert not handlers.run_preempted(preempted("run1.1", preemptions=2, retries=1, requeued_at=40.0), parts.ports)
+    assert state_of(parts) == before
+
+
+def test_a_preempted_run_can_be_cancelled_and_the_event_routes(parts):
+    from xt_submit.messages import RunPreempted
+
+    submit(parts, hp_space={"lr": [0.1]})
+    handlers.run_preempted(preempted("run1.1"), parts.ports)
+    assert handlers.cancel_runs(CancelRequested(workspace="ws1", job="job1", requested_at=20.0), parts.ports) == ["run1.1"]
+    assert parts.ports.stats.get_job("ws1", "job1")["status"] == "cancelled"
+    assert handlers.ON_EVENTS_QUEUE[RunPreempted] is handlers.run_preempted
+    assert decode_event(encode(preempted("run1.1"))) == preempted("run1.1")

@@ -209,3 +209,15 @@ def test_a_dropped_ssh_connection_loses_no_logged_metric(pool_project, ssh_boxes
     assert record["status"] == "completed", record
     history = pool_project.json("view", "metrics", run)[run]
     assert sorted(m["step"] for m in history if m["name"] == "loss") == list(range(1, 13))
+
+
+def test_localhost_is_a_box_without_ssh(project, tmp_path):
+    (project.code / "train.py").write_text(POOL_SCRIPT)
+    (project.code / "xt_config.yaml").write_text(
+        "compute-targets: {mine: {service: pool, boxes: [here]}}\nboxes: {here: {address: localhost, max-runs: 2}}\n")
+    result = project.json("run", "--target", "mine", "--wait", "train.py", "--lr=[0.1,0.2,0.3]")
+    assert result["status"] == "completed", result
+    runs = project.json("list", "runs", "--job", result["job"], "--all")
+    assert {r["node_id"] for r in runs} == {"here"} and all(r["metrics"]["loss"] > 0 for r in runs)
+    status = project.json("view", "status", "mine")
+    assert status["boxes"] == [{"box": "here", "max_runs": 2, "running": 0, "free": 2, "state": status["boxes"][0]["state"]}]

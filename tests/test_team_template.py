@@ -49,11 +49,26 @@ def test_roles_are_least_privilege_and_scoped():
     granted = sorted((next(n for n, g in ROLES.items() if g in r["properties"]["roleDefinitionId"]), r["scope"]) for r in roles)
     assert ("Key Vault Secrets User", "[format('Microsoft.KeyVault/vaults/{0}', variables('vault'))]") in granted
     queue_roles = [(name, scope) for name, scope in granted if "queues" in scope]
-    assert len(queue_roles) == 4 and {n for n, _ in queue_roles} == {"Azure Service Bus Data Sender",
+    assert len(queue_roles) == 5 and {n for n, _ in queue_roles} == {"Azure Service Bus Data Sender",
                                                                      "Azure Service Bus Data Receiver"}
     assert ("Storage Blob Data Contributor",
             "[format('Microsoft.Storage/storageAccounts/{0}/blobServices/default/containers/xtdata', variables('storage'))]") in granted
     assert not [name for name, _ in granted if "Owner" in name and "Blob" not in name]  # no broad owner roles
+    assert [scope for name, scope in granted if name == "Contributor"] == [
+        "[format('Microsoft.Batch/batchAccounts/{0}', variables('batch'))]"]  # the Batch account's pools, nothing wider
+
+
+def test_batch_nodes_have_their_own_identity_that_only_writes_and_reports():
+    template = build_template("vision")
+    assert resources_by_type(template)["Microsoft.ManagedIdentity/userAssignedIdentities"]
+    roles = resources_by_type(template)["Microsoft.Authorization/roleAssignments"]
+    node_roles = sorted((next(n for n, g in ROLES.items() if g in r["properties"]["roleDefinitionId"]), r["scope"])
+                        for r in roles if "nodeIdentity" in r["properties"]["principalId"])
+    assert node_roles == [
+        ("Azure Service Bus Data Sender", "[format('Microsoft.ServiceBus/namespaces/{0}/queues/{1}', variables('serviceBus'), 'xt-events')]"),
+        ("Storage Blob Data Contributor",
+         "[format('Microsoft.Storage/storageAccounts/{0}/blobServices/default/containers/xtdata', variables('storage'))]")]
+    assert {"batchAccountUrl", "batchAccountId", "nodeIdentity", "nodeIdentityClientId"} <= set(template["outputs"])
 
 
 def test_no_secret_leaves_the_template():

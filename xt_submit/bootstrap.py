@@ -56,17 +56,7 @@ def from_config(cfg) -> Embedded:
     chosen = cfg.xt_services
     if (chosen.storage, chosen.queue, chosen.stats) == ("embedded", "embedded", "embedded"):
         return base
-    from xt_submit import secrets
-
-    # one sign-in, as general.authentication says, for the vault and every service without a key
-    credential = secrets.credential_for(cfg.general.authentication)
-    vault = None
-    if chosen.vault:
-        vault = secrets.VaultSecrets(cfg.external_services[chosen.vault]["url"], credential)
-
-    def spec(name: str) -> dict:
-        return secrets.resolve(name, cfg.external_services[name], vault)
-
+    credential, spec = signed_in(cfg)
     storage = (base.ports.storage if chosen.storage == "embedded"
                else services.storage_from(chosen.storage, spec(chosen.storage), credential))
     stats = base.ports.stats if chosen.stats == "embedded" else services.stats_from(chosen.stats, spec(chosen.stats))
@@ -79,6 +69,22 @@ def from_config(cfg) -> Embedded:
     compute: LocalCompute = base.compute
     ports = Ports(storage=storage, stats=stats, compute=compute, publisher=publisher, clock=time.time)
     return Embedded(base.home, ports, queue, compute)
+
+
+def signed_in(cfg):
+    """One sign-in, as general.authentication says, for the vault and every service without a key;
+    returns it and `spec(name)`: an external-services entry with its `$vault` values resolved."""
+    from xt_submit import secrets
+
+    credential = secrets.credential_for(cfg.general.authentication)
+    vault = None
+    if cfg.xt_services.vault:
+        vault = secrets.VaultSecrets(cfg.external_services[cfg.xt_services.vault]["url"], credential)
+
+    def spec(name: str) -> dict:
+        return secrets.resolve(name, cfg.external_services[name], vault)
+
+    return credential, spec
 
 
 def node_ports(home: Path):

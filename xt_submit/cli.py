@@ -106,9 +106,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     })
     target_name = cfg.xt_services.target
     target = cfg.compute_targets[target_name]
-    if target.service == "batch":
-        raise CliError(f"--target: {target_name} is a 'batch' target; this install runs 'local' and 'pool' targets only")
     targets.check_target(cfg, target_name)
+    if target.service == "batch":
+        from xt_submit.batch_target import check_submittable
+
+        check_submittable(cfg, target_name)
     concurrent = args.concurrent if args.concurrent is not None else target.concurrent
     if concurrent < 1:
         raise CliError(f"--concurrent: expected a whole number >= 1, got {concurrent}")

@@ -15,8 +15,10 @@ CONTRACT_VERSION = 1
 
 # Run statuses, in the only order a run may move through them (terminal ones share a rank).
 QUEUED, RUNNING, COMPLETED, ERROR, CANCELLED = "queued", "running", "completed", "error", "cancelled"
+# A low-priority node was taken away mid-run and compute requeued the run: it runs again (not terminal).
+PREEMPTED = "preempted"
 TERMINAL_STATUSES = frozenset({COMPLETED, ERROR, CANCELLED})
-STATUS_RANK = {QUEUED: 0, RUNNING: 1, COMPLETED: 2, ERROR: 2, CANCELLED: 2}
+STATUS_RANK = {QUEUED: 0, RUNNING: 1, PREEMPTED: 1, COMPLETED: 2, ERROR: 2, CANCELLED: 2}
 
 
 class _Strict(msgspec.Struct, forbid_unknown_fields=True):
@@ -99,6 +101,22 @@ class RunHeartbeat(_Strict, tag="run_heartbeat", kw_only=True):
     at: float
 
 
+class RunPreempted(_Strict, tag="run_preempted", kw_only=True):
+    """Compute saw the run's node preempted and its task requeued (the Batch adapter's periodic check).
+
+    `preemptions` counts them so far; beyond `retries` (the target's preemption-retries) the run
+    ends as an error and compute has stopped requeueing it."""
+
+    version: int = CONTRACT_VERSION
+    workspace: str
+    job: str
+    run: str
+    node_id: str = ""
+    preemptions: int
+    retries: int
+    requeued_at: float
+
+
 class CancelRequested(_Strict, tag="cancel_requested", kw_only=True):
     version: int = CONTRACT_VERSION
     workspace: str
@@ -115,7 +133,7 @@ class UploadReceived(_Strict, tag="upload_received", kw_only=True):
     received_at: float
 
 
-Event = Union[JobSubmitted, RunStarted, RunFinished, RunHeartbeat, CancelRequested, UploadReceived]
+Event = Union[JobSubmitted, RunStarted, RunFinished, RunHeartbeat, RunPreempted, CancelRequested, UploadReceived]
 
 _encoder = msgspec.json.Encoder()
 _event_decoder = msgspec.json.Decoder(Event)

@@ -12,7 +12,7 @@ from xt_submit.cli_common import (CliError, check_name, embedded_parts, ensure_l
                                    print_json)
 from xt_submit.messages import TERMINAL_STATUSES
 
-STATUSES = ["queued", "running", "completed", "error", "cancelled"]
+STATUSES = ["queued", "running", "preempted", "completed", "error", "cancelled"]
 
 
 # --- parsers ----------------------------------------------------------------------------------

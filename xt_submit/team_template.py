@@ -27,23 +27,31 @@ ROLES = {
     "Storage Blob Data Owner": "b7e6dc6d-f1e8-4753-8033-0f276bb0955b",
     "Storage Queue Data Contributor": "974c5e8b-45b9-4653-ba55-5f855dd0fb88",
     "Storage Table Data Contributor": "0a9a7e1f-b9d0-4cc4-a60d-0319b160aaa3",
+    "Contributor": "b24988ac-6180-42a0-ab88-20f7382dd24c",  # scoped to the Batch account only (its pools)
+    "Managed Identity Operator": "f1a07417-d97a-45cb-824c-7a7467783830",  # scoped to the nodes' identity only
 }
+NODE_IDENTITY = "resourceId('Microsoft.ManagedIdentity/userAssignedIdentities', variables('nodeIdentity'))"
 
 
 class TeamError(OneLineError):
     pass
 
 
-def _role(name: str, scope_id: str, scope: str, depends: List[str]) -> Dict[str, Any]:
-    principal = "[reference(resourceId('Microsoft.Web/sites', variables('functionApp')), '2023-12-01', 'full').identity.principalId]"
+def _role(name: str, scope_id: str, scope: str, depends: List[str], for_nodes: bool = False) -> Dict[str, Any]:
+    """A role for the Functions app's identity, or (for_nodes) for the Batch nodes' user-assigned identity."""
+    if for_nodes:
+        principal, who, holder = f"[reference({NODE_IDENTITY}, '2023-01-31').principalId]", "the Batch nodes'", f"[{NODE_IDENTITY}]"
+    else:
+        principal = "[reference(resourceId('Microsoft.Web/sites', variables('functionApp')), '2023-12-01', 'full').identity.principalId]"
+        who, holder = "the Functions app's", "[resourceId('Microsoft.Web/sites', variables('functionApp'))]"
     return {
         "type": "Microsoft.Authorization/roleAssignments", "apiVersion": "2022-04-01",
         "scope": scope,
-        "name": f"[guid({scope_id}, variables('functionApp'), '{ROLES[name]}')]",
-        "dependsOn": depends + ["[resourceId('Microsoft.Web/sites', variables('functionApp'))]"],
+        "name": f"[guid({scope_id}, variables('{'nodeIdentity' if for_nodes else 'functionApp'}'), '{ROLES[name]}')]",
+        "dependsOn": depends + [holder],
         "properties": {"roleDefinitionId": f"[subscriptionResourceId('Microsoft.Authorization/roleDefinitions', '{ROLES[name]}')]",
                        "principalId": principal, "principalType": "ServicePrincipal",
-                       "description": f"xt: the Functions app's {name}"},
+                       "description": f"xt: {who} {name}"},
     }
 
 
@@ -68,6 +76,9 @@ def build_template(team: str) -> Dict[str, Any]:
         ("XT_MONGO_DATABASE", "xt"),
         ("XT_LOCAL_COMPUTE_HOME", "/home/site/xt-compute"),
         ("XT_HEARTBEAT_TIMEOUT", "300"),
+        # batch targets (JSON, see function_app/settings.py) and the wheel their nodes install: set after deployment
+        ("XT_BATCH_TARGETS", "{}"),
+        ("XT_BATCH_NODE_PACKAGE", ""),
     ]
     resources: List[Dict[str, Any]] = [
         {"type": "Microsoft.OperationalInsights/workspaces", "apiVersion": "2023-09-01", "name": "[variables('logs')]",
@@ -110,6 +121,9 @@ def build_template(team: str) -> Dict[str, Any]:
         {"type": "Microsoft.Batch/batchAccounts", "apiVersion": "2024-02-01", "name": "[variables('batch')]",
          "location": "[parameters('location')]", "identity": {"type": "SystemAssigned"},
          "properties": {"poolAllocationMode": "BatchService", "publicNetworkAccess": "Enabled"}},
+        # what a Batch pool's nodes run as: they write run records and send run events, nothing else
+        {"type": "Microsoft.ManagedIdentity/userAssignedIdentities", "apiVersion": "2023-01-31",
+         "name": "[variables('nodeIdentity')]", "location": "[parameters('location')]"},
         {"type": "Microsoft.Web/serverfarms", "apiVersion": "2023-12-01", "name": "[variables('plan')]",
          "location": "[parameters('location')]", "kind": "functionapp", "sku": {"name": "Y1", "tier": "Dynamic"},
          "properties": {"reserved": True}},
@@ -138,6 +152,19 @@ def build_template(team: str) -> Dict[str, Any]:
     container_id = f"resourceId('Microsoft.Storage/storageAccounts/blobServices/containers', variables('storage'), 'default', '{CONTAINER}')"
     resources.append(_role("Storage Blob Data Contributor", container_id,
                            f"[format('{container_scope}', variables('storage'))]", [f"[{container_id}]"]))
+    resources.append(_role("Storage Blob Data Contributor", container_id,
+                           f"[format('{container_scope}', variables('storage'))]", [f"[{container_id}]"], for_nodes=True))
+    events_id = f"resourceId('Microsoft.ServiceBus/namespaces/queues', variables('serviceBus'), '{EVENTS_QUEUE}')"
+    resources.append(_role("Azure Service Bus Data Sender", events_id,
+                           f"[format('{queue_scope}', variables('serviceBus'), '{EVENTS_QUEUE}')]", [f"[{events_id}]"],
+                           for_nodes=True))
+    # the app creates and scales the batch targets' pools (ARM) and gives them the nodes' identity
+    batch_id = "resourceId('Microsoft.Batch/batchAccounts', variables('batch'))"
+    resources.append(_role("Contributor", batch_id, "[format('Microsoft.Batch/batchAccounts/{0}', variables('batch'))]",
+                           [f"[{batch_id}]"]))
+    resources.append(_role("Managed Identity Operator", NODE_IDENTITY,
+                           "[format('Microsoft.ManagedIdentity/userAssignedIdentities/{0}', variables('nodeIdentity'))]",
+                           [f"[{NODE_IDENTITY}]"]))
     vault_id = "resourceId('Microsoft.KeyVault/vaults', variables('vault'))"
     resources.append(_role("Key Vault Secrets User", vault_id,
                            "[format('Microsoft.KeyVault/vaults/{0}', variables('vault'))]", [f"[{vault_id}]"]))
@@ -157,6 +184,7 @@ def build_template(team: str) -> Dict[str, Any]:
             "vault": f"[take(concat('xt-{team}-', {suffix}), 24)]",
             "cosmos": f"[concat('xt-{team}-', {suffix})]",
             "batch": f"[take(concat('xt{team}', {suffix}), 24)]",
+            "nodeIdentity": f"xt-{team}-nodes",
             "plan": f"xt-{team}-plan", "functionApp": f"[concat('xt-{team}-', {suffix})]",
             "insights": f"xt-{team}-insights", "logs": f"xt-{team}-logs",
         },
@@ -167,6 +195,10 @@ def build_template(team: str) -> Dict[str, Any]:
             "keyVaultUri": {"type": "string", "value": f"[reference({vault_id}, '2023-07-01').vaultUri]"},
             "cosmosAccount": {"type": "string", "value": "[variables('cosmos')]"},
             "batchAccount": {"type": "string", "value": "[variables('batch')]"},
+            "batchAccountUrl": {"type": "string", "value": f"[format('https://{{0}}', reference({batch_id}, '2024-02-01').accountEndpoint)]"},
+            "batchAccountId": {"type": "string", "value": f"[{batch_id}]"},
+            "nodeIdentity": {"type": "string", "value": f"[{NODE_IDENTITY}]"},
+            "nodeIdentityClientId": {"type": "string", "value": f"[reference({NODE_IDENTITY}, '2023-01-31').clientId]"},
             "functionApp": {"type": "string", "value": "[variables('functionApp')]"},
         },
     }
@@ -184,4 +216,6 @@ next steps:
          team-store: {{type: blob, account-url: <storageAccountUrl>, container: {CONTAINER}}}
          team-bus: {{type: servicebus, namespace: <serviceBusNamespace>, jobs-queue: {JOBS_QUEUE}, events-queue: {EVENTS_QUEUE}}}
          team-stats: {{type: mongo, connection-string: <secret xt-mongo-connection in keyVaultUri>, database: xt}}
+         team-batch: {{type: batch, account-url: <batchAccountUrl>, resource-id: <batchAccountId>,
+                      node-identity: <nodeIdentity>, node-identity-client-id: <nodeIdentityClientId>}}
        xt-services: {{storage: team-store, queue: team-bus, stats: team-stats}}"""
