@@ -308,7 +308,7 @@ def test_structural_errors_name_the_dotted_path(tmp_path, text, expected):
     ("text", "expected"),
     [
         ("xt-services: {target: gpu}",
-         "xt-services.target: expected a compute-targets name (one of local), got 'gpu'"),
+         "xt-services.target: expected a compute-targets name (one of local, pool), got 'gpu'"),
         ("xt-services: {storage: blob1}",
          "xt-services.storage: expected 'embedded' or an external-services name (none defined), got 'blob1'"),
         ("external-services: {q1: {type: servicebus}}\nxt-services: {queue: q2}",

@@ -221,3 +221,18 @@ def test_localhost_is_a_box_without_ssh(project, tmp_path):
     assert {r["node_id"] for r in runs} == {"here"} and all(r["metrics"]["loss"] > 0 for r in runs)
     status = project.json("view", "status", "mine")
     assert status["boxes"] == [{"box": "here", "max_runs": 2, "running": 0, "free": 2, "state": status["boxes"][0]["state"]}]
+
+
+def test_from_the_starter_config_to_a_sweep_on_two_boxes_by_editing_boxes_only(pool_project, ssh_boxes, tmp_path):
+    pool_project.xt("config", "--create")
+    path = pool_project.code / "xt_config.yaml"
+    lines = path.read_text().splitlines()
+    (at,) = [k for k, line in enumerate(lines) if line.startswith("boxes: {}")]
+    lines[at:at + 1] = ["boxes:"] + [
+        f'  {name}: {{address: "{box.address}", max-runs: 2, key: "{ssh_boxes.client_key}", host-key: "{box.host_key}"}}'
+        for name, box in ssh_boxes.boxes.items()]
+    path.write_text("\n".join(lines) + "\n")
+    result = pool_project.json("run", "--target", "pool", "--wait", "train.py", "--lr=[0.1,0.2,0.3,0.4]")
+    assert result["status"] == "completed", result
+    runs = pool_project.json("list", "runs", "--job", result["job"], "--all")
+    assert {r["node_id"] for r in runs} == {"box1", "box2"}

@@ -57,7 +57,7 @@ class ComputeTarget(_Section):
     service: Literal["local", "pool", "batch"]
     concurrent: PositiveInt = 1  # one run per pool/batch node unless asked; local says 2
     setup: str | None = None
-    boxes: list[str] = []
+    boxes: list[str] = []  # pool only: the boxes to run on; empty: every entry of `boxes`
     vm_size: str | None = None
     image: str | None = None
     nodes: PositiveInt | None = None
@@ -130,7 +130,8 @@ class Config(_Section):
     # Free-form per service kind for now; each entry must still say its `type`.
     external_services: dict[str, dict[str, Any]] = {}
     compute_targets: dict[str, ComputeTarget] = msgspec.field(
-        default_factory=lambda: {"local": ComputeTarget(service="local", concurrent=2)}
+        default_factory=lambda: {"local": ComputeTarget(service="local", concurrent=2),
+                                 "pool": ComputeTarget(service="pool")}
     )
     setups: dict[str, Setup] = {}
     code: Code = msgspec.field(default_factory=Code)
@@ -387,8 +388,8 @@ def target_problems(cfg: Config, name: str):
     """What a target needs before runs can be sent to it (checked when one is: a draft entry may load)."""
     target = cfg.compute_targets[name]
     if target.service == "pool":
-        if not target.boxes:
-            yield f"compute-targets.{name}.boxes: expected at least one boxes name for a pool target"
+        if not target.boxes and not cfg.boxes:
+            yield f"compute-targets.{name}.boxes: no boxes to run on; add your machines under `boxes` in xt_config.yaml"
         for box in target.boxes:
             if box not in cfg.boxes:
                 yield f"compute-targets.{name}.boxes: expected boxes names ({_names(cfg.boxes)}), got {_show(box)}"
@@ -459,6 +460,9 @@ compute-targets:              # name -> where runs execute
   local:
     service: local            # local | pool | batch
     concurrent: 2             # runs at once on each node (pool/batch default: 1)
+  pool:                       # xt run --target pool: your own machines, listed under `boxes`
+    service: pool
+    boxes: []                 # the boxes to run on; empty: every box
 #    setup: mysetup           # setups entry that prepares the node
 #  gpu:
 #    service: batch
@@ -513,9 +517,9 @@ job-reports:                  # job listings
 
 boxes: {}                     # name -> a machine runs can be sent to over SSH
 #  mybox:
-#    address: user@host       # host name or user@host
+#    address: user@host       # user@host[:port]; `localhost` runs here without SSH
 #    max-runs: 1              # runs at once on this box
-#    setup: null              # setups entry that prepares the box
-#    key: null                # SSH private key file
-#    host-key: null           # expected SSH host key
+#    setup: null              # setups entry that prepares the box (replaces the target's there)
+#    key: null                # SSH private key file (else ssh-agent or ~/.ssh)
+#    host-key: null           # expected SSH host key, "ssh-ed25519 AAAA..." (else ~/.ssh/known_hosts)
 """

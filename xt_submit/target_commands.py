@@ -46,7 +46,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         rows = []
         for name, target in cfg.compute_targets.items():
             if target.service == "pool":
-                where = "boxes: " + ", ".join(target.boxes)
+                where = "boxes: " + (", ".join(target.boxes) if target.boxes else "all (" + ", ".join(cfg.boxes) + ")")
             elif target.service == "batch":
                 where = f"{target.vm_size or '?'} x {target.nodes or '?'}{' low-pri' if target.low_pri else ''}"
             else:
@@ -97,7 +97,7 @@ def cmd_view(args: argparse.Namespace) -> int:
         health, busy = compute.box_health(), compute.runs_per_node()
         summary["boxes"] = [{"box": box, "max_runs": cfg.boxes[box].max_runs, "running": busy.get(box, 0),
                              "free": max(0, cfg.boxes[box].max_runs - busy.get(box, 0)), "state": _box_state(health, box)}
-                            for box in target.boxes if box in cfg.boxes]
+                            for box in target.boxes or list(cfg.boxes) if box in cfg.boxes]
     if args.json:
         print_json(summary)
         return 0

@@ -39,7 +39,7 @@ def definition(cfg: Config, name: str) -> dict:
     if target.service != "pool":
         return {"service": target.service}
     boxes = {}
-    for box_name in target.boxes:
+    for box_name in target.boxes or list(cfg.boxes):  # none named: every box
         box = cfg.boxes[box_name]
         setup = setup_spec(cfg, box.setup)
         boxes[box_name] = {"address": box.address, "max_runs": box.max_runs, "key": box.key, "host_key": box.host_key,
