@@ -304,3 +304,34 @@ def test_a_batch_target_needs_the_teams_queue_and_storage(tmp_path):
     with pytest.raises(BatchTargetError, match=r"^xt-services.queue: gpu is a batch target, whose runs report to the "
                                                r"team's services; expected an external-services name here, got 'embedded'$"):
         check_submittable(load_config(cwd=tmp_path), "gpu")
+
+
+def test_admin_batch_settings_upload_the_wheel_and_name_the_targets_for_the_app(blob, tmp_path):
+    import json as jsonlib
+
+    import msgspec
+
+    from xt_submit.batch_target import BatchTargetError, app_settings
+    from xt_submit.config import load_config
+
+    account = {"type": "batch", "account-url": "https://teamxt.westus2.batch.azure.com",
+               "resource-id": "/subscriptions/s/resourceGroups/g/providers/Microsoft.Batch/batchAccounts/teamxt",
+               "node-identity": "/subscriptions/s/resourceGroups/g/providers/Microsoft.ManagedIdentity/userAssignedIdentities/n",
+               "node-identity-client-id": "00000000-0000-0000-0000-000000000001"}
+    (tmp_path / "xt_config.yaml").write_text(jsonlib.dumps({
+        "external-services": {"team-batch": account,
+                              "team-store": {"type": "blob", "account-url": "https://teamxt.blob.core.windows.net"},
+                              "team-bus": {"type": "servicebus", "namespace": "teamxt.servicebus.windows.net"}},
+        "xt-services": {"storage": "team-store", "queue": "team-bus"},
+        "compute-targets": {"gpu": {"service": "batch", "account": "team-batch", "vm-size": "Standard_NC6s_v3",
+                                    "nodes": 3, "low-pri": True}}}))
+    cfg = load_config(cwd=tmp_path)
+    wheel = tmp_path / "xt_pipeline-0.1.0-py3-none-any.whl"
+    wheel.write_bytes(b"PK\x05\x06" + b"\0" * 18)
+    settings = app_settings(cfg, blob, str(wheel))
+    assert blob.read(settings["XT_BATCH_NODE_PACKAGE"]) == wheel.read_bytes()
+    targets = jsonlib.loads(settings["XT_BATCH_TARGETS"])
+    assert targets["gpu"]["account"] == account
+    assert msgspec.convert(targets["gpu"]["target"], ComputeTarget) == cfg.compute_targets["gpu"]  # as the app reads it
+    with pytest.raises(BatchTargetError, match=r"^--wheel: expected an xt-pipeline .whl file, got '/nowhere.whl'$"):
+        app_settings(cfg, blob, "/nowhere.whl")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from xt_submit.bootstrap import signed_in
+from xt_submit.config import target_problems
 from xt_submit.errors import OneLineError
 from xt_submit.services import queue_names
 
@@ -20,6 +21,31 @@ def check_submittable(cfg, name: str) -> None:
         if getattr(cfg.xt_services, role) == EMBEDDED:
             raise BatchTargetError(f"xt-services.{role}: {name} is a batch target, whose runs report to the team's "
                                    f"services; expected an external-services name here, got 'embedded'")
+
+
+def app_settings(cfg, storage, wheel: str) -> dict:
+    """The Functions app's settings for this config's batch targets: the targets themselves (no
+    secret: a batch account entry holds addresses and ids only) and the nodes' wheel, uploaded."""
+    import json
+    import os
+
+    import msgspec
+
+    from xt_submit.adapters.batch_compute import publish_node_package
+
+    names = [name for name, target in cfg.compute_targets.items() if target.service == "batch"]
+    if not names:
+        raise BatchTargetError("compute-targets: no target of service batch in this config")
+    for name in names:
+        check_submittable(cfg, name)
+        for problem in target_problems(cfg, name):
+            raise BatchTargetError(problem)
+    if not os.path.isfile(wheel) or not wheel.endswith(".whl"):
+        raise BatchTargetError(f"--wheel: expected an xt-pipeline .whl file, got {wheel!r}")
+    targets = {name: {"target": msgspec.to_builtins(cfg.compute_targets[name]),
+                      "account": cfg.external_services[cfg.compute_targets[name].account]} for name in names}
+    return {"XT_BATCH_TARGETS": json.dumps(targets, separators=(",", ":")),
+            "XT_BATCH_NODE_PACKAGE": publish_node_package(storage, wheel)}
 
 
 def batch_compute_for(cfg, name: str, storage):

@@ -77,10 +77,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser = commands.add_parser("serve", help="run the local host in the foreground")
     serve_parser.add_argument("--idle-exit", type=float, help="stop after this many idle seconds")
 
-    admin_parser = commands.add_parser("admin", help="maintenance: rebuild the stats index from storage")
-    admin_kinds = admin_parser.add_subparsers(dest="kind", required=True, metavar="reindex")
+    admin_parser = commands.add_parser("admin", help="maintenance: rebuild the stats index, set up batch targets")
+    admin_kinds = admin_parser.add_subparsers(dest="kind", required=True, metavar="reindex|batch-settings")
     reindex_parser = admin_kinds.add_parser("reindex")
     reindex_parser.add_argument("--workspace", help="one workspace (default: every workspace in storage)")
+    batch_parser = admin_kinds.add_parser("batch-settings", help="upload the nodes' xt wheel; print the Functions "
+                                                                 "app settings for this config's batch targets")
+    batch_parser.add_argument("--wheel", required=True, help="the xt-pipeline wheel (pip wheel --no-deps -w dist .)")
+    batch_parser.add_argument("--json", action="store_true")
 
     create_parser = commands.add_parser("create", help="create the template of a team's Azure services")
     create_parser.add_argument("what", choices=["team"])
@@ -286,6 +290,15 @@ def cmd_admin(args: argparse.Namespace) -> int:
     from xt_submit.local_host import host_running
 
     cfg = xt_config.load_config(args.config)
+    if args.kind == "batch-settings":
+        from xt_submit.batch_target import app_settings
+
+        settings = app_settings(cfg, embedded_parts(cfg).ports.storage, args.wheel)
+        if args.json:
+            print_json(settings)
+        else:
+            print("\n".join(f"{name}={value}" for name, value in settings.items()))
+        return 0
     parts = embedded_parts(cfg)
     if host_running(parts.home):
         raise CliError(f"a host is serving {parts.home}: wait until it is idle (it exits by itself) and run again")
