@@ -143,7 +143,7 @@ SLOW_SCRIPT = textwrap.dedent('''
     import json, os, subprocess, sys, time
     from xt_submit import Run
 
-    steps = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+    steps = int(sys.argv[1].split("=")[1]) if len(sys.argv) > 1 else 10  # --steps=N
     child = subprocess.Popen(["sleep", "300"])  # part of the run's process tree
     os.makedirs(os.environ["XT_OUTPUT_DIR"], exist_ok=True)
     with open(os.path.join(os.environ["XT_OUTPUT_DIR"], "pids.json"), "w") as f:
@@ -182,7 +182,7 @@ def alive(pid):
 
 def test_cancel_stops_the_whole_process_tree_on_the_box(pool_project, ssh_boxes, tmp_path):
     one_box_pool(pool_project, ssh_boxes, tmp_path)
-    job = pool_project.json("run", "--target", "pool", "slow.py", "1000")["job"]
+    job = pool_project.json("run", "--target", "pool", "slow.py", "--steps=1000")["job"]
     run = job.replace("job", "run") + ".1"
     pids = live_file(pool_project, run, "pids.json")
     assert alive(pids["run"]) and alive(pids["child"])
@@ -196,7 +196,7 @@ def test_cancel_stops_the_whole_process_tree_on_the_box(pool_project, ssh_boxes,
 
 def test_a_dropped_ssh_connection_loses_no_logged_metric(pool_project, ssh_boxes, tmp_path):
     one_box_pool(pool_project, ssh_boxes, tmp_path)
-    job = pool_project.json("run", "--target", "pool", "slow.py", "12")["job"]
+    job = pool_project.json("run", "--target", "pool", "slow.py", "--steps=12")["job"]
     run = job.replace("job", "run") + ".1"
     live_file(pool_project, run, "pids.json")
     box = ssh_boxes.boxes["box1"]
@@ -236,3 +236,23 @@ def test_from_the_starter_config_to_a_sweep_on_two_boxes_by_editing_boxes_only(p
     assert result["status"] == "completed", result
     runs = pool_project.json("list", "runs", "--job", result["job"], "--all")
     assert {r["node_id"] for r in runs} == {"box1", "box2"}
+
+
+def test_a_host_killed_mid_sweep_adopts_its_runs_on_the_boxes(pool_project, ssh_boxes, tmp_path):
+    import signal
+
+    (pool_project.code / "xt_config.yaml").write_text(pool_config(ssh_boxes, tmp_path))
+    (pool_project.code / "slow.py").write_text(SLOW_SCRIPT)
+    job = pool_project.json("run", "--target", "pool", "slow.py", "--steps=[6,7,8,9]")["job"]
+    number = job[len("job"):]
+    first_pids = {k: live_file(pool_project, f"run{number}.{k}", "pids.json")["run"] for k in (1, 2, 3, 4)}
+    os.kill(pool_project.host_pid(), signal.SIGKILL)
+    time.sleep(1.0)  # the runs go on on the boxes with nobody watching
+    pool_project.xt("serve", "--idle-exit", "1", timeout=120)
+    runs = pool_project.json("list", "runs", "--job", job, "--all")
+    assert [r["status"] for r in runs] == ["completed"] * 4
+    for k, run in enumerate(runs, start=1):
+        steps = 5 + k
+        history = pool_project.json("view", "metrics", run["name"])[run["name"]]
+        assert sorted(m["step"] for m in history if m["name"] == "loss") == list(range(1, steps + 1))  # none lost, none twice
+        assert live_file(pool_project, run["name"], "pids.json")["run"] == first_pids[k]  # adopted, never started again

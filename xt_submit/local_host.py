@@ -92,7 +92,10 @@ class LocalHost:
                 busy = True
         busy |= self._watch_uploads()
         busy |= self.executor.poll()
-        busy |= self.pools.poll()
+        try:
+            busy |= self.pools.poll()
+        except Exception:  # one box's surprise must not stop the host (and every local run) with it
+            log.exception("pool executor")
         busy |= self._check_heartbeats()
         return busy
 

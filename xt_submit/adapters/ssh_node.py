@@ -132,9 +132,16 @@ class SshNode:
             client.close()
             raise BoxError(f"{where}: cannot connect: {exc.strerror or exc}") from None
         self._client = client
-        self._sftp = client.open_sftp()
-        self.home = posixpath.join(self._sftp.normalize("."), ".xt")
-        self._prepare()
+        try:
+            self._sftp = client.open_sftp()
+            self.home = posixpath.join(self._sftp.normalize("."), ".xt")
+            self._prepare()
+        except (paramiko.SSHException, EOFError, OSError) as exc:
+            self.close()
+            raise BoxError(f"{where}: connection lost while preparing the box ({type(exc).__name__})") from None
+        except BoxError:
+            self.close()
+            raise
 
     def close(self) -> None:
         for part in (self._sftp, self._client):
@@ -155,20 +162,22 @@ class SshNode:
 
     def _prepare(self) -> None:
         """Once per connection: a recent enough python3, and XT's run-side modules for this version."""
-        code, out, _ = self.run("python3 -c 'import sys; print(sys.version_info[:2] >= (%d, %d))'" % MIN_PYTHON)
+        code, out, _ = self._exec("python3 -c 'import sys; print(sys.version_info[:2] >= (%d, %d))'" % MIN_PYTHON)
         if out.strip() != "True":
             raise BoxError(f"box {self.name} ({self.address}): expected python3 {MIN_PYTHON[0]}.{MIN_PYTHON[1]} or "
                            "newer on the box's PATH")
         lib = posixpath.join(self.home, "lib", shipped_digest())
         complete = posixpath.join(lib, ".complete")
-        if not self.exists(complete):
-            self.makedirs(posixpath.join(lib, "xt_submit"))
+        try:
+            self._sftp.stat(complete)
+        except FileNotFoundError:
+            self._exec(f"mkdir -p {q(posixpath.join(lib, 'xt_submit'))}")
             for name in _SHIPPED_MODULES:
                 self._sftp.put(str(_PACKAGE_DIR / name), posixpath.join(lib, "xt_submit", name))
             self._sftp.open(complete, "w").close()
         bin_dir = posixpath.join(self.home, "bin")
         # `python train.py` on a box that only has python3: a fallback at the end of PATH
-        self.run(f"mkdir -p {q(bin_dir)} && (command -v python >/dev/null || ln -sf \"$(command -v python3)\" {q(bin_dir + '/python')})")
+        self._exec(f"mkdir -p {q(bin_dir)} && (command -v python >/dev/null || ln -sf \"$(command -v python3)\" {q(bin_dir + '/python')})")
         self._lib = lib
 
     @contextlib.contextmanager
@@ -197,9 +206,12 @@ class SshNode:
     def run(self, command: str, timeout: float = COMMAND_TIMEOUT_SECONDS) -> Tuple[int, str, str]:
         """Run a command on the box (already connected or not); returns (exit status, stdout, stderr)."""
         with self._connection():
-            _, stdout, stderr = self._client.exec_command(command, timeout=timeout)
-            out, err = stdout.read().decode(errors="replace"), stderr.read().decode(errors="replace")
-            return stdout.channel.recv_exit_status(), out, err
+            return self._exec(command, timeout)
+
+    def _exec(self, command: str, timeout: float = COMMAND_TIMEOUT_SECONDS) -> Tuple[int, str, str]:
+        _, stdout, stderr = self._client.exec_command(command, timeout=timeout)
+        out, err = stdout.read().decode(errors="replace"), stderr.read().decode(errors="replace")
+        return stdout.channel.recv_exit_status(), out, err
 
     # --- the Node operations -------------------------------------------------------------------
     @property
