@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Runs the reliability scenarios (faults, duplicates, bad input, secrets, load) and writes RELIABILITY.md.
+# Runs the reliability scenarios (faults, duplicates, bad input, secrets, load, SSH boxes) and writes RELIABILITY.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 scripts/bootstrap.sh test
 out=$(mktemp)
 XT_RELIABILITY_OUT="$out" .venv/bin/python -m pytest -q tests/test_reliability.py tests/test_reliability_e2e.py \
-    tests/test_bad_input.py tests/test_cli_e2e.py tests/test_code_archive.py
+    tests/test_bad_input.py tests/test_cli_e2e.py tests/test_code_archive.py tests/test_pool_e2e.py
 status=$?
 .venv/bin/python scripts/render_reliability.py "$out" "$([ $status -eq 0 ] && echo 'all passed' || echo 'FAILURES')"
 rm -f "$out"

@@ -85,6 +85,12 @@ def test_sweep_spreads_over_two_boxes_and_skips_an_unreachable_one(pool_project,
     assert targets["pool"]["where"] == "boxes: box1, box2, box3" and targets["local"]["default"]
     log_text = (pool_project.home / "storage").rglob("job_log.jsonl")
     assert any("box-unreachable" in p.read_text() and "box3" in p.read_text() for p in log_text)
+    # the private key never travels: not in XT_HOME (manifests, logs, the task table) nor on the boxes
+    secret = "".join(ssh_boxes.client_key.read_text().splitlines()[1:-1])[:40]
+    places = [pool_project.home] + [box.home / ".xt" for box in ssh_boxes.boxes.values()]
+    leaks = [path for place in places for path in place.rglob("*")
+             if path.is_file() and secret.encode() in path.read_bytes().replace(b"\n", b"")]
+    assert leaks == []
 
 
 def make_wheel(folder: Path, version: str = "1.0") -> Path:
@@ -180,7 +186,7 @@ def alive(pid):
         return False
 
 
-def test_cancel_stops_the_whole_process_tree_on_the_box(pool_project, ssh_boxes, tmp_path):
+def test_cancel_stops_the_whole_process_tree_on_the_box(pool_project, ssh_boxes, tmp_path, reliability):
     one_box_pool(pool_project, ssh_boxes, tmp_path)
     job = pool_project.json("run", "--target", "pool", "slow.py", "--steps=1000")["job"]
     run = job.replace("job", "run") + ".1"
@@ -192,9 +198,10 @@ def test_cancel_stops_the_whole_process_tree_on_the_box(pool_project, ssh_boxes,
     while (alive(pids["run"]) or alive(pids["child"])) and time.time() < deadline:
         time.sleep(0.1)
     assert not alive(pids["run"]) and not alive(pids["child"])
+    reliability.add("pool: cancel a run on an SSH box (its process tree)", runs=1, processes_left=0)
 
 
-def test_a_dropped_ssh_connection_loses_no_logged_metric(pool_project, ssh_boxes, tmp_path):
+def test_a_dropped_ssh_connection_loses_no_logged_metric(pool_project, ssh_boxes, tmp_path, reliability):
     one_box_pool(pool_project, ssh_boxes, tmp_path)
     job = pool_project.json("run", "--target", "pool", "slow.py", "--steps=12")["job"]
     run = job.replace("job", "run") + ".1"
@@ -209,6 +216,7 @@ def test_a_dropped_ssh_connection_loses_no_logged_metric(pool_project, ssh_boxes
     assert record["status"] == "completed", record
     history = pool_project.json("view", "metrics", run)[run]
     assert sorted(m["step"] for m in history if m["name"] == "loss") == list(range(1, 13))
+    reliability.add("pool: SSH connections killed mid-run", connections_killed=dropped, metrics_logged=12, lost=0)
 
 
 def test_localhost_is_a_box_without_ssh(project, tmp_path):
@@ -238,7 +246,7 @@ def test_from_the_starter_config_to_a_sweep_on_two_boxes_by_editing_boxes_only(p
     assert {r["node_id"] for r in runs} == {"box1", "box2"}
 
 
-def test_a_host_killed_mid_sweep_adopts_its_runs_on_the_boxes(pool_project, ssh_boxes, tmp_path):
+def test_a_host_killed_mid_sweep_adopts_its_runs_on_the_boxes(pool_project, ssh_boxes, tmp_path, reliability):
     import signal
 
     (pool_project.code / "xt_config.yaml").write_text(pool_config(ssh_boxes, tmp_path))
@@ -256,3 +264,5 @@ def test_a_host_killed_mid_sweep_adopts_its_runs_on_the_boxes(pool_project, ssh_
         history = pool_project.json("view", "metrics", run["name"])[run["name"]]
         assert sorted(m["step"] for m in history if m["name"] == "loss") == list(range(1, steps + 1))  # none lost, none twice
         assert live_file(pool_project, run["name"], "pids.json")["run"] == first_pids[k]  # adopted, never started again
+    reliability.add("pool: host killed (SIGKILL) mid-sweep on SSH boxes, then restarted", host_kills=1, runs=4, lost=0,
+                    run_twice=0)
