@@ -8,9 +8,13 @@ if [ ! -x node_modules/.bin/azurite-blob ]; then
     command -v npm >/dev/null 2>&1 || { echo "test.sh: npm is needed for the test peer Azurite" >&2; exit 1; }
     npm ci --no-audit --no-fund --loglevel=error
 fi
-if [ ! -x /usr/sbin/sshd ]; then  # the pool tests' boxes are real OpenSSH servers on loopback
+# The pool tests' boxes are real OpenSSH servers on loopback, whose users make their own venvs.
+missing=""
+[ -x /usr/sbin/sshd ] || missing="openssh-server"
+/usr/bin/python3 -c "import ensurepip" 2>/dev/null || missing="$missing python3-venv"
+if [ -n "$missing" ]; then
     as_root=""; [ "$(id -u)" = 0 ] || as_root="sudo"
-    $as_root apt-get update -qq && DEBIAN_FRONTEND=noninteractive $as_root apt-get install -y -qq openssh-server >/dev/null \
-        || echo "test.sh: could not install openssh-server; the pool tests will be skipped" >&2
+    { $as_root apt-get update -qq && DEBIAN_FRONTEND=noninteractive $as_root apt-get install -y -qq $missing >/dev/null; } \
+        || echo "test.sh: could not install$missing; the pool tests will be skipped or fail" >&2
 fi
 exec .venv/bin/python -m pytest tests "$@"
