@@ -118,9 +118,13 @@ class PoolExecutor:
             except BoxError as exc:
                 self._box_down(box, str(exc))
                 return None
+        self._back(box)
+        return node
+
+    def _back(self, box: str) -> None:
+        """The box answered: it is tried at once after its next drop again."""
         self.backoff.succeeded(box)
         self._set_health(box, "")
-        return node
 
     def _box_down(self, box: str, error: str) -> None:
         self.backoff.failed(box)
@@ -174,6 +178,8 @@ class PoolExecutor:
             return False
         self._next_look[key] = now + TICK_SECONDS
         box = entry["node"]
+        if not self.backoff.ready(box):
+            return False  # a box that just dropped is not hammered (a connect can take CONNECT_TIMEOUT_SECONDS)
         try:
             wrapper = self.running.get(key) or self._resume(entry, box)
             if wrapper is None:
@@ -185,6 +191,7 @@ class PoolExecutor:
                 wrapper.stop("cancelled")
             if not wrapper.ended():
                 wrapper.tick()
+                self._back(box)
                 return False
             if not (wrapper.node_dir / FINISHED_MARKER).exists():
                 wrapper.finish()

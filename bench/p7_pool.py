@@ -1,0 +1,90 @@
+"""P7: a 20-run sweep of a trivial script on a pool of two SSH boxes (max-runs 2 each), submit to
+all stats recorded, against the limit: the same 20 runs started over SSH exec channels on the same
+boxes (paramiko, one connection per box, 2 at a time per box), with nothing shipped or recorded.
+
+The boxes are real sshd servers on loopback (tests/peers/ssh_boxes.py), so this needs root and
+Debian's openssh-server, as the pool tests do.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from common import emit, median_seconds
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+from peers import ssh_boxes  # noqa: E402  (the test peers: real sshd boxes on loopback)
+
+TRIVIAL = "import sys\nprint('run', sys.argv[1:])\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    why_not = ssh_boxes.available()
+    if why_not:
+        emit({"id": "P7", "skipped": why_not})
+        return
+    boxes = ssh_boxes.SshBoxes()
+    root = Path(tempfile.mkdtemp(prefix="xt-bench-p7-"))
+    try:
+        pool = [boxes.start("box1", "xtbox1"), boxes.start("box2", "xtbox2")]
+        project = root / "project"
+        project.mkdir()
+        (project / "trivial.py").write_text(TRIVIAL)
+        (project / "xt_config.yaml").write_text("compute-targets: {pool: {service: pool}}\nboxes:\n" + "".join(
+            f'  {b.name}: {{address: "{b.address}", max-runs: 2, key: "{boxes.client_key}", host-key: "{b.host_key}"}}\n'
+            for b in pool))
+        counter = {"n": 0}
+
+        def ours():
+            counter["n"] += 1
+            env = dict(os.environ, XT_HOME=str(root / f"home{counter['n']}"), XT_HOST_IDLE_EXIT="1")
+            subprocess.run([sys.executable, "-m", "xt_submit.cli", "run", "--wait", "--json", "--target", "pool",
+                            "trivial.py", f"--i=[$linspace(1,{args.runs},{args.runs})]"],
+                           cwd=project, env=env, check=True, capture_output=True)
+
+        import paramiko
+
+        def connect(box):
+            client = paramiko.SSHClient()
+            client.set_missing_host_key_policy(paramiko.AutoAddPolicy())  # the bench's own loopback boxes
+            client.connect("127.0.0.1", port=box.port, username=box.user, key_filename=str(boxes.client_key),
+                           look_for_keys=False, allow_agent=False)
+            sftp = client.open_sftp()
+            sftp.put(str(project / "trivial.py"), "trivial.py")
+            return client
+
+        clients = {b.name: connect(b) for b in pool}
+        script = "python3 trivial.py --i={}"
+
+        def limit():
+            def launch(i):
+                client = clients[pool[i % 2].name]
+                _, out, _ = client.exec_command(script.format(i))
+                out.read()
+                assert out.channel.recv_exit_status() == 0
+
+            with ThreadPoolExecutor(4) as threads:  # 2 at a time on each box, as max-runs says
+                list(threads.map(launch, range(1, args.runs + 1)))
+
+        ours_s, _ = median_seconds(ours, args.repeat)
+        limit_s, _ = median_seconds(limit, args.repeat)
+        for client in clients.values():
+            client.close()
+        emit({"id": "P7", "runs": args.runs, "ours_s": ours_s, "limit_s": limit_s, "x_limit": ours_s / limit_s})
+    finally:
+        boxes.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
