@@ -28,9 +28,6 @@ RUNS = [
 ]
 
 
-POOL_TARGET = 3.0  # P7: our own bar (no issue sets one): every run ships code, outputs and logs, the limit ships nothing
-
-
 def figure(r: dict) -> tuple:
     """(our figure, limit, peer, verdict) as text, per benchmark."""
     i = r["id"]
@@ -60,9 +57,8 @@ def figure(r: dict) -> tuple:
     if i == "P6":
         return (f"{r['ours_s']:.2f} s ({r['records_per_s']:,.0f} records/s)",
                 f"{r['limit_s']:.2f} s ({r['ratio_to_limit']:.2f}x)", "-", r["ratio_to_limit"] >= 0.5, ">= 0.5x limit")
-    if i == "P7":
-        return (f"{r['ours_s']:.2f} s", f"{r['limit_s']:.2f} s ({r['x_limit']:.2f}x)", "-", r["x_limit"] <= POOL_TARGET,
-                f"<= {POOL_TARGET:g}x limit")
+    if i == "P7":  # no issue sets a target: reported for what it is (each run ships code, logs and outputs back)
+        return (f"{r['ours_s']:.2f} s", f"{r['limit_s']:.2f} s ({r['x_limit']:.2f}x)", "-", None, "none set")
     raise ValueError(i)
 
 
@@ -93,7 +89,7 @@ def main() -> int:
         ours, limit, peer, ok, target = figure(r)
         r["target_met"] = ok
         lines.append(f"| {r['id']} | {r['size']} | {ours} | {limit} | {peer} | {r['peak_rss_mb']:.0f} MB | {target} |"
-                     f" {'yes' if ok else 'NO'} |")
+                     f" {'-' if ok is None else 'yes' if ok else 'NO'} |")
     table = "\n".join(lines)
     (HERE / "results.json").write_text(json.dumps({"total_s": round(total, 1), "results": results}, indent=2))
     (HERE / "results.md").write_text(f"# Benchmark results\n\nAll figures are medians; ratios are against the limit "

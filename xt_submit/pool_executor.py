@@ -27,7 +27,10 @@ from xt_submit.messages import ERROR, RunFinished, RunTask, SetupSpec, decode_ta
 from xt_submit.run_node import LocalNode, NodeUnreachable
 from xt_submit.wrapper import FINISHED_MARKER, RunWrapper
 
-TICK_SECONDS = 0.5  # each remote run is looked at this often (every look is a few round trips)
+# A run on a box is looked at (a few round trips) soon after it starts, then less often: a short
+# run's end is seen at once, a long run costs at most one look per TICK_SECONDS.
+TICK_SECONDS = 0.5
+FIRST_LOOK_SECONDS = 0.02
 LOCAL_ADDRESS = "localhost"  # a box at this address runs here, without SSH
 
 log = logging.getLogger("xt.pool")
@@ -43,6 +46,7 @@ class PoolExecutor:
         self.running: Dict[tuple, RunWrapper] = {}
         self.backoff = Backoff()
         self._next_look: Dict[tuple, float] = {}
+        self._first_seen: Dict[tuple, float] = {}
         self._health: Dict[str, str] = {}  # box -> "" (reachable) or the error last recorded
         self._reported: set = set()  # (workspace, job, box) already told in a job log
         # two hosts (or two XT homes) using one box account keep their runs apart
@@ -176,7 +180,8 @@ class PoolExecutor:
         now = time.monotonic()
         if now < self._next_look.get(key, 0.0):
             return False
-        self._next_look[key] = now + TICK_SECONDS
+        age = now - self._first_seen.setdefault(key, now)
+        self._next_look[key] = now + min(TICK_SECONDS, max(FIRST_LOOK_SECONDS, age / 4))
         box = entry["node"]
         if not self.backoff.ready(box):
             return False  # a box that just dropped is not hammered (a connect can take CONNECT_TIMEOUT_SECONDS)
@@ -201,6 +206,7 @@ class PoolExecutor:
         self.compute.mark(*key, state="done")
         self.running.pop(key, None)
         self._next_look.pop(key, None)
+        self._first_seen.pop(key, None)
         return True
 
     def _resume(self, entry: dict, box: str) -> Optional[RunWrapper]:

@@ -29,8 +29,7 @@ class Node(Protocol):
     name: str
     home: str  # the node's XT folder: setup markers live here
 
-    def makedirs(self, path: str) -> None: ...
-    def touch(self, path: str) -> None: ...
+    def prepare(self, local_zip: str, code_dir: str, output_dir: str, empty_files: List[str], source: str) -> None: ...
     def append(self, path: str, data: bytes) -> None: ...
     def read_from(self, path: str, offset: int = 0) -> bytes: ...  # b"" when missing
     def exists(self, path: str) -> bool: ...
@@ -38,9 +37,9 @@ class Node(Protocol):
     def walk(self, root: str) -> Iterator[Tuple[str, tuple]]: ...  # (relative path, change signature)
     def local_copy(self, path: str) -> "contextlib.AbstractContextManager[str]": ...
     def put(self, local_path: str, path: str) -> None: ...
-    def unpack(self, local_zip: str, dest: str, source: str) -> None: ...
     def python_argv(self, argv: List[str]) -> List[str]: ...
-    def launch(self, argv: List[str], cwd: str, env: Dict[str, str], console: str, exit_file: str) -> Tuple[int, str]: ...
+    def launch(self, argv: List[str], cwd: str, env: Dict[str, str], console: str, exit_file: str) -> Tuple[int, str]:
+        """Start argv under the reaper, in its own session (a stale exit_file is removed first)."""
     def alive(self, pid: int, start: Optional[str]) -> bool: ...
     def kill_group(self, pid: int, sig: int) -> None: ...
     def release(self, work_dir: str) -> None: ...  # the run is over and reported
@@ -71,11 +70,11 @@ class LocalNode:
         self.home = str(home)
         self.processes: Dict[int, subprocess.Popen] = {}
 
-    def makedirs(self, path: str) -> None:
-        os.makedirs(path, exist_ok=True)
-
-    def touch(self, path: str) -> None:
-        Path(path).touch()
+    def prepare(self, local_zip: str, code_dir: str, output_dir: str, empty_files: List[str], source: str) -> None:
+        code_archive.safe_extract(local_zip, code_dir, source=source)
+        os.makedirs(output_dir, exist_ok=True)
+        for path in empty_files:
+            Path(path).touch()
 
     def append(self, path: str, data: bytes) -> None:
         with open(path, "ab") as f:
@@ -115,15 +114,13 @@ class LocalNode:
     def put(self, local_path: str, path: str) -> None:
         shutil.copyfile(local_path, path)
 
-    def unpack(self, local_zip: str, dest: str, source: str) -> None:
-        code_archive.safe_extract(local_zip, dest, source=source)
-
     def python_argv(self, argv: List[str]) -> List[str]:
         if argv and argv[0] == "python":
             return [sys.executable, *argv[1:]]  # the interpreter that runs XT has the Run API installed
         return argv
 
     def launch(self, argv: List[str], cwd: str, env: Dict[str, str], console: str, exit_file: str) -> Tuple[int, str]:
+        self.remove(exit_file)
         with open(console, "ab") as out:
             # own session: the run outlives its supervisor, and a cancel can signal its whole tree
             process = subprocess.Popen([sys.executable, "-S", "-I", REAPER, exit_file, *argv], cwd=cwd,

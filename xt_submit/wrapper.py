@@ -82,15 +82,15 @@ class RunWrapper:
         self.publisher.send_events([RunStarted(workspace=ws, job=task.job, run=task.run, node_id=self.node_id,
                                                started_at=started_at)])
         try:
-            self.node.makedirs(self.work_dir)
-            self._fetch_code()
+            self._prepare()
             self._restore_checkpoint()
-            self.node.makedirs(self.output_dir)
-            self.node.touch(self.local_log)
             self._launch()
         except (code_archive.ArchiveError, NotFound, OSError) as exc:
             self.state["failure"] = f"run wrapper: {exc}"
-            self.node.append(self.console, f"[xt] {self.state['failure']}\n".encode())
+            try:
+                self.node.append(self.console, f"[xt] {self.state['failure']}\n".encode())
+            except OSError:
+                pass  # the node could not even make the run's folder: the reason still reaches RunFinished
             self._save_state()
 
     @classmethod
@@ -173,11 +173,12 @@ class RunWrapper:
         return finished
 
     # --- the command -------------------------------------------------------------------------
-    def _fetch_code(self) -> None:
+    def _prepare(self) -> None:
+        """The code, fetched here and unpacked on the node, with the run's folders and empty log."""
         with tempfile.TemporaryDirectory(dir=self.node_dir) as scratch:
             zip_path = os.path.join(scratch, "code.zip")
             self.storage.download_file(self.task.code_key, zip_path)
-            self.node.unpack(zip_path, self.code_dir, source=self.task.code_key)
+            self.node.prepare(zip_path, self.code_dir, self.output_dir, [self.local_log], source=self.task.code_key)
 
     def _environment(self) -> Dict[str, str]:
         """What the run gets on top of the node's own environment."""
@@ -200,7 +201,6 @@ class RunWrapper:
         return self.node.python_argv(shlex.split(command))
 
     def _launch(self) -> None:
-        self.node.remove(self.exit_file)
         pid, pid_start = self.node.launch(self._argv(), self.code_dir, self._environment(), self.console, self.exit_file)
         self.state.update(pid=pid, pid_start=pid_start)
         self._save_state()  # at once: a supervisor that dies now must find this run, not start it again

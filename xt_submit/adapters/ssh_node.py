@@ -13,9 +13,11 @@ import hashlib
 import os
 import posixpath
 import shlex
+import socket
 import stat
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
@@ -133,6 +135,8 @@ class SshNode:
             raise BoxError(f"{where}: cannot connect: {exc.strerror or exc}") from None
         self._client = client
         try:
+            # small requests (a stat, an exec) must not wait on Nagle's algorithm and delayed ACKs
+            client.get_transport().sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self._sftp = client.open_sftp()
             self.home = posixpath.join(self._sftp.normalize("."), ".xt")
             self._prepare()
@@ -177,7 +181,7 @@ class SshNode:
             self._sftp.open(complete, "w").close()
         bin_dir = posixpath.join(self.home, "bin")
         # `python train.py` on a box that only has python3: a fallback at the end of PATH
-        self._exec(f"mkdir -p {q(bin_dir)} && (command -v python >/dev/null || ln -sf \"$(command -v python3)\" {q(bin_dir + '/python')})")
+        self._exec(f"mkdir -p {q(bin_dir)} {q(posixpath.join(self.home, 'incoming'))} && (command -v python >/dev/null || ln -sf \"$(command -v python3)\" {q(bin_dir + '/python')})")
         self._lib = lib
 
     @contextlib.contextmanager
@@ -218,15 +222,6 @@ class SshNode:
     def runs_root(self) -> str:
         with self._connection():
             return posixpath.join(self.home, self.runs_folder)
-
-    def makedirs(self, path: str) -> None:
-        code, _, err = self.run(f"mkdir -p {q(path)}")
-        if code:
-            raise OSError(f"box {self.name}: cannot create {path}: {err.strip()}")
-
-    def touch(self, path: str) -> None:
-        with self._connection():
-            self._sftp.open(path, "a").close()
 
     def append(self, path: str, data: bytes) -> None:
         with self._connection():
@@ -286,39 +281,45 @@ class SshNode:
         with self._connection():
             self._sftp.put(local_path, path)
 
-    def unpack(self, local_zip: str, dest: str, source: str) -> None:
-        """The zip goes over SFTP and is unpacked on the box by the same checks as anywhere."""
-        remote_zip = dest.rstrip("/") + ".zip"
-        self.put(local_zip, remote_zip)
-        script = "import sys; from xt_submit.code_archive import safe_extract; safe_extract(sys.argv[1], sys.argv[2], sys.argv[3])"
-        code, _, err = self.run(f"PYTHONPATH={q(self._lib)} python3 -c {q(script)} {q(remote_zip)} {q(dest)} {q(source)}")
-        self.remove(remote_zip)
+    def prepare(self, local_zip: str, code_dir: str, output_dir: str, empty_files: List[str], source: str) -> None:
+        """The zip goes over SFTP and is unpacked on the box by the same checks as anywhere; the
+        folders and files are made in the same command (one round trip, not five)."""
+        remote_zip = posixpath.join(self.home, "incoming", f"{uuid.uuid4().hex}.zip")
+        with self._connection():
+            self._sftp.put(local_zip, remote_zip, confirm=False)
+        unpack = "import sys; from xt_submit.code_archive import safe_extract; safe_extract(*sys.argv[1:])"
+        code, _, err = self.run(
+            f"mkdir -p {q(posixpath.dirname(code_dir))} && PYTHONPATH={q(self._lib)} python3 -c {q(unpack)} "
+            f"{q(remote_zip)} {q(code_dir)} {q(source)}; status=$?; rm -f {q(remote_zip)}; [ $status = 0 ] && "
+            f"mkdir -p {q(output_dir)} && touch {' '.join(q(path) for path in empty_files)}")
         if code:
             lines = err.strip().splitlines()
-            raise code_archive.ArchiveError(f"box {self.name}: {lines[-1] if lines else 'unpacking the code failed'}")
+            raise code_archive.ArchiveError(f"box {self.name}: {lines[-1] if lines else 'preparing the run failed'}")
 
     def python_argv(self, argv: List[str]) -> List[str]:
         return argv  # the box's own python (an activated environment's, or python3 as a fallback)
 
     def launch(self, argv: List[str], cwd: str, env: Dict[str, str], console: str, exit_file: str) -> Tuple[int, str]:
-        """Through a script file (the environment never appears on a command line the box's `ps`
-        shows), in its own session under the reaper, with all output in files on the box."""
+        """Through a script file written from the channel's stdin (the environment never appears on
+        a command line the box's `ps` shows), in its own session under the reaper, with all output
+        in files on the box: one round trip."""
         work = posixpath.dirname(console)
-        script = posixpath.join(work, "launch.sh")
         lines = ["#!/bin/bash"] + [f"export {name}={q(value)}" for name, value in env.items()] + [
             f"export PATH=\"$PATH:{self.home}/bin\"",
             f"export PYTHONPATH={q(self._lib)}\"${{PYTHONPATH:+:$PYTHONPATH}}\"",
             f"cd {q(cwd)} || exit 1",
             "exec " + shlex.join(argv),
         ]
-        with self._connection():
-            with self._sftp.open(script, "w") as f:
-                f.write("\n".join(lines) + "\n")
-            self._sftp.chmod(script, 0o700)
         reaper = posixpath.join(self._lib, "xt_submit", "reaper.py")
-        code, out, err = self.run(
-            f"cd {q(work)} || exit 1; setsid python3 -S -I {q(reaper)} {q(exit_file)} /bin/bash {q(script)} "
-            f"</dev/null >>{q(console)} 2>&1 & pid=$!; echo $pid; sed 's/.*) //' /proc/$pid/stat | cut -d' ' -f20")
+        command = (f"cd {q(work)} || exit 1; rm -f {q(exit_file)}; (umask 077 && cat > launch.sh) || exit 1; "
+                   f"setsid python3 -S -I {q(reaper)} {q(exit_file)} /bin/bash launch.sh "
+                   f"</dev/null >>{q(console)} 2>&1 & pid=$!; echo $pid; sed 's/.*) //' /proc/$pid/stat | cut -d' ' -f20")
+        with self._connection():
+            stdin, stdout, stderr = self._client.exec_command(command, timeout=COMMAND_TIMEOUT_SECONDS)
+            stdin.write("\n".join(lines) + "\n")
+            stdin.channel.shutdown_write()
+            out, err = stdout.read().decode(errors="replace"), stderr.read().decode(errors="replace")
+            code = stdout.channel.recv_exit_status()
         parts = out.split()
         if code or len(parts) != 2:
             raise OSError(f"box {self.name}: the run did not start: {err.strip() or out.strip()}")
