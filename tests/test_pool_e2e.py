@@ -266,3 +266,21 @@ def test_a_host_killed_mid_sweep_adopts_its_runs_on_the_boxes(pool_project, ssh_
         assert live_file(pool_project, run["name"], "pids.json")["run"] == first_pids[k]  # adopted, never started again
     reliability.add("pool: host killed (SIGKILL) mid-sweep on SSH boxes, then restarted", host_kills=1, runs=4, lost=0,
                     run_twice=0)
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    ("", "xt: compute-targets.pool.boxes: no boxes to run on; add your machines under `boxes` in xt_config.yaml"),
+    ("compute-targets: {lab: {service: pool, boxes: [gpu9]}}\nboxes: {gpu1: {address: ann@gpu1}}\n",
+     "xt: compute-targets.lab.boxes: expected boxes names (one of gpu1), got 'gpu9'"),
+    ("compute-targets: {lab: {service: pool, setup: s}}\nboxes: {gpu1: {address: ann@gpu1}}\n"
+     "setups: {s: {pip-packages: ['no-such-pkg-xt==*']}}\n",
+     "xt: setups.s.pip-packages: no-such-pkg-xt==* pins to the version installed here, but no-such-pkg-xt is not installed"),
+    ("boxes: {gpu1: {address: 'ann@gpu1:ssh'}}\n",
+     "xt: xt_config.yaml: boxes.gpu1.address: expected user@host[:port] with a port number, got 'ann@gpu1:ssh'"),
+])
+def test_pool_mistakes_are_one_line_errors_that_submit_nothing(project, config, message):
+    (project.code / "xt_config.yaml").write_text(config)
+    target = "lab" if "lab:" in config else "pool"
+    result = project.xt("run", "--target", target, "train.py", "--lr=[0.1,0.2]", check=False)
+    assert result.returncode == 2 and result.stderr.strip() == message, result.stderr
+    assert not (project.home / "storage" / "code").exists()

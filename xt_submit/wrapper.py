@@ -49,9 +49,9 @@ class RunWrapper:
         self.storage = storage
         self.publisher = publisher
         self.node_id = node_id
+        # node dirs are <home>/nodes/<node>/<workspace>/<run>: a local node's own folder is two up
         self.node: Node = node or LocalNode(str(self.node_dir.parent.parent))
-        work = work_dir or str(self.node_dir)
-        self.work_dir = work
+        self.work_dir = work = work_dir or str(self.node_dir)
         self.code_dir = posixpath.join(work, "code")
         self.output_dir = posixpath.join(self.code_dir, "output")
         self.local_log = posixpath.join(work, "xt_run_log.jsonl")
