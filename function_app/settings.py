@@ -9,7 +9,6 @@ import functools
 import json
 import os
 import time
-from pathlib import Path
 from typing import Any, Dict, List, Sequence
 
 from xt_submit import services
@@ -18,6 +17,7 @@ from xt_submit.ports import Ports
 
 JOBS_QUEUE = "XT_JOBS_QUEUE"
 EVENTS_QUEUE = "XT_EVENTS_QUEUE"
+TASKS_QUEUE = "XT_TASKS_QUEUE"
 # {"<target>": {"target": <a compute-targets entry>, "account": <its external-services entry, type batch>}}
 BATCH_TARGETS = "XT_BATCH_TARGETS"
 BATCH_NODE_PACKAGE = "XT_BATCH_NODE_PACKAGE"  # storage key of the xt-pipeline wheel the pools' nodes install
@@ -102,7 +102,7 @@ def _batch_computes(storage) -> Dict[str, Any]:
 
 @functools.lru_cache(maxsize=1)
 def ports() -> Ports:
-    from xt_submit.adapters.local_compute import LocalCompute
+    from xt_submit.adapters.queue_compute import QueueCompute
     from xt_submit.adapters.queue_publisher import QueuePublisher
 
     storage = services.storage_from("XT_STORAGE", {**_service("XT_STORAGE", "blob"),
@@ -112,8 +112,8 @@ def ports() -> Ports:
                                              "database": os.environ.get("XT_MONGO_DATABASE", "xt")})
     publisher = QueuePublisher(queue, jobs_queue=os.environ.get(JOBS_QUEUE, "jobs"),
                                events_queue=os.environ.get(EVENTS_QUEUE, "events"))
-    # Compute: batch targets on their pools (signed in as the app's managed identity); any other
-    # target in a task table a machine's executor drains (XT_LOCAL_COMPUTE_HOME).
-    local = LocalCompute(str(Path(os.environ["XT_LOCAL_COMPUTE_HOME"]) / "compute.db"))
+    # Compute: batch targets on their pools (signed in as the app's managed identity); local and
+    # pool targets on the tasks queue, for the machine whose `xt serve` agent runs them.
+    local = QueueCompute(queue, os.environ.get(TASKS_QUEUE, "tasks"))
     compute = ComputeRouter(local, _batch_computes(storage))
     return Ports(storage=storage, stats=stats, compute=compute, publisher=publisher, clock=time.time)

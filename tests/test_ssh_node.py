@@ -102,3 +102,29 @@ def test_a_star_pin_takes_the_version_installed_here():
     with pytest.raises(SetupError, match=r"^setups.s.pip-packages: no-such-pkg-xt==\* pins to the version installed "
                                          r"here, but no-such-pkg-xt is not installed$"):
         pin_installed(["no-such-pkg-xt==*"], "setups.s.pip-packages")
+
+
+def test_a_box_fetches_the_code_itself_from_a_read_only_link(ssh_boxes, azurite_connection_string, tmp_path):
+    import uuid
+    import zipfile
+
+    from xt_submit.adapters.blob_storage import BlobStorage
+    from xt_submit.code_archive import ArchiveError
+
+    storage = BlobStorage(f"xt-box-{uuid.uuid4().hex[:8]}", connection_string=azurite_connection_string)
+    storage.ensure_container()
+    local = tmp_path / "code.zip"
+    with zipfile.ZipFile(local, "w") as archive:
+        archive.writestr("train.py", "print('hi')\n")
+    storage.upload_file("code/abc.zip", str(local))
+    node = node_for(ssh_boxes)
+    work = f"{node.runs_root}/fetch-test"
+    node.prepare(None, storage.read_url("code/abc.zip", expiry_seconds=60), f"{work}/code", f"{work}/code/output",
+                 [f"{work}/log.jsonl"], source="code/abc.zip")
+    assert node.read_from(f"{work}/code/train.py") == b"print('hi')\n" and node.exists(f"{work}/log.jsonl")
+    link = storage.read_url("code/missing.zip", expiry_seconds=60)
+    with pytest.raises(ArchiveError, match="^box box1: cannot fetch the code from storage: HTTPError: ") as error:
+        node.prepare(None, link, f"{work}/c2", f"{work}/c2/output", [], source="code/missing.zip")
+    assert "sig=" not in str(error.value)  # the link (a credential) is never echoed
+    node.release(work)
+    node.close()

@@ -28,7 +28,7 @@ def test_every_service_of_a_team_is_in_the_template():
                  "Microsoft.Web/serverfarms", "Microsoft.Web/sites", "Microsoft.Insights/components"):
         assert kind in types, kind
     queues = types["Microsoft.ServiceBus/namespaces/queues"]
-    assert [q["properties"]["maxDeliveryCount"] for q in queues] == [5, 5]
+    assert [q["properties"]["maxDeliveryCount"] for q in queues] == [5, 5, 5]
     assert all(q["properties"]["deadLetteringOnMessageExpiration"] for q in queues)
     assert types["Microsoft.KeyVault/vaults"][0]["properties"]["enableRbacAuthorization"] is True
     site = types["Microsoft.Web/sites"][0]
@@ -49,7 +49,7 @@ def test_roles_are_least_privilege_and_scoped():
     granted = sorted((next(n for n, g in ROLES.items() if g in r["properties"]["roleDefinitionId"]), r["scope"]) for r in roles)
     assert ("Key Vault Secrets User", "[format('Microsoft.KeyVault/vaults/{0}', variables('vault'))]") in granted
     queue_roles = [(name, scope) for name, scope in granted if "queues" in scope]
-    assert len(queue_roles) == 5 and {n for n, _ in queue_roles} == {"Azure Service Bus Data Sender",
+    assert len(queue_roles) == 6 and {n for n, _ in queue_roles} == {"Azure Service Bus Data Sender",
                                                                      "Azure Service Bus Data Receiver"}
     assert ("Storage Blob Data Contributor",
             "[format('Microsoft.Storage/storageAccounts/{0}/blobServices/default/containers/xtdata', variables('storage'))]") in granted

@@ -65,7 +65,8 @@ def from_config(cfg) -> Embedded:
     else:
         queue_spec = spec(chosen.queue)
         queue = services.queue_from(chosen.queue, queue_spec, credential)
-        publisher = QueuePublisher(queue, **services.queue_names(queue_spec))
+        names = services.queue_names(queue_spec)
+        publisher = QueuePublisher(queue, jobs_queue=names["jobs_queue"], events_queue=names["events_queue"])
     compute: LocalCompute = base.compute
     ports = Ports(storage=storage, stats=stats, compute=compute, publisher=publisher, clock=time.time)
     return Embedded(base.home, ports, queue, compute)

@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("names", nargs="+")
         sub.add_argument("--workspace")
 
-    serve_parser = commands.add_parser("serve", help="run the local host in the foreground")
+    serve_parser = commands.add_parser("serve", help="run the local host (or, with a team's services, the compute agent) in the foreground")
     serve_parser.add_argument("--idle-exit", type=float, help="stop after this many idle seconds")
 
     admin_parser = commands.add_parser("admin", help="maintenance: rebuild the stats index, set up batch targets")
@@ -279,6 +279,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     cfg = load(args)
     home = xt_home(cfg.general.xt_home)
+    if cfg.xt_services.queue != "embedded":  # the team's services: run the tasks the Functions app hands out
+        from xt_submit.agent import run_agent
+
+        print(f"xt agent serving the tasks queue of {cfg.xt_services.queue} from {home} (Ctrl-C to stop)", file=sys.stderr)
+        if run_agent(cfg) == 1:
+            raise CliError(f"another xt host or agent is already serving {home}")
+        return 0
     print(f"xt host serving {home} (Ctrl-C to stop)", file=sys.stderr)
     if run_host(home, idle_exit_seconds=args.idle_exit) == 1:
         raise CliError(f"another xt host is already serving {home}")

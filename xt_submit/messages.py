@@ -216,6 +216,33 @@ class RunTask(_Strict, kw_only=True):
     created_at: float = 0.0
 
 
+class TasksQueued(_Strict, tag="tasks_queued", kw_only=True):
+    """Runs for the machines that execute them (`xt serve` agents), on the tasks queue."""
+
+    version: int = CONTRACT_VERSION
+    tasks: List[RunTask]
+
+
+class TasksCancelled(_Strict, tag="tasks_cancelled", kw_only=True):
+    version: int = CONTRACT_VERSION
+    workspace: str
+    runs: List[str]
+
+
+TaskMessage = Union[TasksQueued, TasksCancelled]
+_task_message_decoder = msgspec.json.Decoder(TaskMessage)
+
+
+def decode_task_message(body: bytes) -> TaskMessage:
+    _check_size(body, "task message")
+    try:
+        message = _task_message_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise ContractError(f"task message: {_readable(exc)}") from None
+    _check_version(message, "task message")
+    return message
+
+
 _task_decoder = msgspec.json.Decoder(RunTask)
 
 

@@ -29,7 +29,10 @@ class Node(Protocol):
     name: str
     home: str  # the node's XT folder: setup markers live here
 
-    def prepare(self, local_zip: str, code_dir: str, output_dir: str, empty_files: List[str], source: str) -> None: ...
+    fetches_code: bool  # True: prepare may be given a read-only link to the code zip instead of the zip
+
+    def prepare(self, local_zip: Optional[str], code_url: Optional[str], code_dir: str, output_dir: str,
+                empty_files: List[str], source: str) -> None: ...
     def append(self, path: str, data: bytes) -> None: ...
     def read_from(self, path: str, offset: int = 0) -> bytes: ...  # b"" when missing
     def exists(self, path: str) -> bool: ...
@@ -65,12 +68,14 @@ class LocalNode:
     """This machine. `launch` keeps the Popen so the supervisor that started a run can poll it."""
 
     name = "local"
+    fetches_code = False
 
     def __init__(self, home: str) -> None:
         self.home = str(home)
         self.processes: Dict[int, subprocess.Popen] = {}
 
-    def prepare(self, local_zip: str, code_dir: str, output_dir: str, empty_files: List[str], source: str) -> None:
+    def prepare(self, local_zip: Optional[str], code_url: Optional[str], code_dir: str, output_dir: str,
+                empty_files: List[str], source: str) -> None:
         code_archive.safe_extract(local_zip, code_dir, source=source)
         os.makedirs(output_dir, exist_ok=True)
         for path in empty_files:

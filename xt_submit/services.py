@@ -51,14 +51,14 @@ def storage_from(name: str, spec: Dict[str, Any], credential=None):
     return storage
 
 
-def queue_from(name: str, spec: Dict[str, Any], credential=None):
+def queue_from(name: str, spec: Dict[str, Any], credential=None, max_wait_time: float = 1.0):
     from xt_submit.adapters.servicebus_queue import ServiceBusQueue
 
     _require(name, spec, ("servicebus",))
     if spec.get("connection-string"):
-        return ServiceBusQueue(spec["connection-string"])
+        return ServiceBusQueue(spec["connection-string"], max_wait_time=max_wait_time)
     if spec.get("namespace"):
-        return ServiceBusQueue(namespace=spec["namespace"], credential=_signed_in(credential))
+        return ServiceBusQueue(namespace=spec["namespace"], credential=_signed_in(credential), max_wait_time=max_wait_time)
     raise ServiceError(f"external-services.{name}: expected connection-string or namespace")
 
 
@@ -72,4 +72,5 @@ def stats_from(name: str, spec: Dict[str, Any]):
 
 
 def queue_names(spec: Dict[str, Any]) -> Dict[str, str]:
-    return {"jobs_queue": spec.get("jobs-queue", "jobs"), "events_queue": spec.get("events-queue", "events")}
+    return {"jobs_queue": spec.get("jobs-queue", "jobs"), "events_queue": spec.get("events-queue", "events"),
+            "tasks_queue": spec.get("tasks-queue", "tasks")}

@@ -16,7 +16,7 @@ from xt_submit.errors import OneLineError
 
 TEAM_NAME = re.compile(r"^[a-z][a-z0-9]{2,11}$")
 CONTAINER = "xtdata"
-JOBS_QUEUE, EVENTS_QUEUE = "xt-jobs", "xt-events"
+JOBS_QUEUE, EVENTS_QUEUE, TASKS_QUEUE = "xt-jobs", "xt-events", "xt-tasks"
 MAX_DELIVERY_COUNT = 5
 # Built-in role definitions (the same GUIDs in every tenant)
 ROLES = {
@@ -74,7 +74,7 @@ def build_template(team: str) -> Dict[str, Any]:
         ("XT_EVENTS_QUEUE", EVENTS_QUEUE),
         ("XT_MONGO", "[format('@Microsoft.KeyVault(SecretUri={0}secrets/xt-mongo-connection/)', reference(resourceId('Microsoft.KeyVault/vaults', variables('vault')), '2023-07-01').vaultUri)]"),
         ("XT_MONGO_DATABASE", "xt"),
-        ("XT_LOCAL_COMPUTE_HOME", "/home/site/xt-compute"),
+        ("XT_TASKS_QUEUE", TASKS_QUEUE),
         ("XT_HEARTBEAT_TIMEOUT", "300"),
         # batch targets (JSON, see function_app/settings.py) and the wheel their nodes install: set after deployment
         ("XT_BATCH_TARGETS", "{}"),
@@ -137,7 +137,7 @@ def build_template(team: str) -> Dict[str, Any]:
                         "siteConfig": {"linuxFxVersion": "Python|3.13", "ftpsState": "Disabled", "minTlsVersion": "1.2",
                                        "appSettings": [{"name": k, "value": v} for k, v in app_settings]}}},
     ]
-    for queue in (JOBS_QUEUE, EVENTS_QUEUE):
+    for queue in (JOBS_QUEUE, EVENTS_QUEUE, TASKS_QUEUE):
         resources.append({
             "type": "Microsoft.ServiceBus/namespaces/queues", "apiVersion": "2022-10-01-preview",
             "name": f"[format('{{0}}/{queue}', variables('serviceBus'))]",
@@ -149,6 +149,9 @@ def build_template(team: str) -> Dict[str, Any]:
         scope = f"[format('{queue_scope}', variables('serviceBus'), '{queue}')]"
         for role in ("Azure Service Bus Data Sender", "Azure Service Bus Data Receiver"):
             resources.append(_role(role, queue_id, scope, [f"[{queue_id}]"]))
+    tasks_id = f"resourceId('Microsoft.ServiceBus/namespaces/queues', variables('serviceBus'), '{TASKS_QUEUE}')"
+    resources.append(_role("Azure Service Bus Data Sender", tasks_id,  # the app hands tasks out; agents take them
+                           f"[format('{queue_scope}', variables('serviceBus'), '{TASKS_QUEUE}')]", [f"[{tasks_id}]"]))
     container_id = f"resourceId('Microsoft.Storage/storageAccounts/blobServices/containers', variables('storage'), 'default', '{CONTAINER}')"
     resources.append(_role("Storage Blob Data Contributor", container_id,
                            f"[format('{container_scope}', variables('storage'))]", [f"[{container_id}]"]))
@@ -214,8 +217,10 @@ next steps:
   4. paste the outputs into xt_config.yaml:
        external-services:
          team-store: {{type: blob, account-url: <storageAccountUrl>, container: {CONTAINER}}}
-         team-bus: {{type: servicebus, namespace: <serviceBusNamespace>, jobs-queue: {JOBS_QUEUE}, events-queue: {EVENTS_QUEUE}}}
+         team-bus: {{type: servicebus, namespace: <serviceBusNamespace>, jobs-queue: {JOBS_QUEUE}, events-queue: {EVENTS_QUEUE}, tasks-queue: {TASKS_QUEUE}}}
          team-stats: {{type: mongo, connection-string: <secret xt-mongo-connection in keyVaultUri>, database: xt}}
          team-batch: {{type: batch, account-url: <batchAccountUrl>, resource-id: <batchAccountId>,
                       node-identity: <nodeIdentity>, node-identity-client-id: <nodeIdentityClientId>}}
-       xt-services: {{storage: team-store, queue: team-bus, stats: team-stats}}"""
+       xt-services: {{storage: team-store, queue: team-bus, stats: team-stats}}
+  5. runs of local and pool targets go to the machine that runs `xt serve` with this config (the
+     agent; give its sign-in Service Bus Data Receiver on {TASKS_QUEUE}); batch targets: xt admin batch-settings"""

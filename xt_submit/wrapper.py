@@ -34,6 +34,7 @@ from xt_submit.setup_script import with_setup
 SYNC_SECONDS = float(os.environ.get("XT_SYNC_SECONDS", "1.0"))
 HEARTBEAT_SECONDS = float(os.environ.get("XT_HEARTBEAT_SECONDS", "60"))
 KILL_GRACE_SECONDS = 10.0
+CODE_LINK_SECONDS = 600  # a box fetches its code at once: the link need not outlive that
 STATE_FILE = "wrapper_state.json"
 EXIT_FILE = "exit_code"
 FINISHED_MARKER = "finished"  # written once RunFinished is sent
@@ -174,11 +175,18 @@ class RunWrapper:
 
     # --- the command -------------------------------------------------------------------------
     def _prepare(self) -> None:
-        """The code, fetched here and unpacked on the node, with the run's folders and empty log."""
+        """The code unpacked on the node, with the run's folders and empty log. A box fetches the zip
+        itself where storage can give it a read-only link to that one blob; otherwise it goes from here."""
+        layout_args = (self.code_dir, self.output_dir, [self.local_log])
+        read_url = getattr(self.storage, "read_url", None)
+        if self.node.fetches_code and read_url is not None:
+            code_url = read_url(self.task.code_key, expiry_seconds=CODE_LINK_SECONDS)
+            self.node.prepare(None, code_url, *layout_args, source=self.task.code_key)
+            return
         with tempfile.TemporaryDirectory(dir=self.node_dir) as scratch:
             zip_path = os.path.join(scratch, "code.zip")
             self.storage.download_file(self.task.code_key, zip_path)
-            self.node.prepare(zip_path, self.code_dir, self.output_dir, [self.local_log], source=self.task.code_key)
+            self.node.prepare(zip_path, None, *layout_args, source=self.task.code_key)
 
     def _environment(self) -> Dict[str, str]:
         """What the run gets on top of the node's own environment."""

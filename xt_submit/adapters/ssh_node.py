@@ -35,6 +35,21 @@ _SHIPPED_MODULES = ("__init__.py", "errors.py", "code_archive.py", "reaper.py", 
 _PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
 
+# Run on the box: the link (if any) arrives on stdin; an error names what failed, never the link.
+_FETCH_AND_UNPACK = """
+import sys, urllib.request
+from xt_submit.code_archive import safe_extract
+zip_path, code_dir, source = sys.argv[1:]
+url = sys.stdin.readline().strip()
+if url:
+    try:
+        urllib.request.urlretrieve(url, zip_path)
+    except Exception as exc:
+        sys.exit(f"cannot fetch the code from storage: {type(exc).__name__}: {getattr(exc, 'reason', '')}")
+safe_extract(zip_path, code_dir, source)
+"""
+
+
 class BoxError(OneLineError):
     """A box that cannot be used, named, with why (never a key)."""
 
@@ -79,6 +94,8 @@ def shipped_digest() -> str:
 class SshNode:
     """One box. Connects lazily; any failure of the connection itself becomes NodeUnreachable (the
     run is not known to have failed), and the next call connects afresh."""
+
+    fetches_code = True  # it can fetch a code zip from a link (Blob Storage) instead of over SFTP
 
     def __init__(self, box: str, address: str, key: Optional[str] = None, host_key: Optional[str] = None,
                  runs_folder: str = "runs") -> None:
@@ -212,8 +229,12 @@ class SshNode:
         with self._connection():
             return self._exec(command, timeout)
 
-    def _exec(self, command: str, timeout: float = COMMAND_TIMEOUT_SECONDS) -> Tuple[int, str, str]:
-        _, stdout, stderr = self._client.exec_command(command, timeout=timeout)
+    def _exec(self, command: str, timeout: float = COMMAND_TIMEOUT_SECONDS, stdin_text: str = "") -> Tuple[int, str, str]:
+        """stdin_text reaches the command on its stdin, never on a command line the box's `ps` shows."""
+        stdin, stdout, stderr = self._client.exec_command(command, timeout=timeout)
+        if stdin_text:
+            stdin.write(stdin_text)
+        stdin.channel.shutdown_write()
         out, err = stdout.read().decode(errors="replace"), stderr.read().decode(errors="replace")
         return stdout.channel.recv_exit_status(), out, err
 
@@ -281,17 +302,21 @@ class SshNode:
         with self._connection():
             self._sftp.put(local_path, path)
 
-    def prepare(self, local_zip: str, code_dir: str, output_dir: str, empty_files: List[str], source: str) -> None:
-        """The zip goes over SFTP and is unpacked on the box by the same checks as anywhere; the
-        folders and files are made in the same command (one round trip, not five)."""
+    def prepare(self, local_zip: Optional[str], code_url: Optional[str], code_dir: str, output_dir: str,
+                empty_files: List[str], source: str) -> None:
+        """The code zip comes over SFTP, or (code_url: a read-only link to its blob) the box fetches
+        it itself; either way it is unpacked on the box by the same checks as anywhere, and the
+        run's folders and files are made in the same command (one round trip, not five)."""
         remote_zip = posixpath.join(self.home, "incoming", f"{uuid.uuid4().hex}.zip")
+        if code_url is None:
+            with self._connection():
+                self._sftp.put(local_zip, remote_zip, confirm=False)
         with self._connection():
-            self._sftp.put(local_zip, remote_zip, confirm=False)
-        unpack = "import sys; from xt_submit.code_archive import safe_extract; safe_extract(*sys.argv[1:])"
-        code, _, err = self.run(
-            f"mkdir -p {q(posixpath.dirname(code_dir))} && PYTHONPATH={q(self._lib)} python3 -c {q(unpack)} "
-            f"{q(remote_zip)} {q(code_dir)} {q(source)}; status=$?; rm -f {q(remote_zip)}; [ $status = 0 ] && "
-            f"mkdir -p {q(output_dir)} && touch {' '.join(q(path) for path in empty_files)}")
+            code, _, err = self._exec(
+                f"mkdir -p {q(posixpath.dirname(code_dir))} && PYTHONPATH={q(self._lib)} python3 -c {q(_FETCH_AND_UNPACK)} "
+                f"{q(remote_zip)} {q(code_dir)} {q(source)}; status=$?; rm -f {q(remote_zip)}; [ $status = 0 ] && "
+                f"mkdir -p {q(output_dir)} && touch {' '.join(q(path) for path in empty_files)}",
+                stdin_text=(code_url or "") + "\n")
         if code:
             lines = err.strip().splitlines()
             raise code_archive.ArchiveError(f"box {self.name}: {lines[-1] if lines else 'preparing the run failed'}")
@@ -315,11 +340,7 @@ class SshNode:
                    f"setsid python3 -S -I {q(reaper)} {q(exit_file)} /bin/bash launch.sh "
                    f"</dev/null >>{q(console)} 2>&1 & pid=$!; echo $pid; sed 's/.*) //' /proc/$pid/stat | cut -d' ' -f20")
         with self._connection():
-            stdin, stdout, stderr = self._client.exec_command(command, timeout=COMMAND_TIMEOUT_SECONDS)
-            stdin.write("\n".join(lines) + "\n")
-            stdin.channel.shutdown_write()
-            out, err = stdout.read().decode(errors="replace"), stderr.read().decode(errors="replace")
-            code = stdout.channel.recv_exit_status()
+            code, out, err = self._exec(command, stdin_text="\n".join(lines) + "\n")
         parts = out.split()
         if code or len(parts) != 2:
             raise OSError(f"box {self.name}: the run did not start: {err.strip() or out.strip()}")
