@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import sys
-import time
 from pathlib import Path
 from typing import Dict, Mapping, Optional
 
 from xt_submit.adapters.batch_compute import CODE_FILE, TASK_ENV
 from xt_submit.messages import decode_task
-from xt_submit.wrapper import SYNC_SECONDS, RunWrapper
+from xt_submit.wrapper import RunWrapper
 
 
 class PrefetchedCode:
@@ -57,13 +55,7 @@ def run_task(env: Dict[str, str], working_dir: Path, storage, publisher) -> int:
     task = decode_task(env[TASK_ENV].encode())
     node_id = env.get("AZ_BATCH_NODE_ID", "batch")
     storage = PrefetchedCode(storage, task.code_key, working_dir / CODE_FILE)
-    wrapper = RunWrapper(task, working_dir / "run", storage, publisher, node_id=node_id)
-    signal.signal(signal.SIGTERM, lambda signum, frame: wrapper.stop("cancelled"))
-    wrapper.start()
-    while not wrapper.ended():
-        time.sleep(min(SYNC_SECONDS, 0.2))
-        wrapper.tick()
-    wrapper.finish()
+    RunWrapper(task, working_dir / "run", storage, publisher, node_id=node_id).run_to_end()
     return 0
 
 

@@ -156,24 +156,23 @@ def encode(message: Any) -> bytes:
     return _encoder.encode(message)
 
 
-def decode_event(body: bytes) -> Event:
-    _check_size(body, "message")
+def _decode(decoder: msgspec.json.Decoder, body: bytes, source: str):
+    """Size, shape, then version: every way a body can be wrong, as one ContractError naming `source`."""
+    _check_size(body, source)
     try:
-        event = _event_decoder.decode(body)
+        decoded = decoder.decode(body)
     except msgspec.DecodeError as exc:
-        raise ContractError(f"message: {_readable(exc)}") from None
-    _check_version(event, "message")
-    return event
+        raise ContractError(f"{source}: {_readable(exc)}") from None
+    _check_version(decoded, source)
+    return decoded
+
+
+def decode_event(body: bytes) -> Event:
+    return _decode(_event_decoder, body, "message")
 
 
 def decode_manifest(body: bytes, source: str = "xt_manifest.json") -> JobManifest:
-    _check_size(body, source)
-    try:
-        manifest = _manifest_decoder.decode(body)
-    except msgspec.DecodeError as exc:
-        raise ContractError(f"{source}: {_readable(exc)}") from None
-    _check_version(manifest, source)
-    return manifest
+    return _decode(_manifest_decoder, body, source)
 
 
 def _check_version(obj: Any, source: str) -> None:
@@ -234,13 +233,7 @@ _task_message_decoder = msgspec.json.Decoder(TaskMessage)
 
 
 def decode_task_message(body: bytes) -> TaskMessage:
-    _check_size(body, "task message")
-    try:
-        message = _task_message_decoder.decode(body)
-    except msgspec.DecodeError as exc:
-        raise ContractError(f"task message: {_readable(exc)}") from None
-    _check_version(message, "task message")
-    return message
+    return _decode(_task_message_decoder, body, "task message")
 
 
 _task_decoder = msgspec.json.Decoder(RunTask)

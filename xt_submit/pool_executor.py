@@ -25,7 +25,7 @@ from xt_submit.adapters.local_compute import SPAWN_TIMEOUT_SECONDS, LocalCompute
 from xt_submit.adapters.ssh_node import Backoff, BoxError, SshNode
 from xt_submit.messages import ERROR, RunFinished, RunTask, SetupSpec, decode_task, encode
 from xt_submit.run_node import LocalNode, NodeUnreachable
-from xt_submit.wrapper import FINISHED_MARKER, RunWrapper
+from xt_submit.wrapper import RunWrapper
 
 # A run on a box is looked at (a few round trips) soon after it starts, then less often: a short
 # run's end is seen at once, a long run costs at most one look per TICK_SECONDS.
@@ -192,14 +192,10 @@ class PoolExecutor:
                     self.compute.requeue(*key)  # a host died between claiming the task and starting it
                     return True
                 return False
-            if entry["cancel_requested"]:
-                wrapper.stop("cancelled")
-            if not wrapper.ended():
-                wrapper.tick()
-                self._back(box)
+            ended = wrapper.supervise(entry["cancel_requested"])
+            self._back(box)
+            if not ended:
                 return False
-            if not (wrapper.node_dir / FINISHED_MARKER).exists():
-                wrapper.finish()
         except NodeUnreachable as exc:
             self._box_down(box, str(exc))
             return False

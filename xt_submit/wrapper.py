@@ -130,6 +130,25 @@ class RunWrapper:
             self.publisher.send_events([RunHeartbeat(workspace=task.workspace, job=task.job, run=task.run,
                                                      node_id=self.node_id, at=time.time())])
 
+    def supervise(self, cancel_requested: bool = False) -> bool:
+        """One look at the run: pass on a cancel, ship what it wrote, and finish it once it ended.
+        True when it has ended and its RunFinished is out (a successor that finds the marker does not repeat it)."""
+        if cancel_requested:
+            self.stop("cancelled")
+        if not self.ended():
+            self.tick()
+            return False
+        if not (self.node_dir / FINISHED_MARKER).exists():
+            self.finish()
+        return True
+
+    def run_to_end(self) -> None:
+        """Start the run and supervise it until it ends (a node that runs one wrapper per process)."""
+        signal.signal(signal.SIGTERM, lambda signum, frame: self.stop("cancelled"))
+        self.start()
+        while not self.supervise():
+            time.sleep(min(SYNC_SECONDS, 0.2))
+
     def sync(self) -> None:
         self._last_sync = time.monotonic()
         self._ship_tail(self.console, layout.console_key(self.task.workspace, self.task.run), "console_offset",
@@ -295,13 +314,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     from xt_submit.bootstrap import node_ports, xt_home
 
     storage, publisher = node_ports(xt_home())
-    wrapper = RunWrapper(task, task_path.parent, storage, publisher)
-    signal.signal(signal.SIGTERM, lambda signum, frame: wrapper.stop("cancelled"))
-    wrapper.start()
-    while not wrapper.ended():
-        time.sleep(min(SYNC_SECONDS, 0.2))
-        wrapper.tick()
-    wrapper.finish()
+    RunWrapper(task, task_path.parent, storage, publisher).run_to_end()
     return 0
 
 

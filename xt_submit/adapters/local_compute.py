@@ -16,7 +16,7 @@ import msgspec
 from xt_submit.adapters.sqlite_util import connect, transaction
 from xt_submit.messages import RunTask, decode_task, encode
 from xt_submit.run_node import LocalNode
-from xt_submit.wrapper import FINISHED_MARKER, RunWrapper
+from xt_submit.wrapper import RunWrapper
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS job_templates (
@@ -242,13 +242,8 @@ class LocalExecutor:
                 self.compute.mark(entry["workspace"], entry["run"], state="queued")  # it never started: run it now
                 return True
             return False
-        if entry["cancel_requested"]:
-            wrapper.stop("cancelled")
-        if not wrapper.ended():
-            wrapper.tick()
+        if not wrapper.supervise(entry["cancel_requested"]):
             return False
-        if not (wrapper.node_dir / FINISHED_MARKER).exists():
-            wrapper.finish()
         self.compute.mark(entry["workspace"], entry["run"], state="done")
         self.running.pop((entry["workspace"], entry["run"]), None)
         return True
