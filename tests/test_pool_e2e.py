@@ -284,3 +284,38 @@ def test_pool_mistakes_are_one_line_errors_that_submit_nothing(project, config, 
     result = project.xt("run", "--target", target, "train.py", "--lr=[0.1,0.2]", check=False)
     assert result.returncode == 2 and result.stderr.strip() == message, result.stderr
     assert not (project.home / "storage" / "code").exists()
+
+
+def test_a_box_gone_silent_stalls_nothing_and_its_run_carries_on_when_it_answers(pool_project, ssh_boxes, tmp_path,
+                                                                                 reliability):
+    """A partition, not a drop: the connection stays open and nothing crosses. The host notices
+    within XT_BOX_TIMEOUT_SECONDS, keeps serving other work, and picks the run up again later."""
+    from peers.ssh_boxes import FreezableProxy
+
+    box = ssh_boxes.boxes["box1"]
+    proxy = FreezableProxy(box.port)
+    pool_project.env["XT_BOX_TIMEOUT_SECONDS"] = "2"
+    (pool_project.code / "xt_config.yaml").write_text(
+        f'compute-targets: {{pool: {{service: pool, boxes: [box1]}}}}\n'
+        f'boxes: {{box1: {{address: "{box.user}@127.0.0.1:{proxy.port}", max-runs: 1, key: "{ssh_boxes.client_key}",'
+        f' host-key: "{box.host_key}"}}}}\n')
+    (pool_project.code / "slow.py").write_text(SLOW_SCRIPT)
+    (pool_project.code / "train.py").write_text(POOL_SCRIPT)
+    try:
+        job = pool_project.json("run", "--target", "pool", "slow.py", "--steps=15")["job"]
+        run = job.replace("job", "run") + ".1"
+        live_file(pool_project, run, "pids.json")
+        proxy.frozen.set()
+        started = time.time()
+        local = pool_project.json("run", "--target", "local", "--wait", "train.py", "--sleep=0")
+        assert local["status"] == "completed" and time.time() - started < 15  # the host was not stuck on the box
+        time.sleep(max(0.0, 4 - (time.time() - started)))
+        proxy.frozen.clear()
+        record = pool_project.wait_job(job, timeout=90)
+    finally:
+        proxy.close()
+    assert record["status"] == "completed", record
+    history = pool_project.json("view", "metrics", run)[run]
+    assert sorted(m["step"] for m in history if m["name"] == "loss") == list(range(1, 16))
+    assert '"event": "BoxUnreachable", "box": "box1"' in (pool_project.home / "host.log").read_text()  # it was noticed
+    reliability.add("pool: box silent for 4 s (partition), then back", runs=1, metrics_logged=15, lost=0)

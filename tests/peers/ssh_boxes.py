@@ -121,3 +121,59 @@ class SshBoxes:
             box.process.wait()
             box.drop_connections()
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+class FreezableProxy:
+    """A TCP relay in front of a box that can go silent, as a network partition does: connections
+    stay open but nothing crosses (unlike a dropped connection, nothing tells either side)."""
+
+    def __init__(self, target_port: int) -> None:
+        import threading
+
+        self.target_port = target_port
+        self.frozen = threading.Event()
+        self._server = socket.socket()
+        self._server.bind(("127.0.0.1", 0))
+        self._server.listen(16)
+        self.port = self._server.getsockname()[1]
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self._closed:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        import select
+
+        try:
+            while not self._closed:
+                if self.frozen.is_set():
+                    time.sleep(0.05)  # read nothing, send nothing: the bytes wait in the kernel's buffers
+                    continue
+                ready, _, _ = select.select([source], [], [], 0.05)
+                if not ready:
+                    continue
+                data = source.recv(65536)
+                if not data:
+                    break
+                sink.sendall(data)
+        except OSError:
+            pass
+        for end in (source, sink):
+            try:
+                end.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self._closed = True
+        self._server.close()

@@ -26,8 +26,12 @@ from xt_submit import code_archive
 from xt_submit.errors import OneLineError
 from xt_submit.run_node import NodeUnreachable
 
-CONNECT_TIMEOUT_SECONDS = 10.0
-COMMAND_TIMEOUT_SECONDS = 60.0
+# How long a box may stay silent (a connect, a command, a file transfer) before it counts as
+# unreachable: the host serves everything else meanwhile, so this bounds how long it can stall.
+SILENT_SECONDS = float(os.environ.get("XT_BOX_TIMEOUT_SECONDS", "20"))
+CONNECT_TIMEOUT_SECONDS = min(10.0, SILENT_SECONDS)
+COMMAND_TIMEOUT_SECONDS = SILENT_SECONDS
+PREPARE_TIMEOUT_SECONDS = max(120.0, SILENT_SECONDS)  # unpacking (or fetching) a big code zip takes a while
 MIN_PYTHON = (3, 9)
 # What a box needs from XT, copied once per version: the reaper, the code unpacker and the Run API
 # (which falls back to the stdlib's json where msgspec is not installed).
@@ -152,9 +156,12 @@ class SshNode:
             raise BoxError(f"{where}: cannot connect: {exc.strerror or exc}") from None
         self._client = client
         try:
+            transport = client.get_transport()
             # small requests (a stat, an exec) must not wait on Nagle's algorithm and delayed ACKs
-            client.get_transport().sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            transport.set_keepalive(max(1, int(SILENT_SECONDS / 2)))  # a box that vanished is noticed
             self._sftp = client.open_sftp()
+            self._sftp.get_channel().settimeout(COMMAND_TIMEOUT_SECONDS)
             self.home = posixpath.join(self._sftp.normalize("."), ".xt")
             self._prepare()
         except (paramiko.SSHException, EOFError, OSError) as exc:
@@ -212,9 +219,10 @@ class SshNode:
             yield
         except Exception as exc:
             transport = self._client.get_transport() if self._client is not None else None
-            if transport is None or not transport.is_active():
+            if transport is None or not transport.is_active() or isinstance(exc, TimeoutError):
                 self.close()
-                raise NodeUnreachable(f"box {self.name} ({self.address}): connection lost") from None
+                why = "silent too long" if isinstance(exc, TimeoutError) else "connection lost"
+                raise NodeUnreachable(f"box {self.name} ({self.address}): {why}") from None
             if isinstance(exc, (OSError, code_archive.ArchiveError)):
                 raise
             import paramiko
@@ -316,7 +324,7 @@ class SshNode:
                 f"mkdir -p {q(posixpath.dirname(code_dir))} && PYTHONPATH={q(self._lib)} python3 -c {q(_FETCH_AND_UNPACK)} "
                 f"{q(remote_zip)} {q(code_dir)} {q(source)}; status=$?; rm -f {q(remote_zip)}; [ $status = 0 ] && "
                 f"mkdir -p {q(output_dir)} && touch {' '.join(q(path) for path in empty_files)}",
-                stdin_text=(code_url or "") + "\n")
+                timeout=PREPARE_TIMEOUT_SECONDS, stdin_text=(code_url or "") + "\n")
         if code:
             lines = err.strip().splitlines()
             raise code_archive.ArchiveError(f"box {self.name}: {lines[-1] if lines else 'preparing the run failed'}")
