@@ -1,10 +1,11 @@
-"""Runs the tasks of `pool` targets on their boxes, from the local host.
+"""Runs the tasks of `pool` targets on their boxes, from the local host (or the compute agent).
 
 A box takes a run whenever it has a free slot (at most its max-runs at once), so a fast box does
 more of a sweep. A box that cannot be reached is reported by name (host log, `xt view status`,
 and the job's log) and its share goes to the others; it is tried again later. The run wrapper's
-logic is the one local runs use, on an SshNode: code goes over SFTP, events come back through
-this host, and a dropped connection only pauses the shipping of what the run wrote.
+logic is the one local runs use, on an SshNode: the code goes over SFTP (or the box fetches it
+with a read-only link), events come back through this process, and a dropped connection only
+pauses the shipping of what the run wrote.
 """
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ class PoolExecutor:
         self.home = Path(home)
         self.storage = storage
         self.publisher = publisher
-        self.nodes: Dict[str, object] = {}
+        self.nodes: Dict[str, tuple] = {}  # box -> ((address, key, host key), node)
         self.running: Dict[tuple, RunWrapper] = {}
         self.backoff = Backoff()
         self._next_look: Dict[tuple, float] = {}
@@ -59,11 +60,6 @@ class PoolExecutor:
         for pool in self.compute.pools_with_queued():
             changed |= self._place(pool)
         return changed
-
-    def close(self) -> None:
-        for node in self.nodes.values():
-            if isinstance(node, SshNode):
-                node.close()
 
     # --- placing runs on boxes ---------------------------------------------------------------
     def _place(self, pool: str) -> bool:
@@ -102,15 +98,19 @@ class PoolExecutor:
         return True
 
     def _node(self, box: str, settings: dict):
-        node = self.nodes.get(box)
-        if node is None:
+        """The box's node, made afresh when its address, key or host key changed in the config."""
+        how = (settings["address"], settings.get("key"), settings.get("host_key"))
+        known = self.nodes.get(box)
+        if known is None or known[0] != how:
+            if known is not None and isinstance(known[1], SshNode):
+                known[1].close()
             if settings["address"] == LOCAL_ADDRESS:
                 node = LocalNode(str(self.home / "nodes" / box))
             else:
                 node = SshNode(box, settings["address"], settings.get("key"), settings.get("host_key"),
                                runs_folder=self._runs_folder)
-            self.nodes[box] = node
-        return node
+            self.nodes[box] = (how, node)
+        return self.nodes[box][1]
 
     def _reachable(self, box: str, settings: dict):
         if not self.backoff.ready(box):

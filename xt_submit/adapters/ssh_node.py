@@ -126,10 +126,7 @@ class SshNode:
         if self.host_key:
             client.get_host_keys().add(self.address.known_hosts_name, *self._parse_host_key())
         else:
-            client.load_system_host_keys()
-            known_hosts = Path("~/.ssh/known_hosts").expanduser()
-            if known_hosts.exists():
-                client.load_host_keys(str(known_hosts))
+            client.load_system_host_keys()  # ~/.ssh/known_hosts (hashed entries too); a missing file knows no host
         client.set_missing_host_key_policy(paramiko.RejectPolicy())
         try:
             client.connect(self.address.host, port=self.address.port, username=self.address.user,
@@ -190,7 +187,7 @@ class SshNode:
 
     def _prepare(self) -> None:
         """Once per connection: a recent enough python3, and XT's run-side modules for this version."""
-        code, out, _ = self._exec("python3 -c 'import sys; print(sys.version_info[:2] >= (%d, %d))'" % MIN_PYTHON)
+        _, out, _ = self._exec("python3 -c 'import sys; print(sys.version_info[:2] >= (%d, %d))'" % MIN_PYTHON)
         if out.strip() != "True":
             raise BoxError(f"box {self.name} ({self.address}): expected python3 {MIN_PYTHON[0]}.{MIN_PYTHON[1]} or "
                            "newer on the box's PATH")
