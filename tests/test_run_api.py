@@ -88,3 +88,32 @@ def test_checkpoint_round_trip(tmp_path, monkeypatch):
     run.set_checkpoint({"epoch": 3, "best": 0.25})
     assert Run(str(tmp_path / "log2.jsonl")).get_checkpoint() == {"epoch": 3, "best": 0.25}
     assert records(tmp_path / "log.jsonl")[-1]["event"] == "checkpoint"
+
+
+def test_the_standalone_wrapper_drives_one_run_to_its_end(parts, tmp_path):
+    """`python -m xt_submit.wrapper TASK_JSON`: a node that runs one wrapper per process."""
+    from xt_submit.code_upload import upload_code
+    from xt_submit.messages import RunFinished, RunStarted, RunTask, decode_event, encode
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "train.py").write_text(textwrap.dedent('''
+        import os
+        from xt_submit import Run
+        run = Run()
+        run.log_metrics({"step": 1, "loss": 0.5})
+        os.makedirs(os.environ["XT_OUTPUT_DIR"], exist_ok=True)
+        open(os.path.join(os.environ["XT_OUTPUT_DIR"], "done.txt"), "w").write("ok")
+    '''))
+    code_key, _ = upload_code(parts.ports.storage, parts.home, ["."], str(project), [], max_bytes=10**7)
+    task = RunTask(workspace="ws1", experiment="e", job="job1", run="run1.1", command="python train.py",
+                   code_key=code_key)
+    node_dir = parts.home / "nodes" / "solo" / "ws1" / "run1.1"
+    node_dir.mkdir(parents=True)
+    (node_dir / "task.json").write_bytes(encode(task))
+    subprocess.run([sys.executable, "-m", "xt_submit.wrapper", str(node_dir / "task.json")], check=True, timeout=60,
+                   env=dict(os.environ, XT_HOME=str(parts.home), XT_SYNC_SECONDS="0.1"))
+    events = [decode_event(m.body) for m in parts.queue.receive("events", max_messages=10)]
+    assert [type(e) for e in events] == [RunStarted, RunFinished]
+    assert events[1].status == "completed" and events[1].metrics == {"loss": 0.5}  # the step is the x axis, not a metric
+    assert parts.ports.storage.read("workspaces/ws1/runs/run1.1/output/done.txt") == b"ok"
