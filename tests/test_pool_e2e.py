@@ -81,6 +81,9 @@ def test_sweep_spreads_over_two_boxes_and_skips_an_unreachable_one(pool_project,
     boxes = {b["name"]: b for b in pool_project.json("list", "boxes")}
     assert boxes["box3"]["state"].startswith("unreachable") and "box3" in boxes["box3"]["state"]
     assert boxes["box1"]["state"].startswith("reachable") and boxes["box1"]["running"] == 0
+    checked = {b["name"]: b["state"] for b in pool_project.json("list", "boxes", "--check")}
+    assert checked["box1"].startswith("reachable (Python 3.") and checked["box2"].startswith("reachable (Python 3.")
+    assert checked["box3"].startswith("unreachable: box box3 (nobody@127.0.0.1:") and "cannot connect" in checked["box3"]
     targets = {t["name"]: t for t in pool_project.json("list", "targets")}
     assert targets["pool"]["where"] == "boxes: box1, box2, box3" and targets["local"]["default"]
     log_text = (pool_project.home / "storage").rglob("job_log.jsonl")

@@ -17,7 +17,10 @@ VIEW_KINDS = ("status",)
 
 def add_list_kinds(kinds) -> None:
     for kind in LIST_KINDS:
-        kinds.add_parser(kind).add_argument("--json", action="store_true")
+        sub = kinds.add_parser(kind)
+        sub.add_argument("--json", action="store_true")
+        if kind == "boxes":
+            sub.add_argument("--check", action="store_true", help="connect to each box now (host key, key, python3)")
 
 
 def add_view_kinds(kinds) -> None:
@@ -38,6 +41,24 @@ def _box_state(health: Dict[str, dict], box: str) -> str:
         return "not contacted yet"
     ago = f"{time.time() - seen['checked_at']:.0f}s ago"
     return f"reachable ({ago})" if seen["reachable"] else f"unreachable ({ago}): {seen['error']}"
+
+
+def _check_box(name: str, box) -> str:
+    """Connect now, as the host would (verified host key, no prompt), and say how it went."""
+    from xt_submit.adapters.ssh_node import BoxError, SshNode
+    from xt_submit.pool_executor import LOCAL_ADDRESS
+
+    if box.address == LOCAL_ADDRESS:
+        return "reachable (this machine)"
+    node = SshNode(name, box.address, box.key, box.host_key)
+    try:
+        node.connect()
+        _, out, _ = node.run("python3 --version")
+    except BoxError as exc:
+        return f"unreachable: {exc}"
+    finally:
+        node.close()
+    return f"reachable ({out.strip()})"
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -64,7 +85,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     health, busy = compute.box_health(), compute.runs_per_node()
     rows = [{"name": name, "address": box.address, "max_runs": box.max_runs, "running": busy.get(name, 0),
              "setup": box.setup, "key": box.key, "host_key": "explicit" if box.host_key else "known_hosts",
-             "state": _box_state(health, name)} for name, box in cfg.boxes.items()]
+             "state": _check_box(name, box) if args.check else _box_state(health, name)}
+            for name, box in cfg.boxes.items()]
     if args.json:
         print_json(rows)
     elif not rows:
