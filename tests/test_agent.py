@@ -55,3 +55,14 @@ def test_a_task_message_that_can_never_apply_is_dead_lettered_with_the_reason(pa
 def test_tasks_queued_round_trips():
     message = TasksQueued(tasks=tasks(2))
     assert decode_task_message(msgspec.json.encode(message)) == message
+
+
+def test_a_task_for_a_target_this_machine_does_not_run_ends_as_an_error_saying_so(parts):
+    agent = Agent(parts, Config(), "tasks")
+    QueueCompute(parts.queue, "tasks").submit([msgspec.structs.replace(t, target="cpu") for t in tasks(2)])
+    agent.take()
+    agent.step()
+    finished = [decode_event(m.body) for m in parts.queue.receive("events", max_messages=10)]
+    assert [(e.run, e.status) for e in finished] == [("run3.1", "error"), ("run3.2", "error")]
+    assert finished[0].reason == "target 'cpu' is not one this machine runs (its config has no local or pool target of that name)"
+    assert parts.compute.active_count() == 0  # nothing left to run, nothing run here

@@ -86,11 +86,11 @@ class PoolExecutor:
         return placed
 
     def _refuse(self, pool: str) -> bool:
-        """Runs for a target this machine was never told about end at once, saying so."""
+        """Runs for a target this machine was never told about end at once, saying so (never silently run here)."""
         now = time.time()
         for task in self.compute.queued_in_pool(pool, 1000):
             if self.compute.claim(task):
-                reason = f"target {pool!r} is not a pool this machine knows (submit with a config that defines it)"
+                reason = f"target {pool!r} is not one this machine runs (its config has no local or pool target of that name)"
                 self.publisher.send_events([RunFinished(workspace=task.workspace, job=task.job, run=task.run,
                                                         node_id="", status=ERROR, exit_code=None, started_at=now,
                                                         ended_at=now, reason=reason)])
