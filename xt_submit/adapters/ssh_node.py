@@ -41,11 +41,12 @@ _PACKAGE_DIR = Path(__file__).resolve().parent.parent
 
 # Run on the box: the link (if any) arrives on stdin; an error names what failed, never the link.
 _FETCH_AND_UNPACK = """
-import sys, urllib.request
+import sys
 from xt_submit.code_archive import safe_extract
 zip_path, code_dir, source = sys.argv[1:]
 url = sys.stdin.readline().strip()
 if url:
+    import urllib.request
     try:
         urllib.request.urlretrieve(url, zip_path)
     except Exception as exc:
@@ -318,7 +319,7 @@ class SshNode:
                 self._sftp.put(local_zip, remote_zip, confirm=False)
         with self._connection():
             code, _, err = self._exec(
-                f"mkdir -p {q(posixpath.dirname(code_dir))} && PYTHONPATH={q(self._lib)} python3 -c {q(_FETCH_AND_UNPACK)} "
+                f"mkdir -p {q(posixpath.dirname(code_dir))} && PYTHONPATH={q(self._lib)} python3 -S -c {q(_FETCH_AND_UNPACK)} "
                 f"{q(remote_zip)} {q(code_dir)} {q(source)}; status=$?; rm -f {q(remote_zip)}; [ $status = 0 ] && "
                 f"mkdir -p {q(output_dir)} && touch {' '.join(q(path) for path in empty_files)}",
                 timeout=PREPARE_TIMEOUT_SECONDS, stdin_text=(code_url or "") + "\n")
