@@ -23,7 +23,7 @@ import msgspec
 
 from xt_submit import layout, run_log
 from xt_submit.adapters.local_compute import SPAWN_TIMEOUT_SECONDS, LocalCompute
-from xt_submit.adapters.ssh_node import Backoff, BoxError, SshNode
+from xt_submit.adapters.ssh_node import BoxError, SshNode
 from xt_submit.messages import ERROR, RunFinished, RunTask, SetupSpec, decode_task, encode
 from xt_submit.run_node import LocalNode, NodeUnreachable
 from xt_submit.wrapper import RunWrapper
@@ -35,6 +35,27 @@ FIRST_LOOK_SECONDS = 0.02
 LOCAL_ADDRESS = "localhost"  # a box at this address runs here, without SSH
 
 log = logging.getLogger("xt.pool")
+
+
+class Backoff:
+    """When to try an unreachable box again: soon after a drop, then less and less often."""
+
+    def __init__(self, first: float = 1.0, most: float = 60.0) -> None:
+        self.first, self.most = first, most
+        self._delay: Dict[str, float] = {}
+        self._until: Dict[str, float] = {}
+
+    def ready(self, box: str) -> bool:
+        return time.monotonic() >= self._until.get(box, 0.0)
+
+    def failed(self, box: str) -> None:
+        delay = min(self.most, self._delay.get(box, self.first / 2) * 2)
+        self._delay[box] = delay
+        self._until[box] = time.monotonic() + delay
+
+    def succeeded(self, box: str) -> None:
+        self._delay.pop(box, None)
+        self._until.pop(box, None)
 
 
 class PoolExecutor:

@@ -36,7 +36,6 @@ class Node(Protocol):
     def append(self, path: str, data: bytes) -> None: ...
     def read_from(self, path: str, offset: int = 0) -> bytes: ...  # b"" when missing
     def exists(self, path: str) -> bool: ...
-    def remove(self, path: str) -> None: ...
     def walk(self, root: str) -> Iterator[Tuple[str, tuple]]: ...  # (relative path, change signature)
     def local_copy(self, path: str) -> "contextlib.AbstractContextManager[str]": ...
     def put(self, local_path: str, path: str) -> None: ...
@@ -96,10 +95,6 @@ class LocalNode:
     def exists(self, path: str) -> bool:
         return os.path.exists(path)
 
-    def remove(self, path: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(path)
-
     def walk(self, root: str) -> Iterator[Tuple[str, tuple]]:
         if not os.path.isdir(root):
             return
@@ -125,7 +120,8 @@ class LocalNode:
         return argv
 
     def launch(self, argv: List[str], cwd: str, env: Dict[str, str], console: str, exit_file: str) -> Tuple[int, str]:
-        self.remove(exit_file)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(exit_file)  # a stale one would say this run already ended
         with open(console, "ab") as out:
             # own session: the run outlives its supervisor, and a cancel can signal its whole tree
             process = subprocess.Popen([sys.executable, "-S", "-I", REAPER, exit_file, *argv], cwd=cwd,

@@ -189,7 +189,7 @@ class RunWrapper:
                                metrics=last_metrics)
         self.publisher.send_events([finished])
         (self.node_dir / FINISHED_MARKER).write_text("")
-        self._cleanup()
+        self.node.release(self.work_dir)  # RunFinished is out: the node's copy of the run is no longer needed
         return finished
 
     # --- the command -------------------------------------------------------------------------
@@ -243,10 +243,6 @@ class RunWrapper:
         if pid is None or self.ended():
             return
         self.node.kill_group(pid, sig)  # the reaper forwards; the whole process group gets it too
-
-    def _cleanup(self) -> None:
-        """Once RunFinished is out, the node's copy of the run is no longer needed."""
-        self.node.release(self.work_dir)
 
     # --- shipping files to storage -----------------------------------------------------------
     def _ship_tail(self, path: str, key: str, offset_name: str, whole_lines: bool) -> None:

@@ -16,7 +16,6 @@ import shlex
 import socket
 import stat
 import tempfile
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -273,11 +272,6 @@ class SshNode:
             except FileNotFoundError:
                 return False
 
-    def remove(self, path: str) -> None:
-        with self._connection():
-            with contextlib.suppress(FileNotFoundError):
-                self._sftp.remove(path)
-
     def walk(self, root: str) -> Iterator[Tuple[str, tuple]]:
         with self._connection():
             found: List[Tuple[str, tuple]] = []
@@ -366,24 +360,3 @@ class SshNode:
 
 def q(text: str) -> str:
     return shlex.quote(text)
-
-
-class Backoff:
-    """When to try an unreachable box again: soon after a drop, then less and less often."""
-
-    def __init__(self, first: float = 1.0, most: float = 60.0) -> None:
-        self.first, self.most = first, most
-        self._delay: Dict[str, float] = {}
-        self._until: Dict[str, float] = {}
-
-    def ready(self, box: str) -> bool:
-        return time.monotonic() >= self._until.get(box, 0.0)
-
-    def failed(self, box: str) -> None:
-        delay = min(self.most, self._delay.get(box, self.first / 2) * 2)
-        self._delay[box] = delay
-        self._until[box] = time.monotonic() + delay
-
-    def succeeded(self, box: str) -> None:
-        self._delay.pop(box, None)
-        self._until.pop(box, None)
