@@ -241,7 +241,11 @@ class SshNode:
             stdin.write(stdin_text)
         stdin.channel.shutdown_write()
         out, err = stdout.read().decode(errors="replace"), stderr.read().decode(errors="replace")
-        return stdout.channel.recv_exit_status(), out, err
+        # recv_exit_status() waits with no bound: a box that goes silent between the output and
+        # the exit status would hold this process until the connection dies
+        if not stdout.channel.status_event.wait(timeout):
+            raise TimeoutError(f"no exit status within {timeout:g}s")
+        return stdout.channel.exit_status, out, err
 
     # --- the Node operations -------------------------------------------------------------------
     @property
