@@ -116,8 +116,9 @@ def run_agent(cfg) -> int:
         return 1
     logging.basicConfig(filename=str(home / "agent.log"), level=logging.INFO, format="%(asctime)s %(message)s")
     logging.getLogger("azure").setLevel(logging.WARNING)  # the SDKs' per-request lines would drown the agent's own
-    parts = from_config(cfg)
-    credential, spec = signed_in(cfg)
+    signed = signed_in(cfg)
+    parts = from_config(cfg, signed)
+    credential, spec = signed
     queue_spec = spec(cfg.xt_services.queue)
     # its own client: the receiving thread waits on the queue while the main loop looks after runs
     tasks = services.queue_from(cfg.xt_services.queue, queue_spec, credential)

@@ -48,12 +48,12 @@ def app_settings(cfg, storage, wheel: str) -> dict:
             "XT_BATCH_NODE_PACKAGE": publish_node_package(storage, wheel)}
 
 
-def batch_compute_for(cfg, name: str, storage):
+def batch_compute_for(cfg, name: str, storage, signed=None):
     from xt_submit.adapters.batch_compute import batch_compute_from, node_services_from
 
     check_submittable(cfg, name)
     target = cfg.compute_targets[name]
-    credential, spec = signed_in(cfg)
+    credential, spec = signed or signed_in(cfg)
     storage_name, queue_name = cfg.xt_services.storage, cfg.xt_services.queue
     queue_spec = spec(queue_name)
     services = node_services_from(f"external-services.{storage_name}", spec(storage_name),

@@ -45,9 +45,11 @@ def embedded(home: Path) -> Embedded:
     return Embedded(home, ports, queue, compute)
 
 
-def from_config(cfg) -> Embedded:
+def from_config(cfg, signed=None) -> Embedded:
     """The parts `xt_config.yaml` selects: each of storage, queue and stats is the embedded
-    default or the external service `xt-services` names. Compute is local (Batch comes later)."""
+    default or the external service `xt-services` names. Compute is this machine's task table
+    (batch targets are the Functions app's). `signed`: a sign-in from signed_in(cfg) to share, so a
+    caller that needs it too signs in once (an interactive sign-in would otherwise ask twice)."""
     from xt_submit import services
     from xt_submit.adapters.local_compute import LocalCompute
     from xt_submit.adapters.queue_publisher import QueuePublisher
@@ -56,7 +58,7 @@ def from_config(cfg) -> Embedded:
     chosen = cfg.xt_services
     if (chosen.storage, chosen.queue, chosen.stats) == ("embedded", "embedded", "embedded"):
         return base
-    credential, spec = signed_in(cfg)
+    credential, spec = signed or signed_in(cfg)
     storage = (base.ports.storage if chosen.storage == "embedded"
                else services.storage_from(chosen.storage, spec(chosen.storage), credential))
     stats = base.ports.stats if chosen.stats == "embedded" else services.stats_from(chosen.stats, spec(chosen.stats))

@@ -104,14 +104,15 @@ def cmd_view(args: argparse.Namespace) -> int:
     if name not in cfg.compute_targets:
         raise CliError(f"target: expected a compute-targets name ({', '.join(sorted(cfg.compute_targets))}), got {name!r}")
     target = cfg.compute_targets[name]
-    parts = embedded_parts(cfg)
     if target.service == "batch":
         from xt_submit.batch_target import batch_compute_for
+        from xt_submit.bootstrap import from_config, signed_in
 
-        status = batch_compute_for(cfg, name, parts.ports.storage).status()
+        signed = signed_in(cfg)  # one sign-in for the team's storage and for Batch
+        status = batch_compute_for(cfg, name, from_config(cfg, signed).ports.storage, signed).status()
         print_json(status) if args.json else print("\n".join(f"{k}: {v}" for k, v in status.items()))
         return 0
-    compute = parts.compute
+    compute = embedded_parts(cfg).compute
     counts = compute.counts_by_state(None if target.service == "local" else name)
     summary = {"target": name, "service": target.service, "queued": counts.get("queued", 0),
                "running": counts.get("launching", 0) + counts.get("launched", 0)}
