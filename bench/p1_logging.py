@@ -12,7 +12,7 @@ from common import emit, median_seconds
 
 import msgspec
 
-from xt_submit.run_api import Run
+from xt_submit.node_kit.run_api import Run
 
 
 def metric_dicts(n: int):

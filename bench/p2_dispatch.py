@@ -11,11 +11,12 @@ from pathlib import Path
 
 from common import emit, median_seconds
 
-import handlers
-from xt_submit import code_archive, layout
-from xt_submit.adapters.sqlite_stats import RUN_COLUMNS, SqliteStats
+from xt_submit import handlers
+from xt_submit.node_kit import code_archive
+from xt_submit.domain import layout
+from xt_submit.adapters.stats.sqlite import RUN_COLUMNS, SqliteStats
 from xt_submit.bootstrap import embedded
-from xt_submit.messages import JobManifest, JobSubmitted, decode_event, encode
+from xt_submit.domain.messages import JobManifest, JobSubmitted, decode_event, encode
 
 
 def sweep_space(runs: int) -> dict:

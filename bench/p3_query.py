@@ -18,8 +18,9 @@ from common import emit, median_seconds
 
 import msgspec
 
-from xt_submit import reports, run_query
-from xt_submit.adapters.sqlite_stats import RUN_COLUMNS, SqliteStats
+from xt_submit.cli import reports
+from xt_submit.domain import run_query
+from xt_submit.adapters.stats.sqlite import RUN_COLUMNS, SqliteStats
 from xt_submit.bootstrap import embedded
 from xt_submit.config import RunReports
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from common import emit, median_seconds
 
-from xt_submit.adapters.directory_storage import DirectoryStorage
-from xt_submit.code_upload import upload_code
+from xt_submit.adapters.storage.directory import DirectoryStorage
+from xt_submit.services.code_upload import upload_code
 
 SOURCE_LINE = b"def step(model, batch, lr=0.01):  # a line of ordinary source code\n"
 

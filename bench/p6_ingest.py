@@ -12,10 +12,10 @@ from pathlib import Path
 
 from common import emit, median_seconds
 
-import handlers
-from xt_submit import layout, run_log
+from xt_submit import handlers
+from xt_submit.domain import layout, run_log
 from xt_submit.bootstrap import embedded
-from xt_submit.messages import RunFinished
+from xt_submit.domain.messages import RunFinished
 
 METRICS_PER_STEP = 4
 

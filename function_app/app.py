@@ -9,8 +9,9 @@ import time
 
 import azure.functions as func
 
-import handlers
-from xt_submit.messages import UploadReceived, decode_event
+from xt_submit import handlers
+from xt_submit.domain.messages import UploadReceived, decode_event
+from xt_submit.handlers.routing import audit_fields, route
 
 from function_app import settings
 
@@ -22,10 +23,7 @@ HEARTBEAT_TIMEOUT_SECONDS = float(os.environ.get("XT_HEARTBEAT_TIMEOUT", "300"))
 
 def _audit(function: str, event, started: float, outcome: str, **extra) -> None:
     """One structured line per invocation: function, event, job, run, outcome, duration."""
-    fields = {"function": function, "event": type(event).__name__ if event is not None else None}
-    for name in ("workspace", "job", "run"):
-        if hasattr(event, name):
-            fields[name] = getattr(event, name)
+    fields = {"function": function, **audit_fields(event)}
     fields.update(outcome=outcome, duration_ms=round((time.monotonic() - started) * 1000, 1), **extra)
     log.info(json.dumps(fields, default=str))
 
@@ -36,12 +34,9 @@ def handle_message(function: str, body: bytes, table: dict):
     started, event = time.monotonic(), None
     try:
         event = decode_event(body)
-        handler = table.get(type(event))
-        if handler is None:
-            raise ValueError(f"{function}: {type(event).__name__} does not belong on this queue")
-        result = handler(event, settings.ports())
+        result = route(event, table)(event, settings.ports())
     except Exception as exc:
-        _audit(function, event, started, "failed", reason=f"{type(exc).__name__}: {exc}")
+        _audit(function, event, started, "failed", reason=f"{function}: {type(exc).__name__}: {exc}")
         raise
     _audit(function, event, started, "ok")
     return result

@@ -3,11 +3,11 @@
 No Azure import, no global state, no I/O except through the ports handed in. Every handler is
 idempotent and tolerates duplicated and reordered events.
 """
-from handlers.cancel import cancel_runs
-from handlers.dispatch import dispatch_job
-from handlers.run_events import mark_silent_runs, run_finished, run_heartbeat, run_preempted, run_started
-from handlers.upload import accept_upload
-from xt_submit.messages import (CancelRequested, JobSubmitted, RunFinished, RunHeartbeat, RunPreempted, RunStarted,
+from xt_submit.handlers.cancel import cancel_runs
+from xt_submit.handlers.dispatch import dispatch_job
+from xt_submit.handlers.run_events import mark_silent_runs, run_finished, run_heartbeat, run_preempted, run_started
+from xt_submit.handlers.upload import accept_upload
+from xt_submit.domain.messages import (CancelRequested, JobSubmitted, RunFinished, RunHeartbeat, RunPreempted, RunStarted,
                                 UploadReceived)
 
 # Which handler each message gets, per queue: the local host and the Functions app both route by these.

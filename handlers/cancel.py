@@ -3,10 +3,10 @@ from __future__ import annotations
 
 from typing import List
 
-from xt_submit.messages import CANCELLED, TERMINAL_STATUSES, CancelRequested
+from xt_submit.domain.messages import CANCELLED, TERMINAL_STATUSES, CancelRequested
 from xt_submit.ports import Ports
 
-from handlers.jobs import end_run, roll_job
+from xt_submit.handlers.jobs import end_run, roll_job
 
 
 def cancel_runs(event: CancelRequested, ports: Ports) -> List[str]:

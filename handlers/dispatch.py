@@ -4,9 +4,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List
 
-from xt_submit import layout, run_log, sweep
-from xt_submit.manifest_rules import check_manifest, planned_hparams
-from xt_submit.messages import QUEUED, ContractError, JobSubmitted, RunTask, encode
+from xt_submit.domain import layout, records, run_log, sweep
+from xt_submit.domain.manifest import compile_manifest
+from xt_submit.domain.messages import ContractError, JobSubmitted, RunTask, encode
 from xt_submit.ports import Ports
 
 
@@ -18,10 +18,9 @@ class Dispatched:
 
 def dispatch_job(event: JobSubmitted, ports: Ports) -> Dispatched:
     manifest = event.manifest
-    check_manifest(manifest)
+    hparam_sets = compile_manifest(manifest)
     if not manifest.code_key or not ports.storage.exists(manifest.code_key):
         raise ContractError(f"xt_manifest.json: code_key: {manifest.code_key or '(empty)'} not found in storage")
-    hparam_sets = planned_hparams(manifest)
 
     ws = manifest.workspace
     job = ports.stats.assign_job_name(ws, event.submission_id)  # the same name on a redelivery
@@ -40,20 +39,10 @@ def dispatch_job(event: JobSubmitted, ports: Ports) -> Dispatched:
         "runs": [{"name": n, "command": c, "hparams": hp} for n, c, hp in zip(run_names, commands, hparam_sets)],
     }))
 
-    ports.stats.insert_job({
-        "workspace": ws, "name": job, "number": number, "submission_id": event.submission_id,
-        "experiment": manifest.experiment, "username": manifest.username, "target": manifest.target,
-        "status": QUEUED, "script": manifest.script, "command": manifest.command, "run_count": len(run_names),
-        "counts": {QUEUED: len(run_names)}, "created": now, "tags": manifest.tags, "hp_space": manifest.hp_space,
-        "primary_metric": manifest.primary_metric, "maximize_metric": manifest.maximize_metric,
-    })
-    ports.stats.insert_runs([
-        {"workspace": ws, "name": name, "job": job, "job_number": number, "run_index": k,
-         "experiment": manifest.experiment, "username": manifest.username, "target": manifest.target,
-         "status": QUEUED, "created": now, "queued": now, "command": command, "hparams": hparams,
-         "metrics": {}, "tags": manifest.tags}
-        for k, (name, command, hparams) in enumerate(zip(run_names, commands, hparam_sets), start=1)
-    ])
+    ports.stats.insert_job(records.new_job(manifest, name=job, number=number, submission_id=event.submission_id,
+                                           run_count=len(run_names), created=now))
+    ports.stats.insert_runs(records.new_runs(manifest, job=job, number=number,
+                                             plan=zip(run_names, commands, hparam_sets), created=now))
     ports.compute.submit([
         RunTask(workspace=ws, experiment=manifest.experiment, job=job, run=name, command=command,
                 code_key=manifest.code_key, hparams=hparams, setup=manifest.setup, after_dirs=manifest.after_dirs,

@@ -5,8 +5,8 @@ from typing import Any, Dict
 
 import msgspec
 
-from xt_submit import layout
-from xt_submit.messages import CANCELLED, COMPLETED, ERROR, PREEMPTED, QUEUED, RUNNING, TERMINAL_STATUSES
+from xt_submit.domain import layout, records
+from xt_submit.domain.messages import CANCELLED, COMPLETED, ERROR, QUEUED, RUNNING, TERMINAL_STATUSES
 from xt_submit.ports import Ports
 
 
@@ -28,11 +28,8 @@ def roll_job(ports: Ports, workspace: str, job: str) -> Dict[str, Any]:
 
 def write_run_stats(ports: Ports, run: Dict[str, Any], outputs: list) -> None:
     """run_stats.json: the run's final record in storage, from which the index can be rebuilt."""
-    fields = ("name", "job", "experiment", "status", "exit_code", "reason", "node_id", "created", "started",
-              "ended", "duration", "command", "hparams", "metrics", "tags")
-    stats = {field: run.get(field) for field in fields}
-    stats["outputs"] = outputs
-    ports.storage.write(layout.run_stats_key(run["workspace"], run["name"]), msgspec.json.encode(stats))
+    ports.storage.write(layout.run_stats_key(run["workspace"], run["name"]),
+                        msgspec.json.encode(records.run_stats(run, outputs)))
 
 
 def end_run(ports: Ports, workspace: str, run: str, changes: Dict[str, Any]) -> bool:
@@ -41,10 +38,10 @@ def end_run(ports: Ports, workspace: str, run: str, changes: Dict[str, Any]) -> 
     Storage first, then the index: a crash in between is repaired by the redelivery, which finds
     the run still live and writes both again. Returns False if the run had already ended."""
     record = ports.stats.get_run(workspace, run)
-    if record["status"] in TERMINAL_STATUSES:
+    if not records.is_live(record["status"]):
         return False
     write_run_stats(ports, {**record, **changes}, [])
-    if ports.stats.update_run(workspace, run, changes, only_if_status_in=[QUEUED, RUNNING, PREEMPTED]):
+    if ports.stats.update_run(workspace, run, changes, only_if_status_in=records.may_become(changes["status"])):
         return True
     write_run_stats(ports, ports.stats.get_run(workspace, run), [])  # its node's report won the race
     return False

@@ -10,11 +10,11 @@ from typing import Dict, List
 
 import msgspec
 
-from xt_submit import layout, run_log
-from xt_submit.messages import QUEUED, RUNNING, decode_manifest
+from xt_submit.domain import layout, records, run_log
+from xt_submit.domain.messages import RUNNING, decode_manifest
 from xt_submit.ports import NotFound, Ports
 
-from handlers.jobs import roll_job
+from xt_submit.handlers.jobs import roll_job
 
 
 def _jobs_in_storage(ports: Ports, workspace: str) -> List[str]:
@@ -40,21 +40,11 @@ def rebuild_workspace(ports: Ports, workspace: str) -> Dict[str, int]:
         number = layout.job_number(job)
         plan = created["data"]["runs"]
         ports.stats.restore_job_name(workspace, created["data"]["submission_id"], number)
-        ports.stats.insert_job({
-            "workspace": workspace, "name": job, "number": number, "submission_id": created["data"]["submission_id"],
-            "experiment": manifest.experiment, "username": manifest.username, "target": manifest.target,
-            "status": QUEUED, "script": manifest.script, "command": manifest.command, "run_count": len(plan),
-            "counts": {QUEUED: len(plan)}, "created": created["time"], "tags": manifest.tags,
-            "hp_space": manifest.hp_space, "primary_metric": manifest.primary_metric,
-            "maximize_metric": manifest.maximize_metric,
-        })
-        ports.stats.insert_runs([
-            {"workspace": workspace, "name": run["name"], "job": job, "job_number": number, "run_index": k,
-             "experiment": manifest.experiment, "username": manifest.username, "target": manifest.target,
-             "status": QUEUED, "created": created["time"], "queued": created["time"], "command": run["command"],
-             "hparams": run["hparams"], "metrics": {}, "tags": manifest.tags}
-            for k, run in enumerate(plan, start=1)
-        ])
+        ports.stats.insert_job(records.new_job(manifest, name=job, number=number,
+                                               submission_id=created["data"]["submission_id"], run_count=len(plan),
+                                               created=created["time"]))
+        ports.stats.insert_runs(records.new_runs(manifest, job=job, number=number, created=created["time"],
+                                                 plan=[(run["name"], run["command"], run["hparams"]) for run in plan]))
         for run in plan:
             counts["metric_records"] += _replay_run(ports, workspace, run["name"])
             _replay_tags(ports, workspace, run["name"], layout.run_tags_key(workspace, run["name"]), ports.stats.update_run)

@@ -1,19 +1,18 @@
 """RunStarted, RunFinished, RunHeartbeat and RunPreempted: move the run, collect its record, roll the job."""
 from __future__ import annotations
 
-from xt_submit import layout, run_log
-from xt_submit.messages import (ERROR, PREEMPTED, QUEUED, RUNNING, TERMINAL_STATUSES, RunFinished, RunHeartbeat,
-                                RunPreempted, RunStarted)
+from xt_submit.domain import layout, records, run_log
+from xt_submit.domain.messages import (ERROR, PREEMPTED, RUNNING, TERMINAL_STATUSES, RunFinished, RunHeartbeat,
+                                       RunPreempted, RunStarted)
+from xt_submit.handlers.jobs import end_run, roll_job, write_run_stats
 from xt_submit.ports import NotFound, Ports
-
-from handlers.jobs import end_run, roll_job, write_run_stats
 
 
 def run_started(event: RunStarted, ports: Ports) -> bool:
     """Queued (or preempted and requeued) -> running. A start that arrives after the finish changes nothing."""
     moved = ports.stats.update_run(event.workspace, event.run,
                                    {"status": RUNNING, "started": event.started_at, "node_id": event.node_id},
-                                   only_if_status_in=[QUEUED, PREEMPTED])
+                                   only_if_status_in=records.may_become(RUNNING))
     roll_job(ports, event.workspace, event.job)
     return moved
 
@@ -45,7 +44,8 @@ def run_finished(event: RunFinished, ports: Ports) -> dict:
 
 def run_heartbeat(event: RunHeartbeat, ports: Ports) -> bool:
     """Note a running run's sign of life (ignored once it has ended)."""
-    return ports.stats.update_run(event.workspace, event.run, {"heartbeat": event.at}, only_if_status_in=[RUNNING])
+    return ports.stats.update_run(event.workspace, event.run, {"heartbeat": event.at},
+                                  only_if_status_in=[RUNNING])  # a sign of life, not a move
 
 
 def run_preempted(event: RunPreempted, ports: Ports) -> bool:
@@ -69,7 +69,7 @@ def run_preempted(event: RunPreempted, ports: Ports) -> bool:
     if record["status"] == PREEMPTED and record["reason"] == reason:
         return False  # the periodic check repeats itself while the run waits for a node
     moved = ports.stats.update_run(ws, run, {"status": PREEMPTED, "reason": reason, "heartbeat": None},
-                                   only_if_status_in=[QUEUED, RUNNING, PREEMPTED])
+                                   only_if_status_in=records.may_become(PREEMPTED))
     roll_job(ports, ws, event.job)
     return moved
 

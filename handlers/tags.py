@@ -5,7 +5,7 @@ from typing import Dict, Sequence
 
 import msgspec
 
-from xt_submit import layout
+from xt_submit.domain import layout
 from xt_submit.ports import NotFound, Ports
 
 

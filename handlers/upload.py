@@ -6,9 +6,10 @@ import io
 
 import msgspec
 
-from xt_submit import code_archive, layout
-from xt_submit.manifest_rules import check_manifest
-from xt_submit.messages import ContractError, JobSubmitted, UploadReceived, decode_manifest
+from xt_submit.node_kit import code_archive
+from xt_submit.domain import layout
+from xt_submit.domain.manifest import check_manifest
+from xt_submit.domain.messages import ContractError, JobSubmitted, UploadReceived, decode_manifest
 from xt_submit.ports import NotFound, Ports
 
 MANIFEST_NAME = "xt_manifest.json"

@@ -105,25 +105,20 @@ _databases = itertools.count()
 def stats_store(request, tmp_path):
     """Each stats store adapter, empty: the contract tests run against every one."""
     if request.param == "sqlite":
-        from xt_submit.adapters.sqlite_stats import SqliteStats
+        from xt_submit.adapters.stats.sqlite import SqliteStats
 
         return SqliteStats(str(tmp_path / "stats.db"))
-    from xt_submit.adapters.mongo_stats import MongoStats
+    from xt_submit.adapters.stats.mongo import MongoStats
 
     return MongoStats(request.getfixturevalue("mongo_uri"), database=f"xt_test_{next(_databases)}")
 
 
 @pytest.fixture
 def parts(tmp_path):
-    """The embedded default on a fresh XT_HOME, with a deterministic clock."""
-    from xt_submit.bootstrap import Embedded, embedded
-    from xt_submit.ports import Ports
+    """The embedded default on a fresh XT_HOME."""
+    from xt_submit.bootstrap import embedded
 
-    base = embedded(tmp_path / "home")
-    ticks = itertools.count(1_700_000_000)
-    ports = Ports(storage=base.ports.storage, stats=base.ports.stats, compute=base.ports.compute,
-                  publisher=base.ports.publisher, clock=lambda: float(next(ticks)))
-    return Embedded(base.home, ports, base.queue, base.compute)
+    return embedded(tmp_path / "home")
 
 
 def state_of(parts):
@@ -147,7 +142,8 @@ def state_of(parts):
 
 def make_code_zip(parts, files=None):
     """Store a code snapshot of the given {name: text} files; returns its key."""
-    from xt_submit import code_archive, layout
+    from xt_submit.node_kit import code_archive
+    from xt_submit.domain import layout
 
     src = parts.home.parent / "src"
     src.mkdir(exist_ok=True)
@@ -161,7 +157,7 @@ def make_code_zip(parts, files=None):
 
 
 def make_manifest(code_key, sha, **overrides):
-    from xt_submit.messages import JobManifest
+    from xt_submit.domain.messages import JobManifest
 
     fields = dict(workspace="ws1", experiment="exp1", script="train.py", command="python train.py",
                   code_key=code_key, code_sha256=sha, hp_space={"lr": [0.1, 0.2, 0.3], "opt": ["sgd", "adam"]},

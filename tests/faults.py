@@ -45,5 +45,5 @@ def faulty(ports: Ports, fail_after: int | None):
     """(ports that crash after side effect number `fail_after`, counter of effects made)."""
     counter = _Counter(fail_after)
     wrapped = Ports(**{field: _Faulty(getattr(ports, field), SIDE_EFFECTS[field], counter) if field in SIDE_EFFECTS
-                       else getattr(ports, field) for field in ("storage", "stats", "compute", "publisher", "clock")})
+                       else getattr(ports, field) for field in ("storage", "stats", "compute", "publisher")})
     return wrapped, counter

@@ -4,10 +4,11 @@ real agent against Service Bus)."""
 import msgspec
 import pytest
 
-from xt_submit.adapters.queue_compute import QueueCompute
-from xt_submit.agent import Agent
+from xt_submit.adapters.compute.queue import QueueCompute
+from xt_submit.bootstrap import agent_parts_on
+from xt_submit.runtime.agent import Agent
 from xt_submit.config import Config
-from xt_submit.messages import (CANCELLED, MAX_MESSAGE_BYTES, RunFinished, RunTask, TasksQueued, decode_event,
+from xt_submit.domain.messages import (CANCELLED, MAX_MESSAGE_BYTES, RunFinished, RunTask, TasksQueued, decode_event,
                                 decode_task_message)
 
 
@@ -27,7 +28,7 @@ def test_a_big_sweep_is_a_few_messages_each_under_the_size_limit(parts):
 
 
 def test_the_agent_queues_tasks_once_and_a_cancel_reports_the_runs_that_never_started(parts):
-    agent = Agent(parts, Config(), "tasks")
+    agent = Agent(agent_parts_on(parts, "tasks"), Config())
     compute = QueueCompute(parts.queue, "tasks")
     compute.submit(tasks(3))
     compute.submit(tasks(3))  # a redelivered dispatch hands them out again
@@ -45,7 +46,7 @@ def test_the_agent_queues_tasks_once_and_a_cancel_reports_the_runs_that_never_st
 
 @pytest.mark.parametrize("body", [b"{}", b"not json", msgspec.json.encode({"type": "tasks_queued", "tasks": [{}]})])
 def test_a_task_message_that_can_never_apply_is_dead_lettered_with_the_reason(parts, body):
-    agent = Agent(parts, Config(), "tasks")
+    agent = Agent(agent_parts_on(parts, "tasks"), Config())
     parts.queue.send("tasks", [body])
     agent.take()
     (dead,) = parts.queue.peek("tasks/$DeadLetterQueue")
@@ -58,7 +59,7 @@ def test_tasks_queued_round_trips():
 
 
 def test_a_task_for_a_target_this_machine_does_not_run_ends_as_an_error_saying_so(parts):
-    agent = Agent(parts, Config(), "tasks")
+    agent = Agent(agent_parts_on(parts, "tasks"), Config())
     QueueCompute(parts.queue, "tasks").submit([msgspec.structs.replace(t, target="cpu") for t in tasks(2)])
     agent.take()
     agent.step()

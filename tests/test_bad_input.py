@@ -9,13 +9,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import state_of
-from xt_submit import code_archive, sweep
+from xt_submit.node_kit import code_archive
+from xt_submit.domain import sweep
 from xt_submit import config as xt_config
-from xt_submit.adapters.directory_storage import DirectoryStorage, StorageKeyError
+from xt_submit.adapters.storage.directory import DirectoryStorage, StorageKeyError
 from xt_submit.bootstrap import embedded
-from xt_submit.local_host import LocalHost
-from xt_submit.manifest_rules import check_manifest
-from xt_submit.messages import MAX_MESSAGE_BYTES, ContractError, decode_manifest
+from xt_submit.runtime.local_host import LocalHost
+from xt_submit.domain.manifest import check_manifest
+from xt_submit.domain.messages import MAX_MESSAGE_BYTES, ContractError, decode_manifest
 
 CORPUS = Path(__file__).parent / "corpus"
 HYPOTHESIS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -14,13 +14,14 @@ import requests
 from azure.core.credentials import AccessToken
 from azure.core.pipeline.transport import RequestsTransport
 
-import handlers
+from xt_submit import handlers
 from conftest import AZURITE_KEY
-from xt_submit import code_archive, layout
-from xt_submit.adapters.batch_compute import (BatchSetupError, NodeServices, batch_compute_from, node_services_from,
-                                              publish_node_package)
+from xt_submit.node_kit import code_archive
+from xt_submit.domain import layout
+from xt_submit.adapters.compute.batch import BatchSetupError, NodeServices, batch_compute_from, node_services_from
+from xt_submit.services.batch_target import publish_node_package
 from xt_submit.config import ComputeTarget
-from xt_submit.messages import JobSubmitted, RunTask, decode_task
+from xt_submit.domain.messages import JobSubmitted, RunTask, decode_task
 from xt_submit.ports import Ports
 
 sys.path.insert(0, str(Path(__file__).parent / "peers"))
@@ -42,7 +43,7 @@ class StaticCredential:
 
 @pytest.fixture
 def blob(azurite_connection_string):
-    from xt_submit.adapters.blob_storage import BlobStorage
+    from xt_submit.adapters.storage.blob import BlobStorage
 
     storage = BlobStorage(f"xt-batch-{uuid.uuid4().hex[:8]}", connection_string=azurite_connection_string)
     storage.ensure_container()
@@ -72,10 +73,9 @@ def compute_for(fake, blob, tmp_path, **overrides):
 
 
 def ports_for(compute, blob, tmp_path):
-    from xt_submit.adapters.sqlite_stats import SqliteStats
+    from xt_submit.adapters.stats.sqlite import SqliteStats
 
-    return Ports(storage=blob, stats=SqliteStats(str(tmp_path / "stats.db")), compute=compute, publisher=None,
-                 clock=time.time)
+    return Ports(storage=blob, stats=SqliteStats(str(tmp_path / "stats.db")), compute=compute, publisher=None)
 
 
 def dispatch(ports, tmp_path, submission, hp_space):
@@ -127,7 +127,7 @@ def test_a_sweep_becomes_one_job_of_tasks_on_a_pool_reused_by_the_next_job(fake,
     tasks = fake.tasks["xt-ws1-job1"]
     assert sorted(tasks) == ["run1-1", "run1-2", "run1-3"] == sorted(batch_ids(first.runs))
     task = tasks["run1-2"]
-    assert task["displayName"] == "run1.2" and "xt_submit.batch_node" in task["commandLine"]
+    assert task["displayName"] == "run1.2" and "xt_submit.entrypoints.batch_node" in task["commandLine"]
     (code,) = task["resourceFiles"]
     url = urllib.parse.urlsplit(code["httpUrl"])
     assert url.path.endswith("/code/" + url.path.rsplit("/", 1)[1]) and code["filePath"] == "xt/code.zip"
@@ -169,7 +169,7 @@ def run_task_json(task):
 
 
 def manifest_of(ports, job):
-    from xt_submit.messages import decode_manifest
+    from xt_submit.domain.messages import decode_manifest
 
     return decode_manifest(ports.storage.read(layout.manifest_key("ws1", job)))
 
@@ -251,8 +251,8 @@ def test_services_known_only_by_connection_strings_are_refused_in_one_line():
 
 def test_the_node_entry_point_runs_the_task_from_its_resource_file(fake, blob, tmp_path):
     """What the task's command line does on a node, with the code Batch fetched and no download of it."""
-    from xt_submit.adapters.directory_storage import DirectoryStorage
-    from xt_submit.batch_node import run_task
+    from xt_submit.adapters.storage.directory import DirectoryStorage
+    from xt_submit.entrypoints.batch_node import run_task
 
     compute = compute_for(fake, blob, tmp_path)
     dispatch(ports_for(compute, blob, tmp_path), tmp_path, "sub-1", {"lr": [0.1]})
@@ -277,8 +277,8 @@ def test_the_node_entry_point_runs_the_task_from_its_resource_file(fake, blob, t
 
 
 def test_the_functions_app_routes_batch_targets_to_their_pool_and_the_rest_locally(fake, blob, tmp_path):
-    from function_app.settings import ComputeRouter
-    from xt_submit.adapters.local_compute import LocalCompute
+    from xt_submit.adapters.compute.router import ComputeRouter
+    from xt_submit.adapters.compute.tasks import LocalCompute
 
     local = LocalCompute(str(tmp_path / "compute.db"))
     router = ComputeRouter(local, {"gpu": compute_for(fake, blob, tmp_path)})
@@ -295,7 +295,7 @@ def test_the_functions_app_routes_batch_targets_to_their_pool_and_the_rest_local
 
 
 def test_a_batch_target_needs_the_teams_queue_and_storage(tmp_path):
-    from xt_submit.batch_target import BatchTargetError, check_submittable
+    from xt_submit.services.batch_target import BatchTargetError, check_submittable
     from xt_submit.config import load_config
 
     (tmp_path / "xt_config.yaml").write_text(
@@ -311,7 +311,7 @@ def test_admin_batch_settings_upload_the_wheel_and_name_the_targets_for_the_app(
 
     import msgspec
 
-    from xt_submit.batch_target import BatchTargetError, app_settings
+    from xt_submit.services.batch_target import BatchTargetError, app_settings
     from xt_submit.config import load_config
 
     account = {"type": "batch", "account-url": "https://teamxt.westus2.batch.azure.com",

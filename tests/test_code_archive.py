@@ -6,9 +6,9 @@ import zipfile
 
 import pytest
 
-from xt_submit import code_archive
-from xt_submit.adapters.directory_storage import DirectoryStorage
-from xt_submit.code_upload import upload_code
+from xt_submit.node_kit import code_archive
+from xt_submit.adapters.storage.directory import DirectoryStorage
+from xt_submit.services.code_upload import upload_code
 
 
 def make_tree(root):

@@ -68,7 +68,7 @@ class AzureDeployment:
 
     def __init__(self, tmp_path, project, azurite, broker, mongo_uri, tag, monkeypatch, agent_env=None):
         from function_app import settings
-        from xt_submit.adapters.servicebus_queue import ServiceBusQueue
+        from xt_submit.adapters.queue.servicebus import ServiceBusQueue
 
         self.tag, self.project = tag, project
         for name, value in {"XT_STORAGE": azurite, "XT_STORAGE_CONTAINER": f"xt-{tag}", "XT_SERVICEBUS": broker,

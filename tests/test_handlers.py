@@ -5,10 +5,10 @@ import zipfile
 import msgspec
 import pytest
 
-import handlers
+from xt_submit import handlers
 from conftest import make_code_zip, make_manifest, state_of
-from xt_submit import layout, run_log
-from xt_submit.messages import (CancelRequested, ContractError, JobSubmitted, RunFinished, RunStarted,
+from xt_submit.domain import layout, run_log
+from xt_submit.domain.messages import (CancelRequested, ContractError, JobSubmitted, RunFinished, RunStarted,
                                 UploadReceived, decode_event, encode)
 
 
@@ -179,7 +179,7 @@ def test_messages_decode_strictly():
 
 
 def preempted(run, preemptions=1, retries=2, requeued_at=12.0):
-    from xt_submit.messages import RunPreempted
+    from xt_submit.domain.messages import RunPreempted
 
     return RunPreempted(workspace="ws1", job=layout.job_of_run(run), run=run, node_id="n1", preemptions=preemptions,
                         retries=retries, requeued_at=requeued_at)
@@ -222,7 +222,7 @@ def test_preemption_beyond_the_retries_ends_the_run_as_an_error(parts):
 
 
 def test_a_preempted_run_can_be_cancelled_and_the_event_routes(parts):
-    from xt_submit.messages import RunPreempted
+    from xt_submit.domain.messages import RunPreempted
 
     submit(parts, hp_space={"lr": [0.1]})
     handlers.run_preempted(preempted("run1.1"), parts.ports)

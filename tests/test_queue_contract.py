@@ -5,8 +5,8 @@ import time
 
 import pytest
 
-from xt_submit.adapters.servicebus_queue import ServiceBusQueue
-from xt_submit.adapters.sqlite_queue import SqliteQueue
+from xt_submit.adapters.queue.servicebus import ServiceBusQueue
+from xt_submit.adapters.queue.sqlite import SqliteQueue
 from xt_submit.ports import LockLost
 
 _names = itertools.count()

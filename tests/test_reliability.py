@@ -1,18 +1,19 @@
 """Crash at every step, duplicated and reordered events, poison messages, a stats-store outage:
 the final state never depends on what failed or how often a message came."""
+import dataclasses
 import random
 import sqlite3
 
 import pytest
 
-import handlers
+from xt_submit import handlers
 from conftest import make_code_zip, make_manifest, state_of
 from faults import InjectedFault, faulty
-from handlers.reindex import rebuild_workspace
-from xt_submit import layout, run_log
-from xt_submit.bootstrap import Embedded, embedded
-from xt_submit.local_host import LocalHost
-from xt_submit.messages import (CancelRequested, JobSubmitted, RunFinished, RunHeartbeat, RunStarted,
+from xt_submit.handlers.reindex import rebuild_workspace
+from xt_submit.domain import layout, run_log
+from xt_submit.bootstrap import embedded
+from xt_submit.runtime.local_host import LocalHost
+from xt_submit.domain.messages import (CancelRequested, JobSubmitted, RunFinished, RunHeartbeat, RunStarted,
                                 UploadReceived, encode)
 from xt_submit.ports import Ports
 
@@ -185,8 +186,8 @@ def test_poison_message_is_dead_lettered_with_its_reason_and_others_still_served
                 if run == "run1.2" else attr(ws, run, *a, **k)
 
     ports = Ports(storage=parts.ports.storage, stats=BrokenStats(parts.ports.stats), compute=parts.ports.compute,
-                  publisher=parts.ports.publisher, clock=parts.ports.clock)
-    host = LocalHost(Embedded(parts.home, ports, parts.queue, parts.compute))
+                  publisher=parts.ports.publisher)
+    host = LocalHost(dataclasses.replace(parts, ports=ports))
     parts.queue.send("events", [encode(started("run1.2")), encode(started("run1.1")), b'{"not": "an event"}'])
     for _ in range(10):
         for message in parts.queue.receive("events", max_messages=10):
@@ -220,7 +221,7 @@ def test_stats_outage_loses_nothing_and_reindex_rebuilds_the_same_content(tmp_pa
             raise sqlite3.OperationalError("unable to open database file")
 
     down = Ports(storage=outage.ports.storage, stats=StatsDown(), compute=outage.ports.compute,
-                 publisher=outage.ports.publisher, clock=outage.ports.clock)
+                 publisher=outage.ports.publisher)
     for _, node, handler, event in steps[4:6]:  # both runs finish while the stats store is down
         node(outage.ports.storage)
         with pytest.raises(sqlite3.OperationalError):

@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from xt_submit import run_log
-from xt_submit.run_api import Run
+from xt_submit.domain import run_log
+from xt_submit.node_kit.run_api import Run
 
 
 def records(path):
@@ -91,9 +91,9 @@ def test_checkpoint_round_trip(tmp_path, monkeypatch):
 
 
 def test_the_standalone_wrapper_drives_one_run_to_its_end(parts, tmp_path):
-    """`python -m xt_submit.wrapper TASK_JSON`: a node that runs one wrapper per process."""
-    from xt_submit.code_upload import upload_code
-    from xt_submit.messages import RunFinished, RunStarted, RunTask, decode_event, encode
+    """`python -m xt_submit.entrypoints.node TASK_JSON`: a node that runs one wrapper per process."""
+    from xt_submit.services.code_upload import upload_code
+    from xt_submit.domain.messages import RunFinished, RunStarted, RunTask, decode_event, encode
 
     project = tmp_path / "project"
     project.mkdir()
@@ -111,7 +111,7 @@ def test_the_standalone_wrapper_drives_one_run_to_its_end(parts, tmp_path):
     node_dir = parts.home / "nodes" / "solo" / "ws1" / "run1.1"
     node_dir.mkdir(parents=True)
     (node_dir / "task.json").write_bytes(encode(task))
-    subprocess.run([sys.executable, "-m", "xt_submit.wrapper", str(node_dir / "task.json")], check=True, timeout=60,
+    subprocess.run([sys.executable, "-m", "xt_submit.entrypoints.node", str(node_dir / "task.json")], check=True, timeout=60,
                    env=dict(os.environ, XT_HOME=str(parts.home), XT_SYNC_SECONDS="0.1"))
     events = [decode_event(m.body) for m in parts.queue.receive("events", max_messages=10)]
     assert [type(e) for e in events] == [RunStarted, RunFinished]

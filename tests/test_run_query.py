@@ -6,8 +6,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from xt_submit.adapters.sqlite_stats import SqliteStats
-from xt_submit.run_query import (Filter, QueryError, RunQuery, SortKey, parse_filter, parse_run_list, parse_sort,
+from xt_submit.adapters.stats.sqlite import SqliteStats
+from xt_submit.domain.run_query import (Filter, QueryError, RunQuery, SortKey, parse_filter, parse_run_list, parse_sort,
                                  selects, window)
 
 STATUSES = ["completed", "error", "running", "queued"]
@@ -56,7 +56,7 @@ def sqlite_store(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def mongo_store(mongo_uri):
-    from xt_submit.adapters.mongo_stats import MongoStats
+    from xt_submit.adapters.stats.mongo import MongoStats
 
     return fill(MongoStats(mongo_uri, database="xt_query_contract"))
 

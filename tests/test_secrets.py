@@ -12,7 +12,7 @@ import urllib3
 from azure.core.credentials import AccessToken
 from azure.core.pipeline.transport import RequestsTransport
 
-from xt_submit import secrets
+from xt_submit.adapters import vault as secrets
 
 VAULT = "https://teamvault.vault.azure.net"
 PLANTED = "mongodb://xt:planted-vault-secret-93e1@db.example:27017"

@@ -4,11 +4,11 @@ import subprocess
 
 import pytest
 
-from xt_submit.adapters.ssh_node import BoxAddress, BoxError, SshNode
+from xt_submit.adapters.nodes.ssh import BoxAddress, BoxError, SshNode
 from xt_submit.config import ConfigError, load_config
-from xt_submit.messages import SetupSpec
-from xt_submit.run_node import NodeUnreachable
-from xt_submit.setup_script import SetupError, pin_installed, setup_digest, with_setup
+from xt_submit.domain.messages import SetupSpec
+from xt_submit.ports import NodeUnreachable
+from xt_submit.domain.setup_script import SetupError, pin_installed, setup_digest, with_setup
 
 
 def node_for(ssh_boxes, **overrides):
@@ -108,8 +108,8 @@ def test_a_box_fetches_the_code_itself_from_a_read_only_link(ssh_boxes, azurite_
     import uuid
     import zipfile
 
-    from xt_submit.adapters.blob_storage import BlobStorage
-    from xt_submit.code_archive import ArchiveError
+    from xt_submit.adapters.storage.blob import BlobStorage
+    from xt_submit.node_kit.code_archive import ArchiveError
 
     storage = BlobStorage(f"xt-box-{uuid.uuid4().hex[:8]}", connection_string=azurite_connection_string)
     storage.ensure_container()

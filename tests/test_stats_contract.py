@@ -1,10 +1,12 @@
 """The stats store port: one suite, run against every adapter (SQLite and the MongoDB API)."""
+import dataclasses
+
 import pytest
 
 from test_reliability import lifecycle, run_steps
-from xt_submit.bootstrap import Embedded, embedded
+from xt_submit.bootstrap import embedded
 from xt_submit.ports import NotFound, Ports
-from xt_submit.run_log import MetricRow
+from xt_submit.domain.run_log import MetricRow
 
 
 def run_doc(name, **fields):
@@ -81,8 +83,8 @@ def test_the_whole_pipeline_records_the_same_on_every_store(tmp_path, stats_stor
 
     base = embedded(tmp_path / "under-test")
     ports = Ports(storage=base.ports.storage, stats=stats_store, compute=base.ports.compute,
-                  publisher=base.ports.publisher, clock=base.ports.clock)
-    parts = Embedded(base.home, ports, base.queue, base.compute)
+                  publisher=base.ports.publisher)
+    parts = dataclasses.replace(base, ports=ports)
     run_steps(parts, lifecycle(parts))
 
     def normal(record):

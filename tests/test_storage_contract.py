@@ -4,8 +4,8 @@ import threading
 
 import pytest
 
-from xt_submit.adapters.blob_storage import BlobStorage
-from xt_submit.adapters.directory_storage import DirectoryStorage, StorageKeyError
+from xt_submit.adapters.storage.blob import BlobStorage
+from xt_submit.adapters.storage.directory import DirectoryStorage, StorageKeyError
 from xt_submit.ports import NotFound
 
 _containers = itertools.count()
@@ -95,19 +95,19 @@ def test_the_pipeline_and_a_real_run_on_blob_storage(tmp_path, azurite_connectio
     """Dispatch, a real run through the run wrapper, and its finish, with Blob Storage as the store."""
     import time
 
-    import handlers
+    from xt_submit import handlers
     from conftest import make_manifest
-    from xt_submit import code_archive, layout, run_log
+    from xt_submit.node_kit import code_archive
+    from xt_submit.domain import layout, run_log
     from xt_submit.bootstrap import embedded
-    from xt_submit.messages import JobSubmitted, decode_event
+    from xt_submit.domain.messages import JobSubmitted, decode_event
     from xt_submit.ports import Ports
-    from xt_submit.wrapper import RunWrapper
+    from xt_submit.runtime.wrapper import RunWrapper
 
     blob = BlobStorage("xt-pipeline", connection_string=azurite_connection_string)
     blob.ensure_container()
     base = embedded(tmp_path / "home")
-    ports = Ports(storage=blob, stats=base.ports.stats, compute=base.ports.compute, publisher=base.ports.publisher,
-                  clock=time.time)
+    ports = Ports(storage=blob, stats=base.ports.stats, compute=base.ports.compute, publisher=base.ports.publisher)
     src = tmp_path / "src"
     src.mkdir()
     (src / "train.py").write_text("import os\nfrom xt_submit import Run\nr = Run()\nr.log_metrics({'loss': 0.5})\n"
@@ -119,7 +119,7 @@ def test_the_pipeline_and_a_real_run_on_blob_storage(tmp_path, azurite_connectio
     handlers.dispatch_job(JobSubmitted(submission_id="s", manifest=manifest, submitted_at=1.0), ports)
     (task,) = base.compute.launchable(10)
 
-    wrapper = RunWrapper(task, tmp_path / "node", blob, base.ports.publisher)
+    wrapper = RunWrapper(task, tmp_path / "node", blob, base.ports.publisher, node=base.local_node)
     wrapper.start()
     while not wrapper.ended():
         time.sleep(0.05)

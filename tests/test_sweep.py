@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from xt_submit.sweep import (
+from xt_submit.domain.sweep import (
     SweepError,
     format_hparam_args,
     load_hp_config,

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from xt_submit.team_template import ROLES, TeamError, build_template
+from xt_submit.services.team_template import ROLES, TeamError, build_template
 
 ROOT = Path(__file__).resolve().parent.parent
 

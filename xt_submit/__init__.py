@@ -7,7 +7,7 @@ __all__ = ["Run"]
 def __getattr__(name: str):
     # Lazy, so `import xt_submit` (the CLI, the run wrapper) does not pay for what it does not use.
     if name == "Run":
-        from xt_submit.run_api import Run
+        from xt_submit.node_kit.run_api import Run
 
         return Run
     raise AttributeError(f"module 'xt_submit' has no attribute {name!r}")

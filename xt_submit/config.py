@@ -14,8 +14,8 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 
 import msgspec
 
-from .layout import NAME_PATTERN
-from xt_submit.errors import OneLineError
+from xt_submit.domain.layout import NAME_PATTERN
+from xt_submit.domain.errors import OneLineError
 
 CONFIG_FILE_NAME = "xt_config.yaml"
 CONFIG_ENV_VAR = "XT_CONFIG"
@@ -369,7 +369,7 @@ def _reference_problems(cfg: Config):
             f"got {_show(cfg.xt_services.target)}"
         )
     for name, box in cfg.boxes.items():
-        from xt_submit.adapters.ssh_node import BoxAddress, BoxError
+        from xt_submit.domain.boxes import BoxAddress, BoxError
 
         try:
             BoxAddress.parse(box.address, name)

@@ -1,101 +1,229 @@
 """The seams between the pipeline and the services it runs on.
 
-Handlers receive a `Ports` bundle and never construct adapters; the embedded default (files,
-SQLite, local processes) and the Azure adapters implement the same protocols and are held to
-the same contract tests.
+Each port is an abstract base class listing every method its callers use, so an adapter that
+misses one fails when it is constructed, not when a handler first reaches for it. Handlers and
+the runtime receive adapters already built (by `bootstrap`) and never name one; the embedded
+default (files, SQLite, local processes) and the Azure adapters are held to the same contract
+tests (`tests/contracts/`).
 """
 from __future__ import annotations
 
+import contextlib
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, Iterable, List, Optional, Protocol, Sequence
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+
+from xt_submit.domain.errors import NotFound
+from xt_submit.domain.run_query import RunQuery
+
+__all__ = ["NotFound", "Storage", "StatsStore", "Compute", "TaskTable", "Publisher", "MessageQueue", "Node",
+           "NodeUnreachable", "NodeFactory", "LockLost", "ReceivedMessage", "Ports", "Parts", "AgentParts",
+           "Progress"]
+
+Progress = Callable[..., None]  # azure-core's progress_hook: (bytes done, bytes in all)
 
 
-# The fields of a job and a run record, as every stats store returns them (a missing value is None,
-# a missing mapping is {}).
-JOB_FIELDS = ("workspace", "name", "number", "submission_id", "experiment", "username", "target", "status",
-              "script", "command", "run_count", "counts", "created", "started", "ended", "tags", "hp_space",
-              "primary_metric", "maximize_metric")
-RUN_FIELDS = ("workspace", "name", "job", "job_number", "run_index", "experiment", "username", "target",
-              "status", "exit_code", "node_id", "reason", "created", "queued", "started", "ended", "duration",
-              "command", "hparams", "metrics", "tags", "heartbeat")
-MAPPING_FIELDS = frozenset({"counts", "tags", "hp_space", "hparams", "metrics"})
+class Storage(ABC):
+    """Experiment storage, keyed by '/'-separated paths (blob names). The source of truth."""
 
+    # Storages that report transfer progress (Blob Storage does) call `progress` when it is set.
+    reports_progress: bool = False
+    progress: Optional[Progress] = None
 
-class NotFound(KeyError):
-    """A storage key, job or run that does not exist."""
-
-    def __str__(self) -> str:  # KeyError quotes its argument; a message reads better plain
-        return str(self.args[0]) if self.args else "not found"
-
-
-class Storage(Protocol):
-    """Experiment storage, keyed by '/'-separated paths (blob names)."""
-
+    @abstractmethod
     def read(self, key: str) -> bytes: ...
+
+    @abstractmethod
     def write(self, key: str, data: bytes, *, overwrite: bool = True) -> bool:
         """Returns False (and writes nothing) when overwrite is False and the key exists."""
+
+    @abstractmethod
     def create_log(self, key: str, data: bytes) -> bool:
         """Create an appendable log holding `data`, unless it exists (then False, nothing written)."""
+
+    @abstractmethod
     def append(self, key: str, data: bytes) -> None:
         """Append to a log made by create_log or by an earlier append (which creates it if missing)."""
+
+    @abstractmethod
     def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
     def list(self, prefix: str) -> List[str]: ...
+
+    @abstractmethod
     def upload_file(self, key: str, path: str) -> None: ...
+
+    @abstractmethod
     def download_file(self, key: str, path: str) -> None: ...
+
+    @abstractmethod
     def delete(self, key: str) -> None: ...
 
+    @abstractmethod
+    def read_url(self, key: str, expiry_seconds: float = 3600) -> Optional[str]:
+        """A read-only link a remote node can fetch the key with, or None where the storage has no links."""
 
-class StatsStore(Protocol):
+
+class StatsStore(ABC):
     """Job and run properties, hparams and metrics, indexed for reports.
 
-    Rebuildable from storage: it is an index, not the source of truth.
+    Rebuildable from storage: it is an index, not the source of truth. Records are dicts with the
+    fields of `domain.records` (a missing value is None, a missing mapping is {}).
     """
 
+    @abstractmethod
     def assign_job_name(self, workspace: str, submission_id: str) -> str: ...
+
+    @abstractmethod
     def restore_job_name(self, workspace: str, submission_id: str, number: int) -> None:
         """Record a name assigned earlier (a reindex), keeping the workspace's counter past it."""
+
+    @abstractmethod
     def clear_workspace(self, workspace: str) -> None:
         """Forget everything indexed for the workspace (before a reindex)."""
+
+    @abstractmethod
+    def find_job_by_submission(self, workspace: str, submission_id: str) -> Optional[str]: ...
+
+    @abstractmethod
     def insert_job(self, job: Dict[str, Any]) -> None:
         """Insert if absent (a redelivered dispatch leaves the first record alone)."""
+
+    @abstractmethod
     def insert_runs(self, runs: Sequence[Dict[str, Any]]) -> None:
         """Bulk insert, each run if absent."""
+
+    @abstractmethod
     def get_job(self, workspace: str, job: str) -> Dict[str, Any]: ...
+
+    @abstractmethod
     def get_run(self, workspace: str, run: str) -> Dict[str, Any]: ...
+
+    @abstractmethod
     def update_job(self, workspace: str, job: str, changes: Dict[str, Any],
                    *, only_if_status_in: Optional[Iterable[str]] = None) -> bool: ...
+
+    @abstractmethod
     def update_run(self, workspace: str, run: str, changes: Dict[str, Any],
                    *, only_if_status_in: Optional[Iterable[str]] = None) -> bool:
         """Apply changes; with only_if_status_in, only when the run's current status is one of
-        them (a compare-and-set, so concurrent handlers cannot move a run backwards)."""
+        them (a compare-and-set, so concurrent handlers cannot move a run backwards). Callers get
+        the statuses from `domain.records.may_become`."""
+
+    @abstractmethod
     def replace_metrics(self, workspace: str, run: str, rows: Sequence[Any]) -> None:
         """Replace the run's metric records (run_log.MetricRow: step, name, value, time) in one bulk write."""
+
+    @abstractmethod
     def get_metrics(self, workspace: str, run: str) -> List[Dict[str, Any]]: ...
+
+    @abstractmethod
     def job_rollup(self, workspace: str, job: str) -> Dict[str, Any]:
         """{"counts": {status: number of runs}, "started": first run start, "ended": last run end}."""
+
+    @abstractmethod
     def list_runs(self, workspace: str, *, job: Optional[str] = None,
                   status: Optional[str] = None) -> List[Dict[str, Any]]: ...
+
+    @abstractmethod
     def list_jobs(self, workspace: str) -> List[Dict[str, Any]]: ...
+
+    @abstractmethod
+    def query_runs(self, query: RunQuery) -> List[Dict[str, Any]]:
+        """The runs a report selects: filters, sort and window done by the store."""
+
+    @abstractmethod
     def workspaces(self) -> List[str]: ...
+
+    @abstractmethod
     def experiments(self, workspace: str) -> List[str]: ...
+
+    @abstractmethod
     def silent_runs(self, before: float) -> List[Dict[str, Any]]:
         """Running runs (any workspace) whose last heartbeat, or start, is older than `before`."""
-    def find_job_by_submission(self, workspace: str, submission_id: str) -> Optional[str]: ...
 
 
-class Compute(Protocol):
+class Compute(ABC):
     """Where runs execute."""
 
+    @abstractmethod
     def submit(self, tasks: Sequence[Any]) -> None:
         """Queue RunTasks for execution, each at most once (keyed by workspace and run name)."""
+
+    @abstractmethod
     def cancel(self, workspace: str, runs: Sequence[str]) -> List[str]:
         """Stop the runs; returns those that had not started (they will never report)."""
 
+    @abstractmethod
+    def check_tasks(self) -> List[Any]:
+        """Events only the compute can see (a Batch node preempted): the timer publishes them."""
 
-class Publisher(Protocol):
+
+class TaskTable(Compute):
+    """The Compute port of this machine: a durable table of tasks that the executors (local,
+    pool) claim, launch and supervise. Tasks of `pool` targets name their pool; `node` is the box
+    a run went to."""
+
+    @abstractmethod
+    def register_target(self, name: str, definition: dict) -> None:
+        """definition: {"service": "local"} or {"service": "pool", "boxes": {name: box settings}}."""
+
+    @abstractmethod
+    def target(self, name: str) -> Optional[dict]: ...
+
+    @abstractmethod
+    def launchable(self, limit: int, window: int = 2000) -> List[Any]:
+        """Queued tasks of local targets that their jobs' `concurrent` lets start now."""
+
+    @abstractmethod
+    def pools_with_queued(self) -> List[str]: ...
+
+    @abstractmethod
+    def queued_in_pool(self, pool: str, limit: int) -> List[Any]: ...
+
+    @abstractmethod
+    def runs_per_node(self) -> Dict[str, int]: ...
+
+    @abstractmethod
+    def claim(self, task: Any, node: Optional[str] = None) -> bool:
+        """Take a queued task for launching; False if another executor took it first."""
+
+    @abstractmethod
+    def set_launched(self, workspace: str, run: str) -> None: ...
+
+    @abstractmethod
+    def launched(self, pooled: bool = False) -> List[dict]: ...
+
+    @abstractmethod
+    def requeue(self, workspace: str, run: str) -> None: ...
+
+    @abstractmethod
+    def mark(self, workspace: str, run: str, **fields: Any) -> None: ...
+
+    @abstractmethod
+    def active_count(self) -> int: ...
+
+    @abstractmethod
+    def counts_by_state(self, pool: Optional[str]) -> Dict[str, int]: ...
+
+    @abstractmethod
+    def record_box(self, box: str, reachable: bool, error: str = "") -> None: ...
+
+    @abstractmethod
+    def box_health(self) -> Dict[str, dict]: ...
+
+
+class Publisher(ABC):
     """Sends messages onto the pipeline's queues."""
 
+    events_queue: str
+
+    @abstractmethod
     def send_job(self, message: Any) -> None: ...
+
+    @abstractmethod
     def send_events(self, messages: Sequence[Any]) -> None: ...
 
 
@@ -112,22 +240,150 @@ class LockLost(RuntimeError):
     """The message's lock expired (or it was settled) before this settlement."""
 
 
-class MessageQueue(Protocol):
-    """Queues with peek-lock (the local host's view of the jobs and events queues)."""
+class MessageQueue(ABC):
+    """Queues with peek-lock (the local host's and the agent's view of the pipeline's queues)."""
 
+    @abstractmethod
     def send(self, queue: str, bodies: Sequence[bytes]) -> None: ...
+
+    @abstractmethod
     def receive(self, queue: str, max_messages: int = 1) -> List[ReceivedMessage]: ...
+
+    @abstractmethod
     def complete(self, message: ReceivedMessage) -> None: ...
+
+    @abstractmethod
     def abandon(self, message: ReceivedMessage, error: str = "") -> None: ...
+
+    @abstractmethod
     def dead_letter(self, message: ReceivedMessage, reason: str) -> None: ...
+
+    @abstractmethod
     def renew_lock(self, message: ReceivedMessage) -> None: ...
-    def peek(self, queue: str, limit: int = 100) -> List[dict]: ...
+
+    @abstractmethod
+    def peek(self, queue: str, limit: int = 100) -> List[dict]:
+        """Messages waiting, without locking them; `<queue>/$DeadLetterQueue` peeks the dead letters."""
+
+    def count(self, queue: str) -> int:
+        """Messages waiting (used by the local host to decide it is idle)."""
+        return len(self.peek(queue))
+
+    def release_locks(self) -> None:
+        """Give back every lock held (only a queue with one consumer, the local host's, can)."""
+
+    def close(self) -> None:
+        """Let go of connections."""
+
+
+class NodeUnreachable(RuntimeError):
+    """The node cannot be reached right now (a box whose SSH connection is down): nothing about
+    the run is known to have failed, so its supervisor tries again later."""
+
+
+class Node(ABC):
+    """Where a run's files and process live, as the run wrapper sees them: this machine or a box.
+
+    The wrapper's logic (start, supervise, ship, finish, adopt after a crash) is the same on every
+    node; only these operations differ. Paths are strings in the node's own (POSIX) file system.
+    """
+
+    name: str
+    home: str  # the node's XT folder: setup markers live here
+    fetches_code: bool  # True: prepare may be given a read-only link to the code zip instead of the zip
+
+    @abstractmethod
+    def connect(self) -> None:
+        """Make sure the node answers (raises domain.boxes.BoxError naming the box and why)."""
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    @abstractmethod
+    def probe(self) -> str:
+        """A short description of the node's Python, after connecting (for `xt list boxes --check`)."""
+
+    @abstractmethod
+    def work_dir(self, local_dir: str, workspace: str, run: str) -> str:
+        """The run's folder on the node; local_dir is the supervisor's own folder for it."""
+
+    @abstractmethod
+    def prepare(self, local_zip: Optional[str], code_url: Optional[str], code_dir: str, output_dir: str,
+                empty_files: List[str], source: str) -> None: ...
+
+    @abstractmethod
+    def append(self, path: str, data: bytes) -> None: ...
+
+    @abstractmethod
+    def read_from(self, path: str, offset: int = 0) -> bytes:
+        """b"" when missing."""
+
+    @abstractmethod
+    def exists(self, path: str) -> bool: ...
+
+    @abstractmethod
+    def walk(self, root: str) -> Iterator[Tuple[str, tuple]]:
+        """(relative path, change signature) of every file below root."""
+
+    @abstractmethod
+    def local_copy(self, path: str) -> "contextlib.AbstractContextManager[str]": ...
+
+    @abstractmethod
+    def put(self, local_path: str, path: str) -> None: ...
+
+    @abstractmethod
+    def python_argv(self, argv: List[str]) -> List[str]: ...
+
+    @abstractmethod
+    def launch(self, argv: List[str], cwd: str, env: Dict[str, str], console: str, exit_file: str) -> Tuple[int, str]:
+        """Start argv under the reaper, in its own session (a stale exit_file is removed first)."""
+
+    @abstractmethod
+    def alive(self, pid: int, start: Optional[str]) -> bool: ...
+
+    @abstractmethod
+    def kill_group(self, pid: int, sig: int) -> None: ...
+
+    @abstractmethod
+    def release(self, work_dir: str) -> None:
+        """The run is over and reported."""
+
+
+# (box name, its settings from the target's definition, the runs folder on the box) -> the box's Node
+NodeFactory = Callable[[str, dict, str], Node]
 
 
 @dataclass(frozen=True)
 class Ports:
+    """What a handler may touch."""
+
     storage: Storage
     stats: StatsStore
     compute: Compute
     publisher: Publisher
-    clock: Callable[[], float]
+
+
+@dataclass(frozen=True)
+class Parts:
+    """The handlers' ports, the queue the local host (or the agent) drains, this machine's task
+    table, and its nodes: this machine and a factory for a pool's boxes."""
+
+    home: Path
+    ports: Ports
+    queue: MessageQueue
+    compute: TaskTable  # this machine's tasks (ports.compute is this table, or the tasks queue)
+    local_node: Node  # this machine, with its runs' folders under home/nodes/local
+    make_node: NodeFactory  # a pool's box
+    served_here: bool = True  # the queue is the embedded one: a local host must be serving it
+
+
+@dataclass(frozen=True)
+class AgentParts:
+    """The compute agent's: the parts above, and the tasks queue its receiving thread drains (with
+    its own queue client, task-table connection and publisher: the main loop uses the others)."""
+
+    parts: Parts
+    tasks_queue: str
+    tasks: MessageQueue
+    taker_compute: TaskTable
+    taker_publisher: Publisher

@@ -1,0 +1,42 @@
+"""The Compute port as messages on the tasks queue: how the Functions app hands the runs of local
+and pool targets to the machine that executes them (an `xt serve` agent, xt_submit/agent.py).
+
+Submitting twice is harmless (the agent's task table ignores a run it has); a cancel reaches the
+agent, which stops what runs and reports the runs that never started.
+"""
+from __future__ import annotations
+
+from typing import List, Sequence
+
+from xt_submit.domain.messages import MAX_MESSAGE_BYTES, RunTask, TasksCancelled, TasksQueued, encode
+from xt_submit.ports import Compute
+
+TASKS_QUEUE = "tasks"
+
+
+class QueueCompute(Compute):
+    def __init__(self, queue, tasks_queue: str = TASKS_QUEUE) -> None:
+        self.queue = queue
+        self.tasks_queue = tasks_queue
+
+    def submit(self, tasks: Sequence[RunTask]) -> None:
+        """As few messages as fit under the queue's size limit (a big sweep is a few messages, not one per run)."""
+        bodies, chunk, size = [], [], 64
+        for task in tasks:
+            task_size = len(encode(task)) + 1
+            if chunk and size + task_size > MAX_MESSAGE_BYTES // 2:  # half: room for the envelope, with margin
+                bodies.append(encode(TasksQueued(tasks=chunk)))
+                chunk, size = [], 64
+            chunk.append(task)
+            size += task_size
+        if chunk:
+            bodies.append(encode(TasksQueued(tasks=chunk)))
+        self.queue.send(self.tasks_queue, bodies)
+
+    def cancel(self, workspace: str, runs: Sequence[str]) -> List[str]:
+        """Which runs never started only the agent knows: it reports them (RunFinished, cancelled)."""
+        self.queue.send(self.tasks_queue, [encode(TasksCancelled(workspace=workspace, runs=list(runs)))])
+        return []
+
+    def check_tasks(self) -> list:
+        return []

@@ -1,0 +1,184 @@
+"""This machine's compute: a durable task table (the TaskTable port) in SQLite.
+
+Submitting and cancelling are table writes; the executors in `runtime/` claim, launch and
+supervise the tasks, at most `concurrent` per job at once. The same table holds the tasks of
+`pool` targets (their `pool` column names the target, `node` the box a run went to). `xt run`
+registers each target it submits to, so the host knows a pool's boxes without any address or key
+travelling in a message."""
+from __future__ import annotations
+
+import time
+from typing import Dict, List, Optional, Sequence
+
+import msgspec
+
+from xt_submit.adapters.sqlite_util import connect, transaction
+from xt_submit.domain.messages import RunTask, decode_task, encode
+from xt_submit.ports import TaskTable
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS job_templates (
+    workspace TEXT NOT NULL, job TEXT NOT NULL, body BLOB NOT NULL, PRIMARY KEY (workspace, job));
+CREATE TABLE IF NOT EXISTS tasks (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    workspace TEXT NOT NULL, run TEXT NOT NULL, job TEXT NOT NULL, concurrent INTEGER NOT NULL,
+    command TEXT NOT NULL, hparams BLOB NOT NULL, state TEXT NOT NULL DEFAULT 'queued',
+    launched_at REAL, cancel_requested INTEGER NOT NULL DEFAULT 0,
+    UNIQUE (workspace, run));
+CREATE INDEX IF NOT EXISTS tasks_by_state ON tasks (state, seq);
+CREATE TABLE IF NOT EXISTS targets (name TEXT PRIMARY KEY, body BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS box_health (
+    box TEXT PRIMARY KEY, reachable INTEGER NOT NULL, error TEXT NOT NULL, checked_at REAL NOT NULL);
+"""
+_ADDED_COLUMNS = {"pool": "TEXT", "node": "TEXT"}  # tables made before pools existed get them on open
+_encode_json = msgspec.json.Encoder().encode
+
+
+class LocalCompute(TaskTable):
+    """The Compute port: submitting and cancelling are durable table writes, nothing else."""
+
+    def __init__(self, path: str) -> None:
+        self._db = connect(path, _SCHEMA)
+        have = {row[1] for row in self._db.execute("PRAGMA table_info(tasks)")}
+        with transaction(self._db) as db:
+            for column, kind in _ADDED_COLUMNS.items():
+                if column not in have:
+                    db.execute(f"ALTER TABLE tasks ADD COLUMN {column} {kind}")
+            db.execute("CREATE INDEX IF NOT EXISTS tasks_by_pool ON tasks (pool, state, seq)")
+
+    # --- targets this machine runs (registered by `xt run`) ----------------------------------
+    def register_target(self, name: str, definition: dict) -> None:
+        """definition: {"service": "local"} or {"service": "pool", "boxes": {name: box settings}}."""
+        with transaction(self._db) as db:
+            db.execute("INSERT OR REPLACE INTO targets (name, body) VALUES (?, ?)", (name, _encode_json(definition)))
+
+    def target(self, name: str) -> Optional[dict]:
+        row = self._db.execute("SELECT body FROM targets WHERE name = ?", (name,)).fetchone()
+        return msgspec.json.decode(row[0]) if row else None
+
+    def _pool_of(self, target: str) -> Optional[str]:
+        """None for tasks the local executor runs; the target's name for a pool's (or an unknown target's)."""
+        definition = self.target(target)
+        if definition is None:
+            return None if target == "local" else target
+        return None if definition.get("service") == "local" else target
+
+    def submit(self, tasks: Sequence[RunTask]) -> None:
+        """Tasks of one job share everything but run, command and hparams: that part is stored
+        once per job (a 10,000-run sweep writes one template, not 10,000 copies)."""
+        templates = {}
+        for task in tasks:
+            if (task.workspace, task.job) not in templates:
+                templates[(task.workspace, task.job)] = encode(msgspec.structs.replace(task, run="", command="", hparams={}))
+        pools = {target: self._pool_of(target) for target in {t.target for t in tasks}}
+        with transaction(self._db) as db:
+            db.executemany("INSERT OR IGNORE INTO job_templates (workspace, job, body) VALUES (?, ?, ?)",
+                           [(ws, job, body) for (ws, job), body in templates.items()])
+            db.executemany(
+                "INSERT OR IGNORE INTO tasks (workspace, run, job, concurrent, command, hparams, pool)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(t.workspace, t.run, t.job, t.concurrent, t.command, _encode_json(t.hparams), pools[t.target])
+                 for t in tasks])
+
+    def cancel(self, workspace: str, runs: Sequence[str]) -> List[str]:
+        not_started = []
+        with transaction(self._db) as db:
+            for run in runs:
+                row = db.execute("SELECT state FROM tasks WHERE workspace = ? AND run = ?", (workspace, run)).fetchone()
+                if row is None:
+                    continue
+                if row[0] == "queued":
+                    db.execute("UPDATE tasks SET state = 'cancelled' WHERE workspace = ? AND run = ?", (workspace, run))
+                    not_started.append(run)
+                elif row[0] == "launched":
+                    db.execute("UPDATE tasks SET cancel_requested = 1 WHERE workspace = ? AND run = ?", (workspace, run))
+        return not_started
+
+    # --- used by the executor ----------------------------------------------------------------
+    def check_tasks(self) -> list:
+        return []  # this machine's executors report their runs' events themselves
+
+    def launchable(self, limit: int, window: int = 2000) -> List[RunTask]:
+        """Queued tasks, oldest first, up to each job's free slots and the machine's (`limit`)."""
+        running = {(ws, job): n for ws, job, n in self._db.execute(
+            "SELECT workspace, job, count(*) FROM tasks WHERE state IN ('launching', 'launched') AND pool IS NULL"
+            " GROUP BY workspace, job")}
+        limit -= sum(running.values())
+        if limit <= 0:
+            return []
+        chosen = []
+        for ws, job, run, concurrent, command, hparams in self._db.execute(
+                "SELECT workspace, job, run, concurrent, command, hparams FROM tasks WHERE state = 'queued'"
+                " AND pool IS NULL ORDER BY seq LIMIT ?", (window,)):
+            if running.get((ws, job), 0) < concurrent:
+                running[(ws, job)] = running.get((ws, job), 0) + 1
+                chosen.append(self._task(ws, job, run, command, hparams))
+                if len(chosen) == limit:
+                    break
+        return chosen
+
+    def _task(self, workspace: str, job: str, run: str, command: str, hparams: bytes) -> RunTask:
+        return msgspec.structs.replace(self._template(workspace, job), run=run, command=command,
+                                       hparams=msgspec.json.decode(hparams))
+
+    # --- pools -------------------------------------------------------------------------------
+    def pools_with_queued(self) -> List[str]:
+        return [row[0] for row in self._db.execute("SELECT DISTINCT pool FROM tasks WHERE pool IS NOT NULL AND state = 'queued'")]
+
+    def queued_in_pool(self, pool: str, limit: int) -> List[RunTask]:
+        rows = self._db.execute("SELECT workspace, job, run, command, hparams FROM tasks WHERE pool = ? AND state = 'queued'"
+                                " ORDER BY seq LIMIT ?", (pool, limit)).fetchall()
+        return [self._task(*row) for row in rows]
+
+    def runs_per_node(self) -> Dict[str, int]:
+        """Runs in flight on each box, over every pool (a box in two pools has one set of slots)."""
+        return dict(self._db.execute("SELECT node, count(*) FROM tasks WHERE node IS NOT NULL"
+                                     " AND state IN ('launching', 'launched') GROUP BY node"))
+
+    def requeue(self, workspace: str, run: str) -> None:
+        """The run never started (its box dropped before the launch): it goes back in line."""
+        self.mark(workspace, run, state="queued", node=None, launched_at=None)
+
+    def record_box(self, box: str, reachable: bool, error: str = "") -> None:
+        with transaction(self._db) as db:
+            db.execute("INSERT OR REPLACE INTO box_health (box, reachable, error, checked_at) VALUES (?, ?, ?, ?)",
+                       (box, int(reachable), error, time.time()))
+
+    def box_health(self) -> Dict[str, dict]:
+        return {box: {"reachable": bool(ok), "error": error, "checked_at": at}
+                for box, ok, error, at in self._db.execute("SELECT box, reachable, error, checked_at FROM box_health")}
+
+    def counts_by_state(self, pool: Optional[str]) -> Dict[str, int]:
+        clause = "pool IS NULL" if pool is None else "pool = ?"
+        return dict(self._db.execute(f"SELECT state, count(*) FROM tasks WHERE {clause} GROUP BY state",
+                                     () if pool is None else (pool,)))
+
+    def _template(self, workspace: str, job: str) -> RunTask:
+        row = self._db.execute("SELECT body FROM job_templates WHERE workspace = ? AND job = ?", (workspace, job)).fetchone()
+        return decode_task(bytes(row[0]))
+
+    def claim(self, task: RunTask, node: Optional[str] = None) -> bool:
+        """Reserve a queued task (on a pool's box: `node`) before spawning, so a crash cannot launch it twice."""
+        with transaction(self._db) as db:
+            return db.execute("UPDATE tasks SET state = 'launching', launched_at = ?, node = ? WHERE workspace = ?"
+                              " AND run = ? AND state = 'queued'", (time.time(), node, task.workspace, task.run)).rowcount > 0
+
+    def launched(self, pooled: bool = False) -> List[dict]:
+        """Runs in flight: the local executor's, or (pooled) those on pools' boxes."""
+        rows = self._db.execute("SELECT workspace, run, job, launched_at, cancel_requested, state, pool, node FROM tasks"
+                                f" WHERE state IN ('launching', 'launched') AND pool IS {'NOT ' if pooled else ''}NULL").fetchall()
+        keys = ("workspace", "run", "job", "launched_at", "cancel_requested", "state", "pool", "node")
+        return [dict(zip(keys, row)) for row in rows]
+
+    def set_launched(self, workspace: str, run: str) -> None:
+        """The run's process (if any) is recorded in its wrapper state, in the node dir."""
+        with transaction(self._db) as db:
+            db.execute("UPDATE tasks SET state = 'launched' WHERE workspace = ? AND run = ?", (workspace, run))
+
+    def mark(self, workspace: str, run: str, **fields) -> None:
+        with transaction(self._db) as db:
+            db.execute(f"UPDATE tasks SET {', '.join(f'{k} = ?' for k in fields)} WHERE workspace = ? AND run = ?",
+                       [*fields.values(), workspace, run])
+
+    def active_count(self) -> int:
+        return self._db.execute("SELECT count(*) FROM tasks WHERE state IN ('queued', 'launching', 'launched')").fetchone()[0]

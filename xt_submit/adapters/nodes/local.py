@@ -1,0 +1,129 @@
+"""This machine as a Node: the run's files in a local folder, its process under the reaper here."""
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Tuple
+
+from xt_submit.node_kit import code_archive, reaper
+from xt_submit.ports import Node
+
+REAPER = reaper.__file__
+
+
+def process_start_time(pid: int) -> Optional[str]:
+    """The kernel's start time of pid (None if gone or a zombie): tells a live process from a recycled pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return None
+        return "?"  # no /proc (not Linux): trust the pid
+    if fields[0] in (b"Z", b"X"):
+        return None
+    return fields[19].decode()
+
+
+class LocalNode(Node):
+    """This machine. `launch` keeps the Popen so the supervisor that started a run can poll it."""
+
+    fetches_code = False
+
+    def __init__(self, home: str, name: str = "local") -> None:
+        self.name = name
+        self.home = str(home)
+        self.processes: Dict[int, subprocess.Popen] = {}
+
+    def connect(self) -> None:
+        pass  # always here
+
+    def close(self) -> None:
+        pass
+
+    def probe(self) -> str:
+        return "this machine"
+
+    def work_dir(self, local_dir: str, workspace: str, run: str) -> str:
+        return str(local_dir)  # the supervisor's folder for the run is the run's folder
+
+    def prepare(self, local_zip: Optional[str], code_url: Optional[str], code_dir: str, output_dir: str,
+                empty_files: List[str], source: str) -> None:
+        code_archive.safe_extract(local_zip, code_dir, source=source)
+        os.makedirs(output_dir, exist_ok=True)
+        for path in empty_files:
+            Path(path).touch()
+
+    def append(self, path: str, data: bytes) -> None:
+        with open(path, "ab") as f:
+            f.write(data)
+
+    def read_from(self, path: str, offset: int = 0) -> bytes:
+        try:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                return f.read()
+        except FileNotFoundError:
+            return b""
+
+    def exists(self, path: str) -> bool:
+        return os.path.exists(path)
+
+    def walk(self, root: str) -> Iterator[Tuple[str, tuple]]:
+        if not os.path.isdir(root):
+            return
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for name in sorted(filenames):
+                path = os.path.join(dirpath, name)
+                if os.path.islink(path):
+                    continue  # a link's target never travels to storage
+                stat = os.stat(path)
+                yield os.path.relpath(path, root).replace(os.sep, "/"), (stat.st_mtime_ns, stat.st_size)
+
+    @contextlib.contextmanager
+    def local_copy(self, path: str) -> Iterator[str]:
+        yield path
+
+    def put(self, local_path: str, path: str) -> None:
+        shutil.copyfile(local_path, path)
+
+    def python_argv(self, argv: List[str]) -> List[str]:
+        if argv and argv[0] == "python":
+            return [sys.executable, *argv[1:]]  # the interpreter that runs XT has the Run API installed
+        return argv
+
+    def launch(self, argv: List[str], cwd: str, env: Dict[str, str], console: str, exit_file: str) -> Tuple[int, str]:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(exit_file)  # a stale one would say this run already ended
+        with open(console, "ab") as out:
+            # own session: the run outlives its supervisor, and a cancel can signal its whole tree
+            process = subprocess.Popen([sys.executable, "-S", "-I", REAPER, exit_file, *argv], cwd=cwd,
+                                       env={**os.environ, **env}, stdin=subprocess.DEVNULL, stdout=out,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes[process.pid] = process
+        return process.pid, process_start_time(process.pid) or "?"
+
+    def alive(self, pid: int, start: Optional[str]) -> bool:
+        process = self.processes.get(pid)
+        if process is not None:
+            if process.poll() is None:
+                return True
+            del self.processes[pid]
+            return False
+        return process_start_time(pid) == start
+
+    def release(self, work_dir: str) -> None:
+        pass  # here the run's folder is also its supervisor's record: it stays
+
+    def kill_group(self, pid: int, sig: int) -> None:
+        try:
+            os.killpg(pid, sig)  # the reaper forwards; the whole process group gets it too
+        except (ProcessLookupError, PermissionError):
+            pass

@@ -1,0 +1,354 @@
+"""Experiment stats in SQLite (the embedded default for the MongoDB-API store)."""
+from __future__ import annotations
+
+import re
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+import msgspec
+
+from xt_submit.domain import layout
+from xt_submit.adapters.sqlite_util import connect, transaction
+from xt_submit.domain.errors import NotFound
+from xt_submit.domain.records import JOB_FIELDS, MAPPING_FIELDS, RUN_FIELDS
+from xt_submit.domain.run_query import Filter, RunQuery, window
+from xt_submit.ports import StatsStore
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS job_counters (workspace TEXT PRIMARY KEY, last_number INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS submissions (
+    workspace TEXT NOT NULL, submission_id TEXT NOT NULL, number INTEGER NOT NULL,
+    PRIMARY KEY (workspace, submission_id));
+CREATE TABLE IF NOT EXISTS jobs (
+    workspace TEXT NOT NULL, name TEXT NOT NULL, number INTEGER NOT NULL, submission_id TEXT,
+    experiment TEXT, username TEXT, target TEXT, status TEXT NOT NULL, script TEXT, command TEXT,
+    run_count INTEGER NOT NULL DEFAULT 0, counts TEXT NOT NULL DEFAULT '{}',
+    created REAL, started REAL, ended REAL, tags TEXT NOT NULL DEFAULT '{}',
+    hp_space TEXT NOT NULL DEFAULT '{}', primary_metric TEXT, maximize_metric INTEGER,
+    PRIMARY KEY (workspace, name));
+CREATE TABLE IF NOT EXISTS runs (
+    workspace TEXT NOT NULL, name TEXT NOT NULL, job TEXT NOT NULL, job_number INTEGER NOT NULL,
+    run_index INTEGER NOT NULL, experiment TEXT, username TEXT, target TEXT,
+    status TEXT NOT NULL, exit_code INTEGER, node_id TEXT, reason TEXT NOT NULL DEFAULT '',
+    created REAL, queued REAL, started REAL, ended REAL, duration REAL,
+    command TEXT, hparams TEXT NOT NULL DEFAULT '{}', metrics TEXT NOT NULL DEFAULT '{}',
+    tags TEXT NOT NULL DEFAULT '{}', heartbeat REAL,
+    PRIMARY KEY (workspace, name));
+CREATE INDEX IF NOT EXISTS runs_by_job ON runs (workspace, job_number, run_index);
+CREATE INDEX IF NOT EXISTS runs_by_status ON runs (workspace, status);
+CREATE TABLE IF NOT EXISTS last_metrics (
+    workspace TEXT NOT NULL, run TEXT NOT NULL, name TEXT NOT NULL, value,
+    PRIMARY KEY (workspace, run, name)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS last_metrics_by_value ON last_metrics (workspace, name, value);
+CREATE TABLE IF NOT EXISTS metrics (
+    workspace TEXT NOT NULL, run TEXT NOT NULL, seq INTEGER NOT NULL,
+    step INTEGER, name TEXT NOT NULL, value, time REAL);
+CREATE INDEX IF NOT EXISTS metrics_by_run ON metrics (workspace, run, seq);
+"""
+
+JOB_COLUMNS = JOB_FIELDS
+RUN_COLUMNS = RUN_FIELDS
+_JSON_COLUMNS = MAPPING_FIELDS
+_BOOL_COLUMNS = frozenset({"maximize_metric"})
+
+_encode = msgspec.json.Encoder().encode
+_decode = msgspec.json.decode
+
+
+def _to_sql(column: str, value: Any) -> Any:
+    if column in _JSON_COLUMNS:
+        return _encode(value if value is not None else {}).decode()
+    if column in _BOOL_COLUMNS and value is not None:
+        return int(bool(value))
+    return value
+
+
+def _from_row(columns: Sequence[str], row: Sequence[Any]) -> Dict[str, Any]:
+    record = dict(zip(columns, row))
+    for column in _JSON_COLUMNS.intersection(record):
+        record[column] = _decode(record[column])
+    for column in _BOOL_COLUMNS.intersection(record):
+        if record[column] is not None:
+            record[column] = bool(record[column])
+    return record
+
+
+def _check_columns(kind: str, changes: Dict[str, Any], allowed: Sequence[str]) -> None:
+    unknown = set(changes) - set(allowed) - {"workspace", "name"}
+    if unknown:
+        raise ValueError(f"{kind} update: unknown fields {sorted(unknown)}")
+
+
+def _index_last_metrics(db, workspace: str, run: str, metrics: Dict[str, Any]) -> None:
+    """One row per (run, metric) so metric filters and sorts use an index, not a JSON scan."""
+    db.execute("DELETE FROM last_metrics WHERE workspace = ? AND run = ?", (workspace, run))
+    # `value` has no declared type: numbers stay numbers and words stay words, and the index
+    # orders them as SQLite orders json_extract() results (NULL < numbers < text).
+    db.executemany("INSERT INTO last_metrics (workspace, run, name, value) VALUES (?, ?, ?, ?)", [
+        (workspace, run, name, float(value) if isinstance(value, bool) else value)
+        for name, value in metrics.items() if value is None or isinstance(value, (int, float, str))])
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_SQL_OPS = {"==": "=", "!=": "!=", "<": "<", "<=": "<=", ">": ">", ">=": ">="}
+
+
+def _json_path(name: str) -> str:
+    if "'" in name or '"' in name:  # parse_prop rejects these; never let one reach the SQL text
+        raise ValueError(f"invalid field name {name!r}")
+    return f"""'$."{name}"'"""
+
+
+def _filter_sql(flt: Filter) -> Tuple[str, List[Any]]:
+    """SQL for one filter, with the semantics of run_query.matches."""
+    if flt.group == "metrics":
+        probe = "SELECT 1 FROM last_metrics m WHERE m.workspace = r.workspace AND m.run = r.name AND m.name = ?"
+        expr, kind, params = "m.value", "typeof(m.value)", [flt.name]
+    elif flt.group is None:
+        expr, kind, params = f"r.{flt.name}", f"typeof(r.{flt.name})", []
+    else:
+        path = _json_path(flt.name)
+        expr, kind, params = f"json_extract(r.{flt.group}, {path})", f"json_type(r.{flt.group}, {path})", []
+
+    if flt.op == "exists" or (flt.op in ("==", "!=") and flt.value is None):
+        present = flt.value if flt.op == "exists" else flt.op == "!="
+        condition, negate = f"{expr} IS NOT NULL AND {kind} != 'null'", not present
+    elif flt.op == "regex":
+        condition, negate = f"{kind} = 'text' AND {expr} REGEXP ?", False
+        params = params + [flt.value]
+    elif isinstance(flt.value, bool):
+        # JSON booleans are their own type; a run field or a metric is never a boolean
+        condition = f"{kind} = '{'true' if flt.value else 'false'}'" if flt.group in ("hparams", "tags") else "0"
+        negate = flt.op == "!="
+    else:
+        # compare like with like: a number never equals or orders against a word
+        same_type = f"{kind} IN ('integer', 'real')" if _is_number(flt.value) else f"{kind} = 'text'"
+        op = "=" if flt.op == "!=" else _SQL_OPS[flt.op]
+        condition, negate = f"{same_type} AND {expr} {op} ?", flt.op == "!="
+        params = params + [flt.value]
+    if flt.group == "metrics":
+        sql = f"EXISTS ({probe} AND {condition})"
+    else:
+        sql = f"COALESCE(({condition}), 0)"  # a missing value is "no match", never SQL's unknown
+    return (f"NOT {sql}" if negate else sql), params
+
+
+def _regexp(pattern: str, value: Any) -> bool:
+    return isinstance(value, str) and re.search(pattern, value) is not None
+
+
+class SqliteStats(StatsStore):
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._db = connect(path, _SCHEMA)
+        self._db.create_function("regexp", 2, _regexp, deterministic=True)
+
+    # --- names -------------------------------------------------------------------------------
+    def assign_job_name(self, workspace: str, submission_id: str) -> str:
+        """The next job number of the workspace, or the one this submission already got."""
+        with transaction(self._db) as db:
+            row = db.execute("SELECT number FROM submissions WHERE workspace = ? AND submission_id = ?",
+                             (workspace, submission_id)).fetchone()
+            if row is None:
+                db.execute("INSERT INTO job_counters (workspace, last_number) VALUES (?, 1)"
+                           " ON CONFLICT (workspace) DO UPDATE SET last_number = last_number + 1", (workspace,))
+                number = db.execute("SELECT last_number FROM job_counters WHERE workspace = ?", (workspace,)).fetchone()[0]
+                db.execute("INSERT INTO submissions (workspace, submission_id, number) VALUES (?, ?, ?)",
+                           (workspace, submission_id, number))
+            else:
+                number = row[0]
+        return layout.job_name(number)
+
+    def restore_job_name(self, workspace: str, submission_id: str, number: int) -> None:
+        """Record a name assigned earlier (a reindex), keeping the counter past it."""
+        with transaction(self._db) as db:
+            db.execute("INSERT OR IGNORE INTO submissions (workspace, submission_id, number) VALUES (?, ?, ?)",
+                       (workspace, submission_id, number))
+            db.execute("INSERT INTO job_counters (workspace, last_number) VALUES (?, ?) ON CONFLICT (workspace)"
+                       " DO UPDATE SET last_number = max(last_number, excluded.last_number)", (workspace, number))
+
+    def clear_workspace(self, workspace: str) -> None:
+        with transaction(self._db) as db:
+            for table in ("jobs", "runs", "last_metrics", "metrics", "submissions", "job_counters"):
+                db.execute(f"DELETE FROM {table} WHERE workspace = ?", (workspace,))
+
+    def find_job_by_submission(self, workspace: str, submission_id: str) -> Optional[str]:
+        row = self._db.execute("SELECT j.name FROM submissions s JOIN jobs j ON j.workspace = s.workspace AND j.number = s.number"
+                               " WHERE s.workspace = ? AND s.submission_id = ?", (workspace, submission_id)).fetchone()
+        return row[0] if row else None
+
+    # --- writes ------------------------------------------------------------------------------
+    def insert_job(self, job: Dict[str, Any]) -> None:
+        _check_columns("job", job, JOB_COLUMNS)
+        columns = [c for c in JOB_COLUMNS if c in job]
+        with transaction(self._db) as db:
+            db.execute(f"INSERT OR IGNORE INTO jobs ({','.join(columns)}) VALUES ({','.join('?' * len(columns))})",
+                       [_to_sql(c, job[c]) for c in columns])
+
+    def insert_runs(self, runs: Sequence[Dict[str, Any]]) -> None:
+        if not runs:
+            return
+        present = set().union(*(run.keys() for run in runs))
+        _check_columns("run", dict.fromkeys(present), RUN_COLUMNS)
+        columns = [c for c in RUN_COLUMNS if c in present]
+        sql = f"INSERT OR IGNORE INTO runs ({','.join(columns)}) VALUES ({','.join('?' * len(columns))})"
+        json_columns = [c in _JSON_COLUMNS for c in columns]
+        rows = ([_encode(run.get(c) or {}).decode() if is_json else run.get(c) for c, is_json in zip(columns, json_columns)]
+                for run in runs)
+        with transaction(self._db) as db:
+            db.executemany(sql, rows)
+
+    def update_job(self, workspace: str, job: str, changes: Dict[str, Any],
+                   *, only_if_status_in: Optional[Iterable[str]] = None) -> bool:
+        _check_columns("job", changes, JOB_COLUMNS)
+        return self._update("jobs", workspace, job, changes, only_if_status_in)
+
+    def update_run(self, workspace: str, run: str, changes: Dict[str, Any],
+                   *, only_if_status_in: Optional[Iterable[str]] = None) -> bool:
+        _check_columns("run", changes, RUN_COLUMNS)
+        return self._update("runs", workspace, run, changes, only_if_status_in)
+
+    def _update(self, table: str, workspace: str, name: str, changes: Dict[str, Any],
+                only_if_status_in: Optional[Iterable[str]]) -> bool:
+        columns = list(changes)
+        sql = f"UPDATE {table} SET {', '.join(f'{c} = ?' for c in columns)} WHERE workspace = ? AND name = ?"
+        params = [_to_sql(c, changes[c]) for c in columns] + [workspace, name]
+        if only_if_status_in is not None:
+            statuses = list(only_if_status_in)
+            sql += f" AND status IN ({','.join('?' * len(statuses))})"
+            params += statuses
+        with transaction(self._db) as db:
+            if db.execute(f"SELECT 1 FROM {table} WHERE workspace = ? AND name = ?", (workspace, name)).fetchone() is None:
+                raise NotFound(f"{table[:-1]} {name} not found in workspace {workspace}")
+            changed = db.execute(sql, params).rowcount > 0
+            if changed and table == "runs" and "metrics" in changes:
+                _index_last_metrics(db, workspace, name, changes["metrics"] or {})
+            return changed
+
+    def replace_metrics(self, workspace: str, run: str, rows: Sequence[Any]) -> None:
+        with transaction(self._db) as db:
+            db.execute("DELETE FROM metrics WHERE workspace = ? AND run = ?", (workspace, run))
+            db.executemany("INSERT INTO metrics (workspace, run, seq, step, name, value, time) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           ((workspace, run, seq, step, name, value, time) for seq, (step, name, value, time) in enumerate(rows)))
+
+    # --- reads -------------------------------------------------------------------------------
+    def get_job(self, workspace: str, job: str) -> Dict[str, Any]:
+        row = self._db.execute(f"SELECT {','.join(JOB_COLUMNS)} FROM jobs WHERE workspace = ? AND name = ?", (workspace, job)).fetchone()
+        if row is None:
+            raise NotFound(f"job {job} not found in workspace {workspace}")
+        return _from_row(JOB_COLUMNS, row)
+
+    def get_run(self, workspace: str, run: str) -> Dict[str, Any]:
+        row = self._db.execute(f"SELECT {','.join(RUN_COLUMNS)} FROM runs WHERE workspace = ? AND name = ?", (workspace, run)).fetchone()
+        if row is None:
+            raise NotFound(f"run {run} not found in workspace {workspace}")
+        return _from_row(RUN_COLUMNS, row)
+
+    def get_metrics(self, workspace: str, run: str) -> List[Dict[str, Any]]:
+        rows = self._db.execute("SELECT step, name, value, time FROM metrics WHERE workspace = ? AND run = ? ORDER BY seq",
+                                (workspace, run)).fetchall()
+        return [{"step": r[0], "name": r[1], "value": r[2], "time": r[3]} for r in rows]
+
+    def job_rollup(self, workspace: str, job: str) -> Dict[str, Any]:
+        rows = self._db.execute("SELECT status, count(*), min(started), max(ended) FROM runs"
+                                " WHERE workspace = ? AND job_number = ? GROUP BY status", (workspace, layout.job_number(job))).fetchall()
+        starts = [r[2] for r in rows if r[2] is not None]
+        ends = [r[3] for r in rows if r[3] is not None]
+        return {"counts": {r[0]: r[1] for r in rows}, "started": min(starts) if starts else None,
+                "ended": max(ends) if ends else None}
+
+    def list_runs(self, workspace: str, *, job: Optional[str] = None, status: Optional[str] = None) -> List[Dict[str, Any]]:
+        return self.query_runs(RunQuery(workspace=workspace, job=job, status=status))
+
+    def workspaces(self) -> List[str]:
+        return [r[0] for r in self._db.execute("SELECT DISTINCT workspace FROM jobs ORDER BY workspace")]
+
+    def experiments(self, workspace: str) -> List[str]:
+        return [r[0] for r in self._db.execute("SELECT DISTINCT experiment FROM jobs WHERE workspace = ?"
+                                               " AND experiment IS NOT NULL ORDER BY experiment", (workspace,))]
+
+    def silent_runs(self, before: float) -> List[Dict[str, Any]]:
+        """Running runs whose last sign of life (heartbeat, else start) is older than `before`."""
+        rows = self._db.execute(f"SELECT {','.join(RUN_COLUMNS)} FROM runs WHERE status = 'running'"
+                                " AND coalesce(heartbeat, started, queued) < ?", (before,)).fetchall()
+        return [_from_row(RUN_COLUMNS, row) for row in rows]
+
+    def list_jobs(self, workspace: str) -> List[Dict[str, Any]]:
+        rows = self._db.execute(f"SELECT {','.join(JOB_COLUMNS)} FROM jobs WHERE workspace = ? ORDER BY number", (workspace,))
+        return [_from_row(JOB_COLUMNS, row) for row in rows]
+
+    # --- queries -----------------------------------------------------------------------------
+    def query_runs(self, query: RunQuery) -> List[Dict[str, Any]]:
+        """Filter, sort and window in SQL: only the rows shown are read and decoded."""
+        where = ["r.workspace = ?"]
+        params: List[Any] = [query.workspace]
+        if query.job is not None:
+            where.append("r.job_number = ?")
+            params.append(layout.job_number(query.job))
+        if query.status is not None:
+            where.append("r.status = ?")
+            params.append(query.status)
+        if query.runs or query.jobs:
+            either = []
+            if query.runs:
+                either.append(f"r.name IN ({','.join('?' * len(query.runs))})")
+                params.extend(query.runs)
+            if query.jobs:
+                either.append(f"r.job_number IN ({','.join('?' * len(query.jobs))})")
+                params.extend(layout.job_number(job) for job in query.jobs)
+            where.append(f"({' OR '.join(either)})")
+        if query.any_tags:
+            where.append("(" + " OR ".join(f"coalesce(json_type(r.tags, {_json_path(tag)}), 'null') != 'null'"
+                                           for tag in query.any_tags) + ")")
+        for flt in query.filters:
+            sql, values = _filter_sql(flt)
+            where.append(sql)
+            params.extend(values)
+
+        descending = query.reverse
+        if query.first is not None:
+            return window(self._ordered(query, where, params, descending, query.first), None, query.last)
+        if query.last is not None:  # the last N in order are the first N in the opposite order, reversed
+            return self._ordered(query, where, params, not descending, query.last)[::-1]
+        return self._ordered(query, where, params, descending, None)
+
+    def _ordered(self, query: RunQuery, where: List[str], params: List[Any], descending: bool,
+                 limit: Optional[int]) -> List[Dict[str, Any]]:
+        direction = "DESC" if descending else "ASC"
+        tie = f"r.job_number {direction}, r.run_index {direction}"
+        columns = ",".join(f"r.{c}" for c in RUN_COLUMNS)
+        sort = query.sort
+        if sort is None or sort.group != "metrics":
+            key = "" if sort is None else (
+                f"r.{sort.name}" if sort.group is None else f"json_extract(r.{sort.group}, {_json_path(sort.name)})")
+            order = f"{key} {direction}, {tie}" if key else tie
+            sql = f"SELECT {columns} FROM runs r WHERE {' AND '.join(where)} ORDER BY {order}"
+            rows = self._db.execute(sql + (" LIMIT ?" if limit is not None else ""),
+                                    params + ([limit] if limit is not None else [])).fetchall()
+            return [_from_row(RUN_COLUMNS, row) for row in rows]
+
+        # A metric sort walks the (name, value) index; runs without the metric order first, as NULL.
+        # CROSS JOIN pins the join order: walk the value index, look each run up (SQLite's planner
+        # otherwise scans every run and sorts: 57 ms instead of 0.4 ms at 100,000 runs).
+        with_value = (f"SELECT {columns} FROM last_metrics s CROSS JOIN runs r ON r.workspace = s.workspace AND r.name = s.run"
+                      f" WHERE s.workspace = ? AND s.name = ? AND {' AND '.join(where)}"
+                      f" ORDER BY s.value {direction}, {tie}")
+        with_params = [query.workspace, sort.name] + params
+        without_value = (f"SELECT {columns} FROM runs r WHERE {' AND '.join(where)} AND NOT EXISTS (SELECT 1 FROM"
+                         f" last_metrics s WHERE s.workspace = r.workspace AND s.run = r.name AND s.name = ?)"
+                         f" ORDER BY {tie}")
+        without_params = params + [sort.name]
+        parts = [(with_value, with_params), (without_value, without_params)]
+        if not descending:
+            parts.reverse()
+        rows: List[Any] = []
+        for sql, part_params in parts:
+            if limit is not None and len(rows) >= limit:
+                break
+            if limit is None:
+                rows += self._db.execute(sql, part_params).fetchall()
+            else:
+                rows += self._db.execute(sql + " LIMIT ?", part_params + [limit - len(rows)]).fetchall()
+        return [_from_row(RUN_COLUMNS, row) for row in rows]

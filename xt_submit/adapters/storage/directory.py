@@ -1,0 +1,117 @@
+"""Experiment storage as a directory tree (the embedded default for Blob Storage)."""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import List
+
+from xt_submit.ports import NotFound, Storage
+from xt_submit.domain.errors import OneLineError
+
+
+class StorageKeyError(OneLineError):
+    pass
+
+
+def check_key(key: str) -> str:
+    parts = key.split("/")
+    if not key or key.startswith("/") or "\\" in key or "\x00" in key or any(p in ("", ".", "..") for p in parts[:-1]) or parts[-1] in (".", ".."):
+        raise StorageKeyError(f"storage key: expected a relative path without '..', got {key!r}")
+    return key
+
+
+class DirectoryStorage(Storage):
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._made_dirs: set = set()
+
+    def _path(self, key: str) -> Path:
+        return self.root / check_key(key)
+
+    def _parent_dir(self, path: Path) -> None:
+        """mkdir -p once per folder per process: most writes land in a folder already made."""
+        parent = path.parent
+        if parent not in self._made_dirs:
+            parent.mkdir(parents=True, exist_ok=True)
+            self._made_dirs.add(parent)
+
+    def read(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise NotFound(f"storage: no such key {key}") from None
+
+    def write(self, key: str, data: bytes, *, overwrite: bool = True) -> bool:
+        path = self._path(key)
+        self._parent_dir(path)
+        # Write aside then rename: a reader never sees half a file, a crash leaves no torn file.
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            if overwrite:
+                os.replace(tmp, path)
+                return True
+            try:
+                os.link(tmp, path)  # atomic create-if-absent
+                return True
+            except FileExistsError:
+                return False
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def create_log(self, key: str, data: bytes) -> bool:
+        return self.write(key, data, overwrite=False)
+
+    def append(self, key: str, data: bytes) -> None:
+        path = self._path(key)
+        self._parent_dir(path)
+        # O_APPEND makes each write land whole at the end, even with several writers.
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        finally:
+            os.close(fd)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str) -> List[str]:
+        base = self.root / prefix.rstrip("/") if prefix else self.root
+        if prefix and not prefix.endswith("/"):
+            raise StorageKeyError(f"storage prefix: expected a folder ending in '/', got {prefix!r}")
+        keys = []
+        for dirpath, dirnames, filenames in os.walk(base):
+            rel = os.path.relpath(dirpath, self.root).replace(os.sep, "/")
+            rel = "" if rel == "." else rel + "/"
+            keys.extend(rel + name for name in filenames if not name.startswith(".tmp-"))
+        return sorted(keys)
+
+    def upload_file(self, key: str, path: str) -> None:
+        dest = self._path(key)
+        self._parent_dir(dest)
+        tmp = dest.with_name(f".tmp-{os.getpid()}-{dest.name}")
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, dest)
+
+    def download_file(self, key: str, path: str) -> None:
+        source = self._path(key)
+        if not source.is_file():
+            raise NotFound(f"storage: no such key {key}")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, path)
+
+    def read_url(self, key: str, expiry_seconds: float = 3600) -> None:
+        return None  # a folder has no links: nodes that fetch code by link are given the zip instead
+
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink()
+        except FileNotFoundError:
+            pass

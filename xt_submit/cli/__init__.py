@@ -1,0 +1,1 @@
+"""The `xt` command line: argument parsing, one module per command group, and what it prints."""

@@ -1,0 +1,85 @@
+"""What every `xt` subcommand shares: the user-facing error, config loading, output helpers."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from contextlib import contextmanager
+from typing import Any, Dict, Iterator, Optional
+
+from xt_submit import config as xt_config
+from xt_submit.domain import layout
+from xt_submit.domain.errors import OneLineError
+
+EXIT_USAGE = 2
+
+
+class CliError(OneLineError):
+    """A one-line message for the user; exit status 2."""
+
+
+def load(args: argparse.Namespace, overrides: Optional[Dict[str, Any]] = None):
+    workspace = getattr(args, "workspace", None)
+    overrides = dict(overrides or {})
+    if workspace is not None:
+        overrides["general.workspace"] = workspace
+    return xt_config.load_config(args.config, overrides)
+
+
+def embedded_parts(cfg):
+    """The parts the config selects: the embedded default unless `xt-services` names others."""
+    from xt_submit.bootstrap import from_config
+
+    return from_config(cfg)
+
+
+def print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def check_name(kind: str, value: str, pattern) -> str:
+    if not pattern.match(value):
+        raise CliError(f"{kind}: expected a name like {'job7' if kind == 'job' else 'run7.1'}, got {value!r}")
+    return value
+
+
+def parse_tag_items(items, option: str) -> Dict[str, str]:
+    """`name[=value]` items (or one comma-separated text) as a dict."""
+    tags: Dict[str, str] = {}
+    for item in filter(None, (t.strip() for text in items for t in (text or "").split(","))):
+        name, _, value = item.partition("=")
+        if not layout.NAME_PATTERN.match(name):
+            raise CliError(f"{option}: expected name[=value], got {item!r}")
+        tags[name] = value
+    return tags
+
+
+def ensure_local_host(parts) -> None:
+    """With the embedded queue, a local host must be serving it; with Service Bus, Functions do."""
+    from xt_submit.runtime.local_host import ensure_host
+
+    if parts.served_here:
+        ensure_host(parts.home)
+
+
+@contextmanager
+def transfer_progress(storage, label: str, enabled: bool) -> Iterator[None]:
+    """A progress bar for the transfers of a storage that reports them (Blob Storage does)."""
+    if not enabled or not storage.reports_progress:
+        yield
+        return
+    from tqdm import tqdm
+
+    bar = tqdm(unit="B", unit_scale=True, desc=label, file=sys.stderr, leave=False)
+
+    def report(done: int, total: Optional[int]) -> None:
+        if total and bar.total != total:
+            bar.total = total
+        bar.update(done - bar.n)
+
+    previous, storage.progress = storage.progress, report
+    try:
+        yield
+    finally:
+        storage.progress = previous
+        bar.close()

@@ -1,0 +1,388 @@
+"""The `xt` subcommands that find, compare and follow runs: list, view, plot, monitor, download, tags."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List
+
+from xt_submit.domain import layout, run_log, run_query
+from xt_submit.cli import reports, target_commands
+from xt_submit.cli.common import (CliError, check_name, embedded_parts, ensure_local_host, load, parse_tag_items,
+                                   print_json)
+from xt_submit.domain.messages import TERMINAL_STATUSES
+
+STATUSES = ["queued", "running", "preempted", "completed", "error", "cancelled"]
+
+
+# --- parsers ----------------------------------------------------------------------------------
+def add_parsers(commands) -> None:
+    list_parser = commands.add_parser("list", help="list runs, jobs, workspaces, experiments or tags")
+    kinds = list_parser.add_subparsers(dest="kind", required=True,
+                                       metavar="runs|jobs|workspaces|experiments|tags|targets|boxes")
+    for kind in ("runs", "jobs"):
+        sub = kinds.add_parser(kind)
+        sub.add_argument("names", nargs="*", metavar="RUNS" if kind == "runs" else "JOBS",
+                         help="run7.2, run7.1-run7.10, run7.*, job7 (comma or space separated)")
+        sub.add_argument("--workspace")
+        sub.add_argument("--job", action="append", default=[], help="runs of this job (repeatable)")
+        sub.add_argument("--experiment")
+        sub.add_argument("--status", choices=STATUSES)
+        sub.add_argument("--target")
+        sub.add_argument("--username")
+        sub.add_argument("--filter", action="append", default=[], metavar="EXPR",
+                         help="'prop op value', e.g. metrics.acc>0.5 (repeatable; all must hold)")
+        sub.add_argument("--tags-all", help="tags every row must carry (comma separated)")
+        sub.add_argument("--tags-any", help="tags of which a row must carry one (comma separated)")
+        sub.add_argument("--sort", help="column: a field, metrics.NAME, hparams.NAME, tags.NAME or a bare metric name")
+        sub.add_argument("--reverse", action="store_true")
+        sub.add_argument("--first", type=int)
+        sub.add_argument("--last", type=int)
+        sub.add_argument("--all", action="store_true", help="every row (ignore first/last from the config)")
+        sub.add_argument("--columns", help="the columns to show: col[=Alias][:fmt],...")
+        sub.add_argument("--add-columns", help="columns to add to the default ones")
+        sub.add_argument("--group", help="a table per value of this column")
+        sub.add_argument("--export", metavar="FILE", help="also write the rows to FILE.csv or FILE.tsv")
+        sub.add_argument("--json", action="store_true")
+    for kind in ("workspaces", "experiments"):
+        sub = kinds.add_parser(kind)
+        sub.add_argument("--workspace")
+        sub.add_argument("--json", action="store_true")
+    sub = kinds.add_parser("tags")
+    sub.add_argument("name", help="a run or a job")
+    sub.add_argument("--workspace")
+    sub.add_argument("--json", action="store_true")
+    target_commands.add_list_kinds(kinds)
+
+    view_parser = commands.add_parser("view", help="show a run, its log, console or metrics, or a job")
+    view_kinds = view_parser.add_subparsers(dest="kind", required=True, metavar="run|log|console|metrics|job|status")
+    target_commands.add_view_kinds(view_kinds)
+    for kind in ("run", "log", "console", "job"):
+        sub = view_kinds.add_parser(kind)
+        sub.add_argument("name")
+        sub.add_argument("--workspace")
+        sub.add_argument("--json", action="store_true")
+    sub = view_kinds.add_parser("metrics")
+    sub.add_argument("names", nargs="+", metavar="RUNS")
+    sub.add_argument("--workspace")
+    sub.add_argument("--metric", action="append", default=[], help="only these metrics (repeatable)")
+    sub.add_argument("--json", action="store_true")
+
+    plot = commands.add_parser("plot", help="plot a metric against the step, one line per run")
+    plot.add_argument("names", nargs="*", metavar="RUNS")
+    plot.add_argument("--job")
+    plot.add_argument("--workspace")
+    plot.add_argument("--metric", required=True)
+    plot.add_argument("--x", default="step", help="the x axis: step (default) or time")
+    plot.add_argument("--aggregate", choices=["mean", "min", "max"], help="one line per group of runs")
+    plot.add_argument("--group-by", help="the hparam that groups runs for --aggregate")
+    plot.add_argument("--out", required=True, help="the PNG to write")
+
+    monitor = commands.add_parser("monitor", help="follow a job's or a run's console output until it ends")
+    monitor.add_argument("name")
+    monitor.add_argument("--workspace")
+    monitor.add_argument("--poll", type=float, default=0.5, help=argparse.SUPPRESS)
+
+    download = commands.add_parser("download", help="a run's outputs, or a job's code")
+    download.add_argument("name")
+    download.add_argument("--workspace")
+    download.add_argument("--dest", default=".")
+    download.add_argument("--live", action="store_true", help="the live copy of the output dir (while it runs)")
+    download.add_argument("--code", action="store_true", help="with a job: its code snapshot, unpacked")
+
+    for verb in ("set", "clear"):
+        sub = commands.add_parser(verb, help=f"{verb} tags on a run or a job" + (", or the cached credentials"
+                                                                                 if verb == "clear" else ""))
+        sub.add_argument("what", choices=["tags"] if verb == "set" else ["tags", "credentials"])
+        sub.add_argument("name", nargs="?" if verb == "clear" else None)
+        sub.add_argument("tags", nargs="*" if verb == "clear" else "+", metavar="name=value" if verb == "set" else "name")
+        sub.add_argument("--workspace")
+
+
+# --- xt list ----------------------------------------------------------------------------------
+def run_query_from_args(args: argparse.Namespace, workspace: str, report) -> run_query.RunQuery:
+    """`xt list runs` options (falling back to the run-reports config) as a store-neutral query."""
+    runs, jobs = run_query.parse_run_list(list(args.names) + list(args.job))
+    filters = [run_query.parse_filter(text) for text in args.filter]
+    for field in ("experiment", "target", "username"):
+        value = getattr(args, field)
+        if value is not None:
+            filters.append(run_query.Filter(None, field, "==", value))
+    for tag in parse_tag_items([args.tags_all], "--tags-all") if args.tags_all else {}:
+        filters.append(run_query.Filter("tags", tag, "exists", True))
+    any_tags = tuple(parse_tag_items([args.tags_any], "--tags-any")) if args.tags_any else ()
+    sort = args.sort or (report.sort if report.sort != "name" else None)
+    first = None if args.all else args.first if args.first is not None else report.first
+    last = None if args.all else args.last if args.last is not None else report.last
+    return run_query.RunQuery(workspace=workspace, status=args.status, filters=tuple(filters),
+                              sort=run_query.parse_sort(sort) if sort else None, reverse=args.reverse or report.reverse,
+                              first=first, last=last, runs=runs, jobs=jobs, any_tags=any_tags)
+
+
+def _job_rows(stats, workspace: str, args, report) -> List[Dict[str, Any]]:
+    runs_named, jobs_named = run_query.parse_run_list(list(args.names) + list(args.job))
+    if runs_named:
+        raise CliError("xt list jobs: expected job names (job7), got runs")
+    filters = [run_query.parse_filter(text) for text in args.filter]
+    rows = []
+    for job in stats.list_jobs(workspace):
+        job.update(reports.job_counts(job))
+        if jobs_named and job["name"] not in jobs_named:
+            continue
+        if args.status and job["status"] != args.status:
+            continue
+        if any(getattr(args, f) is not None and job.get(f) != getattr(args, f) for f in ("experiment", "target", "username")):
+            continue
+        if not all(run_query.matches(job, flt) for flt in filters):
+            continue
+        rows.append(job)
+    sort = args.sort or (report.sort if report.sort != "name" else None)
+    if sort:
+        rows = reports.sort_records(rows, sort, args.reverse or report.reverse)
+    elif args.reverse or report.reverse:
+        rows.reverse()
+    if args.all:
+        return rows
+    return run_query.window(rows, args.first if args.first is not None else report.first,
+                            args.last if args.last is not None else report.last)
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    if args.kind in target_commands.LIST_KINDS:
+        return target_commands.cmd_list(args)
+    cfg = load(args)
+    stats = embedded_parts(cfg).ports.stats
+    if args.kind == "workspaces":
+        return _print_names(stats.workspaces(), args.json, "no workspaces")
+    ws = cfg.general.workspace
+    if args.kind == "experiments":
+        return _print_names(stats.experiments(ws), args.json, "no experiments")
+    if args.kind == "tags":
+        record = _record_of(stats, ws, args.name)
+        tags = record["tags"] or {}
+        if args.json:
+            print_json(tags)
+        else:
+            print("\n".join(f"{k}={v}" if v else k for k, v in sorted(tags.items())) or "no tags")
+        return 0
+
+    if args.kind == "runs":
+        report = cfg.run_reports
+        rows = stats.query_runs(run_query_from_args(args, ws, report))
+        defaults = list(report.columns)
+        as_json = reports.run_json
+    else:
+        report = cfg.job_reports
+        rows = _job_rows(stats, ws, args, report)
+        defaults = list(report.columns)
+        as_json = reports.job_json
+    specs = reports.parse_columns(args.columns) if args.columns else reports.parse_columns(",".join(defaults))
+    if args.add_columns:
+        specs += reports.parse_columns(args.add_columns)
+    columns = reports.resolve_columns(specs, rows, kind=args.kind)
+    groups = reports.group_rows(rows, args.group) if args.group else [(None, rows)]
+    if args.export:
+        reports.export(rows, columns, args.export)
+    if args.json:
+        if args.group:
+            print_json([{"group": value, args.kind: [as_json(r) for r in members]} for value, members in groups])
+        else:
+            print_json([as_json(r) for r in rows])
+        return 0
+    if not rows:
+        print(f"no {args.kind}")
+        return 0
+    for value, members in groups:
+        if args.group:
+            print(f"\n{args.group} = {value}")
+        print(reports.format_table(members, columns, precision=report.precision,
+                                   max_width=getattr(report, "max_width", 30)))
+    return 0
+
+
+def _print_names(names: List[str], as_json: bool, empty: str) -> int:
+    print_json(names) if as_json else print("\n".join(names) or empty)
+    return 0
+
+
+def _record_of(stats, workspace: str, name: str) -> Dict[str, Any]:
+    if layout.JOB_PATTERN.match(name):
+        return stats.get_job(workspace, name)
+    return stats.get_run(workspace, check_name("run", name, layout.RUN_PATTERN))
+
+
+# --- xt view ----------------------------------------------------------------------------------
+def cmd_view(args: argparse.Namespace) -> int:
+    if args.kind in target_commands.VIEW_KINDS:
+        return target_commands.cmd_view(args)
+    cfg = load(args)
+    parts = embedded_parts(cfg)
+    ws = cfg.general.workspace
+    stats, storage = parts.ports.stats, parts.ports.storage
+    if args.kind == "job":
+        summary = reports.job_summary(stats, ws, check_name("job", args.name, layout.JOB_PATTERN), time.time())
+        print_json(summary) if args.json else print(reports.format_fields(summary))
+        return 0
+    if args.kind == "metrics":
+        runs, jobs = run_query.parse_run_list(args.names)
+        rows = stats.query_runs(run_query.RunQuery(workspace=ws, runs=runs, jobs=jobs))
+        if not rows:
+            raise CliError(f"no runs match {' '.join(args.names)} in workspace {ws}")
+        history = {r["name"]: [m for m in stats.get_metrics(ws, r["name"]) if not args.metric or m["name"] in args.metric]
+                   for r in rows}
+        if args.json:
+            print_json(history)
+        else:
+            print(reports.metrics_table(history))
+        return 0
+    run = check_name("run", args.name, layout.RUN_PATTERN)
+    record = stats.get_run(ws, run)
+    if args.kind == "run":
+        data = reports.run_json(record)
+        prefix = layout.output_prefix(ws, run)
+        data["outputs"] = [k[len(prefix):] for k in storage.list(prefix)]
+        print_json(data) if args.json else print(reports.format_fields(data))
+    elif args.kind == "log":
+        key = layout.run_log_key(ws, run)
+        if not storage.exists(key):  # a run's node opens its log when it starts
+            print(f"{run} is {record['status']}: no run log yet", file=sys.stderr)
+            return 0
+        records = run_log.parse(storage.read(key))
+        if args.json:
+            print_json(records)
+        else:
+            for entry in records:
+                print(f"{reports.format_time(entry['time'])}  {entry['event']:<10} {reports.compact(entry['data'])}")
+    else:
+        key = layout.console_key(ws, run)
+        sys.stdout.write(storage.read(key).decode("utf-8", "replace") if storage.exists(key) else "")
+    return 0
+
+
+# --- xt plot ----------------------------------------------------------------------------------
+def cmd_plot(args: argparse.Namespace) -> int:
+    from xt_submit.cli import plotting
+
+    cfg = load(args)
+    stats = embedded_parts(cfg).ports.stats
+    ws = cfg.general.workspace
+    runs, jobs = run_query.parse_run_list(list(args.names) + ([args.job] if args.job else []))
+    if not runs and not jobs:
+        raise CliError("xt plot: name runs (run7.1 run7.2, run7.*) or --job JOB")
+    if args.aggregate and not args.group_by:
+        raise CliError("--aggregate: needs --group-by HPARAM")
+    if args.x not in ("step", "time"):
+        raise CliError(f"--x: expected step or time, got {args.x!r}")
+    if not args.out.lower().endswith(".png"):
+        raise CliError(f"--out: expected a .png file, got {args.out!r}")
+    rows = stats.query_runs(run_query.RunQuery(workspace=ws, runs=runs, jobs=jobs))
+    series = {r["name"]: [m for m in stats.get_metrics(ws, r["name"]) if m["name"] == args.metric] for r in rows}
+    if not any(series.values()):
+        raise CliError(f"--metric: no run of {' '.join(args.names + ([args.job] if args.job else []))} logged {args.metric!r}")
+    plotted = plotting.plot_metric(rows, series, metric=args.metric, x=args.x, out=args.out,
+                                   aggregate=args.aggregate, group_by=args.group_by)
+    print(f"wrote {args.out} ({plotted} lines)")
+    return 0
+
+
+# --- xt monitor -------------------------------------------------------------------------------
+def cmd_monitor(args: argparse.Namespace) -> int:
+
+    cfg = load(args)
+    parts = embedded_parts(cfg)
+    ws, stats, storage = cfg.general.workspace, parts.ports.stats, parts.ports.storage
+    if layout.JOB_PATTERN.match(args.name):
+        stats.get_job(ws, args.name)
+        query = run_query.RunQuery(workspace=ws, jobs=(args.name,))
+    else:
+        stats.get_run(ws, check_name("run", args.name, layout.RUN_PATTERN))
+        query = run_query.RunQuery(workspace=ws, runs=(args.name,))
+    offsets: Dict[str, int] = {}
+    try:
+        while True:
+            runs = stats.query_runs(query)
+            for run in runs:
+                key = layout.console_key(ws, run["name"])
+                if storage.exists(key):
+                    data = storage.read(key)
+                    fresh = data[offsets.get(run["name"], 0):]
+                    offsets[run["name"]] = len(data)
+                    for line in fresh.decode("utf-8", "replace").splitlines():
+                        print(f"[{run['name']}] {line}", flush=True)
+            if all(r["status"] in TERMINAL_STATUSES for r in runs):
+                counts: Dict[str, int] = {}
+                for r in runs:
+                    counts[r["status"]] = counts.get(r["status"], 0) + 1
+                print(f"{args.name}: ended ({', '.join(f'{n} {s}' for s, n in sorted(counts.items()))})")
+                return 0
+            ensure_local_host(parts)
+            time.sleep(args.poll)
+    except KeyboardInterrupt:
+        print(f"\nstopped following {args.name}; it keeps running", file=sys.stderr)
+        return 0
+
+
+# --- xt download ------------------------------------------------------------------------------
+def cmd_download(args: argparse.Namespace) -> int:
+    from xt_submit.node_kit import code_archive
+    from xt_submit.domain.messages import decode_manifest
+
+    cfg = load(args)
+    parts = embedded_parts(cfg)
+    ws, stats, storage = cfg.general.workspace, parts.ports.stats, parts.ports.storage
+    dest = Path(args.dest)
+    if args.code:
+        job = check_name("job", args.name, layout.JOB_PATTERN)
+        stats.get_job(ws, job)
+        manifest = decode_manifest(storage.read(layout.manifest_key(ws, job)))
+        target = dest / f"{job}_code"
+        zip_path = dest / f".{job}_code.zip"
+        storage.download_file(manifest.code_key, str(zip_path))
+        try:
+            files = code_archive.safe_extract(str(zip_path), str(target), source=manifest.code_key)
+        finally:
+            zip_path.unlink()
+        print(f"{job}: {files} files of code in {target}")
+        return 0
+    run = check_name("run", args.name, layout.RUN_PATTERN)
+    stats.get_run(ws, run)
+    prefix = layout.live_prefix(ws, run) if args.live else layout.output_prefix(ws, run)
+    keys = storage.list(prefix)
+    for key in keys:
+        rel = key[len(prefix):]
+        target = (dest / run / rel).resolve()
+        if (dest / run).resolve() not in target.parents:
+            raise CliError(f"{key}: path escapes the destination")
+        storage.download_file(key, str(target))
+    print(f"{run}: {len(keys)} {'live' if args.live else 'output'} files in {dest / run}")
+    return 0
+
+
+# --- xt set / clear tags ----------------------------------------------------------------------
+def cmd_tags(args: argparse.Namespace) -> int:
+    from xt_submit.handlers.tags import change_tags
+
+    if args.what == "credentials":
+        from xt_submit.bootstrap import clear_cached_secrets
+
+        print("cleared the cached secrets" if clear_cached_secrets() else "no cached secrets")
+        return 0
+    if not args.name or not args.tags:
+        raise CliError(f"xt {args.command} tags: expected a run or a job, then tag names")
+    cfg = load(args)
+    parts = embedded_parts(cfg)
+    ws = cfg.general.workspace
+    if not (layout.JOB_PATTERN.match(args.name) or layout.RUN_PATTERN.match(args.name)):
+        raise CliError(f"{args.name!r}: expected a run (run7.2) or a job (job7)")
+    items = parse_tag_items(args.tags, "tags")
+    if args.command == "set":
+        tags = change_tags(parts.ports, ws, args.name, items, [])
+    else:
+        tags = change_tags(parts.ports, ws, args.name, {}, list(items))
+    print(f"{args.name}: " + (", ".join(f"{k}={v}" if v else k for k, v in sorted(tags.items())) or "no tags"))
+    return 0
+
+
+COMMANDS = {"list": cmd_list, "view": cmd_view, "plot": cmd_plot, "monitor": cmd_monitor, "download": cmd_download,
+            "set": cmd_tags, "clear": cmd_tags}

@@ -1,0 +1,213 @@
+"""Turning job and run records into what `xt list` / `xt view` print: JSON objects, aligned tables, CSV."""
+from __future__ import annotations
+
+import csv
+import re
+import time
+from dataclasses import dataclass
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+from xt_submit.domain.errors import OneLineError
+from xt_submit.domain.messages import TERMINAL_STATUSES
+from xt_submit.domain.records import JOB_FIELDS, RUN_FIELDS
+
+RUN_JSON_FIELDS = ("name", "job", "workspace", "experiment", "status", "exit_code", "duration", "hparams", "metrics",
+                   "target", "username", "node_id", "reason", "created", "started", "ended", "command", "tags")
+JOB_JSON_FIELDS = ("name", "workspace", "experiment", "status", "run_count", "counts", "target", "username",
+                   "created", "started", "ended", "command", "tags")
+JOB_DERIVED = ("runs", "queued", "running", "completed", "error", "cancelled")
+TIME_COLUMNS = frozenset({"created", "queued", "started", "ended"})
+_SPEC = re.compile(r"^([A-Za-z_][\w.\-*/]*)(?:=([^:]+))?(?::(.+))?$")
+
+
+class ReportError(OneLineError):
+    pass
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str  # a field, metrics.NAME, hparams.NAME or tags.NAME
+    header: str
+    fmt: Optional[str] = None
+
+
+def run_json(run: Dict[str, Any]) -> Dict[str, Any]:
+    return {field: run.get(field) for field in RUN_JSON_FIELDS}
+
+
+def job_json(job: Dict[str, Any]) -> Dict[str, Any]:
+    return {field: job.get(field) for field in JOB_JSON_FIELDS}
+
+
+def job_counts(job: Dict[str, Any]) -> Dict[str, int]:
+    counts = job.get("counts") or {}
+    return {"runs": job.get("run_count") or 0, **{status: counts.get(status, 0) for status in JOB_DERIVED[1:]}}
+
+
+def lookup(record: Dict[str, Any], column: str) -> Any:
+    """`metrics.loss`, `hparams.lr`, a record field, or a bare metric / hparam name (XT style)."""
+    if "." in column:
+        group, _, key = column.partition(".")
+        container = record.get(group)
+        return container.get(key) if isinstance(container, dict) else None
+    if column in record:
+        return record[column]
+    for group in ("metrics", "hparams"):
+        container = record.get(group) or {}
+        if column in container:
+            return container[column]
+    return None
+
+
+# --- columns ----------------------------------------------------------------------------------
+def parse_columns(text: str) -> List[Column]:
+    """`col[=Alias][:fmt],...` -> columns; `hparams.*` / `metrics.*` / `tags.*` stand for every name seen."""
+    columns = []
+    for item in filter(None, (piece.strip() for piece in text.split(","))):
+        match = _SPEC.match(item)
+        if not match:
+            raise ReportError(f"--columns: {item!r}: expected col[=Alias][:fmt]")
+        key, alias, fmt = match.groups()
+        if fmt:
+            try:
+                format(1.5, fmt)
+            except ValueError:
+                raise ReportError(f"--columns: {item!r}: {fmt!r} is not a number format (like .3f or ,d)") from None
+        columns.append(Column(key, alias or key.split(".", 1)[-1], fmt))
+    return columns
+
+
+def resolve_columns(specs: Sequence[Column], rows: Sequence[Dict[str, Any]], kind: str) -> List[Column]:
+    """Expand wildcards over the rows and refuse columns nothing has (a typo, most likely)."""
+    fields = set(RUN_FIELDS) if kind == "runs" else set(JOB_FIELDS) | set(JOB_DERIVED)
+    resolved: List[Column] = []
+    for spec in specs:
+        group, dot, name = spec.key.partition(".")
+        if dot and name == "*":
+            seen: Dict[str, None] = {}
+            for row in rows:
+                seen.update(dict.fromkeys((row.get(group) or {}).keys()))
+            resolved += [Column(f"{group}.{key}", key, spec.fmt) for key in seen]
+        elif spec.key in fields or not rows or any(lookup(row, spec.key) is not None for row in rows) \
+                or (dot and group in ("metrics", "hparams", "tags") and any(name in (r.get(group) or {}) for r in rows)):
+            resolved.append(spec)
+        else:
+            raise ReportError(f"--columns: unknown column {spec.key!r} (no {kind} has it)")
+    return resolved
+
+
+def sort_records(records: List[Dict[str, Any]], column: str, reverse: bool) -> List[Dict[str, Any]]:
+    """Stable sort by a column; a missing value orders first (as NULL does in the stats stores)."""
+    if records and column not in records[0] and not any(lookup(r, column) is not None for r in records):
+        raise ReportError(f"--sort: unknown column {column!r}")
+
+    def key(record):
+        value = lookup(record, column)
+        if value is None:
+            return (0, 0)
+        return (1, float(value)) if isinstance(value, (int, float)) else (2, str(value))
+
+    return sorted(records, key=key, reverse=reverse)
+
+
+def group_rows(rows: Sequence[Dict[str, Any]], column: str) -> List[Tuple[Any, List[Dict[str, Any]]]]:
+    groups: Dict[Any, List[Dict[str, Any]]] = {}
+    for row in rows:
+        value = lookup(row, column)
+        groups.setdefault(value if not isinstance(value, (dict, list)) else str(value), []).append(row)
+    return list(groups.items())
+
+
+# --- output -----------------------------------------------------------------------------------
+def format_time(value: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+
+
+def compact(data: Dict[str, Any]) -> str:
+    return " ".join(f"{k}={v}" for k, v in data.items() if not k.startswith("__"))
+
+
+def _cell(value: Any, column: Column, precision: int) -> str:
+    if value is None:
+        return ""
+    if column.key in TIME_COLUMNS and isinstance(value, (int, float)):
+        return format_time(value)
+    if column.fmt and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return format(value, column.fmt)
+    if isinstance(value, float):
+        return f"{value:.{precision}f}"
+    return str(value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def format_table(records: Sequence[Dict[str, Any]], columns: Sequence[Column], precision: int = 4,
+                 max_width: int = 30) -> str:
+    """Aligned columns; numbers right-aligned; long cells cut to max_width."""
+    def clip(text: str) -> str:
+        return text if len(text) <= max_width else text[: max_width - 1] + "…"
+
+    cells = [[clip(_cell(lookup(r, c.key), c, precision)) for c in columns] for r in records]
+    numeric = [bool(records) and all(_is_number(lookup(r, c.key)) or lookup(r, c.key) is None for r in records)
+               and c.key not in TIME_COLUMNS for c in columns]
+    headers = [clip(c.header) for c in columns]
+    widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
+
+    def line(values):
+        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
+
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(row) for row in cells])
+
+
+def export(rows: Sequence[Dict[str, Any]], columns: Sequence[Column], path: str) -> None:
+    """The rows' raw values (not the display formatting) as CSV or TSV, for a spreadsheet or pandas."""
+    if path.lower().endswith(".csv"):
+        delimiter = ","
+    elif path.lower().endswith(".tsv"):
+        delimiter = "\t"
+    else:
+        raise ReportError(f"--export: {path!r}: expected a .csv or .tsv file")
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f, delimiter=delimiter)
+        writer.writerow([c.header for c in columns])
+        for row in rows:
+            writer.writerow(["" if lookup(row, c.key) is None else lookup(row, c.key) for c in columns])
+
+
+def format_fields(record: Dict[str, Any]) -> str:
+    width = max(map(len, record)) if record else 0
+    return "\n".join(f"{key:>{width}}: {format_time(value) if key in TIME_COLUMNS and value else value}"
+                     for key, value in record.items())
+
+
+def metrics_table(history: Dict[str, List[Dict[str, Any]]], precision: int = 4) -> str:
+    """Metric history aligned by step: one row per step, one column per run and metric."""
+    series: Dict[str, Dict[Any, Any]] = {}
+    for run, rows in history.items():
+        for row in rows:
+            series.setdefault(f"{run}:{row['name']}", {})[row["step"]] = row["value"]
+    steps = sorted({step for values in series.values() for step in values}, key=lambda s: (s is None, s))
+    table = [{"step": step, **{name: values.get(step) for name, values in series.items()}} for step in steps]
+    return format_table(table, [Column("step", "step")] + [Column(name, name) for name in series], precision, 40)
+
+
+def job_summary(stats, workspace: str, job: str, now: float) -> Dict[str, Any]:
+    """Counts by status, the best run by the job's primary metric, and how long it took."""
+    from xt_submit.domain.run_query import Filter, RunQuery, SortKey
+
+    record = stats.get_job(workspace, job)
+    metric = record.get("primary_metric") or "loss"
+    maximize = bool(record.get("maximize_metric"))
+    best = stats.query_runs(RunQuery(workspace=workspace, jobs=(job,), filters=(Filter("metrics", metric, "exists", True),),
+                                     sort=SortKey("metrics", metric), reverse=not maximize, last=1))
+    started, ended = record.get("started"), record.get("ended")
+    summary = job_json(record)
+    summary.update(job_counts(record))
+    summary["duration"] = round((ended or now) - started, 3) if started else None
+    summary["best_run"] = ({"name": best[0]["name"], metric: best[0]["metrics"].get(metric),
+                            "hparams": best[0]["hparams"]} if best else None)
+    summary["primary_metric"] = f"{metric} ({'max' if maximize else 'min'})"
+    summary["done"] = record["status"] in TERMINAL_STATUSES
+    return summary

@@ -1,0 +1,248 @@
+"""Message contracts: the job manifest and the events that move through the queues.
+
+Every message carries a `version` and is decoded strictly (unknown fields and wrong types are
+rejected), so a malformed or foreign message is dead-lettered with a reason instead of half-applied.
+"""
+from __future__ import annotations
+
+import re
+from typing import Any, Dict, List, Optional, Union
+
+import msgspec
+from xt_submit.domain.errors import OneLineError
+
+CONTRACT_VERSION = 1
+# The queues' names where nothing else names them (the embedded default's).
+JOBS_QUEUE, EVENTS_QUEUE, TASKS_QUEUE = "jobs", "events", "tasks"
+
+# Run statuses, in the only order a run may move through them (terminal ones share a rank).
+QUEUED, RUNNING, COMPLETED, ERROR, CANCELLED = "queued", "running", "completed", "error", "cancelled"
+# A low-priority node was taken away mid-run and compute requeued the run: it runs again (not terminal).
+PREEMPTED = "preempted"
+TERMINAL_STATUSES = frozenset({COMPLETED, ERROR, CANCELLED})
+STATUS_RANK = {QUEUED: 0, RUNNING: 1, PREEMPTED: 1, COMPLETED: 2, ERROR: 2, CANCELLED: 2}
+
+
+class _Strict(msgspec.Struct, forbid_unknown_fields=True):
+    pass
+
+
+class SetupSpec(_Strict, kw_only=True):
+    activate: Optional[str] = None
+    pip_packages: List[str] = []
+    conda_packages: List[str] = []
+    environment: Dict[str, str] = {}
+
+
+class JobManifest(_Strict, kw_only=True):
+    """What `xt run` (or an uploaded zip's xt_manifest.json) asks for. No secrets, ever."""
+
+    version: int = CONTRACT_VERSION
+    workspace: str
+    experiment: str
+    username: str = ""
+    script: str
+    command: str  # the base command; each run appends " --name=value" per hparam
+    code_key: str = ""  # storage key of the content-hashed code zip (set by the submitter)
+    code_sha256: str = ""
+    hp_space: Dict[str, Any] = {}
+    search_type: str = "grid"
+    runs: Optional[int] = None
+    max_runs: Optional[int] = None
+    seed: int = 0
+    target: str = "local"
+    concurrent: int = 2
+    max_time: Optional[float] = None
+    setup: Optional[SetupSpec] = None
+    after_dirs: List[str] = msgspec.field(default_factory=lambda: ["output/**"])
+    after_omit: List[str] = []
+    tags: Dict[str, str] = {}
+    primary_metric: str = "loss"
+    maximize_metric: bool = False
+    step_name: str = "step"
+
+
+class JobSubmitted(_Strict, tag="job_submitted", kw_only=True):
+    version: int = CONTRACT_VERSION
+    submission_id: str  # idempotency key: a redelivery maps to the same job name
+    manifest: JobManifest
+    submitted_at: float
+
+
+class RunStarted(_Strict, tag="run_started", kw_only=True):
+    version: int = CONTRACT_VERSION
+    workspace: str
+    job: str
+    run: str
+    node_id: str
+    started_at: float
+
+
+class RunFinished(_Strict, tag="run_finished", kw_only=True):
+    version: int = CONTRACT_VERSION
+    workspace: str
+    job: str
+    run: str
+    node_id: str
+    status: str  # completed | error | cancelled, as the node saw it
+    exit_code: Optional[int]
+    started_at: float
+    ended_at: float
+    reason: str = ""
+    metrics: Dict[str, Any] = {}  # last value of each metric, as the node saw them
+
+
+class RunHeartbeat(_Strict, tag="run_heartbeat", kw_only=True):
+    """A node's 'still running' (every heartbeat interval while a run is alive)."""
+
+    version: int = CONTRACT_VERSION
+    workspace: str
+    job: str
+    run: str
+    node_id: str
+    at: float
+
+
+class RunPreempted(_Strict, tag="run_preempted", kw_only=True):
+    """Compute saw the run's node preempted and its task requeued (the Batch adapter's periodic check).
+
+    `preemptions` counts them so far; beyond `retries` (the target's preemption-retries) the run
+    ends as an error and compute has stopped requeueing it."""
+
+    version: int = CONTRACT_VERSION
+    workspace: str
+    job: str
+    run: str
+    node_id: str = ""
+    preemptions: int
+    retries: int
+    requeued_at: float
+
+
+class CancelRequested(_Strict, tag="cancel_requested", kw_only=True):
+    version: int = CONTRACT_VERSION
+    workspace: str
+    job: str
+    runs: List[str] = []  # empty: every run of the job
+    requested_at: float
+
+
+class UploadReceived(_Strict, tag="upload_received", kw_only=True):
+    """A zip dropped into the uploads area (the blob trigger's event, or the local drop)."""
+
+    version: int = CONTRACT_VERSION
+    upload_key: str
+    received_at: float
+
+
+Event = Union[JobSubmitted, RunStarted, RunFinished, RunHeartbeat, RunPreempted, CancelRequested, UploadReceived]
+
+_encoder = msgspec.json.Encoder()
+_event_decoder = msgspec.json.Decoder(Event)
+_manifest_decoder = msgspec.json.Decoder(JobManifest)
+
+
+MAX_MESSAGE_BYTES = 256 * 1024  # Service Bus standard tier's limit: a bigger manifest could never travel
+
+
+class ContractError(OneLineError):
+    """A message or manifest that does not match its contract."""
+
+
+def _check_size(body: bytes, source: str) -> None:
+    if len(body) > MAX_MESSAGE_BYTES:
+        raise ContractError(f"{source}: {len(body)} bytes, more than the limit of {MAX_MESSAGE_BYTES} bytes")
+
+
+def encode(message: Any) -> bytes:
+    return _encoder.encode(message)
+
+
+def _decode(decoder: msgspec.json.Decoder, body: bytes, source: str):
+    """Size, shape, then version: every way a body can be wrong, as one ContractError naming `source`."""
+    _check_size(body, source)
+    try:
+        decoded = decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise ContractError(f"{source}: {_readable(exc)}") from None
+    _check_version(decoded, source)
+    return decoded
+
+
+def decode_event(body: bytes) -> Event:
+    return _decode(_event_decoder, body, "message")
+
+
+def decode_manifest(body: bytes, source: str = "xt_manifest.json") -> JobManifest:
+    return _decode(_manifest_decoder, body, source)
+
+
+def _check_version(obj: Any, source: str) -> None:
+    if obj.version != CONTRACT_VERSION:
+        raise ContractError(f"{source}: version: expected {CONTRACT_VERSION}, got {obj.version}")
+
+
+def _readable(exc: Exception) -> str:
+    """msgspec says 'Expected `int`, got `str` - at `$.manifest.runs`'; say 'manifest.runs: expected int, got str'."""
+    text = str(exc).splitlines()[0]
+    message, sep, where = text.partition(" - at `")
+    missing = re.match(r"Object missing required field `(.+)`$", message)
+    if missing:
+        path = where.rstrip("`").removeprefix("$").lstrip(".") if sep else ""
+        return f"{path + '.' if path else ''}{missing.group(1)}: required field missing"
+    message = message.replace("`", "")
+    message = message[:1].lower() + message[1:]
+    path = where.rstrip("`").removeprefix("$").lstrip(".") if sep else ""
+    return f"{path}: {message}" if path else message
+
+
+class RunTask(_Strict, kw_only=True):
+    """Everything a compute node needs to execute one run (handed to the run wrapper)."""
+
+    version: int = CONTRACT_VERSION
+    workspace: str
+    experiment: str
+    job: str
+    run: str
+    command: str
+    code_key: str
+    hparams: Dict[str, Any] = {}
+    setup: Optional[SetupSpec] = None
+    after_dirs: List[str] = msgspec.field(default_factory=lambda: ["output/**"])
+    after_omit: List[str] = []
+    max_time: Optional[float] = None
+    concurrent: int = 2
+    step_name: str = "step"
+    target: str = "local"
+    created_at: float = 0.0
+
+
+class TasksQueued(_Strict, tag="tasks_queued", kw_only=True):
+    """Runs for the machines that execute them (`xt serve` agents), on the tasks queue."""
+
+    version: int = CONTRACT_VERSION
+    tasks: List[RunTask]
+
+
+class TasksCancelled(_Strict, tag="tasks_cancelled", kw_only=True):
+    version: int = CONTRACT_VERSION
+    workspace: str
+    runs: List[str]
+
+
+TaskMessage = Union[TasksQueued, TasksCancelled]
+_task_message_decoder = msgspec.json.Decoder(TaskMessage)
+
+
+def decode_task_message(body: bytes) -> TaskMessage:
+    return _decode(_task_message_decoder, body, "task message")
+
+
+_task_decoder = msgspec.json.Decoder(RunTask)
+
+
+def decode_task(body: bytes) -> RunTask:
+    try:
+        return _task_decoder.decode(body)
+    except msgspec.DecodeError as exc:
+        raise ContractError(f"run task: {_readable(exc)}") from None

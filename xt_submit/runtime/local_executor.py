@@ -1,0 +1,78 @@
+"""Runs this machine's queued tasks: a RunWrapper per run inside the host process (the run itself
+is a separate session under a tiny reaper, so it outlives the host), at most `concurrent` per job
+and MACHINE_MAX_RUNS in all; adopts the runs a dead host left behind. No task is launched twice."""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Dict, Optional
+
+from xt_submit.domain.messages import RunTask, decode_task, encode
+from xt_submit.ports import Node, Publisher, Storage, TaskTable
+from xt_submit.runtime.wrapper import RunWrapper
+
+# A task claimed but never started (its host died in between) is queued again after this long.
+SPAWN_TIMEOUT_SECONDS = 30.0
+# Runs at once on this machine, over all jobs (each job also has its own `concurrent`).
+MACHINE_MAX_RUNS = int(os.environ.get("XT_LOCAL_MAX_RUNS", "0")) or max(2, 2 * (os.cpu_count() or 1))
+
+
+class LocalExecutor:
+    def __init__(self, compute: TaskTable, home: Path, storage: Storage, publisher: Publisher, node: Node) -> None:
+        """node: this machine (its folder is home/nodes/local)."""
+        self.compute = compute
+        self.home = Path(home)
+        self.storage = storage
+        self.publisher = publisher
+        self.node = node
+        self.running: Dict[tuple, RunWrapper] = {}
+
+    def node_dir(self, workspace: str, run: str) -> Path:
+        return self.home / "nodes" / "local" / workspace / run
+
+    def poll(self) -> bool:
+        """One pass: supervise and finish runs, forward cancels, launch into free slots. True if anything changed."""
+        changed = False
+        for entry in self.compute.launched():
+            changed |= self._supervise(entry)
+        for task in self.compute.launchable(limit=MACHINE_MAX_RUNS):
+            if self.compute.claim(task):
+                self._launch(task)
+                changed = True
+        return changed
+
+    def _launch(self, task: RunTask) -> None:
+        node_dir = self.node_dir(task.workspace, task.run)
+        node_dir.mkdir(parents=True, exist_ok=True)
+        (node_dir / "task.json").write_bytes(encode(task))
+        wrapper = RunWrapper(task, node_dir, self.storage, self.publisher, node=self.node)
+        wrapper.start()
+        self.running[(task.workspace, task.run)] = wrapper
+        self.compute.set_launched(task.workspace, task.run)
+
+    def _wrapper_for(self, entry: dict) -> Optional[RunWrapper]:
+        key = (entry["workspace"], entry["run"])
+        if key in self.running:
+            return self.running[key]
+        node_dir = self.node_dir(*key)
+        try:
+            task = decode_task((node_dir / "task.json").read_bytes())
+            wrapper = RunWrapper.resume(task, node_dir, self.storage, self.publisher, node=self.node)
+        except (OSError, ValueError):
+            return None  # a host died between claiming the task and starting it
+        self.running[key] = wrapper
+        return wrapper
+
+    def _supervise(self, entry: dict) -> bool:
+        wrapper = self._wrapper_for(entry)
+        if wrapper is None:
+            if time.time() - (entry["launched_at"] or 0) > SPAWN_TIMEOUT_SECONDS:
+                self.compute.mark(entry["workspace"], entry["run"], state="queued")  # it never started: run it now
+                return True
+            return False
+        if not wrapper.supervise(entry["cancel_requested"]):
+            return False
+        self.compute.mark(entry["workspace"], entry["run"], state="done")
+        self.running.pop((entry["workspace"], entry["run"]), None)
+        return True

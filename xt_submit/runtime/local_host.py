@@ -1,0 +1,191 @@
+"""The local host: the embedded default's stand-in for Azure Functions.
+
+Drains the jobs and events queues into the handlers, watches the uploads area, and drives the
+local executor. One host per XT_HOME (an flock guards it); `xt run` starts one on demand and it
+exits after a while with nothing to do; `xt serve` runs it in the foreground.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable, Dict, Optional
+
+from xt_submit import handlers
+from xt_submit.domain import layout
+from xt_submit.domain.messages import EVENTS_QUEUE, JOBS_QUEUE, UploadReceived
+from xt_submit.handlers.routing import PERMANENT_ERRORS, audit_fields, handle
+from xt_submit.ports import ReceivedMessage
+from xt_submit.runtime.executors import executors_for
+from xt_submit.ports import Parts
+
+LOCK_FILE = "host.lock"
+HEARTBEAT_TIMEOUT_SECONDS = float(os.environ.get("XT_HEARTBEAT_TIMEOUT", "300"))
+HEARTBEAT_CHECK_SECONDS = min(30.0, HEARTBEAT_TIMEOUT_SECONDS / 4)
+HANDLERS: Dict[type, Callable] = {**handlers.ON_JOBS_QUEUE, **handlers.ON_EVENTS_QUEUE}
+
+log = logging.getLogger("xt.host")
+
+
+class LocalHost:
+    def __init__(self, parts: Parts, *, idle_exit_seconds: Optional[float] = None, poll_seconds: float = 0.2,
+                 busy_poll_seconds: float = 0.01) -> None:
+        self.parts = parts
+        self.ports = parts.ports
+        self.queue = parts.queue
+        self.executor, self.pools = executors_for(parts)
+        self.idle_exit_seconds = idle_exit_seconds
+        self.poll_seconds = poll_seconds
+        self.busy_poll_seconds = busy_poll_seconds
+        self._uploads_checked = 0.0
+        self._heartbeats_checked = 0.0
+        self._seen_uploads_path = parts.home / "uploads_seen.json"
+
+    def process(self, message: ReceivedMessage) -> None:
+        started = time.monotonic()
+        audit = {"queue": message.queue, "delivery": message.delivery_count}
+        try:
+            event, _ = handle(message.body, self.ports, HANDLERS)
+            audit.update(audit_fields(event), outcome="ok")
+            self.queue.complete(message)
+        except PERMANENT_ERRORS as exc:
+            audit.update(outcome="dead-lettered", reason=str(exc))
+            self.queue.dead_letter(message, str(exc))
+        except Exception as exc:  # transient until proven otherwise: retry, up to the delivery limit
+            audit.update(outcome="abandoned", reason=f"{type(exc).__name__}: {exc}")
+            self.queue.abandon(message, audit["reason"])
+        audit["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
+        log.info(json.dumps(audit, default=str))
+
+    def step(self) -> bool:
+        """One pass over everything; True if anything happened."""
+        busy = False
+        for queue_name in (JOBS_QUEUE, EVENTS_QUEUE):
+            for message in self.queue.receive(queue_name, max_messages=32):
+                self.process(message)
+                busy = True
+        busy |= self._watch_uploads()
+        busy |= self.executor.poll()
+        try:
+            busy |= self.pools.poll()
+        except Exception:  # one box's surprise must not stop the host (and every local run) with it
+            log.exception("pool executor")
+        busy |= self._check_heartbeats()
+        return busy
+
+    def _check_heartbeats(self) -> bool:
+        """The heartbeat timer (a timer trigger on Azure)."""
+        now = time.time()
+        if now - self._heartbeats_checked < HEARTBEAT_CHECK_SECONDS:
+            return False
+        self._heartbeats_checked = now
+        marked = handlers.mark_silent_runs(now, HEARTBEAT_TIMEOUT_SECONDS, self.ports)
+        for run in marked:
+            log.info(json.dumps({"event": "HeartbeatTimer", "run": run, "outcome": "marked error"}))
+        return bool(marked)
+
+    def _watch_uploads(self) -> bool:
+        """The embedded Event Grid: each new zip under uploads/ becomes an UploadReceived."""
+        now = time.time()
+        if now - self._uploads_checked < 1.0:
+            return False
+        self._uploads_checked = now
+        keys = [k for k in self.ports.storage.list(layout.UPLOADS_PREFIX) if k.endswith(".zip")]
+        if not keys:
+            return False
+        try:
+            seen = set(json.loads(self._seen_uploads_path.read_text()))
+        except (OSError, ValueError):
+            seen = set()
+        new = [k for k in keys if k not in seen]
+        for key in new:
+            self.ports.publisher.send_job(UploadReceived(upload_key=key, received_at=now))
+        if new:
+            tmp = self._seen_uploads_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(sorted(seen | set(new))))
+            os.replace(tmp, self._seen_uploads_path)
+        return bool(new)
+
+    def has_work(self) -> bool:
+        return (self.queue.count(JOBS_QUEUE) + self.queue.count(EVENTS_QUEUE) > 0
+                or self.parts.compute.active_count() > 0)
+
+    def serve(self, should_stop: Callable[[], bool] = lambda: False) -> None:
+        idle_since = time.monotonic()
+        while not should_stop():
+            if self.step():
+                idle_since = time.monotonic()
+                continue
+            if self.has_work():
+                # runs in flight: their events and exits want a prompt answer (the next run starts then)
+                idle_since = time.monotonic()
+                time.sleep(self.busy_poll_seconds)
+                continue
+            if self.idle_exit_seconds is not None and time.monotonic() - idle_since > self.idle_exit_seconds:
+                return
+            time.sleep(self.poll_seconds)
+
+
+class HostLock:
+    """An exclusive flock on XT_HOME/host.lock, held for the host's life."""
+
+    def __init__(self, home: Path) -> None:
+        home.mkdir(parents=True, exist_ok=True)
+        self._fd = os.open(home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+
+    def acquire(self) -> bool:
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return False
+        os.ftruncate(self._fd, 0)
+        os.pwrite(self._fd, str(os.getpid()).encode(), 0)  # who holds it, for `kill` and for tests
+        return True
+
+    def release(self) -> None:
+        fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+
+def host_running(home: Path) -> bool:
+    lock = HostLock(home)
+    if lock.acquire():
+        lock.release()
+        return False
+    return True
+
+
+def run_host(home: Path, build: Callable[[], Parts], *, idle_exit_seconds: Optional[float]) -> int:
+    """Serve until idle (or forever). Returns 0, or 1 if another host holds the lock.
+    build: makes the embedded default's parts for home (once the lock is held)."""
+    lock = HostLock(home)
+    if not lock.acquire():
+        return 1
+    logging.basicConfig(filename=str(home / "host.log"), level=logging.INFO, format="%(asctime)s %(message)s")
+    parts = build()
+    parts.queue.release_locks()  # we hold the host lock: any message still locked was held by a host that died
+    host = LocalHost(parts, idle_exit_seconds=idle_exit_seconds)
+    while True:
+        host.serve()
+        # Close the race with a client that enqueued while we decided to stop: it saw the lock held
+        # and started nobody, so look once more after letting go.
+        lock.release()
+        if not host.has_work() or not lock.acquire():
+            return 0
+
+
+def ensure_host(home: Path, idle_exit_seconds: Optional[float] = None) -> None:
+    """Start a background host for this XT_HOME unless one is running."""
+    if host_running(home):
+        return
+    if idle_exit_seconds is None:
+        idle_exit_seconds = float(os.environ.get("XT_HOST_IDLE_EXIT", "10"))
+    log_file = open(home / "host.out", "ab")
+    subprocess.Popen([sys.executable, "-m", "xt_submit.entrypoints.host", str(home), str(idle_exit_seconds)],
+                     stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                     start_new_session=True, env=dict(os.environ, XT_HOME=str(home)))
+    log_file.close()

@@ -1,0 +1,295 @@
+"""The run wrapper: executes one run on a compute node.
+
+It fetches and safely unpacks the code, reports RunStarted, starts the setup and the command
+under a tiny reaper process (node_kit/reaper.py: the run's parent, which records its exit
+code), ships console output and the script's run log to storage while it runs, syncs the output
+dir live, captures the after-dirs at the end, and reports RunFinished.
+
+The run's files and process live on a Node (the port): this machine, or a pool's box over
+SSH. The supervisor's state lives in the node dir on this machine, so a supervisor that dies can
+be replaced mid-run (`resume`): the local host drives RunWrappers in-process; a remote node can
+run `python -m xt_submit.entrypoints.node TASK_JSON`, which drives one until it ends.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import posixpath
+import shlex
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from xt_submit.node_kit import code_archive
+from xt_submit.domain import layout, run_log
+from xt_submit.domain.messages import CANCELLED, COMPLETED, ERROR, RunFinished, RunHeartbeat, RunStarted, RunTask
+from xt_submit.ports import Node, NotFound, Publisher, Storage
+from xt_submit.domain.setup_script import with_setup
+
+SYNC_SECONDS = float(os.environ.get("XT_SYNC_SECONDS", "1.0"))
+HEARTBEAT_SECONDS = float(os.environ.get("XT_HEARTBEAT_SECONDS", "60"))
+KILL_GRACE_SECONDS = 10.0
+CODE_LINK_SECONDS = 600  # a box fetches its code at once: the link need not outlive that
+STATE_FILE = "wrapper_state.json"
+EXIT_FILE = "exit_code"
+FINISHED_MARKER = "finished"  # written once RunFinished is sent
+
+
+class RunWrapper:
+    def __init__(self, task: RunTask, node_dir: Path, storage: Storage, publisher: Publisher, *, node: Node,
+                 node_id: str = "local", work_dir: Optional[str] = None) -> None:
+        """node_dir: the supervisor's state, on this machine. work_dir: the run's folder on `node`
+        (by default node_dir itself: the node is this machine)."""
+        self.task = task
+        self.node_dir = Path(node_dir)
+        self.storage = storage
+        self.publisher = publisher
+        self.node_id = node_id
+        self.node = node
+        self.work_dir = work = work_dir or str(self.node_dir)
+        self.code_dir = posixpath.join(work, "code")
+        self.output_dir = posixpath.join(self.code_dir, "output")
+        self.local_log = posixpath.join(work, "xt_run_log.jsonl")
+        self.console = posixpath.join(work, "console.log")
+        self.checkpoint = posixpath.join(work, "xt_checkpoint.json")
+        self.exit_file = posixpath.join(work, EXIT_FILE)
+        self.state: Dict = {"started_at": None, "pid": None, "pid_start": None, "console_offset": 0, "log_offset": 0,
+                            "stopping": None, "stop_sent_at": None, "failure": ""}
+        self._live_seen: Dict[str, tuple] = {}
+        self._last_sync = 0.0
+        self._last_heartbeat = time.monotonic()  # RunStarted counts as the first sign of life
+        self._dirty = False
+
+    # --- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        """Report the start, prepare the code and launch the command (returns at once)."""
+        task, ws = self.task, self.task.workspace
+        self.node_dir.mkdir(parents=True, exist_ok=True)
+        started_at = time.time()
+        self.state["started_at"] = started_at
+        log_key = layout.run_log_key(ws, task.run)
+        opening = (run_log.record(task.created_at, "created", {"job": task.job, "command": task.command,
+                                                              "step_name": task.step_name})
+                   + run_log.record(task.created_at, "hparams", task.hparams)
+                   + run_log.record(task.created_at, "queued", {"target": task.target}))
+        self.storage.create_log(log_key, opening)  # already there if this run is resumed
+        self.storage.append(log_key, run_log.record(started_at, "started", {"node": self.node_id}))
+        self.publisher.send_events([RunStarted(workspace=ws, job=task.job, run=task.run, node_id=self.node_id,
+                                               started_at=started_at)])
+        try:
+            self._prepare()
+            self._restore_checkpoint()
+            self._launch()
+        except (code_archive.ArchiveError, NotFound, OSError) as exc:
+            self.state["failure"] = f"run wrapper: {exc}"
+            try:
+                self.node.append(self.console, f"[xt] {self.state['failure']}\n".encode())
+            except OSError:
+                pass  # the node could not even make the run's folder: the reason still reaches RunFinished
+            self._save_state()
+
+    @classmethod
+    def resume(cls, task: RunTask, node_dir: Path, storage: Storage, publisher: Publisher, *, node: Node,
+               node_id: str = "local", work_dir: Optional[str] = None) -> "RunWrapper":
+        """Take over a run started by a supervisor that died, from the state it left in the node dir."""
+        wrapper = cls(task, node_dir, storage, publisher, node=node, node_id=node_id, work_dir=work_dir)
+        wrapper.state.update(json.loads((wrapper.node_dir / STATE_FILE).read_text()))
+        return wrapper
+
+    def ended(self) -> bool:
+        pid = self.state["pid"]
+        return pid is None or not self.node.alive(pid, self.state["pid_start"])
+
+    def stop(self, why: str) -> None:
+        """Ask the run to end (why: 'cancelled' or 'max-time'); SIGKILL follows if it lingers."""
+        if self.state["stopping"] is None:
+            self.state.update(stopping=why, stop_sent_at=time.time())
+            self._save_state()
+            self._signal(signal.SIGTERM)
+        elif time.time() - self.state["stop_sent_at"] > KILL_GRACE_SECONDS:
+            self._signal(signal.SIGKILL)
+
+    def tick(self) -> None:
+        """Supervise: enforce max-time and ship what the run wrote, at most every SYNC_SECONDS."""
+        started = self.state["started_at"] or time.time()
+        if self.task.max_time is not None and time.time() - started > self.task.max_time:
+            self.stop("max-time")
+        elif self.state["stopping"] is not None:
+            self.stop(self.state["stopping"])
+        if time.monotonic() - self._last_sync >= SYNC_SECONDS:
+            self.sync()
+        if time.monotonic() - self._last_heartbeat >= HEARTBEAT_SECONDS:
+            self._last_heartbeat = time.monotonic()
+            task = self.task
+            self.publisher.send_events([RunHeartbeat(workspace=task.workspace, job=task.job, run=task.run,
+                                                     node_id=self.node_id, at=time.time())])
+
+    def supervise(self, cancel_requested: bool = False) -> bool:
+        """One look at the run: pass on a cancel, ship what it wrote, and finish it once it ended.
+        True when it has ended and its RunFinished is out (a successor that finds the marker does not repeat it)."""
+        if cancel_requested:
+            self.stop("cancelled")
+        if not self.ended():
+            self.tick()
+            return False
+        if not (self.node_dir / FINISHED_MARKER).exists():
+            self.finish()
+        return True
+
+    def run_to_end(self) -> None:
+        """Start the run and supervise it until it ends (a node that runs one wrapper per process)."""
+        signal.signal(signal.SIGTERM, lambda signum, frame: self.stop("cancelled"))
+        self.start()
+        while not self.supervise():
+            time.sleep(min(SYNC_SECONDS, 0.2))
+
+    def sync(self) -> None:
+        self._last_sync = time.monotonic()
+        self._ship_tail(self.console, layout.console_key(self.task.workspace, self.task.run), "console_offset",
+                        whole_lines=False)
+        self._ship_tail(self.local_log, layout.run_log_key(self.task.workspace, self.task.run), "log_offset",
+                        whole_lines=True)
+        if self._dirty:  # offsets persist right after the appends: a successor resumes where this left off
+            self._save_state()
+            self._dirty = False
+        self._sync_live()
+
+    def finish(self) -> RunFinished:
+        """After the command ended: final sync, capture outputs, report RunFinished."""
+        task, ws = self.task, self.task.workspace
+        ended_at = time.time()
+        exit_code = self._exit_code()
+        stopping, failure = self.state["stopping"], self.state["failure"]
+        if stopping == "cancelled":
+            status, reason = CANCELLED, "cancelled by request"
+        elif stopping == "max-time":
+            status, reason = ERROR, f"max-time of {task.max_time:g}s exceeded"
+        elif failure:
+            status, reason = ERROR, failure
+        elif exit_code == 0:
+            status, reason = COMPLETED, ""
+        else:
+            status = ERROR
+            reason = f"exit code {exit_code}" if exit_code is not None else "the run ended without an exit code"
+        self.sync()
+        self._capture_after_files()
+        self._ship_checkpoint()
+        _, last_metrics, _ = run_log.summarize(run_log.parse(self.node.read_from(self.local_log)))
+        started_at = self.state["started_at"] or ended_at
+        self.storage.append(layout.run_log_key(ws, task.run), run_log.record(ended_at, "ended", {
+            "status": status, "exit_code": exit_code, "duration": round(ended_at - started_at, 3), "reason": reason}))
+        finished = RunFinished(workspace=ws, job=task.job, run=task.run, node_id=self.node_id, status=status,
+                               exit_code=exit_code, started_at=started_at, ended_at=ended_at, reason=reason,
+                               metrics=last_metrics)
+        self.publisher.send_events([finished])
+        (self.node_dir / FINISHED_MARKER).write_text("")
+        self.node.release(self.work_dir)  # RunFinished is out: the node's copy of the run is no longer needed
+        return finished
+
+    # --- the command -------------------------------------------------------------------------
+    def _prepare(self) -> None:
+        """The code unpacked on the node, with the run's folders and empty log. A box fetches the zip
+        itself where storage can give it a read-only link to that one blob; otherwise it goes from here."""
+        layout_args = (self.code_dir, self.output_dir, [self.local_log])
+        code_url = self.storage.read_url(self.task.code_key, CODE_LINK_SECONDS) if self.node.fetches_code else None
+        if code_url is not None:
+            self.node.prepare(None, code_url, *layout_args, source=self.task.code_key)
+            return
+        with tempfile.TemporaryDirectory(dir=self.node_dir) as scratch:
+            zip_path = os.path.join(scratch, "code.zip")
+            self.storage.download_file(self.task.code_key, zip_path)
+            self.node.prepare(zip_path, None, *layout_args, source=self.task.code_key)
+
+    def _environment(self) -> Dict[str, str]:
+        """What the run gets on top of the node's own environment."""
+        task = self.task
+        env = {
+            "XT_WORKSPACE": task.workspace, "XT_EXPERIMENT": task.experiment, "XT_JOB_ID": task.job,
+            "XT_RUN_NAME": task.run, "XT_NODE_ID": self.node_id, "XT_OUTPUT_DIR": self.output_dir,
+            "XT_RUN_LOG": self.local_log, "XT_CHECKPOINT": self.checkpoint, "XT_STEP_NAME": task.step_name,
+            "PYTHONUNBUFFERED": "1",  # console lines reach the log as they are printed
+        }
+        if task.setup:
+            env.update(task.setup.environment)
+        return env
+
+    def _argv(self) -> List[str]:
+        """The command as argv (no shell needed), or a bash script when a setup must run first."""
+        command, setup = self.task.command, self.task.setup
+        if setup and (setup.activate or setup.pip_packages or setup.conda_packages):
+            return ["/bin/bash", "-c", with_setup(command, setup, posixpath.join(self.node.home, "setups"))]
+        return self.node.python_argv(shlex.split(command))
+
+    def _launch(self) -> None:
+        pid, pid_start = self.node.launch(self._argv(), self.code_dir, self._environment(), self.console, self.exit_file)
+        self.state.update(pid=pid, pid_start=pid_start)
+        self._save_state()  # at once: a supervisor that dies now must find this run, not start it again
+
+    def _exit_code(self) -> Optional[int]:
+        try:
+            return int(self.node.read_from(self.exit_file))
+        except ValueError:
+            return None  # the reaper itself was killed, or the command never started
+
+    def _signal(self, sig: int) -> None:
+        pid = self.state["pid"]
+        if pid is None or self.ended():
+            return
+        self.node.kill_group(pid, sig)  # the reaper forwards; the whole process group gets it too
+
+    # --- shipping files to storage -----------------------------------------------------------
+    def _ship_tail(self, path: str, key: str, offset_name: str, whole_lines: bool) -> None:
+        offset = self.state[offset_name]
+        data = self.node.read_from(path, offset)
+        if whole_lines:
+            data = data[: data.rfind(b"\n") + 1]
+        if data:
+            self.storage.append(key, data)
+            self.state[offset_name] = offset + len(data)
+            self._dirty = True
+
+    def _sync_live(self) -> None:
+        prefix = layout.live_prefix(self.task.workspace, self.task.run)
+        for rel, signature in self.node.walk(self.output_dir):
+            if self._live_seen.get(rel) != signature:
+                with self.node.local_copy(posixpath.join(self.output_dir, rel)) as path:
+                    self.storage.upload_file(prefix + rel, path)
+                self._live_seen[rel] = signature
+
+    def _capture_after_files(self) -> None:
+        prefix = layout.output_prefix(self.task.workspace, self.task.run)
+        for rel, _ in self.node.walk(self.code_dir):
+            if any(_glob_match(rel, pattern) for pattern in self.task.after_dirs) and \
+                    not any(_glob_match(rel, pattern) for pattern in self.task.after_omit):
+                target = rel[len("output/"):] if rel.startswith("output/") else rel
+                with self.node.local_copy(posixpath.join(self.code_dir, rel)) as path:
+                    self.storage.upload_file(prefix + target, path)
+
+    def _restore_checkpoint(self) -> None:
+        with tempfile.TemporaryDirectory(dir=self.node_dir) as scratch:
+            local = os.path.join(scratch, "checkpoint.json")
+            try:
+                self.storage.download_file(layout.checkpoint_key(self.task.workspace, self.task.run), local)
+            except NotFound:
+                return
+            self.node.put(local, self.checkpoint)
+
+    def _ship_checkpoint(self) -> None:
+        if self.node.exists(self.checkpoint):
+            with self.node.local_copy(self.checkpoint) as path:
+                self.storage.upload_file(layout.checkpoint_key(self.task.workspace, self.task.run), path)
+
+    def _save_state(self) -> None:
+        tmp = self.node_dir / (STATE_FILE + ".tmp")
+        tmp.write_text(json.dumps(self.state))
+        os.replace(tmp, self.node_dir / STATE_FILE)
+
+
+def _glob_match(rel: str, pattern: str) -> bool:
+    """after-dirs patterns: `output/**` is everything below output/; otherwise fnmatch."""
+    if pattern.endswith("/**"):
+        return rel.startswith(pattern[:-2])
+    return fnmatch.fnmatchcase(rel, pattern)

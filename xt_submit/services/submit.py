@@ -1,0 +1,133 @@
+"""Submitting, rerunning and cancelling jobs: the steps `xt run`, `xt rerun` and `xt cancel` take,
+for any caller (the CLI, a notebook, a test) with the parts `bootstrap` built.
+
+`keep_served` is the caller's way to make sure something serves the queue (the CLI starts a
+local host for the embedded default; with a team's services the Functions app does): a
+submission calls it after sending and while it waits for the dispatch.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Sequence, Tuple
+
+import msgspec
+
+from xt_submit.config import Config
+from xt_submit.domain import layout, run_log, sweep
+from xt_submit.domain.errors import OneLineError
+from xt_submit.domain.manifest import compile_manifest
+from xt_submit.domain.messages import (TERMINAL_STATUSES, CancelRequested, ContractError, JobManifest, JobSubmitted,
+                                       decode_event, decode_manifest)
+from xt_submit.ports import Parts
+from xt_submit.services import targets
+
+DISPATCH_TIMEOUT_SECONDS = 120.0
+
+
+class SubmitError(OneLineError):
+    pass
+
+
+@dataclass(frozen=True)
+class Submission:
+    job: str
+    runs: List[str]
+
+
+def plan(manifest: JobManifest, source: str = "xt run") -> List[Dict[str, Any]]:
+    """The runs a manifest asks for, checked and compiled once: [{index, hparams, command}]."""
+    return [{"index": k, "hparams": hp, "command": manifest.command + sweep.format_hparam_args(hp)}
+            for k, hp in enumerate(compile_manifest(manifest, source), start=1)]
+
+
+def submit(parts: Parts, manifest: JobManifest, cfg: Config, keep_served: Callable[[], None], *,
+           where_to_look: str = "", timeout: float = DISPATCH_TIMEOUT_SECONDS) -> Submission:
+    """Queue the job (JobSubmitted) and wait until it is dispatched; returns its name and runs."""
+    if manifest.target in cfg.compute_targets:  # the host learns the target's boxes from here, never from a message
+        targets.register(parts.compute, cfg, manifest.target)
+    submission_id = uuid.uuid4().hex
+    parts.ports.publisher.send_job(JobSubmitted(submission_id=submission_id, manifest=manifest, submitted_at=time.time()))
+    keep_served()
+    job = await_dispatch(parts, manifest.workspace, submission_id, keep_served, where_to_look=where_to_look,
+                         timeout=timeout)
+    return Submission(job, [r["name"] for r in parts.ports.stats.list_runs(manifest.workspace, job=job)])
+
+
+def await_dispatch(parts: Parts, workspace: str, submission_id: str, keep_served: Callable[[], None], *,
+                   where_to_look: str = "", timeout: float = DISPATCH_TIMEOUT_SECONDS) -> str:
+    """The job's name once dispatched; SubmitError with the reason if the submission was dead-lettered."""
+    deadline = time.monotonic() + timeout
+    delay = 0.02
+    while time.monotonic() < deadline:
+        job = parts.ports.stats.find_job_by_submission(workspace, submission_id)
+        if job:
+            return job
+        reason = _rejection(parts, submission_id)
+        if reason is not None:
+            raise SubmitError(f"job rejected: {reason}")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.5)
+        keep_served()
+    look = f"; see {where_to_look}" if where_to_look else ""
+    raise SubmitError(f"submission {submission_id} was not dispatched within {timeout:.0f}s{look}")
+
+
+def _rejection(parts: Parts, submission_id: str):
+    """Why the submission was dead-lettered, or None if it was not."""
+    for entry in parts.queue.peek(parts.ports.publisher.jobs_queue + "/$DeadLetterQueue", limit=1000):
+        if submission_id.encode() not in entry["body"]:
+            continue  # cheap: most dead letters are someone else's
+        try:
+            event = decode_event(entry["body"])
+        except ContractError:
+            continue
+        if isinstance(event, JobSubmitted) and event.submission_id == submission_id:
+            return entry["reason"]
+    return None
+
+
+def follow(parts: Parts, workspace: str, job: str, on_progress: Callable[[Dict[str, Any]], None],
+           keep_served: Callable[[], None], poll_seconds: float = 0.1) -> Dict[str, Any]:
+    """Wait for the job to end, calling on_progress with its record each time round; returns the last."""
+    while True:
+        record = parts.ports.stats.get_job(workspace, job)
+        on_progress(record)
+        if record["status"] in TERMINAL_STATUSES:
+            return record
+        keep_served()
+        time.sleep(poll_seconds)
+
+
+def finished_runs(record: Dict[str, Any]) -> int:
+    return sum(n for status, n in record["counts"].items() if status in TERMINAL_STATUSES)
+
+
+def rerun_manifest(parts: Parts, workspace: str, run: str) -> Tuple[JobManifest, str]:
+    """A manifest for one run again: the same code snapshot, command and swept hparams (each
+    swept value becomes a fixed one, so the run's command comes out exactly as before); and that command."""
+    record = parts.ports.stats.get_run(workspace, run)
+    storage = parts.ports.storage
+    manifest = decode_manifest(storage.read(layout.manifest_key(workspace, record["job"])))
+    runs = run_log.parse(storage.read(layout.job_log_key(workspace, record["job"])))[0]["data"]["runs"]
+    planned = next(entry for entry in runs if entry["name"] == run)
+    manifest = msgspec.structs.replace(manifest, hp_space=dict(planned["hparams"]), search_type="grid", runs=None,
+                                       max_runs=None, tags={**manifest.tags, "rerun_of": run})
+    return manifest, planned["command"]
+
+
+def request_cancel(parts: Parts, workspace: str, kind: str, names: Sequence[str]) -> None:
+    """CancelRequested per job for the named runs (kind "run") or whole jobs (kind "job"); each
+    name must exist (NotFound otherwise) before anything is sent."""
+    by_job: Dict[str, List[str]] = {}
+    for name in names:
+        if kind == "run":
+            parts.ports.stats.get_run(workspace, name)
+            by_job.setdefault(layout.job_of_run(name), []).append(name)
+        else:
+            parts.ports.stats.get_job(workspace, name)
+            by_job[name] = []
+    now = time.time()
+    parts.ports.publisher.send_events([CancelRequested(workspace=workspace, job=job, runs=runs, requested_at=now)
+                                       for job, runs in by_job.items()])
