@@ -59,7 +59,7 @@ def run_events(msg: func.ServiceBusMessage) -> None:
                   source=func.BlobSource.EVENT_GRID)
 def upload_received(blob: func.InputStream) -> None:
     started = time.monotonic()
-    key = blob.name.split("/", 1)[1]  # "<container>/uploads/x.zip" -> "uploads/x.zip"
+    key = (blob.name or "").split("/", 1)[-1]  # "<container>/uploads/x.zip" -> "uploads/x.zip"
     event = UploadReceived(upload_key=key, received_at=time.time())
     try:
         handlers.accept_upload(event, settings.ports())

@@ -1,7 +1,5 @@
-import hashlib
 import itertools
 import os
-import sqlite3
 import sys
 from pathlib import Path
 
@@ -36,7 +34,7 @@ def mongo_uri():
     process.wait()
 
 
-AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="  # public
+from support.azurite import AZURITE_KEY  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -121,51 +119,6 @@ def parts(tmp_path):
     return embedded(tmp_path / "home")
 
 
-def state_of(parts):
-    """Everything the pipeline has recorded: storage bytes, stats rows, compute tasks, queued messages."""
-    home = parts.home
-    storage = {}
-    root = home / "storage"
-    for path in sorted(root.rglob("*")):
-        if path.is_file():
-            storage[path.relative_to(root).as_posix()] = hashlib.sha256(path.read_bytes()).hexdigest()
-    tables = {}
-    for db, names in (("stats.db", ("jobs", "runs", "metrics", "submissions", "job_counters")),
-                      ("compute.db", ("tasks",))):
-        with sqlite3.connect(home / db) as conn:
-            for name in names:
-                tables[f"{db}:{name}"] = sorted(map(repr, conn.execute(f"SELECT * FROM {name}").fetchall()))
-    with sqlite3.connect(home / "queue.db") as conn:
-        tables["queue"] = sorted(map(repr, conn.execute("SELECT queue, body FROM messages").fetchall()))
-    return {"storage": storage, "tables": tables}
-
-
-def make_code_zip(parts, files=None):
-    """Store a code snapshot of the given {name: text} files; returns its key."""
-    from xt_submit.node_kit import code_archive
-    from xt_submit.domain import layout
-
-    src = parts.home.parent / "src"
-    src.mkdir(exist_ok=True)
-    for name, text in (files or {"train.py": "print('hi')\n"}).items():
-        (src / name).parent.mkdir(parents=True, exist_ok=True)
-        (src / name).write_text(text)
-    snap = code_archive.snapshot_code(["."], str(src))
-    key = layout.code_key(snap.sha256)
-    parts.ports.storage.write(key, snap.data)
-    return key, snap.sha256
-
-
-def make_manifest(code_key, sha, **overrides):
-    from xt_submit.domain.messages import JobManifest
-
-    fields = dict(workspace="ws1", experiment="exp1", script="train.py", command="python train.py",
-                  code_key=code_key, code_sha256=sha, hp_space={"lr": [0.1, 0.2, 0.3], "opt": ["sgd", "adam"]},
-                  seed=7)
-    fields.update(overrides)
-    return JobManifest(**fields)
-
-
 class ReliabilityCounts:
     """Counts per scenario (faults injected, inputs tried, messages duplicated) for RELIABILITY.md."""
 
@@ -192,7 +145,7 @@ def reliability():
 @pytest.fixture
 def project(tmp_path):
     """A project dir with a training script and its own XT_HOME; its host is stopped afterwards."""
-    from cli_project import Project
+    from support.cli_project import Project
 
     proj = Project(tmp_path)
     yield proj

@@ -92,7 +92,7 @@ STATS_KINDS: Dict[str, Callable[..., StatsStore]] = {"mongo": _mongo_stats}
 
 
 def _build(kinds: Dict[str, Callable], name: str, spec: Dict[str, Any], *args):
-    builder = kinds.get(spec.get("type"))
+    builder = kinds.get(str(spec.get("type")))
     if builder is None:
         raise ServiceError(f"external-services.{name}.type: expected {' or '.join(kinds)} here, got {spec.get('type')!r}")
     return builder(name, spec, *args)
@@ -271,7 +271,7 @@ def batch_compute_for(cfg, name: str, storage: Storage, signed=None):
     queue_spec = spec(queue_name)
     services = node_services_from(f"external-services.{storage_name}", spec(storage_name),
                                   f"external-services.{queue_name}", queue_spec, queue_names(queue_spec)["events_queue"])
-    return batch_compute_from(name, target, target.account, spec(target.account), credential, storage, services,
+    return batch_compute_from(name, target, target.account or "", spec(target.account or ""), credential, storage, services,
                               node_package_key="")
 
 
@@ -332,7 +332,7 @@ def _app_batch_computes(settings: Mapping[str, str], storage: Storage) -> Dict[s
         except (KeyError, TypeError, msgspec.ValidationError) as exc:
             raise ServiceError(f"{BATCH_TARGETS_SETTING}.{name}: expected {{target: <compute target>, account: <batch "
                                f"account>}} ({str(exc).splitlines()[0]})") from None
-        computes[name] = batch_compute_from(name, target, target.account, account, credential, storage, node_services,
+        computes[name] = batch_compute_from(name, target, target.account or "", account, credential, storage, node_services,
                                             settings[BATCH_NODE_PACKAGE_SETTING])
     return computes
 

@@ -278,9 +278,9 @@ def _validate(merged: dict, source: str) -> Config:
         # walk the data ourselves to say exactly where and what.
         problem = _structural_problem(merged, Config, "") or _readable(str(exc), "", None)
         raise ConfigError(f"{source}: {problem}") from None
-    problem = next(_reference_problems(cfg), None)
-    if problem:
-        raise ConfigError(f"{source}: {problem}")
+    reference_problem = next(_reference_problems(cfg), None)
+    if reference_problem:
+        raise ConfigError(f"{source}: {reference_problem}")
     return cfg
 
 

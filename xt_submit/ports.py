@@ -218,6 +218,7 @@ class TaskTable(Compute):
 class Publisher(ABC):
     """Sends messages onto the pipeline's queues."""
 
+    jobs_queue: str
     events_queue: str
 
     @abstractmethod
@@ -269,8 +270,9 @@ class MessageQueue(ABC):
         """Messages waiting (used by the local host to decide it is idle)."""
         return len(self.peek(queue))
 
-    def release_locks(self) -> None:
-        """Give back every lock held (only a queue with one consumer, the local host's, can)."""
+    def release_locks(self) -> int:
+        """Give back every lock held (only a queue with one consumer, the local host's, can); how many."""
+        return 0
 
     def close(self) -> None:
         """Let go of connections."""

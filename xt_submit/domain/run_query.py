@@ -167,10 +167,10 @@ def parse_run_list(items: List[str]) -> Tuple[Tuple[str, ...], Tuple[str, ...]]:
             runs.append(item)
         elif _JOB_NAME.match(item):
             jobs.append(item)
-        elif _JOB_WILDCARD.match(item):
-            jobs.append("job" + _JOB_WILDCARD.match(item).group(1))
-        elif _RUN_RANGE.match(item):
-            first_job, first, last_job, last = map(int, _RUN_RANGE.match(item).groups())
+        elif wildcard := _JOB_WILDCARD.match(item):
+            jobs.append("job" + wildcard.group(1))
+        elif run_range := _RUN_RANGE.match(item):
+            first_job, first, last_job, last = map(int, run_range.groups())
             if first_job != last_job or first > last or last - first >= MAX_RANGE or first < 1:
                 raise QueryError(f"run list: {item!r}: expected runN.a-runN.b within one job, a <= b")
             runs += [f"run{first_job}.{k}" for k in range(first, last + 1)]

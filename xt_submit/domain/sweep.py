@@ -250,16 +250,24 @@ def _compile_call(label: str, text: str) -> Union[Tuple[Value, ...], Sampler]:
     return _FUNCTIONS[func](label, args)
 
 
-def _number(label: str, func: str, arg_name: str, text: str, *, integer: bool = False) -> Union[int, float]:
+def _number(label: str, func: str, arg_name: str, text: str) -> Union[int, float]:
     if _INT_RE.fullmatch(text):
         try:
             return int(text)
         except ValueError:  # too many digits: fall through to the error
             pass
-    elif not integer and _NUMBER_RE.fullmatch(text) and math.isfinite(float(text)):
+    elif _NUMBER_RE.fullmatch(text) and math.isfinite(float(text)):
         return float(text)
-    expected = "an integer" if integer else "a finite number"
-    raise SweepError(f"{label}: ${func} {arg_name}: expected {expected}, got {text!r}")
+    raise SweepError(f"{label}: ${func} {arg_name}: expected a finite number, got {text!r}")
+
+
+def _whole(label: str, func: str, arg_name: str, text: str) -> int:
+    if _INT_RE.fullmatch(text):
+        try:
+            return int(text)
+        except ValueError:  # too many digits: fall through to the error
+            pass
+    raise SweepError(f"{label}: ${func} {arg_name}: expected an integer, got {text!r}")
 
 
 def _numbers(label: str, func: str, args: List[str], arg_names: Tuple[str, ...]) -> List[Union[int, float]]:
@@ -297,14 +305,14 @@ def _linspace(label: str, args: List[str]) -> Tuple[Value, ...]:
         raise SweepError(f"{label}: $linspace(start, stop, count) takes 3 arguments, got {len(args)}")
     start = _number(label, "linspace", "start", args[0])
     stop = _number(label, "linspace", "stop", args[1])
-    count = _number(label, "linspace", "count", args[2], integer=True)
+    count = _whole(label, "linspace", "count", args[2])
     _require(1 <= count <= MAX_LINSPACE_COUNT, label,
              f"$linspace count must be between 1 and {MAX_LINSPACE_COUNT}, got {count}")
     if count == 1:
         return (start,)
     if isinstance(start, int) and isinstance(stop, int) and (stop - start) % (count - 1) == 0:
-        step = (stop - start) // (count - 1)  # whole steps between int ends: keep ints
-        return tuple(start + i * step for i in range(count))
+        whole_step = (stop - start) // (count - 1)  # whole steps between int ends: keep ints
+        return tuple(start + i * whole_step for i in range(count))
     step = (stop - start) / (count - 1)
     return tuple(_round12(start + i * step) for i in range(count - 1)) + (_round12(stop),)
 
@@ -314,7 +322,7 @@ def _randint(label: str, args: List[str]) -> Sampler:
     if arg_names is None:
         raise SweepError(f"{label}: $randint(low=0, high={RANDINT_DEFAULT_HIGH}) takes 0 to 2 arguments, "
                          f"got {len(args)}")
-    bounds = [_number(label, "randint", name, text, integer=True) for name, text in zip(arg_names, args)]
+    bounds = [_whole(label, "randint", name, text) for name, text in zip(arg_names, args)]
     low, high = [0, RANDINT_DEFAULT_HIGH][: 2 - len(bounds)] + bounds
     _require(low < high, label, f"$randint needs low < high (the range is [low, high)), got low={low}, high={high}")
     return lambda rng: rng.randrange(low, high)
@@ -354,7 +362,7 @@ def _quantized(base: Callable[..., Sampler], func: str) -> Callable[[str, List[s
         sample = base(label, args, func=func, extra=("q",))
         q = _number(label, func, "q", args[2])
         _require(q > 0, label, f"${func} needs q > 0, got {q}")
-        return lambda rng: _quantize(sample(rng), q)
+        return lambda rng: _quantize(float(sample(rng)), q)  # the base distributions draw floats
 
     return build
 
@@ -399,9 +407,10 @@ def plan_compiled(params: List[_Param], *, search_type: str, runs: Optional[int]
     rng = random.Random(seed)
     if search_type == "grid":
         return _grid_runs(params, runs, max_runs, rng)
-    if runs is None and max_runs is None:
+    count = runs if runs is not None else max_runs
+    if count is None:
         raise SweepError("random search needs --runs or --max-runs")
-    return _random_runs(params, runs if runs is not None else max_runs, rng)
+    return _random_runs(params, count, rng)
 
 
 def _check_run_count(option: str, count: Optional[int]) -> None:
@@ -412,15 +421,16 @@ def _check_run_count(option: str, count: Optional[int]) -> None:
 def _grid_runs(params: List[_Param], runs: Optional[int], max_runs: Optional[int],
                rng: random.Random) -> List[Dict[str, object]]:
     axes = [param for param in params if param.values is not None]
+    axis_values = [param.values for param in params if param.values is not None]
     draws = [param.draw for param in params if param.values is None]
     if runs is not None:
         count = runs
     else:
-        count = math.prod(len(param.values) for param in axes)
+        count = math.prod([len(values) for values in axis_values])
         if max_runs is not None:
             count = min(count, max_runs)
     # product varies the last axis fastest; cycle wraps when more runs than combinations
-    combos = itertools.islice(itertools.cycle(itertools.product(*(param.values for param in axes))), count)
+    combos = itertools.islice(itertools.cycle(itertools.product(*axis_values)), count)
 
     names = [param.name for param in params]
     produced = [param.name for param in axes] + [param.name for param in params if param.values is None]
@@ -444,7 +454,7 @@ def _random_runs(params: List[_Param], count: int, rng: random.Random) -> List[D
 def format_hparam_args(hparams: Dict[str, object]) -> str:
     """' --name=value' per param, in order: floats via repr, bools as True/False, strings
     shell-quoted only when they need it (the command runs through a shell)."""
-    return "".join([_format_arg(name, type(value), value) if isinstance(value, _SCALARS) else
+    return "".join([_format_arg(name, type(value).__name__, value) if isinstance(value, _SCALARS) else
                     f" --{name}={_format_value(name, value)}"  # raises SweepError
                     for name, value in hparams.items()])
 
@@ -453,7 +463,7 @@ _SCALARS = (bool, int, float, str)
 
 
 @functools.lru_cache(maxsize=65536)
-def _format_arg(name: str, kind: type, value: object) -> str:
+def _format_arg(name: str, kind: str, value: object) -> str:
     # A sweep repeats each value across many runs: format each (name, value) once. The type is
     # part of the key because True == 1 and 1 == 1.0 would otherwise share an entry.
     return f" --{name}={shlex.quote(_format_value(name, value))}"

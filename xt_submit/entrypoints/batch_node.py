@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Dict, Optional
 
 from xt_submit import bootstrap
-from xt_submit.adapters.compute.batch import CODE_FILE, TASK_ENV
+from xt_submit.domain.batch_node import CODE_FILE, NODE_ENV, TASK_ENV
 from xt_submit.domain.messages import decode_task
 from xt_submit.runtime.wrapper import RunWrapper
 
@@ -30,8 +30,7 @@ def run_task(env: Dict[str, str], working_dir: Path, storage, publisher) -> int:
 
 def main(env: Optional[Dict[str, str]] = None) -> int:
     env = dict(os.environ if env is None else env)
-    missing = [name for name in (TASK_ENV, "XT_STORAGE_ACCOUNT_URL", "XT_STORAGE_CONTAINER", "XT_SERVICEBUS_NAMESPACE",
-                                 "XT_EVENTS_QUEUE", "XT_IDENTITY_CLIENT_ID") if not env.get(name)]
+    missing = [name for name in (TASK_ENV, *NODE_ENV) if not env.get(name)]
     if missing:
         print(f"xt batch node: missing environment {', '.join(missing)}", file=sys.stderr)
         return 2

@@ -16,13 +16,13 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 try:
     import msgspec
 
     _encode_json = msgspec.json.Encoder().encode
-    _decode_json = msgspec.json.decode
+    _decode_json: Callable[[bytes], Any] = msgspec.json.decode
 except ImportError:  # a pool box may run scripts with a bare Python: the stdlib writes the same records
     import json
     import math
@@ -40,7 +40,7 @@ except ImportError:  # a pool box may run scripts with a bare Python: the stdlib
     def _encode_json(value) -> bytes:
         return json.dumps(_finite(value), separators=(",", ":"), default=str).encode()
 
-    def _decode_json(data: bytes):
+    def _decode_json(data: bytes) -> Any:  # type: ignore[misc]  # the same contract as msgspec's
         return json.loads(data)
 
 LOG_FILE_NAME = "xt_run_log.jsonl"

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from xt_submit import handlers
 from xt_submit.domain import layout
@@ -48,7 +48,7 @@ class LocalHost:
 
     def process(self, message: ReceivedMessage) -> None:
         started = time.monotonic()
-        audit = {"queue": message.queue, "delivery": message.delivery_count}
+        audit: Dict[str, Any] = {"queue": message.queue, "delivery": message.delivery_count}
         try:
             event, _ = handle(message.body, self.ports, HANDLERS)
             audit.update(audit_fields(event), outcome="ok")
@@ -57,8 +57,9 @@ class LocalHost:
             audit.update(outcome="dead-lettered", reason=str(exc))
             self.queue.dead_letter(message, str(exc))
         except Exception as exc:  # transient until proven otherwise: retry, up to the delivery limit
-            audit.update(outcome="abandoned", reason=f"{type(exc).__name__}: {exc}")
-            self.queue.abandon(message, audit["reason"])
+            reason = f"{type(exc).__name__}: {exc}"
+            audit.update(outcome="abandoned", reason=reason)
+            self.queue.abandon(message, reason)
         audit["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
         log.info(json.dumps(audit, default=str))
 

@@ -22,6 +22,7 @@ import msgspec
 
 from xt_submit.domain import layout
 from xt_submit.domain.errors import OneLineError
+from xt_submit.domain.batch_node import CODE_FILE, TASK_ENV
 from xt_submit.domain.messages import RunPreempted, RunTask, SetupSpec, encode
 from xt_submit.ports import Compute
 
@@ -36,11 +37,6 @@ CODE_URL_SECONDS = 7 * 24 * 3600 - 3600  # a user delegation key lives at most 7
 TASKS_PER_REQUEST = 100  # addtaskcollection's limit
 VENV = "$AZ_BATCH_NODE_SHARED_DIR/xt-venv"  # the shared dir is readable and writable by every task on the node
 NODE_COMMAND = f'/bin/bash -c "{VENV}/bin/python -m xt_submit.entrypoints.batch_node"'
-CODE_FILE = "xt/code.zip"  # the resource file, relative to the task's working dir
-TASK_ENV = "XT_TASK"
-# The node's environment names (batch_node reads them): service addresses, never secrets.
-NODE_ENV = ("XT_STORAGE_ACCOUNT_URL", "XT_STORAGE_CONTAINER", "XT_SERVICEBUS_NAMESPACE", "XT_EVENTS_QUEUE",
-            "XT_IDENTITY_CLIENT_ID")
 
 
 class BatchSetupError(OneLineError):

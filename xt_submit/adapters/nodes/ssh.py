@@ -16,6 +16,7 @@ import shlex
 import socket
 import stat
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
@@ -124,7 +125,8 @@ class SshNode(Node):
             # small requests (a stat, an exec) must not wait on Nagle's algorithm and delayed ACKs
             transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             transport.set_keepalive(max(1, int(SILENT_SECONDS / 2)))  # a box that vanished is noticed
-            self._sftp = client.open_sftp()
+            with self._answer_within(CONNECT_TIMEOUT_SECONDS):
+                self._sftp = client.open_sftp()
             self._sftp.get_channel().settimeout(COMMAND_TIMEOUT_SECONDS)
             self.home = posixpath.join(self._sftp.normalize("."), ".xt")
             self._prepare()
@@ -204,7 +206,8 @@ class SshNode(Node):
 
     def _exec(self, command: str, timeout: float = COMMAND_TIMEOUT_SECONDS, stdin_text: str = "") -> Tuple[int, str, str]:
         """stdin_text reaches the command on its stdin, never on a command line the box's `ps` shows."""
-        stdin, stdout, stderr = self._client.exec_command(command, timeout=timeout)
+        with self._answer_within(timeout):
+            stdin, stdout, stderr = self._client.exec_command(command, timeout=timeout)
         if stdin_text:
             stdin.write(stdin_text)
         stdin.channel.shutdown_write()
@@ -214,6 +217,32 @@ class SshNode(Node):
         if not stdout.channel.status_event.wait(timeout):
             raise TimeoutError(f"no exit status within {timeout:g}s")
         return stdout.channel.exit_status, out, err
+
+    @contextlib.contextmanager
+    def _answer_within(self, seconds: float) -> Iterator[None]:
+        """paramiko waits for the box's answer to a channel request (an exec, the sftp subsystem)
+        with no bound, so a box gone silent mid-request would hold this process until the TCP
+        connection dies: past `seconds`, the connection is closed under the waiter, which then
+        fails at once, and the wait ends as a TimeoutError."""
+        expired = threading.Event()
+
+        def expire() -> None:
+            expired.set()
+            transport = self._client.get_transport() if self._client is not None else None
+            if transport is not None:
+                transport.close()
+
+        timer = threading.Timer(seconds, expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        except Exception:
+            if expired.is_set():
+                raise TimeoutError(f"no answer within {seconds:g}s") from None
+            raise
+        finally:
+            timer.cancel()
 
     # --- the Node operations -------------------------------------------------------------------
     @property

@@ -8,7 +8,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import state_of
+from support.pipeline import state_of
 from xt_submit.node_kit import code_archive
 from xt_submit.domain import sweep
 from xt_submit import config as xt_config
@@ -18,7 +18,7 @@ from xt_submit.runtime.local_host import LocalHost
 from xt_submit.domain.manifest import check_manifest
 from xt_submit.domain.messages import MAX_MESSAGE_BYTES, ContractError, decode_manifest
 
-CORPUS = Path(__file__).parent / "corpus"
+CORPUS = Path(__file__).resolve().parents[1] / "corpus"
 HYPOTHESIS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 

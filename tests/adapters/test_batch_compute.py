@@ -3,11 +3,9 @@ answers like the Batch service and ARM (tests/peers/batch_service.py): no Batch 
 Code SAS URLs come from real Blob Storage (Azurite)."""
 import json
 import re
-import sys
 import time
 import urllib.parse
 import uuid
-from pathlib import Path
 
 import pytest
 import requests
@@ -15,7 +13,7 @@ from azure.core.credentials import AccessToken
 from azure.core.pipeline.transport import RequestsTransport
 
 from xt_submit import handlers
-from conftest import AZURITE_KEY
+from support.azurite import AZURITE_KEY
 from xt_submit.node_kit import code_archive
 from xt_submit.domain import layout
 from xt_submit.adapters.compute.batch import BatchSetupError, NodeServices, batch_compute_from, node_services_from
@@ -24,8 +22,7 @@ from xt_submit.config import ComputeTarget
 from xt_submit.domain.messages import JobSubmitted, RunTask, decode_task
 from xt_submit.ports import Ports
 
-sys.path.insert(0, str(Path(__file__).parent / "peers"))
-from batch_service import ACCOUNT_URL, FakeBatchService  # noqa: E402
+from peers.batch_service import ACCOUNT_URL, FakeBatchService
 
 ACCOUNT = {"type": "batch", "account-url": ACCOUNT_URL,
            "resource-id": "/subscriptions/sub1/resourceGroups/xt-vision/providers/Microsoft.Batch/batchAccounts/xtacct",
@@ -79,7 +76,7 @@ def ports_for(compute, blob, tmp_path):
 
 
 def dispatch(ports, tmp_path, submission, hp_space):
-    from conftest import make_manifest
+    from support.pipeline import make_manifest
 
     src = tmp_path / "src"
     src.mkdir(exist_ok=True)

@@ -6,7 +6,7 @@ import msgspec
 import pytest
 
 from xt_submit import handlers
-from conftest import make_code_zip, make_manifest, state_of
+from support.pipeline import make_code_zip, make_manifest, state_of
 from xt_submit.domain import layout, run_log
 from xt_submit.domain.messages import (CancelRequested, ContractError, JobSubmitted, RunFinished, RunStarted,
                                 UploadReceived, decode_event, encode)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cli_project import SCRIPT
+from support.cli_project import SCRIPT
 
 
 def test_grid_sweep_waits_and_reports_runs(project):

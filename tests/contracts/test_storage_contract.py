@@ -96,7 +96,7 @@ def test_the_pipeline_and_a_real_run_on_blob_storage(tmp_path, azurite_connectio
     import time
 
     from xt_submit import handlers
-    from conftest import make_manifest
+    from support.pipeline import make_manifest
     from xt_submit.node_kit import code_archive
     from xt_submit.domain import layout, run_log
     from xt_submit.bootstrap import embedded

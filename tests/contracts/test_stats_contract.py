@@ -3,7 +3,7 @@ import dataclasses
 
 import pytest
 
-from test_reliability import lifecycle, run_steps
+from support.pipeline import lifecycle, run_steps
 from xt_submit.bootstrap import embedded
 from xt_submit.ports import NotFound, Ports
 from xt_submit.domain.run_log import MetricRow

@@ -9,7 +9,7 @@ import pytest
 
 from xt_submit.services.team_template import ROLES, TeamError, build_template
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def resources_by_type(template):

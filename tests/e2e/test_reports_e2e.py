@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from cli_project import SCRIPT, Project
+from support.cli_project import SCRIPT, Project
 
 
 @pytest.fixture(scope="module")

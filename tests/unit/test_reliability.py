@@ -7,89 +7,18 @@ import sqlite3
 import pytest
 
 from xt_submit import handlers
-from conftest import make_code_zip, make_manifest, state_of
-from faults import InjectedFault, faulty
+from support.pipeline import WS, finish_node, finished, lifecycle, run_steps, started, state_of
 from xt_submit.handlers.reindex import rebuild_workspace
-from xt_submit.domain import layout, run_log
+from xt_submit.domain import layout
 from xt_submit.bootstrap import embedded
 from xt_submit.runtime.local_host import LocalHost
-from xt_submit.domain.messages import (CancelRequested, JobSubmitted, RunFinished, RunHeartbeat, RunStarted,
-                                UploadReceived, encode)
+from xt_submit.domain.messages import (UploadReceived, encode)
 from xt_submit.ports import Ports
 
-WS = "ws1"
-
-
-def node_writes(storage, run, *, finished, status="completed", exit_code=0):
-    """What a node leaves in storage: the run log (opening, start, metrics, end) and an output."""
-    key = layout.run_log_key(WS, run)
-    storage.create_log(key, run_log.record(100.0, "created", {"job": "job1", "command": "c", "step_name": "step"})
-                       + run_log.record(100.0, "hparams", {"lr": 0.1}) + run_log.record(100.0, "queued", {}))
-    storage.append(key, run_log.record(110.0, "started", {"node": "n1"}))
-    if finished:
-        for step in (1, 2, 3):
-            storage.append(key, run_log.record(110.0 + step, "metrics", {"step": step, "loss": 1 / step, "__index__": step}))
-        storage.write(layout.output_prefix(WS, run) + "model.txt", f"weights of {run}".encode())
-        storage.append(key, run_log.record(120.0, "ended", {"status": status, "exit_code": exit_code, "duration": 10.0,
-                                                            "reason": "" if exit_code == 0 else f"exit code {exit_code}"}))
-
-
-def started(run):
-    return RunStarted(workspace=WS, job="job1", run=run, node_id="n1", started_at=110.0)
-
-
-def finished(run, status="completed", exit_code=0):
-    return RunFinished(workspace=WS, job="job1", run=run, node_id="n1", status=status, exit_code=exit_code,
-                       started_at=110.0, ended_at=120.0, reason="" if exit_code == 0 else f"exit code {exit_code}",
-                       metrics={"loss": 1 / 3})
-
-
-def lifecycle(parts):
-    """A job of three runs: dispatch, two starts, a success, a failure, and a cancel of the rest.
-    Each step is (name, node effects or None, handler, event)."""
-    key, sha = make_code_zip(parts)
-    submitted = JobSubmitted(submission_id="sub-1", manifest=make_manifest(key, sha, hp_space={"lr": [0.1, 0.2, 0.3]}),
-                             submitted_at=100.0)
-    return [
-        ("dispatch", None, handlers.dispatch_job, submitted),
-        ("start run1.1", lambda s: node_writes(s, "run1.1", finished=False), handlers.run_started, started("run1.1")),
-        ("start run1.2", lambda s: node_writes(s, "run1.2", finished=False), handlers.run_started, started("run1.2")),
-        ("heartbeat run1.2", None, handlers.run_heartbeat,
-         RunHeartbeat(workspace=WS, job="job1", run="run1.2", node_id="n1", at=115.0)),
-        ("finish run1.1", lambda s: _finish_node(s, "run1.1"), handlers.run_finished, finished("run1.1")),
-        ("finish run1.2", lambda s: _finish_node(s, "run1.2", "error", 3), handlers.run_finished,
-         finished("run1.2", "error", 3)),
-        ("cancel job1", None, handlers.cancel_runs, CancelRequested(workspace=WS, job="job1", requested_at=130.0)),
-    ]
-
-
-def _finish_node(storage, run, status="completed", exit_code=0):
-    key = layout.run_log_key(WS, run)
-    for step in (1, 2, 3):
-        storage.append(key, run_log.record(110.0 + step, "metrics", {"step": step, "loss": 1 / step, "__index__": step}))
-    storage.write(layout.output_prefix(WS, run) + "model.txt", f"weights of {run}".encode())
-    storage.append(key, run_log.record(120.0, "ended", {"status": status, "exit_code": exit_code, "duration": 10.0,
-                                                        "reason": "" if exit_code == 0 else f"exit code {exit_code}"}))
 
 
 def fresh(tmp_path, name):
     return embedded(tmp_path / name)
-
-
-def run_steps(parts, steps, fail_at=None):
-    """Apply the steps; with fail_at=(i, k), step i crashes after its k-th side effect and is redelivered."""
-    effects = []
-    for i, (_, node, handler, event) in enumerate(steps):
-        if node:
-            node(parts.ports.storage)
-        if fail_at and fail_at[0] == i:
-            ports, counter = faulty(parts.ports, fail_at[1])
-            with pytest.raises(InjectedFault):
-                handler(event, ports)
-        ports, counter = faulty(parts.ports, None)
-        handler(event, ports)  # the (re)delivery
-        effects.append(counter.effects)
-    return effects
 
 
 def comparable(state):
@@ -253,7 +182,7 @@ def test_silent_node_marks_the_run_error_and_a_late_report_still_wins(tmp_path, 
     assert run["status"] == "error" and "stopped sending heartbeats" in run["reason"]
     assert parts.ports.stats.get_run(WS, "run1.2")["status"] == "running"
     assert handlers.mark_silent_runs(now=175.0, timeout=60.0, ports=parts.ports) == []
-    _finish_node(parts.ports.storage, "run1.1")
+    finish_node(parts.ports.storage, "run1.1")
     handlers.run_finished(finished("run1.1"), parts.ports)  # the node was alive after all
     assert parts.ports.stats.get_run(WS, "run1.1")["status"] == "completed"
     reliability.add("run faults: node stops sending heartbeats", runs_marked=1)

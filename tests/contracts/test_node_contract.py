@@ -1,0 +1,122 @@
+"""The Node contract: one suite for this machine (LocalNode) and a pool's box over SSH (SshNode,
+against a real OpenSSH server on loopback), each made by bootstrap's node factory as the pool
+executor makes them. What the run wrapper relies on: the code unpacked where it says, files
+appended and read from an offset, changes seen by walk, a launched command's console and exit
+code, liveness, and a signal that reaches the whole process group."""
+import posixpath
+import signal
+import time
+import uuid
+
+import pytest
+
+from xt_submit import bootstrap
+from xt_submit.domain.boxes import LOCAL_ADDRESS
+from xt_submit.node_kit import code_archive
+
+PATIENCE_SECONDS = 60  # a bound, not a deadline: a loaded machine takes long, a broken node forever
+
+
+@pytest.fixture(params=["local", "ssh"])
+def node(request, tmp_path):
+    make_node = bootstrap.node_factory(tmp_path / "home")
+    if request.param == "local":
+        made = make_node("box0", {"address": LOCAL_ADDRESS}, "runs")
+    else:
+        boxes = request.getfixturevalue("ssh_boxes")
+        box = boxes.boxes["box1"]
+        made = make_node("box1", {"address": box.address, "key": str(boxes.client_key), "host_key": box.host_key},
+                         f"runs-{uuid.uuid4().hex[:8]}")
+    made.connect()
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def work(node, tmp_path):
+    """A run's folder on the node, with the code of a two-file project unpacked in it."""
+    src = tmp_path / "src"
+    (src / "pkg").mkdir(parents=True)
+    (src / "train.py").write_text("print('hi')\n")
+    (src / "pkg" / "data.txt").write_text("d" * 100)
+    snapshot = code_archive.snapshot_code(["."], str(src))
+    zip_path = tmp_path / "code.zip"
+    zip_path.write_bytes(snapshot.data)
+    local_dir = tmp_path / "supervisor" / "ws1" / "run1.1"
+    local_dir.mkdir(parents=True)
+    folder = node.work_dir(str(local_dir), "ws1", "run1.1")
+    code_dir = posixpath.join(folder, "code")
+    node.prepare(str(zip_path), None, code_dir, posixpath.join(code_dir, "output"),
+                 [posixpath.join(folder, "run.log")], source="code.zip")
+    return folder
+
+
+def wait_until(condition, what):
+    deadline = time.monotonic() + PATIENCE_SECONDS
+    while not condition():
+        assert time.monotonic() < deadline, f"{what} within {PATIENCE_SECONDS}s"
+        time.sleep(0.05)
+
+
+def test_prepare_unpacks_the_code_and_makes_the_runs_folders_and_files(node, work):
+    code = posixpath.join(work, "code")
+    assert node.read_from(posixpath.join(code, "train.py")) == b"print('hi')\n"
+    assert node.read_from(posixpath.join(code, "pkg", "data.txt")) == b"d" * 100
+    assert node.exists(posixpath.join(code, "output"))
+    assert node.exists(posixpath.join(work, "run.log")) and node.read_from(posixpath.join(work, "run.log")) == b""
+
+
+def test_append_and_read_from_an_offset(node, work):
+    log = posixpath.join(work, "run.log")
+    node.append(log, b"first\n")
+    node.append(log, b"second\n")
+    assert node.read_from(log) == b"first\nsecond\n"
+    assert node.read_from(log, offset=6) == b"second\n"
+    assert node.read_from(log, offset=13) == b""
+    assert node.read_from(posixpath.join(work, "missing")) == b""
+    assert not node.exists(posixpath.join(work, "missing"))
+
+
+def test_walk_names_every_file_below_a_folder_and_sees_a_change(node, work, tmp_path):
+    output = posixpath.join(work, "code", "output")
+    assert dict(node.walk(output)) == {}
+    local = tmp_path / "model.bin"
+    local.write_bytes(b"w" * 10)
+    node.put(str(local), posixpath.join(output, "model.bin"))
+    node.append(posixpath.join(output, "log.txt"), b"x")
+    before = dict(node.walk(output))
+    assert sorted(before) == ["log.txt", "model.bin"]
+    node.append(posixpath.join(output, "log.txt"), b"yy")
+    after = dict(node.walk(output))
+    assert after["log.txt"] != before["log.txt"] and after["model.bin"] == before["model.bin"]
+    assert list(node.walk(posixpath.join(work, "no-such-folder"))) == []
+    with node.local_copy(posixpath.join(output, "model.bin")) as path:
+        with open(path, "rb") as f:
+            assert f.read() == b"w" * 10
+
+
+def test_a_launched_command_writes_its_console_and_its_exit_code(node, work):
+    console, exit_file = posixpath.join(work, "console.log"), posixpath.join(work, "exit_code")
+    argv = node.python_argv(["python", "-c", "import os; print('lr is', os.environ['XT_LR']); raise SystemExit(3)"])
+    pid, start = node.launch(argv, posixpath.join(work, "code"), {"XT_LR": "0.1"}, console, exit_file)
+    wait_until(lambda: node.exists(exit_file), "the command ended")
+    assert node.read_from(exit_file).strip() == b"3"
+    assert b"lr is 0.1" in node.read_from(console)
+    wait_until(lambda: not node.alive(pid, start), "the ended command is no longer alive")
+
+
+def test_a_signal_to_the_group_stops_the_command(node, work):
+    console, exit_file = posixpath.join(work, "console.log"), posixpath.join(work, "exit_code")
+    script = ("import subprocess, time; subprocess.Popen(['sleep', '300']); print('ready', flush=True); time.sleep(300)")
+    pid, start = node.launch(node.python_argv(["python", "-c", script]), posixpath.join(work, "code"), {}, console,
+                             exit_file)
+    wait_until(lambda: b"ready" in node.read_from(console), "the command started")
+    assert node.alive(pid, start)
+    node.kill_group(pid, signal.SIGTERM)
+    wait_until(lambda: node.exists(exit_file), "the stopped command's exit code")
+    assert node.read_from(exit_file).strip() == str(-signal.SIGTERM).encode()
+    wait_until(lambda: not node.alive(pid, start), "the stopped command is no longer alive")
+
+
+def test_probe_says_what_python_the_node_has(node):
+    assert node.probe()

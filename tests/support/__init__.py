@@ -1,0 +1,1 @@
+"""What tests share: builders of pipeline state, fault injection, a CLI project. Not tests."""
