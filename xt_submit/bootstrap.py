@@ -262,9 +262,9 @@ def prefetched(storage: Storage, code_key: str, code_file: Path) -> Storage:
 def batch_compute_for(cfg, name: str, storage: Storage, signed=None):
     """A `batch` target of the user's config, signed in as the user (for `xt view status`)."""
     from xt_submit.adapters.compute.batch import batch_compute_from, node_services_from
-    from xt_submit.services.batch_target import check_submittable
+    from xt_submit.services import targets
 
-    check_submittable(cfg, name)
+    targets.kind_of(cfg, name).check_submittable(cfg, name)
     target = cfg.compute_targets[name]
     credential, spec = signed or signed_in(cfg)
     storage_name, queue_name = cfg.xt_services.storage, cfg.xt_services.queue
@@ -273,6 +273,13 @@ def batch_compute_for(cfg, name: str, storage: Storage, signed=None):
                                   f"external-services.{queue_name}", queue_spec, queue_names(queue_spec)["events_queue"])
     return batch_compute_from(name, target, target.account or "", spec(target.account or ""), credential, storage, services,
                               node_package_key="")
+
+
+def remote_target_status(cfg, name: str) -> dict:
+    """`xt view status` of a target the Functions app dispatches (batch), from the service itself,
+    with one sign-in for the team's storage and for Batch."""
+    signed = signed_in(cfg)
+    return batch_compute_for(cfg, name, from_config(cfg, signed).ports.storage, signed).status()
 
 
 # --- the Functions app ---------------------------------------------------------------------------

@@ -308,7 +308,7 @@ def _structural_problem(value: Any, typ: Any, path: str) -> str | None:
         item_type = get_args(typ)[1]
         for key, item in value.items():
             if not isinstance(key, str):
-                return f"{path}: expected text keys, got {_kind(key)} {_show(key)}"
+                return f"{path}: expected text keys, got {_kind(key)} {show(key)}"
             problem = _structural_problem(item, item_type, _join(path, key))
             if problem:
                 return problem
@@ -317,7 +317,7 @@ def _structural_problem(value: Any, typ: Any, path: str) -> str | None:
         msgspec.convert(value, typ)
     except msgspec.ValidationError as exc:
         if get_origin(typ) is Literal:
-            return f"{path}: expected one of {', '.join(get_args(typ))}, got {_show(value)}"
+            return f"{path}: expected one of {', '.join(get_args(typ))}, got {show(value)}"
         return _readable(str(exc), path, value)
     return None
 
@@ -329,7 +329,7 @@ def _readable(text: str, path: str, value: Any) -> str:
     message = re.sub(r"`([^`]*)`", lambda m: _plain_type_words(m.group(1)), message)
     message = message[:1].lower() + message[1:]
     if ", got " not in message and not where:  # constraint failures do not say what they got
-        message += f", got {_show(value)}"
+        message += f", got {show(value)}"
     return f"{path}{where}: {message}" if path or where else message
 
 
@@ -345,7 +345,7 @@ def _reference_problems(cfg: Config):
         if not NAME_PATTERN.match(name):
             yield (
                 f"general.{key}: expected a name of letters, digits, '_' or '-' starting with a letter "
-                f"(at most 63 characters), got {_show(name)}"
+                f"(at most 63 characters), got {show(name)}"
             )
     for name, service in cfg.external_services.items():
         if "type" not in service:
@@ -357,16 +357,16 @@ def _reference_problems(cfg: Config):
         if chosen != EMBEDDED and chosen not in cfg.external_services:
             yield (
                 f"xt-services.{role}: expected {EMBEDDED!r} or an external-services name "
-                f"({_names(cfg.external_services)}), got {_show(chosen)}"
+                f"({names_of(cfg.external_services)}), got {show(chosen)}"
             )
     vault = cfg.xt_services.vault
     if vault is not None and (vault not in cfg.external_services or cfg.external_services[vault].get("type") != "vault"):
         yield (f"xt-services.vault: expected an external-services entry of type vault "
-               f"({_names(cfg.external_services)}), got {_show(vault)}")
+               f"({names_of(cfg.external_services)}), got {show(vault)}")
     if cfg.xt_services.target not in cfg.compute_targets:
         yield (
-            f"xt-services.target: expected a compute-targets name ({_names(cfg.compute_targets)}), "
-            f"got {_show(cfg.xt_services.target)}"
+            f"xt-services.target: expected a compute-targets name ({names_of(cfg.compute_targets)}), "
+            f"got {show(cfg.xt_services.target)}"
         )
     for name, box in cfg.boxes.items():
         from xt_submit.domain.boxes import BoxAddress, BoxError
@@ -379,25 +379,9 @@ def _reference_problems(cfg: Config):
         for name, entry in entries.items():
             if entry.setup is not None and entry.setup not in cfg.setups:
                 yield (
-                    f"{section}.{name}.setup: expected a setups name ({_names(cfg.setups)}), "
-                    f"got {_show(entry.setup)}"
+                    f"{section}.{name}.setup: expected a setups name ({names_of(cfg.setups)}), "
+                    f"got {show(entry.setup)}"
                 )
-
-
-def target_problems(cfg: Config, name: str):
-    """What a target needs before runs can be sent to it (checked when one is: a draft entry may load)."""
-    target = cfg.compute_targets[name]
-    if target.service == "pool":
-        if not target.boxes and not cfg.boxes:
-            yield f"compute-targets.{name}.boxes: no boxes to run on; add your machines under `boxes` in xt_config.yaml"
-        for box in target.boxes:
-            if box not in cfg.boxes:
-                yield f"compute-targets.{name}.boxes: expected boxes names ({_names(cfg.boxes)}), got {_show(box)}"
-    if target.service == "batch":
-        account = cfg.external_services.get(target.account or "", {})
-        if account.get("type") != "batch":
-            yield (f"compute-targets.{name}.account: expected an external-services entry of type batch "
-                   f"({_names(cfg.external_services)}), got {_show(target.account)}")
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -417,7 +401,8 @@ def _kind(value: Any) -> str:
     return type(value).__name__
 
 
-def _show(value: Any, limit: int = 60) -> str:
+def show(value: Any, limit: int = 60) -> str:
+    """A value as an error message may quote it (never a long string: it may be a secret)."""
     if isinstance(value, str) and len(value) > SHOWN_TEXT_LIMIT:
         # a long string may be a key or a connection string put in the wrong place: never echo it
         return f"a {len(value)}-character string"
@@ -425,7 +410,7 @@ def _show(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _names(entries: dict) -> str:
+def names_of(entries: dict) -> str:
     return "one of " + ", ".join(sorted(entries)) if entries else "none defined"
 
 

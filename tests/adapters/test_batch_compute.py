@@ -292,15 +292,16 @@ def test_the_functions_app_routes_batch_targets_to_their_pool_and_the_rest_local
 
 
 def test_a_batch_target_needs_the_teams_queue_and_storage(tmp_path):
-    from xt_submit.services.batch_target import BatchTargetError, check_submittable
+    from xt_submit.services.targets import TargetError, kind_of
     from xt_submit.config import load_config
 
     (tmp_path / "xt_config.yaml").write_text(
         "external-services: {team-batch: {type: batch}}\n"
         "compute-targets: {gpu: {service: batch, account: team-batch, vm-size: Standard_NC6}}\n")
-    with pytest.raises(BatchTargetError, match=r"^xt-services.queue: gpu is a batch target, whose runs report to the "
+    with pytest.raises(TargetError, match=r"^xt-services.queue: gpu is a batch target, whose runs report to the "
                                                r"team's services; expected an external-services name here, got 'embedded'$"):
-        check_submittable(load_config(cwd=tmp_path), "gpu")
+        cfg = load_config(cwd=tmp_path)
+        kind_of(cfg, "gpu").check_submittable(cfg, "gpu")
 
 
 def test_admin_batch_settings_upload_the_wheel_and_name_the_targets_for_the_app(blob, tmp_path):
@@ -308,7 +309,8 @@ def test_admin_batch_settings_upload_the_wheel_and_name_the_targets_for_the_app(
 
     import msgspec
 
-    from xt_submit.services.batch_target import BatchTargetError, app_settings
+    from xt_submit.services.batch_target import app_settings
+    from xt_submit.services.targets import TargetError
     from xt_submit.config import load_config
 
     account = {"type": "batch", "account-url": "https://teamxt.westus2.batch.azure.com",
@@ -330,5 +332,5 @@ def test_admin_batch_settings_upload_the_wheel_and_name_the_targets_for_the_app(
     targets = jsonlib.loads(settings["XT_BATCH_TARGETS"])
     assert targets["gpu"]["account"] == account
     assert msgspec.convert(targets["gpu"]["target"], ComputeTarget) == cfg.compute_targets["gpu"]  # as the app reads it
-    with pytest.raises(BatchTargetError, match=r"^--wheel: expected an xt-pipeline .whl file, got '/nowhere.whl'$"):
+    with pytest.raises(TargetError, match=r"^--wheel: expected an xt-pipeline .whl file, got '/nowhere.whl'$"):
         app_settings(cfg, blob, "/nowhere.whl")

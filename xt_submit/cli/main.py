@@ -147,10 +147,7 @@ def _manifest_from(args: argparse.Namespace, cfg):
     target_name = cfg.xt_services.target
     target = cfg.compute_targets[target_name]
     targets.check_target(cfg, target_name)
-    if target.service == "batch":
-        from xt_submit.services.batch_target import check_submittable
-
-        check_submittable(cfg, target_name)
+    targets.kind_of(cfg, target_name).check_submittable(cfg, target_name)
     concurrent = args.concurrent if args.concurrent is not None else target.concurrent
     if concurrent < 1:
         raise CliError(f"--concurrent: expected a whole number >= 1, got {concurrent}")

@@ -6,10 +6,11 @@ comes from the Batch service.
 from __future__ import annotations
 
 import argparse
-import time
-from typing import Dict, List
+from typing import List
 
 from xt_submit.cli.common import CliError, embedded_parts, load, print_json
+from xt_submit.services import targets
+from xt_submit.services.targets.pool import box_state
 
 LIST_KINDS = ("targets", "boxes")
 VIEW_KINDS = ("status",)
@@ -35,14 +36,6 @@ def _table(headers: List[str], rows: List[list]) -> str:
     return "\n".join("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in cells)
 
 
-def _box_state(health: Dict[str, dict], box: str) -> str:
-    seen = health.get(box)
-    if seen is None:
-        return "not contacted yet"
-    ago = f"{time.time() - seen['checked_at']:.0f}s ago"
-    return f"reachable ({ago})" if seen["reachable"] else f"unreachable ({ago}): {seen['error']}"
-
-
 def _check_box(home, name: str, box) -> str:
     """Connect now, as the host would (verified host key, no prompt), and say how it went."""
     from xt_submit.bootstrap import box_node
@@ -60,16 +53,9 @@ def _check_box(home, name: str, box) -> str:
 def cmd_list(args: argparse.Namespace) -> int:
     cfg = load(args)
     if args.kind == "targets":
-        rows = []
-        for name, target in cfg.compute_targets.items():
-            if target.service == "pool":
-                where = "boxes: " + (", ".join(target.boxes) if target.boxes else "all (" + ", ".join(cfg.boxes) + ")")
-            elif target.service == "batch":
-                where = f"{target.vm_size or '?'} x {target.nodes or '?'}{' low-pri' if target.low_pri else ''}"
-            else:
-                where = "this machine"
-            rows.append({"name": name, "service": target.service, "where": where, "concurrent": target.concurrent,
-                         "setup": target.setup, "default": name == cfg.xt_services.target})
+        rows = [{"name": name, "service": target.service, "where": targets.KINDS[target.service].where(cfg, name),
+                 "concurrent": target.concurrent, "setup": target.setup, "default": name == cfg.xt_services.target}
+                for name, target in cfg.compute_targets.items()]
         if args.json:
             print_json(rows)
         else:
@@ -82,7 +68,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     health, busy = compute.box_health(), compute.runs_per_node()
     rows = [{"name": name, "address": box.address, "max_runs": box.max_runs, "running": busy.get(name, 0),
              "setup": box.setup, "key": box.key, "host_key": "explicit" if box.host_key else "known_hosts",
-             "state": _check_box(parts.home, name, box) if args.check else _box_state(health, name)}
+             "state": _check_box(parts.home, name, box) if args.check else box_state(health, name)}
             for name, box in cfg.boxes.items()]
     if args.json:
         print_json(rows)
@@ -100,28 +86,18 @@ def cmd_view(args: argparse.Namespace) -> int:
     name = args.target or cfg.xt_services.target
     if name not in cfg.compute_targets:
         raise CliError(f"target: expected a compute-targets name ({', '.join(sorted(cfg.compute_targets))}), got {name!r}")
-    target = cfg.compute_targets[name]
-    if target.service == "batch":
-        from xt_submit.bootstrap import batch_compute_for, from_config, signed_in
+    if not targets.kind_of(cfg, name).runs_here:  # the service itself knows how busy it is
+        from xt_submit.bootstrap import remote_target_status
 
-        signed = signed_in(cfg)  # one sign-in for the team's storage and for Batch
-        status = batch_compute_for(cfg, name, from_config(cfg, signed).ports.storage, signed).status()
+        status = remote_target_status(cfg, name)
         print_json(status) if args.json else print("\n".join(f"{k}: {v}" for k, v in status.items()))
         return 0
-    compute = embedded_parts(cfg).compute
-    counts = compute.counts_by_state(None if target.service == "local" else name)
-    summary = {"target": name, "service": target.service, "queued": counts.get("queued", 0),
-               "running": counts.get("launching", 0) + counts.get("launched", 0)}
-    if target.service == "pool":
-        health, busy = compute.box_health(), compute.runs_per_node()
-        summary["boxes"] = [{"box": box, "max_runs": cfg.boxes[box].max_runs, "running": busy.get(box, 0),
-                             "free": max(0, cfg.boxes[box].max_runs - busy.get(box, 0)), "state": _box_state(health, box)}
-                            for box in target.boxes or list(cfg.boxes) if box in cfg.boxes]
+    summary = targets.status(cfg, name, embedded_parts(cfg).compute)
     if args.json:
         print_json(summary)
         return 0
-    print(f"{name} ({target.service}): {summary['running']} running, {summary['queued']} queued")
-    if target.service == "pool":
+    print(f"{name} ({summary['service']}): {summary['running']} running, {summary['queued']} queued")
+    if "boxes" in summary:
         print(_table(["box", "max-runs", "running", "free", "state"],
                      [[b["box"], b["max_runs"], b["running"], b["free"], b["state"]] for b in summary["boxes"]]))
     return 0

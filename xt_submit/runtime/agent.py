@@ -16,7 +16,6 @@ from typing import Callable
 
 from xt_submit.domain import layout
 from xt_submit.services import targets
-from xt_submit.config import target_problems
 from xt_submit.domain.messages import CANCELLED, ContractError, RunFinished, TasksQueued, decode_task_message
 from xt_submit.runtime.executors import executors_for
 from xt_submit.runtime.local_host import HostLock
@@ -35,7 +34,7 @@ class Agent:
         self.compute = parts.compute
         self.executors = executors_for(parts)
         for name, target in cfg.compute_targets.items():  # the boxes come from this machine's config
-            if target.service != "batch" and not list(target_problems(cfg, name)):
+            if targets.KINDS[target.service].runs_here and not list(targets.problems(cfg, name)):
                 targets.register(self.compute, cfg, name)
         self.tasks_queue = agent.tasks_queue
         self.queue = agent.tasks
