@@ -6,6 +6,9 @@ from pathlib import Path
 import pytest
 from hypothesis import settings as hypothesis_settings
 
+from support.azurite import AZURITE_KEY
+from support.peers import START_SECONDS, first_line, wait_for_port
+
 ROOT = Path(__file__).resolve().parent.parent
 
 # Generated inputs are the same on every run, so CI's verdict never depends on luck; explore with
@@ -27,14 +30,13 @@ def mongo_uri():
 
     process = subprocess.Popen([sys.executable, str(ROOT / "tests" / "peers" / "mongo_server.py")],
                                stdout=subprocess.PIPE, text=True)
-    uri = process.stdout.readline().strip()
-    assert uri.startswith("mongodb://"), "the MongoDB peer did not start"
+    uri = first_line(process, "the MongoDB peer (tests/peers/mongo_server.py)")
+    assert uri.startswith("mongodb://"), f"the MongoDB peer printed {uri!r}, not its URI"
     yield uri
     process.kill()
     process.wait()
 
 
-from support.azurite import AZURITE_KEY  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -53,9 +55,10 @@ def azurite_connection_string(tmp_path_factory):
     process = subprocess.Popen([str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
                                 "--skipApiVersionCheck", "--loose", "--disableTelemetry"],
                                stdout=open(log, "w"), stderr=subprocess.STDOUT)
-    deadline = time.time() + 30
+    deadline = time.monotonic() + START_SECONDS
     while "successfully listens" not in log.read_text():
-        assert process.poll() is None and time.time() < deadline, f"Azurite did not start: {log.read_text()}"
+        assert process.poll() is None, f"Azurite exited before listening: {log.read_text()}"
+        assert time.monotonic() < deadline, f"Azurite did not listen within {START_SECONDS}s: {log.read_text()}"
         time.sleep(0.1)
     yield (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
            f"BlobEndpoint=http://127.0.0.1:{port}/devstoreaccount1;")
@@ -73,8 +76,9 @@ def servicebus_connection_string():
     env = dict(os.environ, XT_BROKER_LOCK_SECONDS="2", XT_BROKER_MAX_DELIVERY_COUNT="5")
     process = subprocess.Popen([sys.executable, str(ROOT / "tests" / "peers" / "servicebus_broker.py")],
                                stdout=subprocess.PIPE, text=True, env=env)
-    port = int(process.stdout.readline())
-    time.sleep(0.3)
+    name = "the AMQP broker (tests/peers/servicebus_broker.py)"
+    port = int(first_line(process, name))
+    wait_for_port("127.0.0.1", port, process, name)  # it prints its port before it listens
     yield (f"Endpoint=sb://127.0.0.1:{port};SharedAccessKeyName=RootManageSharedAccessKey;"
            f"SharedAccessKey=SAS_KEY_VALUE;UseDevelopmentEmulator=true")
     process.kill()

@@ -3,9 +3,11 @@
 sweep submitted with `xt run` completes with the same records as on the embedded default."""
 import functools
 import importlib.util
+import contextlib
 import json
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -88,9 +90,29 @@ class AzureDeployment:
         from azure.functions.servicebus import ServiceBusMessage
 
         for message in self.bus.receive(queue, max_messages=10):
-            self.functions[function](ServiceBusMessage(body=message.body, message_id=str(message.id),
-                                                       application_properties={}, user_properties={}))
+            with self.locked(message):
+                self.functions[function](ServiceBusMessage(body=message.body, message_id=str(message.id),
+                                                           application_properties={}, user_properties={}))
             self.bus.complete(message)
+
+    @contextlib.contextmanager
+    def locked(self, message):
+        """Renew the message's lock while its function runs, as the Functions host does (its
+        Service Bus trigger renews for up to maxAutoLockRenewalDuration, 5 minutes by default):
+        the test broker's locks last 2 s, less than a function may take on a loaded machine."""
+        done = threading.Event()
+
+        def renew():
+            while not done.wait(0.5):
+                self.bus.renew_lock(message)
+
+        renewer = threading.Thread(target=renew, daemon=True)
+        renewer.start()
+        try:
+            yield
+        finally:
+            done.set()
+            renewer.join()
 
     def run(self, *args, timeout=120):
         """`xt run ARGS` with the team's config, driven until its job ends; returns the job's name."""
