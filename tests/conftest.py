@@ -71,7 +71,6 @@ def servicebus_connection_string():
     """The in-memory AMQP 1.0 broker (tests/peers/servicebus_broker.py) the real SDK talks to, on loopback.
     Locks last 2 s and a 5th delivery dead-letters, as the embedded queue is set up in the tests."""
     import subprocess
-    import time
 
     env = dict(os.environ, XT_BROKER_LOCK_SECONDS="2", XT_BROKER_MAX_DELIVERY_COUNT="5")
     process = subprocess.Popen([sys.executable, str(ROOT / "tests" / "peers" / "servicebus_broker.py")],

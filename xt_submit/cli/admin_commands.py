@@ -1,0 +1,104 @@
+"""`xt serve`, `xt admin`, `xt create team` and `xt config`: running this machine's host or agent,
+maintenance, and setting things up."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from xt_submit import config as xt_config
+from xt_submit.cli.common import CliError, embedded_parts, load, print_json
+from xt_submit.domain import layout
+
+
+def add_parsers(commands) -> None:
+    serve_parser = commands.add_parser("serve", help="run the local host (or, with a team's services, the compute agent) in the foreground")
+    serve_parser.add_argument("--idle-exit", type=float, help="stop after this many idle seconds")
+
+    admin_parser = commands.add_parser("admin", help="maintenance: rebuild the stats index, set up batch targets")
+    admin_kinds = admin_parser.add_subparsers(dest="kind", required=True, metavar="reindex|batch-settings")
+    reindex_parser = admin_kinds.add_parser("reindex")
+    reindex_parser.add_argument("--workspace", help="one workspace (default: every workspace in storage)")
+    batch_parser = admin_kinds.add_parser("batch-settings", help="upload the nodes' xt wheel; print the Functions "
+                                                                 "app settings for this config's batch targets")
+    batch_parser.add_argument("--wheel", required=True, help="the xt-pipeline wheel (pip wheel --no-deps -w dist .)")
+    batch_parser.add_argument("--json", action="store_true")
+
+    create_parser = commands.add_parser("create", help="create the template of a team's Azure services")
+    create_parser.add_argument("what", choices=["team"])
+    create_parser.add_argument("name", help="3-12 lowercase letters and digits")
+    create_parser.add_argument("--out", help="the template file (default: xt_team_NAME.json)")
+
+    config_parser = commands.add_parser("config", help="write a starter xt_config.yaml")
+    config_parser.add_argument("--create", action="store_true", required=True)
+    config_parser.add_argument("--path", default="xt_config.yaml")
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from xt_submit import bootstrap
+    from xt_submit.runtime.local_host import run_host
+
+    cfg = load(args)
+    home = bootstrap.xt_home(cfg.general.xt_home)
+    if cfg.xt_services.queue != "embedded":  # the team's services: run the tasks the Functions app hands out
+        from xt_submit.runtime.agent import run_agent
+
+        print(f"xt agent serving the tasks queue of {cfg.xt_services.queue} from {home} (Ctrl-C to stop)", file=sys.stderr)
+        if run_agent(home, lambda: bootstrap.agent_parts(cfg), cfg) == 1:
+            raise CliError(f"another xt host or agent is already serving {home}")
+        return 0
+    print(f"xt host serving {home} (Ctrl-C to stop)", file=sys.stderr)
+    if run_host(home, lambda: bootstrap.embedded(home), idle_exit_seconds=args.idle_exit) == 1:
+        raise CliError(f"another xt host is already serving {home}")
+    return 0
+
+
+def cmd_admin(args: argparse.Namespace) -> int:
+    from xt_submit.handlers.reindex import rebuild_workspace, workspaces_in_storage
+    from xt_submit.runtime.local_host import host_running
+
+    cfg = xt_config.load_config(args.config)
+    if args.kind == "batch-settings":
+        from xt_submit.services.batch_target import app_settings
+
+        settings = app_settings(cfg, embedded_parts(cfg).ports.storage, args.wheel)
+        if args.json:
+            print_json(settings)
+        else:
+            print("\n".join(f"{name}={value}" for name, value in settings.items()))
+        return 0
+    parts = embedded_parts(cfg)
+    if host_running(parts.home):
+        raise CliError(f"a host is serving {parts.home}: wait until it is idle (it exits by itself) and run again")
+    workspaces = [args.workspace] if args.workspace else workspaces_in_storage(parts.ports)
+    for ws in workspaces:
+        try:
+            layout.check_name("--workspace", ws)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+        counts = rebuild_workspace(parts.ports, ws)
+        print(f"{ws}: reindexed {counts['jobs']} jobs, {counts['runs']} runs, {counts['metric_records']} metric records")
+    return 0
+
+
+def cmd_create(args: argparse.Namespace) -> int:
+    import json
+
+    from xt_submit.services.team_template import build_template, next_steps
+
+    template = build_template(args.name)
+    path = Path(args.out or f"xt_team_{args.name}.json")
+    if path.exists():
+        raise CliError(f"{path}: exists; name another file with --out")
+    path.write_text(json.dumps(template, indent=2) + "\n")
+    print(next_steps(args.name, str(path)))
+    return 0
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    xt_config.write_starter_config(args.path)
+    print(f"wrote {args.path}")
+    return 0
+
+
+COMMANDS = {"serve": cmd_serve, "admin": cmd_admin, "create": cmd_create, "config": cmd_config}

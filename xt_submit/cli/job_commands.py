@@ -1,0 +1,187 @@
+"""`xt run`, `xt rerun` and `xt cancel`: submitting and stopping jobs (the steps are services/submit.py)."""
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import random
+import shlex
+import sys
+from pathlib import Path
+from typing import Any, Dict
+
+import msgspec
+
+from xt_submit.cli.common import (CliError, check_name, embedded_parts, ensure_local_host, load, parse_tag_items,
+                                  print_json, transfer_progress)
+from xt_submit.domain import layout, sweep
+from xt_submit.services import targets
+
+
+def add_parsers(commands) -> None:
+    _run_parser(commands.add_parser("run", help="submit a job (a sweep of runs)"))
+
+    rerun_parser = commands.add_parser("rerun", help="a new job with a run's code snapshot and exact command")
+    rerun_parser.add_argument("name", metavar="RUN")
+    rerun_parser.add_argument("--workspace")
+    rerun_parser.add_argument("--json", action="store_true")
+
+    cancel_parser = commands.add_parser("cancel", help="cancel runs or a whole job")
+    cancel_kinds = cancel_parser.add_subparsers(dest="kind", required=True, metavar="run|job")
+    for kind in ("run", "job"):
+        sub = cancel_kinds.add_parser(kind)
+        sub.add_argument("names", nargs="+")
+        sub.add_argument("--workspace")
+
+
+def _run_parser(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--target", help="compute target (config compute-targets)")
+    parser.add_argument("--workspace")
+    parser.add_argument("--experiment")
+    parser.add_argument("--runs", type=int, help="exactly this many runs")
+    parser.add_argument("--max-runs", type=int, help="at most this many runs")
+    parser.add_argument("--search-type", help="grid or random")
+    parser.add_argument("--hp-config", help="YAML file with hyperparameter-distributions")
+    parser.add_argument("--seed", type=int, help="seed for sampled hyperparameters")
+    parser.add_argument("--concurrent", type=int, help="runs at once on the target")
+    parser.add_argument("--max-time", type=float, help="seconds a run may take before it is stopped")
+    parser.add_argument("--tags", help="name[=value],... attached to the job and its runs")
+    parser.add_argument("--dry-run", action="store_true", help="print the planned runs, submit nothing")
+    parser.add_argument("--wait", action="store_true", help="follow the job until it ends; non-zero exit if a run fails")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("script", help="the script to run (a .py file, or a command)")
+    parser.add_argument("script_args", nargs=argparse.REMAINDER, help="its arguments; --name=[a,b] sweeps")
+
+
+# --- xt run -----------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from xt_submit.services import submit
+
+    cfg = load(args, {
+        "general.experiment": args.experiment, "xt-services.target": args.target,
+        "hyperparameter-search.search-type": args.search_type, "hyperparameter-search.max-runs": args.max_runs,
+        "hyperparameter-search.runs": args.runs, "hyperparameter-search.seed": args.seed,
+        "hyperparameter-search.hp-config": args.hp_config,
+    })
+    manifest = _manifest_from(args, cfg)
+    planned = submit.plan(manifest, "xt run")
+    if args.dry_run:
+        if args.json:
+            print_json({"job": None, "runs": planned})
+        else:
+            print(f"dry run: {len(planned)} runs planned ({manifest.search_type} search), nothing submitted")
+            for entry in planned:
+                print(f"  {entry['index']:>4}  {entry['command']}")
+        return 0
+
+    from xt_submit.services.code_upload import upload_code
+
+    parts = embedded_parts(cfg)
+    with transfer_progress(parts.ports.storage, "uploading code", enabled=not args.json):
+        key, sha256 = upload_code(parts.ports.storage, parts.home, cfg.code.code_dirs, os.getcwd(), cfg.code.code_omit,
+                                  max_bytes=cfg.code.max_size_mb * 1024**2)
+    manifest = msgspec.structs.replace(manifest, code_key=key, code_sha256=sha256)
+    job, runs = _submit(parts, manifest, cfg)
+    if args.json and not args.wait:
+        print_json({"job": job, "runs": runs})
+    elif not args.json:
+        print(f"{job}: {len(runs)} runs queued on {manifest.target} ({runs[0]}..{runs[-1]})" if runs else f"{job}: no runs")
+    if not args.wait:
+        return 0
+    final = _follow(parts, manifest.workspace, job, len(runs), show_progress=not args.json)
+    if args.json:
+        print_json({"job": job, "runs": runs, "status": final["status"], "counts": final["counts"]})
+    else:
+        counts = ", ".join(f"{n} {s}" for s, n in sorted(final["counts"].items()))
+        print(f"{job}: {final['status']} ({counts})")
+    return 0 if final["status"] == "completed" else 1
+
+
+def _manifest_from(args: argparse.Namespace, cfg):
+    """The job manifest the command line and the config ask for (not yet checked, no code yet)."""
+    from xt_submit.domain.messages import JobManifest
+
+    target_name = cfg.xt_services.target
+    target = cfg.compute_targets[target_name]
+    targets.check_target(cfg, target_name)
+    targets.kind_of(cfg, target_name).check_submittable(cfg, target_name)
+    concurrent = args.concurrent if args.concurrent is not None else target.concurrent
+    if concurrent < 1:
+        raise CliError(f"--concurrent: expected a whole number >= 1, got {concurrent}")
+    script = args.script
+    if script.endswith(".py") and not Path(script).is_file():
+        raise CliError(f"{script}: no such script")
+    fixed_args, space = sweep.split_script_args(args.script_args)
+    search = cfg.hyperparameter_search
+    if search.hp_config:
+        file_space = sweep.load_hp_config(search.hp_config)
+        space = {**file_space, **space}  # the command line wins over the file
+    base = ["python", script] if script.endswith(".py") else [script]
+    return JobManifest(
+        workspace=cfg.general.workspace, experiment=cfg.general.experiment, username=getpass.getuser(),
+        script=script, command=shlex.join(base + fixed_args), hp_space=space, search_type=search.search_type,
+        runs=search.runs, max_runs=search.max_runs,
+        seed=search.seed if search.seed is not None else random.randrange(2**31),
+        target=target_name, concurrent=concurrent, max_time=args.max_time if args.max_time is not None else target.max_time,
+        setup=targets.setup_spec(cfg, target.setup), after_dirs=list(cfg.after_files.after_dirs),
+        after_omit=list(cfg.after_files.after_omit), tags=parse_tag_items([args.tags], "--tags"),
+        primary_metric=cfg.general.primary_metric, maximize_metric=cfg.general.maximize_metric,
+        step_name=cfg.general.step_name)
+
+
+def _submit(parts, manifest, cfg):
+    """Queue the job, keeping a local host serving it where the queue is the embedded one; (job, runs)."""
+    from xt_submit.services import submit
+
+    submission = submit.submit(parts, manifest, cfg, lambda: ensure_local_host(parts),
+                               where_to_look=str(parts.home / "host.log"))
+    return submission.job, submission.runs
+
+
+def _follow(parts, workspace: str, job: str, total: int, show_progress: bool) -> Dict[str, Any]:
+    from tqdm import tqdm
+
+    from xt_submit.services import submit
+
+    bar = tqdm(total=total, unit="run", desc=job, disable=not show_progress, file=sys.stderr)
+
+    def progress(record: Dict[str, Any]) -> None:
+        bar.set_postfix({s: n for s, n in sorted(record["counts"].items())}, refresh=False)
+        bar.update(submit.finished_runs(record) - bar.n)
+
+    try:
+        return submit.follow(parts, workspace, job, progress, lambda: ensure_local_host(parts))
+    finally:
+        bar.close()
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    """A new job of one run: the same code snapshot, the same command and swept hparams."""
+    from xt_submit.services import submit
+
+    cfg = load(args)
+    parts = embedded_parts(cfg)
+    run = check_name("run", args.name, layout.RUN_PATTERN)
+    manifest, command = submit.rerun_manifest(parts, cfg.general.workspace, run)
+    job, (new_run,) = _submit(parts, manifest, cfg)
+    if args.json:
+        print_json({"job": job, "runs": [new_run], "rerun_of": run})
+    else:
+        print(f"{job}: {new_run} reruns {run}: {command}")
+    return 0
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from xt_submit.services import submit
+
+    cfg = load(args)
+    parts = embedded_parts(cfg)
+    for name in args.names:
+        check_name(args.kind, name, layout.RUN_PATTERN if args.kind == "run" else layout.JOB_PATTERN)
+    submit.request_cancel(parts, cfg.general.workspace, args.kind, args.names)
+    ensure_local_host(parts)
+    print(f"cancel requested: {', '.join(args.names)}")
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "rerun": cmd_rerun, "cancel": cmd_cancel}
