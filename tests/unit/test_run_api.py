@@ -117,3 +117,50 @@ def test_the_standalone_wrapper_drives_one_run_to_its_end(parts, tmp_path):
     assert [type(e) for e in events] == [RunStarted, RunFinished]
     assert events[1].status == "completed" and events[1].metrics == {"loss": 0.5}  # the step is the x axis, not a metric
     assert parts.ports.storage.read("workspaces/ws1/runs/run1.1/output/done.txt") == b"ok"
+
+
+NUMBER_LIKES = '''
+class Scalar:  # numpy and torch scalars, and 0-d arrays: .item() is the Python number
+    def __init__(self, value): self.value = value
+    def item(self): return self.value
+class Vector:  # a many-valued array: .item() refuses, so it is not a metric
+    def item(self): raise ValueError("can only convert an array of size 1")
+class Count:  # an integer type: __index__
+    def __index__(self): return 7
+class Ratio:  # a float type: __float__
+    def __float__(self): return 0.25
+'''
+
+
+@pytest.mark.parametrize("encoder", ["msgspec", "stdlib"])
+def test_number_likes_log_as_the_numbers_they_stand_for(tmp_path, encoder):
+    """np.float64(0.5), np.float32, np.int64, 0-d arrays, torch scalars: numbers, without importing numpy or torch."""
+    script = tmp_path / "log_numbers.py"
+    block = "import sys; sys.modules['msgspec'] = None\n" if encoder == "stdlib" else ""  # a box's bare Python
+    script.write_text(block + NUMBER_LIKES + textwrap.dedent(f'''
+        import sys
+        from xt_submit.node_kit.run_api import Run
+        with Run({str(tmp_path / "log.jsonl")!r}) as run:
+            run.log_metrics({{"loss": Scalar(0.5), "step": Scalar(3), "flag": Scalar(True), "n": Count(),
+                              "lr": Ratio(), "nan": Scalar(float("nan")), "ok": 1.5}})
+            try:
+                run.log_metrics({{"weights": Vector()}})
+            except TypeError as exc:
+                print(exc)
+        assert "numpy" not in sys.modules and "torch" not in sys.modules
+    '''))
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "cannot log a Vector: expected a number, text, a bool, or a list or dict of them"
+    (entry,) = records(tmp_path / "log.jsonl")
+    assert entry["data"] == {"loss": 0.5, "step": 3, "flag": True, "n": 7, "lr": 0.25, "nan": None, "ok": 1.5,
+                             "__index__": 1}
+    assert type(entry["data"]["step"]) is int and type(entry["data"]["loss"]) is float
+
+
+def test_numpy_scalars_log_as_numbers_where_numpy_is_installed(tmp_path):
+    np = pytest.importorskip("numpy")
+    with Run(str(tmp_path / "log.jsonl")) as run:
+        run.log_metrics({"loss": np.float64(0.5), "acc": np.float32(0.25), "step": np.int64(4), "w": np.array(2.0)})
+    (entry,) = records(tmp_path / "log.jsonl")
+    assert entry["data"] == {"loss": 0.5, "acc": 0.25, "step": 4, "w": 2.0, "__index__": 1}

@@ -12,16 +12,38 @@ on close(), at exit (even after an exception) and on SIGTERM.
 from __future__ import annotations
 
 import atexit
+import operator
 import os
 import signal
 import sys
 import time
 from typing import Any, Callable, Dict, Optional
 
+
+def _number(value: Any) -> Any:
+    """A number-like object the encoder does not know (numpy and torch scalars, 0-d arrays) as the
+    Python scalar it stands for: `.item()`, else `__index__` (integers), else `__float__`; found by
+    duck typing, so neither numpy nor torch is imported."""
+    item = getattr(value, "item", None)
+    if callable(item):
+        try:
+            scalar = item()
+        except (TypeError, ValueError):  # an array of many values has no single item
+            scalar = None
+        if isinstance(scalar, (bool, int, float, str)):
+            return scalar
+    kind = type(value)
+    if hasattr(kind, "__index__"):
+        return operator.index(value)
+    if hasattr(kind, "__float__"):
+        return float(value)
+    raise TypeError(f"cannot log a {kind.__name__}: expected a number, text, a bool, or a list or dict of them")
+
+
 try:
     import msgspec
 
-    _encode_json = msgspec.json.Encoder().encode
+    _encode_json = msgspec.json.Encoder(enc_hook=_number).encode
     _decode_json: Callable[[bytes], Any] = msgspec.json.decode
 except ImportError:  # a pool box may run scripts with a bare Python: the stdlib writes the same records
     import json
@@ -38,7 +60,7 @@ except ImportError:  # a pool box may run scripts with a bare Python: the stdlib
         return value
 
     def _encode_json(value) -> bytes:
-        return json.dumps(_finite(value), separators=(",", ":"), default=str).encode()
+        return json.dumps(_finite(value), separators=(",", ":"), default=lambda v: _finite(_number(v))).encode()
 
     def _decode_json(data: bytes) -> Any:  # type: ignore[misc]  # the same contract as msgspec's
         return json.loads(data)
