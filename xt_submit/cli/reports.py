@@ -45,7 +45,10 @@ def job_counts(job: Dict[str, Any]) -> Dict[str, int]:
 
 
 def lookup(record: Dict[str, Any], column: str) -> Any:
-    """`metrics.loss`, `hparams.lr`, a record field, or a bare metric / hparam name (XT style)."""
+    """`metrics.loss`, `hparams.lr`, a record field, or a bare metric / hparam name (XT style).
+    A key the record has as it is wins (a metrics table's `run3.1:loss` is not a group and a key)."""
+    if column in record:
+        return record[column]
     if "." in column:
         group, _, key = column.partition(".")
         container = record.get(group)
