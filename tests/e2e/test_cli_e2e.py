@@ -190,3 +190,20 @@ def test_admin_reindex_rebuilds_what_list_shows(project):
     assert "ws1: reindexed 1 jobs, 2 runs, 12 metric records" in result.stdout
     assert project.json("list", "runs") == before
     assert project.json("view", "job", out["job"])["status"] == "completed"
+
+
+def test_a_project_whose_modules_share_xts_names_runs_as_any_other(project):
+    """A user's own handlers/, messages.py, bootstrap.py or sqlite3.py never reach XT's host,
+    wrapper or CLI: each would stop the process that imported it (the host used to import the
+    project's handlers/, and the job was never dispatched; sqlite3.py stands for any module the
+    host imports that a project may shadow, as the host once ran in the project's folder)."""
+    for module in ("handlers/__init__.py", "messages.py", "bootstrap.py", "sqlite3.py"):
+        path = project.code / module
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(f"raise SystemExit('the project\\'s own {module} was imported by XT')\n")
+    xt = Path(sys.executable).with_name("xt")  # the console script a user types (no cwd on its path)
+    result = subprocess.run([str(xt), "run", "--wait", "--json", "train.py", "--lr=[0.1,0.2]"], cwd=project.code,
+                            env=project.env, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr + (project.home / "host.out").read_text()
+    assert json.loads(result.stdout)["counts"] == {"completed": 2}
+    assert "was imported by XT" not in (project.home / "host.out").read_text()

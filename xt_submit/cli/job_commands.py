@@ -134,7 +134,7 @@ def _submit(parts, manifest, cfg):
     from xt_submit.services import submit
 
     submission = submit.submit(parts, manifest, cfg, lambda: ensure_local_host(parts),
-                               where_to_look=str(parts.home / "host.log"))
+                               where_to_look=f"{parts.home / 'host.out'} (the host's errors) and host.log beside it")
     return submission.job, submission.runs
 
 

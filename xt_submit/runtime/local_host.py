@@ -186,7 +186,9 @@ def ensure_host(home: Path, idle_exit_seconds: Optional[float] = None) -> None:
     if idle_exit_seconds is None:
         idle_exit_seconds = float(os.environ.get("XT_HOST_IDLE_EXIT", "10"))
     log_file = open(home / "host.out", "ab")
+    # cwd: XT_HOME, not the user's project (`-m` puts the cwd first on sys.path: a project's own
+    # msgspec.py or yaml.py would be imported in place of the real ones)
     subprocess.Popen([sys.executable, "-m", "xt_submit.entrypoints.host", str(home), str(idle_exit_seconds)],
-                     stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
+                     cwd=str(home), stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
                      start_new_session=True, env=dict(os.environ, XT_HOME=str(home)))
     log_file.close()
