@@ -207,3 +207,16 @@ def test_a_project_whose_modules_share_xts_names_runs_as_any_other(project):
     assert result.returncode == 0, result.stderr + (project.home / "host.out").read_text()
     assert json.loads(result.stdout)["counts"] == {"completed": 2}
     assert "was imported by XT" not in (project.home / "host.out").read_text()
+
+
+def test_xts_options_are_never_abbreviated_and_after_the_script_they_are_the_scripts(project):
+    """`--t=[1,2]` is the script's sweep (argparse took it for --target or --tags); `--concurrent 3`
+    after the script goes to the script, with a warning that says so."""
+    planned = project.json("run", "--dry-run", "train.py", "--t=[1,2]")["runs"]
+    assert [run["hparams"] for run in planned] == [{"t": 1}, {"t": 2}]
+    result = project.xt("run", "--dry-run", "train.py", "--concurrent", "3", "--lr=[0.1]")
+    assert result.stderr.strip() == ("xt: warning: --concurrent after train.py goes to the script, not to xt run; "
+                                     "put xt's options before the script")
+    assert result.stdout.splitlines()[1].strip() == "1  python train.py --concurrent 3 --lr=0.1"
+    sweep = project.xt("run", "--dry-run", "train.py", "--seed=[1,2]")  # a sweep named like an option: no warning
+    assert sweep.stderr == "" and "2 runs planned" in sweep.stdout

@@ -34,6 +34,12 @@ def add_parsers(commands) -> None:
         sub.add_argument("--workspace")
 
 
+# xt run's own options: after the script, each is the script's (and a warning says so)
+RUN_OPTIONS = frozenset({"--target", "--workspace", "--experiment", "--runs", "--max-runs", "--search-type",
+                         "--hp-config", "--seed", "--concurrent", "--max-time", "--tags", "--dry-run", "--wait",
+                         "--json", "--config"})
+
+
 def _run_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", help="compute target (config compute-targets)")
     parser.add_argument("--workspace")
@@ -111,6 +117,7 @@ def _manifest_from(args: argparse.Namespace, cfg):
     script = args.script
     if script.endswith(".py") and not Path(script).is_file():
         raise CliError(f"{script}: no such script")
+    _warn_about_xt_options_after(script, args.script_args)
     fixed_args, space = sweep.split_script_args(args.script_args)
     search = cfg.hyperparameter_search
     if search.hp_config:
@@ -127,6 +134,15 @@ def _manifest_from(args: argparse.Namespace, cfg):
         after_omit=list(cfg.after_files.after_omit), tags=parse_tag_items([args.tags], "--tags"),
         primary_metric=cfg.general.primary_metric, maximize_metric=cfg.general.maximize_metric,
         step_name=cfg.general.step_name)
+
+
+def _warn_about_xt_options_after(script: str, script_args) -> None:
+    """An XT option after the script is the script's (argparse hands it over whole): say so once."""
+    ours = sorted({arg.split("=", 1)[0] for arg in script_args if arg.split("=", 1)[0] in RUN_OPTIONS
+                   and not sweep.is_sweep_arg(arg)})
+    if ours:
+        print(f"xt: warning: {', '.join(ours)} after {script} goes to the script, not to xt run; "
+              f"put xt's options before the script", file=sys.stderr)
 
 
 def _submit(parts, manifest, cfg):

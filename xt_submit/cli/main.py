@@ -17,6 +17,8 @@ class _Parser(argparse.ArgumentParser):
     """Every (sub)command accepts --config, so `xt run --config F` and `xt --config F run` both work."""
 
     def __init__(self, *args, **kwargs):
+        # never abbreviate: `xt run train.py --t=[1,2]` is the script's sweep, not --target or --tags
+        kwargs.setdefault("allow_abbrev", False)
         super().__init__(*args, **kwargs)
         self.add_argument("--config", default=argparse.SUPPRESS if self.prog != "xt" else None,
                           help="config file (default: ./xt_config.yaml, or $XT_CONFIG)")

@@ -56,6 +56,12 @@ class _Param(NamedTuple):
 # --- command line and hp-config file -------------------------------------------------------
 
 
+def is_sweep_arg(arg: str) -> bool:
+    """`--name=[...]`: a swept parameter, not a fixed argument."""
+    option, has_value, value = arg.partition("=")
+    return arg.startswith("--") and bool(has_value) and value.startswith("[")
+
+
 def split_script_args(script_args: List[str]) -> Tuple[List[str], Dict[str, object]]:
     """Separate `--name=[...]` sweep args from the fixed ones (kept in order).
 
@@ -63,10 +69,10 @@ def split_script_args(script_args: List[str]) -> Tuple[List[str], Dict[str, obje
     fixed: List[str] = []
     space: Dict[str, object] = {}
     for arg in script_args:
-        option, has_value, value = arg.partition("=")
-        if not (arg.startswith("--") and has_value and value.startswith("[")):
+        if not is_sweep_arg(arg):
             fixed.append(arg)
             continue
+        option, _, value = arg.partition("=")
         name = option[2:]
         if name in space:
             raise SweepError(f"--{name}: sweep given more than once")

@@ -10,13 +10,13 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any, Callable, Dict, List, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import msgspec
 
 from xt_submit.config import Config
 from xt_submit.domain import layout, run_log, sweep
-from xt_submit.domain.errors import OneLineError
+from xt_submit.domain.errors import NotFound, OneLineError
 from xt_submit.domain.manifest import compile_manifest
 from xt_submit.domain.messages import (TERMINAL_STATUSES, CancelRequested, ContractError, JobManifest, JobSubmitted,
                                        decode_event, decode_manifest)
@@ -50,20 +50,22 @@ def submit(parts: Parts, manifest: JobManifest, cfg: Config, keep_served: Callab
     submission_id = uuid.uuid4().hex
     parts.ports.publisher.send_job(JobSubmitted(submission_id=submission_id, manifest=manifest, submitted_at=time.time()))
     keep_served()
-    job = await_dispatch(parts, manifest.workspace, submission_id, keep_served, where_to_look=where_to_look,
-                         timeout=timeout)
-    return Submission(job, [r["name"] for r in parts.ports.stats.list_runs(manifest.workspace, job=job)])
+    return await_dispatch(parts, manifest.workspace, submission_id, keep_served, where_to_look=where_to_look,
+                          timeout=timeout)
 
 
 def await_dispatch(parts: Parts, workspace: str, submission_id: str, keep_served: Callable[[], None], *,
-                   where_to_look: str = "", timeout: float = DISPATCH_TIMEOUT_SECONDS) -> str:
-    """The job's name once dispatched; SubmitError with the reason if the submission was dead-lettered."""
+                   where_to_look: str = "", timeout: float = DISPATCH_TIMEOUT_SECONDS) -> Submission:
+    """The job and all its runs once dispatched; SubmitError with the reason if the submission was
+    dead-lettered. The dispatch records the job, then its runs: a job whose runs are not all there
+    yet (the index has fewer than the job's run_count) is not dispatched yet."""
     deadline = time.monotonic() + timeout
     delay = 0.02
     while time.monotonic() < deadline:
         job = parts.ports.stats.find_job_by_submission(workspace, submission_id)
-        if job:
-            return job
+        runs = _all_runs(parts, workspace, job) if job else None
+        if job and runs is not None:
+            return Submission(job, runs)
         reason = _rejection(parts, submission_id)
         if reason is not None:
             raise SubmitError(f"job rejected: {reason}")
@@ -72,6 +74,16 @@ def await_dispatch(parts: Parts, workspace: str, submission_id: str, keep_served
         keep_served()
     look = f"; see {where_to_look}" if where_to_look else ""
     raise SubmitError(f"submission {submission_id} was not dispatched within {timeout:.0f}s{look}")
+
+
+def _all_runs(parts: Parts, workspace: str, job: str) -> Optional[List[str]]:
+    """The job's runs, once the index holds as many as the job says it has (else None)."""
+    try:
+        expected = parts.ports.stats.get_job(workspace, job)["run_count"]
+    except NotFound:
+        return None
+    runs = [r["name"] for r in parts.ports.stats.list_runs(workspace, job=job)]
+    return runs if len(runs) >= expected else None
 
 
 def _rejection(parts: Parts, submission_id: str):
