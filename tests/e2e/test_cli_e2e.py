@@ -220,3 +220,24 @@ def test_xts_options_are_never_abbreviated_and_after_the_script_they_are_the_scr
     assert result.stdout.splitlines()[1].strip() == "1  python train.py --concurrent 3 --lr=0.1"
     sweep = project.xt("run", "--dry-run", "train.py", "--seed=[1,2]")  # a sweep named like an option: no warning
     assert sweep.stderr == "" and "2 runs planned" in sweep.stdout
+
+
+def test_what_people_read_reads_well(project):
+    """--version; no progress bar where stderr is not a terminal; values as name=value and seconds
+    with their unit, never Python's dict spelling; view console --json is JSON; a closed pipe ends quietly."""
+    assert project.xt("--version").stdout.strip().startswith("xt 0.")
+    result = project.xt("run", "--wait", "train.py", "--lr=[0.1,0.2]", "--opt=[sgd]")
+    assert "run/s" not in result.stderr and "%|" not in result.stderr and "\r" not in result.stderr
+    (first, _) = project.json("list", "runs")
+    shown = project.xt("view", "run", first["name"]).stdout
+    assert "{'" not in shown and "hparams: lr=0.1, opt=sgd" in " ".join(shown.split())
+    assert f"duration: {first['duration']:g} s" in " ".join(shown.split())
+    console = project.json("view", "console", first["name"])
+    assert console["run"] == first["name"] and "training lr=0.1 opt=sgd" in console["console"]
+    reader = subprocess.Popen([sys.executable, "-m", "xt_submit.cli", "run", "--dry-run", "train.py",
+                               "--lr=[$linspace(0,1,20000)]"], cwd=project.code, env=project.env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert reader.stdout.read(100)  # then `head` goes away
+    reader.stdout.close()
+    stderr = reader.stderr.read().decode()
+    assert reader.wait(timeout=60) == 141 and stderr == ""

@@ -62,10 +62,15 @@ def ensure_local_host(parts) -> None:
         ensure_host(parts.home)
 
 
+def progress_on_screen() -> bool:
+    """Progress bars are for a terminal: in a log file or a pipe each redraw would be a line."""
+    return sys.stderr.isatty()
+
+
 @contextmanager
 def transfer_progress(storage, label: str, enabled: bool) -> Iterator[None]:
     """A progress bar for the transfers of a storage that reports them (Blob Storage does)."""
-    if not enabled or not storage.reports_progress:
+    if not enabled or not storage.reports_progress or not progress_on_screen():
         yield
         return
     from tqdm import tqdm

@@ -13,7 +13,7 @@ from typing import Any, Dict
 import msgspec
 
 from xt_submit.cli.common import (CliError, check_name, embedded_parts, ensure_local_host, load, parse_tag_items,
-                                  print_json, transfer_progress)
+                                  print_json, progress_on_screen, transfer_progress)
 from xt_submit.domain import layout, sweep
 from xt_submit.services import targets
 
@@ -159,7 +159,7 @@ def _follow(parts, workspace: str, job: str, total: int, show_progress: bool) ->
 
     from xt_submit.services import submit
 
-    bar = tqdm(total=total, unit="run", desc=job, disable=not show_progress, file=sys.stderr)
+    bar = tqdm(total=total, unit="run", desc=job, disable=not show_progress or not progress_on_screen(), file=sys.stderr)
 
     def progress(record: Dict[str, Any]) -> None:
         bar.set_postfix({s: n for s, n in sorted(record["counts"].items())}, refresh=False)

@@ -3,6 +3,7 @@ with `add_parsers` and `COMMANDS`; a new group is one module plus one line in GR
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import List, Optional
 
@@ -28,7 +29,10 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from xt_submit import __version__
+
     parser = _Parser(prog="xt", description="XT: run and track ML experiments.")
+    parser.add_argument("--version", action="version", version=f"xt {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
     for group in GROUPS:
         group.add_parsers(commands)
@@ -51,6 +55,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         print("xt: interrupted (runs already submitted keep going)", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `xt ... | head`: the reader has what it wanted
+        # no flush of what is left at exit, which would fail the same way (as Python's docs advise)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # as a process killed by SIGPIPE
 
 
 def submit_main(argv: Optional[List[str]] = None) -> int:

@@ -256,7 +256,8 @@ def cmd_view(args: argparse.Namespace) -> int:
                 print(f"{reports.format_time(entry['time'])}  {entry['event']:<10} {reports.compact(entry['data'])}")
     else:
         key = layout.console_key(ws, run)
-        sys.stdout.write(storage.read(key).decode("utf-8", "replace") if storage.exists(key) else "")
+        text = storage.read(key).decode("utf-8", "replace") if storage.exists(key) else ""
+        print_json({"run": run, "status": record["status"], "console": text}) if args.json else sys.stdout.write(text)
     return 0
 
 

@@ -17,6 +17,7 @@ JOB_JSON_FIELDS = ("name", "workspace", "experiment", "status", "run_count", "co
                    "created", "started", "ended", "command", "tags")
 JOB_DERIVED = ("runs", "queued", "running", "completed", "error", "cancelled")
 TIME_COLUMNS = frozenset({"created", "queued", "started", "ended"})
+SECONDS_FIELDS = frozenset({"duration", "elapsed", "max_time"})  # shown with their unit
 _SPEC = re.compile(r"^([A-Za-z_][\w.\-*/]*)(?:=([^:]+))?(?::(.+))?$")
 
 
@@ -127,7 +128,19 @@ def format_time(value: float) -> str:
 
 
 def compact(data: Dict[str, Any]) -> str:
-    return " ".join(f"{k}={v}" for k, v in data.items() if not k.startswith("__"))
+    return " ".join(f"{k}={readable(v)}" for k, v in data.items() if not k.startswith("__"))
+
+
+def readable(value: Any) -> str:
+    """A value as a person reads it: mappings as `name=value, ...`, lists comma-separated, text bare
+    (never Python's `{'x': 1}`)."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={readable(v)}" for k, v in value.items()) if value else "-"
+    if isinstance(value, (list, tuple)):
+        return ", ".join(readable(v) for v in value) if value else "-"
+    if value is None:
+        return "-"
+    return str(value)
 
 
 def _cell(value: Any, column: Column, precision: int) -> str:
@@ -181,8 +194,15 @@ def export(rows: Sequence[Dict[str, Any]], columns: Sequence[Column], path: str)
 
 def format_fields(record: Dict[str, Any]) -> str:
     width = max(map(len, record)) if record else 0
-    return "\n".join(f"{key:>{width}}: {format_time(value) if key in TIME_COLUMNS and value else value}"
-                     for key, value in record.items())
+    return "\n".join(f"{key:>{width}}: {_field(key, value)}" for key, value in record.items())
+
+
+def _field(key: str, value: Any) -> str:
+    if key in TIME_COLUMNS and value:
+        return format_time(value)
+    if key in SECONDS_FIELDS and isinstance(value, (int, float)):
+        return f"{value:g} s"
+    return readable(value)
 
 
 def metrics_table(history: Dict[str, List[Dict[str, Any]]], precision: int = 4) -> str:
