@@ -22,8 +22,8 @@ from typing import Any, Callable, Dict, Mapping, Optional, Tuple
 
 from xt_submit.domain.boxes import LOCAL_ADDRESS
 from xt_submit.domain.errors import OneLineError
-from xt_submit.ports import MessageQueue, Node, NodeFactory, Ports, Publisher, StatsStore, Storage, TaskTable
-from xt_submit.ports import AgentParts, Parts
+from xt_submit.ports import (AgentParts, MessageQueue, Node, NodeFactory, Parts, Ports, Publisher, StatsStore, Storage,
+                             TaskTable)
 
 EMBEDDED = "embedded"
 DEFAULT_CONTAINER = "xtdata"
