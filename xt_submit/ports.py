@@ -135,6 +135,10 @@ class StatsStore(ABC):
         """The runs a report selects: filters, sort and window done by the store."""
 
     @abstractmethod
+    def has_key(self, workspace: str, group: str, name: str) -> bool:
+        """Whether any run of the workspace has group.name (group: metrics, hparams or tags)."""
+
+    @abstractmethod
     def workspaces(self) -> List[str]: ...
 
     @abstractmethod

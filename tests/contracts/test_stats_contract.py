@@ -40,6 +40,17 @@ def test_inserts_keep_the_first_record(stats_store):
     assert [r["name"] for r in stats_store.list_runs("ws1", job="job1")] == ["run1.1", "run1.2"]
 
 
+def test_has_key_says_whether_any_run_of_the_workspace_has_a_metric_hparam_or_tag(stats_store):
+    stats_store.insert_runs([run_doc("run1.1", hparams={"lr": 0.1, "warm": None}, tags={"note": "x"}),
+                             run_doc("run1.2", hparams={"opt": "adam"})])
+    stats_store.update_run("ws1", "run1.2", {"status": "completed", "metrics": {"loss": 0.5}})
+    has = stats_store.has_key
+    assert has("ws1", "hparams", "lr") and has("ws1", "hparams", "opt") and has("ws1", "hparams", "warm")
+    assert has("ws1", "metrics", "loss") and has("ws1", "tags", "note")
+    assert not has("ws1", "metrics", "lr") and not has("ws1", "hparams", "loss") and not has("ws1", "tags", "lr")
+    assert not has("ws1", "metrics", "los") and not has("ws2", "hparams", "lr")
+
+
 def test_conditional_updates_never_move_a_run_backwards(stats_store):
     stats_store.insert_runs([run_doc("run1.1")])
     assert stats_store.update_run("ws1", "run1.1", {"status": "completed", "metrics": {"loss": 0.5}})

@@ -173,3 +173,17 @@ def test_rerun_reproduces_command_and_hparams_under_a_new_job(sweep40):
     assert rerun["hparams"] == original["hparams"] and rerun["status"] == "completed"
     assert rerun["metrics"] == original["metrics"]
     assert rerun["tags"]["rerun_of"] == "run1.7"
+
+
+def test_a_bare_name_in_a_filter_or_sort_is_the_hparam_before_the_metric_and_unknown_ones_fail(sweep40):
+    """XT's documented `--filter "lr=.03"`: lr is an hparam here, so it filters on it (it used to
+    look for a metric named lr and return no runs)."""
+    rows = sweep40.json("list", "runs", "--filter", "lr=0.1", "--sort", "lr")
+    assert rows and {r["hparams"]["lr"] for r in rows} == {0.1}
+    by_loss = [r["metrics"]["loss"] for r in sweep40.json("list", "runs", "--sort", "loss", "--all")]
+    assert by_loss == sorted(by_loss)
+    for args, message in ((("--sort", "nope"), "xt: --sort: unknown column 'nope' (no run has a field, hparam or "
+                                                 "metric of that name)"),
+                          (("--filter", "metrics.los<0.5"), "xt: --filter: unknown column 'metrics.los' (no run has it)")):
+        bad = sweep40.xt("list", "runs", *args, check=False)
+        assert bad.returncode == 2 and bad.stderr.strip() == message

@@ -35,7 +35,7 @@ def add_parsers(commands) -> None:
                          help="'prop op value', e.g. metrics.acc>0.5 (repeatable; all must hold)")
         sub.add_argument("--tags-all", help="tags every row must carry (comma separated)")
         sub.add_argument("--tags-any", help="tags of which a row must carry one (comma separated)")
-        sub.add_argument("--sort", help="column: a field, metrics.NAME, hparams.NAME, tags.NAME or a bare metric name")
+        sub.add_argument("--sort", help="column: a field, metrics.NAME, hparams.NAME, tags.NAME, or a bare name (the field, else the hparam, else the metric)")
         sub.add_argument("--reverse", action="store_true")
         sub.add_argument("--first", type=int)
         sub.add_argument("--last", type=int)
@@ -169,7 +169,12 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     if args.kind == "runs":
         report = cfg.run_reports
-        rows = stats.query_runs(run_query_from_args(args, ws, report))
+        from xt_submit.services import run_reports
+
+        query, notes = run_reports.resolve(stats, run_query_from_args(args, ws, report), checked_sort=bool(args.sort))
+        for note in notes:
+            print(f"xt: note: {note}", file=sys.stderr)
+        rows = stats.query_runs(query)
         defaults = list(report.columns)
         as_json = reports.run_json
     else:

@@ -31,12 +31,16 @@ class Filter:
     name: str
     op: str  # normalised: == != < <= > >= regex exists
     value: Any
+    # Written without a group (`lr=0.1`): a metric until services/run_reports resolves it against
+    # what the runs have (the hparam when there is one). Stores ignore it.
+    bare: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True)
 class SortKey:
     group: Optional[str]
     name: str
+    bare: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -80,7 +84,7 @@ def parse_prop(prop: str, option: str = "--filter") -> Tuple[Optional[str], str]
         return None, prop
     if not _NAME.match(prop):
         raise QueryError(f"{option}: {prop!r}: expected a run field or metrics.NAME, hparams.NAME, tags.NAME")
-    return "metrics", prop  # a bare name is a metric, as in XT's reports
+    return "metrics", prop  # bare: a metric, unless services/run_reports finds an hparam of that name
 
 
 def parse_filter(text: str) -> Filter:
@@ -94,6 +98,7 @@ def parse_filter(text: str) -> Filter:
         raise QueryError(f"--filter: {text!r}: unknown operator (expected one of {' '.join(OPERATORS)}; quote a value that starts with {raw[0]})")
     group, name = parse_prop(prop)
     op = {"=": "==", "<>": "!="}.get(op, op).strip(":")
+    bare = "." not in prop and group is not None
     value = parse_value(raw)
     if op == "regex":
         try:
@@ -105,12 +110,12 @@ def parse_filter(text: str) -> Filter:
         raise QueryError(f"--filter: {text!r}: :exists: takes $true or $false")
     if op in ("<", "<=", ">", ">=") and (value is None or isinstance(value, bool)):
         raise QueryError(f"--filter: {text!r}: {op} needs a number or a word, got {raw}")
-    return Filter(group, name, op, value)
+    return Filter(group, name, op, value, bare=bare)
 
 
 def parse_sort(column: str) -> SortKey:
     group, name = parse_prop(column, "--sort")
-    return SortKey(group, name)
+    return SortKey(group, name, bare="." not in column and group is not None)
 
 
 def selects(record: dict, query: RunQuery) -> bool:

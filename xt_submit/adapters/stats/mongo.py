@@ -217,6 +217,12 @@ class MongoStats(StatsStore):
                                               {"heartbeat": None, "started": {"$lt": before}}]}
         return [_run(doc) for doc in _retrying(lambda: list(self.runs.find(query)))]
 
+    def has_key(self, workspace: str, group: str, name: str) -> bool:
+        if group not in ("metrics", "hparams", "tags"):
+            raise ValueError(f"has_key: expected metrics, hparams or tags, got {group!r}")
+        query = {"workspace": workspace, _field(group, name): {"$exists": True}}
+        return _retrying(lambda: self.runs.find_one(query, projection={"_id": 1})) is not None
+
     def query_runs(self, query: RunQuery) -> List[Dict[str, Any]]:
         conditions: List[Dict[str, Any]] = [{"workspace": query.workspace}]
         if query.job is not None:

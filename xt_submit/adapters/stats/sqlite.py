@@ -280,6 +280,18 @@ class SqliteStats(StatsStore):
         return [_from_row(JOB_COLUMNS, row) for row in rows]
 
     # --- queries -----------------------------------------------------------------------------
+    def has_key(self, workspace: str, group: str, name: str) -> bool:
+        if group == "metrics":
+            row = self._db.execute("SELECT 1 FROM last_metrics WHERE workspace = ? AND name = ? LIMIT 1",
+                                   (workspace, name)).fetchone()
+        elif group in ("hparams", "tags"):
+            # json_type: 'null' for a JSON null, SQL NULL only for a missing key
+            row = self._db.execute(f"SELECT 1 FROM runs WHERE workspace = ? AND json_type({group}, {_json_path(name)})"
+                                   " IS NOT NULL LIMIT 1", (workspace,)).fetchone()
+        else:
+            raise ValueError(f"has_key: expected metrics, hparams or tags, got {group!r}")
+        return row is not None
+
     def query_runs(self, query: RunQuery) -> List[Dict[str, Any]]:
         """Filter, sort and window in SQL: only the rows shown are read and decoded."""
         where = ["r.workspace = ?"]
