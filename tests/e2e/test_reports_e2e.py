@@ -187,3 +187,24 @@ def test_a_bare_name_in_a_filter_or_sort_is_the_hparam_before_the_metric_and_unk
                           (("--filter", "metrics.los<0.5"), "xt: --filter: unknown column 'metrics.los' (no run has it)")):
         bad = sweep40.xt("list", "runs", *args, check=False)
         assert bad.returncode == 2 and bad.stderr.strip() == message
+
+
+def test_the_notebook_api_returns_what_xt_list_runs_json_prints(sweep40, monkeypatch):
+    import xt_submit
+
+    monkeypatch.setenv("XT_HOME", str(sweep40.home))
+    monkeypatch.chdir(sweep40.code)
+    for kwargs, args in (({}, ()),
+                         ({"job": "job1", "filter": ["hparams.opt=adam", "metrics.loss>1.5"], "sort": "metrics.loss",
+                           "last": 3}, ("--job", "job1", "--filter", "hparams.opt=adam", "--filter", "metrics.loss>1.5",
+                                        "--sort", "metrics.loss", "--last", "3")),
+                         ({"filter": "lr=0.2", "sort": "acc", "reverse": True, "all": True},
+                          ("--filter", "lr=0.2", "--sort", "acc", "--reverse", "--all"))):
+        assert xt_submit.list_runs(**kwargs) == sweep40.json("list", "runs", *args), kwargs
+    assert xt_submit.list_runs("run1.1-run1.3") == sweep40.json("list", "runs", "run1.1-run1.3")
+    history = xt_submit.metrics(["run1.1", "run1.2"], metric="loss")
+    assert history == sweep40.json("view", "metrics", "run1.1", "run1.2", "--metric", "loss")
+    assert [m["step"] for m in history["run1.1"]] == [1, 2, 3]
+    pandas = pytest.importorskip("pandas")
+    frame = xt_submit.list_runs("run1.*", as_frame=True)
+    assert isinstance(frame, pandas.DataFrame) and len(frame) == 40 and set(frame["status"]) == {"completed"}

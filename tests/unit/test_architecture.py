@@ -23,6 +23,7 @@ LAYERS = [
     ("xt_submit.bootstrap", "bootstrap", 6),
     ("xt_submit.cli", "cli", 7),
     ("xt_submit.entrypoints", "entrypoints", 7),
+    ("xt_submit.api", "api", 7),
     ("function_app", "function_app", 7),
 ]
 # What the lowest layers may import from outside XT (the stdlib aside).

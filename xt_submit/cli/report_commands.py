@@ -103,21 +103,12 @@ def add_parsers(commands) -> None:
 # --- xt list ----------------------------------------------------------------------------------
 def run_query_from_args(args: argparse.Namespace, workspace: str, report) -> run_query.RunQuery:
     """`xt list runs` options (falling back to the run-reports config) as a store-neutral query."""
-    runs, jobs = run_query.parse_run_list(list(args.names) + list(args.job))
-    filters = [run_query.parse_filter(text) for text in args.filter]
-    for field in ("experiment", "target", "username"):
-        value = getattr(args, field)
-        if value is not None:
-            filters.append(run_query.Filter(None, field, "==", value))
-    for tag in parse_tag_items([args.tags_all], "--tags-all") if args.tags_all else {}:
-        filters.append(run_query.Filter("tags", tag, "exists", True))
-    any_tags = tuple(parse_tag_items([args.tags_any], "--tags-any")) if args.tags_any else ()
-    sort = args.sort or (report.sort if report.sort != "name" else None)
-    first = None if args.all else args.first if args.first is not None else report.first
-    last = None if args.all else args.last if args.last is not None else report.last
-    return run_query.RunQuery(workspace=workspace, status=args.status, filters=tuple(filters),
-                              sort=run_query.parse_sort(sort) if sort else None, reverse=args.reverse or report.reverse,
-                              first=first, last=last, runs=runs, jobs=jobs, any_tags=any_tags)
+    from xt_submit.services import run_reports
+
+    return run_reports.query_from(workspace, report, names=args.names, jobs=args.job, filters=args.filter,
+                                  experiment=args.experiment, target=args.target, username=args.username,
+                                  status=args.status, tags_all=args.tags_all, tags_any=args.tags_any, sort=args.sort,
+                                  reverse=args.reverse, first=args.first, last=args.last, everything=args.all)
 
 
 def _job_rows(stats, workspace: str, args, report) -> List[Dict[str, Any]]:
@@ -171,10 +162,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         report = cfg.run_reports
         from xt_submit.services import run_reports
 
-        query, notes = run_reports.resolve(stats, run_query_from_args(args, ws, report), checked_sort=bool(args.sort))
+        rows, notes = run_reports.select_runs(stats, run_query_from_args(args, ws, report), sort_given=bool(args.sort))
         for note in notes:
             print(f"xt: note: {note}", file=sys.stderr)
-        rows = stats.query_runs(query)
         defaults = list(report.columns)
         as_json = reports.run_json
     else:
@@ -230,12 +220,9 @@ def cmd_view(args: argparse.Namespace) -> int:
         print_json(summary) if args.json else print(reports.format_fields(summary))
         return 0
     if args.kind == "metrics":
-        runs, jobs = run_query.parse_run_list(args.names)
-        rows = stats.query_runs(run_query.RunQuery(workspace=ws, runs=runs, jobs=jobs))
-        if not rows:
-            raise CliError(f"no runs match {' '.join(args.names)} in workspace {ws}")
-        history = {r["name"]: [m for m in stats.get_metrics(ws, r["name"]) if not args.metric or m["name"] in args.metric]
-                   for r in rows}
+        from xt_submit.services import run_reports
+
+        history = run_reports.metric_history(stats, ws, args.names, args.metric or ())
         if args.json:
             print_json(history)
         else:

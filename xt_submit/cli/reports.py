@@ -10,11 +10,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from xt_submit.domain.errors import OneLineError
 from xt_submit.domain.messages import TERMINAL_STATUSES
 from xt_submit.domain.records import JOB_FIELDS, RUN_FIELDS
+from xt_submit.services.run_reports import job_json, run_json  # noqa: F401  (the CLI's --json shape)
 
-RUN_JSON_FIELDS = ("name", "job", "workspace", "experiment", "status", "exit_code", "duration", "hparams", "metrics",
-                   "target", "username", "node_id", "reason", "created", "started", "ended", "command", "tags")
-JOB_JSON_FIELDS = ("name", "workspace", "experiment", "status", "run_count", "counts", "target", "username",
-                   "created", "started", "ended", "command", "tags")
 JOB_DERIVED = ("runs", "queued", "running", "completed", "error", "cancelled")
 TIME_COLUMNS = frozenset({"created", "queued", "started", "ended"})
 SECONDS_FIELDS = frozenset({"duration", "elapsed", "max_time"})  # shown with their unit
@@ -30,14 +27,6 @@ class Column:
     key: str  # a field, metrics.NAME, hparams.NAME or tags.NAME
     header: str
     fmt: Optional[str] = None
-
-
-def run_json(run: Dict[str, Any]) -> Dict[str, Any]:
-    return {field: run.get(field) for field in RUN_JSON_FIELDS}
-
-
-def job_json(job: Dict[str, Any]) -> Dict[str, Any]:
-    return {field: job.get(field) for field in JOB_JSON_FIELDS}
 
 
 def job_counts(job: Dict[str, Any]) -> Dict[str, int]:
