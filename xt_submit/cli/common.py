@@ -8,7 +8,6 @@ from contextlib import contextmanager
 from typing import Any, Dict, Iterator, Optional
 
 from xt_submit import config as xt_config
-from xt_submit.domain import layout
 from xt_submit.domain.errors import OneLineError
 
 EXIT_USAGE = 2
@@ -41,17 +40,6 @@ def check_name(kind: str, value: str, pattern) -> str:
     if not pattern.match(value):
         raise CliError(f"{kind}: expected a name like {'job7' if kind == 'job' else 'run7.1'}, got {value!r}")
     return value
-
-
-def parse_tag_items(items, option: str) -> Dict[str, str]:
-    """`name[=value]` items (or one comma-separated text) as a dict."""
-    tags: Dict[str, str] = {}
-    for item in filter(None, (t.strip() for text in items for t in (text or "").split(","))):
-        name, _, value = item.partition("=")
-        if not layout.NAME_PATTERN.match(name):
-            raise CliError(f"{option}: expected name[=value], got {item!r}")
-        tags[name] = value
-    return tags
 
 
 def ensure_local_host(parts) -> None:

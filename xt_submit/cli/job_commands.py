@@ -12,7 +12,7 @@ from typing import Any, Dict
 
 import msgspec
 
-from xt_submit.cli.common import (CliError, check_name, embedded_parts, ensure_local_host, load, parse_tag_items,
+from xt_submit.cli.common import (CliError, check_name, embedded_parts, ensure_local_host, load,
                                   print_json, progress_on_screen, transfer_progress)
 from xt_submit.domain import layout, sweep
 from xt_submit.services import targets
@@ -131,7 +131,7 @@ def _manifest_from(args: argparse.Namespace, cfg):
         seed=search.seed if search.seed is not None else random.randrange(2**31),
         target=target_name, concurrent=concurrent, max_time=args.max_time if args.max_time is not None else target.max_time,
         setup=targets.setup_spec(cfg, target.setup), after_dirs=list(cfg.after_files.after_dirs),
-        after_omit=list(cfg.after_files.after_omit), tags=parse_tag_items([args.tags], "--tags"),
+        after_omit=list(cfg.after_files.after_omit), tags=layout.parse_tags([args.tags], "--tags"),
         primary_metric=cfg.general.primary_metric, maximize_metric=cfg.general.maximize_metric,
         step_name=cfg.general.step_name)
 

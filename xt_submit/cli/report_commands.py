@@ -9,9 +9,10 @@ from typing import Any, Dict, List
 
 from xt_submit.domain import layout, run_log, run_query
 from xt_submit.cli import reports, target_commands
-from xt_submit.cli.common import (CliError, check_name, embedded_parts, ensure_local_host, load, parse_tag_items,
+from xt_submit.cli.common import (CliError, check_name, embedded_parts, ensure_local_host, load,
                                    print_json)
 from xt_submit.domain.messages import TERMINAL_STATUSES
+from xt_submit.services import run_reports
 
 STATUSES = ["queued", "running", "preempted", "completed", "error", "cancelled"]
 
@@ -103,8 +104,6 @@ def add_parsers(commands) -> None:
 # --- xt list ----------------------------------------------------------------------------------
 def run_query_from_args(args: argparse.Namespace, workspace: str, report) -> run_query.RunQuery:
     """`xt list runs` options (falling back to the run-reports config) as a store-neutral query."""
-    from xt_submit.services import run_reports
-
     return run_reports.query_from(workspace, report, names=args.names, jobs=args.job, filters=args.filter,
                                   experiment=args.experiment, target=args.target, username=args.username,
                                   status=args.status, tags_all=args.tags_all, tags_any=args.tags_any, sort=args.sort,
@@ -160,18 +159,16 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     if args.kind == "runs":
         report = cfg.run_reports
-        from xt_submit.services import run_reports
-
         rows, notes = run_reports.select_runs(stats, run_query_from_args(args, ws, report), sort_given=bool(args.sort))
         for note in notes:
             print(f"xt: note: {note}", file=sys.stderr)
         defaults = list(report.columns)
-        as_json = reports.run_json
+        as_json = run_reports.run_json
     else:
         report = cfg.job_reports
         rows = _job_rows(stats, ws, args, report)
         defaults = list(report.columns)
-        as_json = reports.job_json
+        as_json = run_reports.job_json
     specs = reports.parse_columns(args.columns) if args.columns else reports.parse_columns(",".join(defaults))
     if args.add_columns:
         specs += reports.parse_columns(args.add_columns)
@@ -220,8 +217,6 @@ def cmd_view(args: argparse.Namespace) -> int:
         print_json(summary) if args.json else print(reports.format_fields(summary))
         return 0
     if args.kind == "metrics":
-        from xt_submit.services import run_reports
-
         history = run_reports.metric_history(stats, ws, args.names, args.metric or ())
         if args.json:
             print_json(history)
@@ -231,7 +226,7 @@ def cmd_view(args: argparse.Namespace) -> int:
     run = check_name("run", args.name, layout.RUN_PATTERN)
     record = stats.get_run(ws, run)
     if args.kind == "run":
-        data = reports.run_json(record)
+        data = run_reports.run_json(record)
         prefix = layout.output_prefix(ws, run)
         data["outputs"] = [k[len(prefix):] for k in storage.list(prefix)]
         print_json(data) if args.json else print(reports.format_fields(data))
@@ -368,7 +363,7 @@ def cmd_tags(args: argparse.Namespace) -> int:
     ws = cfg.general.workspace
     if not (layout.JOB_PATTERN.match(args.name) or layout.RUN_PATTERN.match(args.name)):
         raise CliError(f"{args.name!r}: expected a run (run7.2) or a job (job7)")
-    items = parse_tag_items(args.tags, "tags")
+    items = layout.parse_tags(args.tags, "tags")
     if args.command == "set":
         tags = change_tags(parts.ports, ws, args.name, items, [])
     else:

@@ -10,7 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from xt_submit.domain.errors import OneLineError
 from xt_submit.domain.messages import TERMINAL_STATUSES
 from xt_submit.domain.records import JOB_FIELDS, RUN_FIELDS
-from xt_submit.services.run_reports import job_json, run_json  # noqa: F401  (the CLI's --json shape)
+from xt_submit.services.run_reports import job_json
 
 JOB_DERIVED = ("runs", "queued", "running", "completed", "error", "cancelled")
 TIME_COLUMNS = frozenset({"created", "queued", "started", "ended"})

@@ -15,8 +15,26 @@
 from __future__ import annotations
 
 import re
+from typing import Dict, Iterable, Optional
+
+from xt_submit.domain.errors import OneLineError
 
 NAME_PATTERN = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,62}$")
+
+
+class TagError(OneLineError):
+    pass
+
+
+def parse_tags(items: Iterable[Optional[str]], option: str) -> Dict[str, str]:
+    """`name[=value]` items (each may be a comma-separated text) as {name: value}."""
+    tags: Dict[str, str] = {}
+    for item in filter(None, (t.strip() for text in items for t in (text or "").split(","))):
+        name, _, value = item.partition("=")
+        if not NAME_PATTERN.match(name):
+            raise TagError(f"{option}: expected name[=value], got {item!r}")
+        tags[name] = value
+    return tags
 JOB_PATTERN = re.compile(r"^job[1-9][0-9]*$")
 RUN_PATTERN = re.compile(r"^run[1-9][0-9]*\.[1-9][0-9]*$")
 UPLOADS_PREFIX = "uploads/"

@@ -25,17 +25,6 @@ def job_json(job: Dict[str, Any]) -> Dict[str, Any]:
     return {field: job.get(field) for field in JOB_JSON_FIELDS}
 
 
-def tag_names(text: Optional[str], option: str) -> List[str]:
-    """`a,b=1` -> ["a", "b"] (the names a tag selector asks for)."""
-    names = []
-    for item in filter(None, (t.strip() for t in (text or "").split(","))):
-        name = item.partition("=")[0]
-        if not layout.NAME_PATTERN.match(name):
-            raise QueryError(f"{option}: expected name[=value], got {item!r}")
-        names.append(name)
-    return names
-
-
 def query_from(workspace: str, report, *, names: Sequence[str] = (), jobs: Sequence[str] = (),
                filters: Sequence[str] = (), experiment: Optional[str] = None, target: Optional[str] = None,
                username: Optional[str] = None, status: Optional[str] = None, tags_all: Optional[str] = None,
@@ -47,13 +36,13 @@ def query_from(workspace: str, report, *, names: Sequence[str] = (), jobs: Seque
     for field, value in (("experiment", experiment), ("target", target), ("username", username)):
         if value is not None:
             parsed.append(run_query.Filter(None, field, "==", value))
-    parsed += [run_query.Filter("tags", tag, "exists", True) for tag in tag_names(tags_all, "--tags-all")]
+    parsed += [run_query.Filter("tags", tag, "exists", True) for tag in layout.parse_tags([tags_all], "--tags-all")]
     sort = sort or (report.sort if report.sort != "name" else None)
     return RunQuery(workspace=workspace, status=status, filters=tuple(parsed),
                     sort=run_query.parse_sort(sort) if sort else None, reverse=reverse or report.reverse,
                     first=None if everything else first if first is not None else report.first,
                     last=None if everything else last if last is not None else report.last,
-                    runs=runs, jobs=job_names, any_tags=tuple(tag_names(tags_any, "--tags-any")))
+                    runs=runs, jobs=job_names, any_tags=tuple(layout.parse_tags([tags_any], "--tags-any")))
 
 
 def select_runs(stats: StatsStore, query: RunQuery, *, sort_given: bool) -> Tuple[List[Dict[str, Any]], List[str]]:
