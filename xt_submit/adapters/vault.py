@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import tempfile
 import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
 from xt_submit.domain.errors import OneLineError
+from xt_submit.domain.secrets import secret_name
 
 VAULT_MARKER = "$vault"
 CACHE_SECONDS = 8 * 3600
@@ -28,11 +28,6 @@ CACHE_SECONDS = 8 * 3600
 
 class SecretError(OneLineError):
     pass
-
-
-def secret_name(service: str, key: str) -> str:
-    """Key Vault names allow letters, digits and dashes: `team-stats` + `connection-string`."""
-    return re.sub(r"[^A-Za-z0-9-]", "-", f"{service}-{key}")[:127]
 
 
 def credential_for(authentication: str):
