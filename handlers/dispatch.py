@@ -6,7 +6,10 @@ from typing import List
 
 from xt_submit.domain import layout, records, run_log, sweep
 from xt_submit.domain.manifest import compile_manifest
-from xt_submit.domain.messages import ContractError, JobSubmitted, RunTask, encode
+from xt_submit.domain.messages import (UPLOAD_REFUSED, UPLOAD_SUBMITTED, ContractError, JobSubmitted, RunTask,
+                                       UploadResult, encode)
+from xt_submit.domain.delivery import PERMANENT_ERRORS
+from xt_submit.handlers.upload import write_result
 from xt_submit.ports import Ports
 
 
@@ -18,9 +21,14 @@ class Dispatched:
 
 def dispatch_job(event: JobSubmitted, ports: Ports) -> Dispatched:
     manifest = event.manifest
-    hparam_sets = compile_manifest(manifest)
-    if not manifest.code_key or not ports.storage.exists(manifest.code_key):
-        raise ContractError(f"xt_manifest.json: code_key: {manifest.code_key or '(empty)'} not found in storage")
+    try:
+        hparam_sets = compile_manifest(manifest)
+        if not manifest.code_key or not ports.storage.exists(manifest.code_key):
+            raise ContractError(f"xt_manifest.json: code_key: {manifest.code_key or '(empty)'} not found in storage")
+    except PERMANENT_ERRORS as exc:
+        if event.upload_key:  # the dropping system learns why, before the message is dead-lettered
+            write_result(ports.storage, UploadResult(upload=event.upload_key, status=UPLOAD_REFUSED, reason=str(exc)))
+        raise
 
     ws = manifest.workspace
     job = ports.stats.assign_job_name(ws, event.submission_id)  # the same name on a redelivery
@@ -50,4 +58,7 @@ def dispatch_job(event: JobSubmitted, ports: Ports) -> Dispatched:
                 step_name=manifest.step_name, target=manifest.target, created_at=now)
         for name, command, hparams in zip(run_names, commands, hparam_sets)
     ])
+    if event.upload_key:  # last: "submitted" means the runs are queued
+        write_result(ports.storage, UploadResult(upload=event.upload_key, status=UPLOAD_SUBMITTED, job=job,
+                                                 runs=run_names, workspace=ws, submission_id=event.submission_id))
     return Dispatched(job, run_names)

@@ -4,12 +4,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Tuple
 
-from xt_submit.domain.errors import NotFound, OneLineError
 from xt_submit.domain.messages import ContractError, JobSubmitted, decode_event
 from xt_submit.ports import Ports
-
-# Errors no redelivery can fix (bad contracts, unsafe zips, unknown runs): dead-letter at once, with the reason.
-PERMANENT_ERRORS = (OneLineError, NotFound)
 
 
 def route(event: Any, table: Dict[type, Callable]) -> Callable:

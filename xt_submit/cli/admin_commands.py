@@ -1,5 +1,5 @@
-"""`xt serve`, `xt admin`, `xt create team` and `xt config`: running this machine's host or agent,
-maintenance, and setting things up."""
+"""`xt serve`, `xt admin`, `xt create team`, `xt config` and `xt schema`: running this machine's host
+or agent, maintenance, setting things up, and the contracts other systems rely on."""
 from __future__ import annotations
 
 import argparse
@@ -32,6 +32,10 @@ def add_parsers(commands) -> None:
     config_parser = commands.add_parser("config", help="write a starter xt_config.yaml")
     config_parser.add_argument("--create", action="store_true", required=True)
     config_parser.add_argument("--path", default="xt_config.yaml")
+
+    schema_parser = commands.add_parser("schema", help="print a contract's JSON Schema (manifest: the "
+                                                       "xt_manifest.json of a zip dropped into uploads/)")
+    schema_parser.add_argument("what", choices=["manifest"])
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -101,4 +105,11 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"serve": cmd_serve, "admin": cmd_admin, "create": cmd_create, "config": cmd_config}
+def cmd_schema(args: argparse.Namespace) -> int:
+    from xt_submit.domain.manifest import manifest_schema
+
+    sys.stdout.write(manifest_schema().decode())
+    return 0
+
+
+COMMANDS = {"serve": cmd_serve, "admin": cmd_admin, "create": cmd_create, "config": cmd_config, "schema": cmd_schema}

@@ -37,7 +37,7 @@ def add_parsers(commands) -> None:
 # xt run's own options: after the script, each is the script's (and a warning says so)
 RUN_OPTIONS = frozenset({"--target", "--workspace", "--experiment", "--runs", "--max-runs", "--search-type",
                          "--hp-config", "--seed", "--concurrent", "--max-time", "--tags", "--dry-run", "--wait",
-                         "--json", "--config"})
+                         "--to-zip", "--json", "--config"})
 
 
 def _run_parser(parser: argparse.ArgumentParser) -> None:
@@ -52,8 +52,12 @@ def _run_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--concurrent", type=int, help="runs at once on the target")
     parser.add_argument("--max-time", type=float, help="seconds a run may take before it is stopped")
     parser.add_argument("--tags", help="name[=value],... attached to the job and its runs")
-    parser.add_argument("--dry-run", action="store_true", help="print the planned runs, submit nothing")
-    parser.add_argument("--wait", action="store_true", help="follow the job until it ends; non-zero exit if a run fails")
+    instead = parser.add_mutually_exclusive_group()
+    instead.add_argument("--dry-run", action="store_true", help="print the planned runs, submit nothing")
+    instead.add_argument("--wait", action="store_true",
+                         help="follow the job until it ends; non-zero exit if a run fails")
+    instead.add_argument("--to-zip", metavar="FILE", help="write a drop zip (the code and xt_manifest.json) to FILE "
+                                                          "for uploads/ instead of submitting")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("script", help="the script to run (a .py file, or a command)")
     parser.add_argument("script_args", nargs=argparse.REMAINDER, help="its arguments; --name=[a,b] sweeps")
@@ -79,6 +83,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             for entry in planned:
                 print(f"  {entry['index']:>4}  {entry['command']}")
         return 0
+    if args.to_zip:
+        return _write_drop(args, cfg, manifest, planned)
 
     from xt_submit.services.code_upload import upload_code
 
@@ -101,6 +107,27 @@ def cmd_run(args: argparse.Namespace) -> int:
         counts = ", ".join(f"{n} {s}" for s, n in sorted(final["counts"].items()))
         print(f"{job}: {final['status']} ({counts})")
     return 0 if final["status"] == "completed" else 1
+
+
+def _write_drop(args: argparse.Namespace, cfg, manifest, planned) -> int:
+    """`xt run --to-zip FILE`: the job as a zip another system drops into the uploads area."""
+    from xt_submit import bootstrap
+    from xt_submit.config import EMBEDDED
+    from xt_submit.services import submit
+
+    path = Path(args.to_zip)
+    home = bootstrap.xt_home(cfg.general.xt_home)
+    size = submit.write_drop_zip(path, manifest, cfg, os.getcwd(), exclude=[home])
+    upload = layout.UPLOADS_PREFIX + (path.name if path.suffix == ".zip" else f"{path.name}.zip")
+    result = layout.upload_result_key(upload)
+    where = (f"move it to {home / 'storage' / upload}" if cfg.xt_services.storage == EMBEDDED
+             else f"upload it to {cfg.xt_services.storage} as {upload}")
+    if args.json:
+        print_json({"zip": str(path), "bytes": size, "upload": upload, "result": result, "runs": planned})
+    else:
+        runs = len(planned)
+        print(f"{path}: a drop of {runs} run{'' if runs == 1 else 's'}; {where}, and read the outcome from {result}")
+    return 0
 
 
 def _manifest_from(args: argparse.Namespace, cfg):

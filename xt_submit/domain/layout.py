@@ -2,6 +2,7 @@
 
     code/<sha256>.zip                                  content-hashed code snapshot (shared by jobs)
     uploads/<name>.zip                                 zips dropped by other systems
+    uploads/<name>.result.json                         what became of each (accepted, submitted as a job, refused)
     workspaces/<ws>/jobs/<job>/xt_manifest.json        the job's manifest
     workspaces/<ws>/jobs/<job>/job_log.jsonl           job events
     workspaces/<ws>/runs/<run>/run_log.jsonl           run events: created, queued, started, hparams, metrics, ended
@@ -38,6 +39,13 @@ def parse_tags(items: Iterable[Optional[str]], option: str) -> Dict[str, str]:
 JOB_PATTERN = re.compile(r"^job[1-9][0-9]*$")
 RUN_PATTERN = re.compile(r"^run[1-9][0-9]*\.[1-9][0-9]*$")
 UPLOADS_PREFIX = "uploads/"
+UPLOAD_RESULT_SUFFIX = ".result.json"
+
+
+def upload_result_key(upload_key: str) -> str:
+    """uploads/<name>.zip -> uploads/<name>.result.json, the outcome written back beside a drop."""
+    stem = upload_key[:-len(".zip")] if upload_key.endswith(".zip") else upload_key
+    return stem + UPLOAD_RESULT_SUFFIX
 
 
 def code_key(sha256: str) -> str:

@@ -1,13 +1,26 @@
 """Semantic checks of a job manifest and its compiled plan, shared by `xt run` (fail before
-upload), the upload handler and dispatch. Each compiles the sweep once."""
+upload), the upload handler and dispatch. Each compiles the sweep once. And the manifest's
+published JSON Schema, the contract of a zip dropped into uploads/."""
 from __future__ import annotations
 
 from typing import Any, Dict, List
+
+import msgspec
 
 from xt_submit.domain import layout, sweep
 from xt_submit.domain.messages import ContractError, JobManifest
 
 SEARCH_TYPES = ("grid", "random")
+MANIFEST_NAME = "xt_manifest.json"  # at the top of a dropped zip
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
+def manifest_schema() -> bytes:
+    """The JSON Schema of xt_manifest.json, generated from JobManifest (shipped as
+    xt_submit/schemas/xt_manifest.schema.json and printed by `xt schema manifest`). It says each
+    field's type and whether it is required; check_manifest's rules are in the descriptions."""
+    schema = {"$schema": JSON_SCHEMA_DIALECT, "title": MANIFEST_NAME, **msgspec.json.schema(JobManifest)}
+    return msgspec.json.format(msgspec.json.encode(schema), indent=2) + b"\n"
 
 
 def check_manifest(manifest: JobManifest, source: str = "xt_manifest.json") -> None:

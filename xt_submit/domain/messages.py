@@ -6,7 +6,7 @@ rejected), so a malformed or foreign message is dead-lettered with a reason inst
 from __future__ import annotations
 
 import re
-from typing import Any, Dict, List, Optional, Union
+from typing import Annotated, Any, Dict, List, Optional, Union
 
 import msgspec
 from xt_submit.domain.errors import OneLineError
@@ -27,6 +27,11 @@ class _Strict(msgspec.Struct, forbid_unknown_fields=True):
     pass
 
 
+def _doc(text: str) -> msgspec.Meta:
+    """A field's description in the published JSON Schema (decoding ignores it)."""
+    return msgspec.Meta(description=text)
+
+
 class SetupSpec(_Strict, kw_only=True):
     activate: Optional[str] = None
     pip_packages: List[str] = []
@@ -37,24 +42,29 @@ class SetupSpec(_Strict, kw_only=True):
 class JobManifest(_Strict, kw_only=True):
     """What `xt run` (or an uploaded zip's xt_manifest.json) asks for. No secrets, ever."""
 
-    version: int = CONTRACT_VERSION
-    workspace: str
-    experiment: str
+    version: Annotated[int, _doc(f"the contract's version: {CONTRACT_VERSION}")] = CONTRACT_VERSION
+    workspace: Annotated[str, _doc("the storage area of the job and its runs: a letter, then letters, digits, "
+                                   "_ or - (at most 63)")]
+    experiment: Annotated[str, _doc("the experiment the job belongs to (the same rule as workspace)")]
     username: str = ""
-    script: str
-    command: str  # the base command; each run appends " --name=value" per hparam
-    code_key: str = ""  # storage key of the content-hashed code zip (set by the submitter)
-    code_sha256: str = ""
-    hp_space: Dict[str, Any] = {}
-    search_type: str = "grid"
-    runs: Optional[int] = None
-    max_runs: Optional[int] = None
-    seed: int = 0
-    target: str = "local"
-    concurrent: int = 2
-    max_time: Optional[float] = None
+    script: Annotated[str, _doc("the script, as xt run was given it (for reports)")]
+    command: Annotated[str, _doc("the base command, run in the zip's top folder; each run appends "
+                                 "\" --name=value\" per hparam")]
+    code_key: Annotated[str, _doc("set by XT (an uploaded zip is its own code): leave it out or empty")] = ""
+    code_sha256: Annotated[str, _doc("set by XT: leave it out or empty")] = ""
+    hp_space: Annotated[Dict[str, Any], _doc(
+        "name -> a list of values (one run per combination in a grid search), a fixed value, or a "
+        "\"$func(args)\" distribution such as \"$linspace(0.1,0.9,5)\" or \"$uniform(0,1)\"")] = {}
+    search_type: Annotated[str, _doc("grid or random")] = "grid"
+    runs: Annotated[Optional[int], _doc("exactly this many runs (>= 1)")] = None
+    max_runs: Annotated[Optional[int], _doc("at most this many runs (>= 1)")] = None
+    seed: Annotated[int, _doc("seed of the sampled hparams: the same manifest plans the same runs")] = 0
+    target: Annotated[str, _doc("the compute target (a name in the team's compute-targets)")] = "local"
+    concurrent: Annotated[int, _doc("runs at once on the target (>= 1)")] = 2
+    max_time: Annotated[Optional[float], _doc("seconds a run may take before it is stopped (> 0)")] = None
     setup: Optional[SetupSpec] = None
-    after_dirs: List[str] = msgspec.field(default_factory=lambda: ["output/**"])
+    after_dirs: Annotated[List[str], _doc("globs of what each run keeps as its output")] = msgspec.field(
+        default_factory=lambda: ["output/**"])
     after_omit: List[str] = []
     tags: Dict[str, str] = {}
     primary_metric: str = "loss"
@@ -67,6 +77,7 @@ class JobSubmitted(_Strict, tag="job_submitted", kw_only=True):
     submission_id: str  # idempotency key: a redelivery maps to the same job name
     manifest: JobManifest
     submitted_at: float
+    upload_key: str = ""  # the dropped zip it came from (uploads/<name>.zip): dispatch writes its result beside it
 
 
 class RunStarted(_Strict, tag="run_started", kw_only=True):
@@ -133,6 +144,25 @@ class UploadReceived(_Strict, tag="upload_received", kw_only=True):
     version: int = CONTRACT_VERSION
     upload_key: str
     received_at: float
+
+
+UPLOAD_ACCEPTED, UPLOAD_SUBMITTED, UPLOAD_REFUSED = "accepted", "submitted", "refused"
+
+
+class UploadResult(_Strict, kw_only=True):
+    """uploads/<name>.result.json: what became of uploads/<name>.zip, for the system that dropped it.
+
+    "accepted" (the zip is sound, its job is on the way), then "submitted" (the job and its runs
+    are recorded and queued: `job` names it), or "refused" (`reason` says why; nothing runs)."""
+
+    version: int = CONTRACT_VERSION
+    upload: str
+    status: str
+    job: Optional[str] = None
+    runs: List[str] = []
+    workspace: Optional[str] = None
+    submission_id: Optional[str] = None
+    reason: Optional[str] = None
 
 
 Event = Union[JobSubmitted, RunStarted, RunFinished, RunHeartbeat, RunPreempted, CancelRequested, UploadReceived]

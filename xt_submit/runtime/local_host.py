@@ -19,7 +19,8 @@ from typing import Any, Callable, Dict, Optional
 from xt_submit import handlers
 from xt_submit.domain import layout
 from xt_submit.domain.messages import EVENTS_QUEUE, JOBS_QUEUE, UploadReceived
-from xt_submit.handlers.routing import PERMANENT_ERRORS, audit_fields, handle
+from xt_submit.domain.delivery import PERMANENT_ERRORS
+from xt_submit.handlers.routing import audit_fields, handle
 from xt_submit.ports import ReceivedMessage
 from xt_submit.runtime.executors import executors_for
 from xt_submit.ports import Parts
@@ -91,7 +92,8 @@ class LocalHost:
         return bool(marked)
 
     def _watch_uploads(self) -> bool:
-        """The embedded Event Grid: each new zip under uploads/ becomes an UploadReceived."""
+        """The embedded Event Grid: each new zip under uploads/ becomes an UploadReceived (zips only,
+        as the team's subscription filters: the uploads/<name>.result.json written back is no upload)."""
         now = time.time()
         if now - self._uploads_checked < 1.0:
             return False

@@ -7,9 +7,15 @@ submission calls it after sending and while it waits for the dispatch.
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import os
+import stat
 import time
 import uuid
+import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import msgspec
@@ -17,9 +23,10 @@ import msgspec
 from xt_submit.config import Config
 from xt_submit.domain import layout, run_log, sweep
 from xt_submit.domain.errors import NotFound, OneLineError
-from xt_submit.domain.manifest import compile_manifest
+from xt_submit.domain.manifest import MANIFEST_NAME, compile_manifest
 from xt_submit.domain.messages import (TERMINAL_STATUSES, CancelRequested, ContractError, JobManifest, JobSubmitted,
-                                       decode_event, decode_manifest)
+                                       decode_event, decode_manifest, encode)
+from xt_submit.node_kit import code_archive
 from xt_submit.ports import Parts
 from xt_submit.services import targets
 
@@ -52,6 +59,46 @@ def submit(parts: Parts, manifest: JobManifest, cfg: Config, keep_served: Callab
     keep_served()
     return await_dispatch(parts, manifest.workspace, submission_id, keep_served, where_to_look=where_to_look,
                           timeout=timeout)
+
+
+def write_drop_zip(path: Path, manifest: JobManifest, cfg: Config, base: str, exclude: Sequence[Path] = ()) -> int:
+    """`xt run --to-zip`: the code snapshot `xt run` would upload, with the manifest it would send
+    as xt_manifest.json at the top, written to `path` whole or not at all; its size in bytes.
+    Dropped as uploads/<name>.zip, it becomes the same job (its code_key is the drop's own)."""
+    folder = path.parent
+    if not folder.is_dir():
+        raise SubmitError(f"{path}: no folder {folder} to write it in")
+    if path.is_dir():
+        raise SubmitError(f"{path}: a folder, not a file name")
+    # An earlier drop written into the code never ships inside the next one.
+    target = path.resolve()
+    roots = [(Path(base) / code_dir).resolve() for code_dir in cfg.code.code_dirs]
+    omit = [*cfg.code.code_omit, *(f"/{target.relative_to(root).as_posix()}" for root in roots
+                                   if target.is_relative_to(root))]
+    snapshot = code_archive.snapshot_code(cfg.code.code_dirs, base, omit, max_bytes=cfg.code.max_size_mb * 1024**2,
+                                          exclude=exclude)
+    buffer = io.BytesIO(snapshot.data)
+    with zipfile.ZipFile(buffer, "a") as archive:
+        if MANIFEST_NAME in archive.namelist():
+            raise SubmitError(f"{MANIFEST_NAME}: the code dirs hold one at their top, where the drop's own goes")
+        info = zipfile.ZipInfo(MANIFEST_NAME, code_archive.FIXED_ZIP_TIME)
+        info.compress_type = zipfile.ZIP_DEFLATED
+        info.external_attr = (0o644 | stat.S_IFREG) << 16
+        drop_manifest = msgspec.structs.replace(manifest, code_key="", code_sha256="")
+        archive.writestr(info, msgspec.json.format(encode(drop_manifest), indent=2) + b"\n")
+    data = buffer.getvalue()
+    tmp = folder / f".{path.name}.{os.getpid()}.part"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException as exc:  # no partial file, whatever stopped it
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise SubmitError(f"{path}: {exc.strerror or exc}") from None
+        raise
+    return len(data)
 
 
 def await_dispatch(parts: Parts, workspace: str, submission_id: str, keep_served: Callable[[], None], *,
