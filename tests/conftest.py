@@ -153,3 +153,30 @@ def project(tmp_path):
     proj = Project(tmp_path)
     yield proj
     proj.stop_host()
+
+
+@pytest.fixture(scope="session")
+def functions_host():
+    """The Python worker (azure_functions_runtime, Python 3.13+) started on the repository root as
+    the Functions host starts it; one per test process (the worker keeps its functions globally)."""
+    pytest.importorskip("azure_functions_runtime", reason="the Functions worker needs Python 3.13+")
+    from support.functions_host import FunctionsHost
+
+    os.environ["PYTHON_SCRIPT_FILE_NAME"] = "xt_functions.py"  # an app setting the worker reads at init
+    return FunctionsHost(ROOT)
+
+
+@pytest.fixture
+def throttling_proxy(mongo_uri):
+    """tests/peers/throttling_proxy.py in front of the MongoDB peer: refuses chosen writes inside a
+    bulk write the way a throttled Cosmos DB does (error 16500, the other writes applied)."""
+    from pymongo import uri_parser
+
+    from peers.throttling_proxy import ThrottlingProxy
+
+    parsed = uri_parser.parse_uri(mongo_uri) if mongo_uri.startswith("mongodb://") else None
+    if parsed is None or len(parsed["nodelist"]) != 1 or parsed["options"].get("tls"):
+        pytest.skip("the throttling proxy speaks plain TCP to one server (not TLS, SRV or a replica set)")
+    proxy = ThrottlingProxy(*parsed["nodelist"][0]).start()
+    yield proxy
+    proxy.stop()

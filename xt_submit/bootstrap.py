@@ -18,12 +18,15 @@ from __future__ import annotations
 import dataclasses
 import os
 from pathlib import Path
-from typing import Any, Callable, Dict, Mapping, Optional, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Tuple, cast
 
 from xt_submit.domain.boxes import LOCAL_ADDRESS
 from xt_submit.domain.errors import OneLineError
 from xt_submit.ports import (AgentParts, MessageQueue, Node, NodeFactory, Parts, Ports, Publisher, StatsStore, Storage,
                              TaskTable)
+
+if TYPE_CHECKING:
+    from xt_submit.adapters.queue.servicebus import ServiceBusQueue
 
 EMBEDDED = "embedded"
 DEFAULT_CONTAINER = "xtdata"
@@ -288,6 +291,7 @@ def remote_target_status(cfg, name: str) -> dict:
 JOBS_QUEUE_SETTING = "XT_JOBS_QUEUE"
 EVENTS_QUEUE_SETTING = "XT_EVENTS_QUEUE"
 TASKS_QUEUE_SETTING = "XT_TASKS_QUEUE"
+UPLOADS_QUEUE_SETTING = "XT_UPLOADS_QUEUE"  # Event Grid delivers the storage's BlobCreated events for uploads/ here
 # {"<target>": {"target": <a compute-targets entry>, "account": <its external-services entry, type batch>}}
 BATCH_TARGETS_SETTING = "XT_BATCH_TARGETS"
 BATCH_NODE_PACKAGE_SETTING = "XT_BATCH_NODE_PACKAGE"  # storage key of the xt-pipeline wheel the pools' nodes install
@@ -344,13 +348,32 @@ def _app_batch_computes(settings: Mapping[str, str], storage: Storage) -> Dict[s
     return computes
 
 
-def app_ports(settings: Mapping[str, str]) -> Ports:
-    """The ports the Functions app runs on, from its app settings (the app builds them once per worker)."""
+@dataclasses.dataclass(frozen=True)
+class AppQueues:
+    """The Service Bus queues the Functions app's triggers read, and the client it re-sends a
+    failed message with (scheduled later, to back off). Built apart from the ports: when a store
+    is down, the app can still back off."""
+
+    bus: "ServiceBusQueue"
+    names: Dict[str, str]  # trigger -> queue name: dispatch, run_events, upload_received
+    container: str  # the storage container whose uploads/ the upload trigger announces
+
+
+def app_queues(settings: Mapping[str, str]) -> AppQueues:
+    """The app's queues from its app settings (no connection is made until a message is sent)."""
+    bus = queue_from("XT_SERVICEBUS", _app_service(settings, "XT_SERVICEBUS", "servicebus"))
+    names = {"dispatch": settings.get(JOBS_QUEUE_SETTING, "jobs"), "run_events": settings.get(EVENTS_QUEUE_SETTING, "events"),
+             "upload_received": settings.get(UPLOADS_QUEUE_SETTING, "uploads")}
+    return AppQueues(bus=cast("ServiceBusQueue", bus), names=names,
+                     container=settings.get("XT_STORAGE_CONTAINER", DEFAULT_CONTAINER))
+
+
+def app_ports(settings: Mapping[str, str], queue: MessageQueue) -> Ports:
+    """The ports the Functions app's handlers take, from its app settings, sending on `queue`."""
     from xt_submit.adapters.compute.queue import QueueCompute
     from xt_submit.adapters.compute.router import ComputeRouter
 
     storage = storage_from("XT_STORAGE", _app_storage_spec(settings))
-    queue = queue_from("XT_SERVICEBUS", _app_service(settings, "XT_SERVICEBUS", "servicebus"))
     stats = stats_from("XT_MONGO", _app_service(settings, "XT_MONGO", "mongo",
                                                 database=settings.get("XT_MONGO_DATABASE", DEFAULT_DATABASE)))
     publisher = publisher_for(queue, jobs_queue=settings.get(JOBS_QUEUE_SETTING, "jobs"),

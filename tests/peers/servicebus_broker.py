@@ -6,7 +6,9 @@ It implements what the SDK needs from Service Bus: the $cbs put-token handshake,
 peek-lock (16-byte delivery tags are the lock tokens), settlement by disposition (complete,
 abandon with delivery count + 1, dead-letter into `<queue>/$DeadLetterQueue` with its reason),
 drain, batches (one transfer whose data sections are whole messages) and the $management
-operations renew-lock, peek-message, update-disposition and schedule-message. Not a product part.
+operations renew-lock, peek-message, update-disposition and schedule-message. A message sent with
+a scheduled enqueue time (annotation x-opt-scheduled-enqueue-time) stays invisible until then, as
+on Service Bus. Not a product part.
 """
 from __future__ import annotations
 
@@ -39,6 +41,20 @@ class Entry:
     locked_until: float = 0.0
     token: Optional[uuid.UUID] = None
     annotations: Dict = field(default_factory=dict)
+    visible_at: float = 0.0  # a scheduled message's enqueue time
+
+
+SCHEDULED_ENQUEUE_TIME = "x-opt-scheduled-enqueue-time"
+
+
+def scheduled_time(raw: bytes) -> float:
+    """The scheduled enqueue time a sender set (epoch seconds), or 0."""
+    message = proton.Message()
+    message.decode(raw)
+    value = (message.annotations or {}).get(proton.symbol(SCHEDULED_ENQUEUE_TIME))
+    if value is None:
+        return 0.0
+    return value.timestamp() if hasattr(value, "timestamp") else float(value) / 1000
 
 
 def split_sections(raw: bytes) -> List[tuple]:
@@ -119,7 +135,7 @@ class Broker(MessagingHandler):
             if entry.locked_until < now:  # an expired lock: receivable again, and that delivery counts
                 self._unlock(token, count_delivery=True)
         self._pump()
-        event.container.schedule(1.0, self)
+        event.container.schedule(0.25, self)  # also how soon a scheduled message becomes visible
 
     def on_link_opening(self, event):
         link = event.link
@@ -177,7 +193,9 @@ class Broker(MessagingHandler):
         return proton.Message(properties={"status-code": 202, "status-description": "Accepted"})
 
     def _enqueue(self, queue: str, raw: bytes, delivery_count: int = 0, annotations: Optional[Dict] = None) -> int:
-        entry = Entry(next(self.sequence), raw, time.time(), delivery_count, annotations=dict(annotations or {}))
+        visible_at = scheduled_time(raw)
+        entry = Entry(next(self.sequence), raw, max(time.time(), visible_at), delivery_count,
+                      annotations=dict(annotations or {}), visible_at=visible_at)
         self.queues[queue].append(entry)
         return entry.sequence
 
@@ -199,7 +217,7 @@ class Broker(MessagingHandler):
                 continue
             waiting = self.queues.get(queue)
             while link.credit > 0 and waiting:
-                entry = next((e for e in waiting if e.token is None), None)
+                entry = next((e for e in waiting if e.token is None and e.visible_at <= now), None)
                 if entry is None:
                     break
                 settled_mode = link.remote_snd_settle_mode == proton.Link.SND_SETTLED
