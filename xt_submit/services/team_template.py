@@ -188,7 +188,10 @@ def build_template(team: str) -> Dict[str, Any]:
          "location": "[parameters('location')]", "kind": "MongoDB",
          # no EnableMongoRetryableWrites: the client honours the connection string's retrywrites=false
          "properties": {"databaseAccountOfferType": "Standard", "apiProperties": {"serverVersion": "7.0"},
-                        "capabilities": [{"name": "EnableMongo"}, {"name": "EnableServerless"}],
+                        # compound indexes on nested fields (the stats store's sorts on metrics and
+                        # hparams need them; Cosmos refuses those sorts otherwise)
+                        "capabilities": [{"name": "EnableMongo"}, {"name": "EnableServerless"},
+                                         {"name": "EnableUniqueCompoundNestedDocs"}],
                         "locations": [{"locationName": "[parameters('location')]", "failoverPriority": 0}],
                         "consistencyPolicy": {"defaultConsistencyLevel": "Session"}}},
         {"type": "Microsoft.DocumentDB/databaseAccounts/mongodbDatabases", "apiVersion": COSMOS_API,
