@@ -5,6 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from xt_submit.domain import sweep
 from xt_submit.domain.sweep import (
     SweepError,
     format_hparam_args,
@@ -565,3 +566,23 @@ def test_split_then_plan_then_format_end_to_end():
         "train.py --epochs=3 --lr=0.1 --opt=sgd",
         "train.py --epochs=3 --lr=0.1 --opt=adam",
     ]
+
+
+@pytest.mark.parametrize("space, runs, max_runs, planned", [
+    ({"a": list(range(100)), "b": list(range(100)), "c": list(range(100)), "d": list(range(100))}, None, None,
+     "100,000,000"),
+    ({"a": "$linspace(0,1,1000000)", "b": "$linspace(0,1,1000000)"}, None, None, "1,000,000,000,000"),
+    ({"lr": "$uniform(0,1)"}, None, 10**12, "1,000,000,000,000"),
+    ({"lr": [0.1, 0.2]}, 200_001, None, "200,001"),
+])
+def test_a_sweep_past_the_run_limit_is_refused_before_anything_is_planned(space, runs, max_runs, planned):
+    with pytest.raises(sweep.SweepError) as caught:
+        sweep.plan_runs(space, search_type="random" if max_runs else "grid", runs=runs, max_runs=max_runs, seed=1)
+    assert str(caught.value) == (f"the sweep plans {planned} runs, more than the limit of "
+                                 f"{sweep.MAX_PLANNED_RUNS:,} per job: narrow the space, or set --runs / --max-runs")
+
+
+def test_a_huge_grid_capped_by_max_runs_plans_only_those():
+    space = {"a": list(range(100)), "b": list(range(100)), "c": list(range(100)), "d": list(range(100))}
+    plan = sweep.plan_runs(space, search_type="grid", runs=None, max_runs=3, seed=1)
+    assert plan == [{"a": 0, "b": 0, "c": 0, "d": 0}, {"a": 0, "b": 0, "c": 0, "d": 1}, {"a": 0, "b": 0, "c": 0, "d": 2}]

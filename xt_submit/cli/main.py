@@ -59,6 +59,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         # no flush of what is left at exit, which would fail the same way (as Python's docs advise)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141  # as a process killed by SIGPIPE
+    except OSError as exc:  # the file system said no (XT_HOME is a file, a disk full, no permission): one line
+        where = f"{exc.filename}: " if exc.filename else ""
+        print(f"xt: {where}{exc.strerror or exc}", file=sys.stderr)
+        return 1
 
 
 def submit_main(argv: Optional[List[str]] = None) -> int:

@@ -1,7 +1,9 @@
 """Turning job and run records into what `xt list` / `xt view` print: JSON objects, aligned tables, CSV."""
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
 import re
 import time
 from dataclasses import dataclass
@@ -10,9 +12,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from xt_submit.domain.errors import OneLineError
 from xt_submit.domain.messages import TERMINAL_STATUSES
 from xt_submit.domain.records import JOB_FIELDS, RUN_FIELDS
-from xt_submit.services.run_reports import job_json
+from xt_submit.services.run_reports import JOB_DERIVED, job_counts, job_json, lookup, sort_records  # noqa: F401 (used here and by the commands)
 
-JOB_DERIVED = ("runs", "queued", "running", "completed", "error", "cancelled")
 TIME_COLUMNS = frozenset({"created", "queued", "started", "ended"})
 SECONDS_FIELDS = frozenset({"duration", "elapsed", "max_time"})  # shown with their unit
 _SPEC = re.compile(r"^([A-Za-z_][\w.\-*/]*)(?:=([^:]+))?(?::(.+))?$")
@@ -27,29 +28,6 @@ class Column:
     key: str  # a field, metrics.NAME, hparams.NAME or tags.NAME
     header: str
     fmt: Optional[str] = None
-
-
-def job_counts(job: Dict[str, Any]) -> Dict[str, int]:
-    counts = job.get("counts") or {}
-    return {"runs": job.get("run_count") or 0, **{status: counts.get(status, 0) for status in JOB_DERIVED[1:]}}
-
-
-def lookup(record: Dict[str, Any], column: str) -> Any:
-    """`metrics.loss`, `hparams.lr`, a record field, or a bare metric / hparam name (XT style).
-    A key the record has as it is wins (a metrics table's `run3.1:loss` is not a group and a key)."""
-    if column in record:
-        return record[column]
-    if "." in column:
-        group, _, key = column.partition(".")
-        container = record.get(group)
-        return container.get(key) if isinstance(container, dict) else None
-    if column in record:
-        return record[column]
-    for group in ("metrics", "hparams"):
-        container = record.get(group) or {}
-        if column in container:
-            return container[column]
-    return None
 
 
 # --- columns ----------------------------------------------------------------------------------
@@ -87,20 +65,6 @@ def resolve_columns(specs: Sequence[Column], rows: Sequence[Dict[str, Any]], kin
         else:
             raise ReportError(f"--columns: unknown column {spec.key!r} (no {kind} has it)")
     return resolved
-
-
-def sort_records(records: List[Dict[str, Any]], column: str, reverse: bool) -> List[Dict[str, Any]]:
-    """Stable sort by a column; a missing value orders first (as NULL does in the stats stores)."""
-    if records and column not in records[0] and not any(lookup(r, column) is not None for r in records):
-        raise ReportError(f"--sort: unknown column {column!r}")
-
-    def key(record):
-        value = lookup(record, column)
-        if value is None:
-            return (0, 0)
-        return (1, float(value)) if isinstance(value, (int, float)) else (2, str(value))
-
-    return sorted(records, key=key, reverse=reverse)
 
 
 def group_rows(rows: Sequence[Dict[str, Any]], column: str) -> List[Tuple[Any, List[Dict[str, Any]]]]:
@@ -174,11 +138,21 @@ def export(rows: Sequence[Dict[str, Any]], columns: Sequence[Column], path: str)
         delimiter = "\t"
     else:
         raise ReportError(f"--export: {path!r}: expected a .csv or .tsv file")
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f, delimiter=delimiter)
-        writer.writerow([c.header for c in columns])
-        for row in rows:
-            writer.writerow(["" if lookup(row, c.key) is None else lookup(row, c.key) for c in columns])
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise ReportError(f"--export: {path!r}: expected an existing folder, {folder!r} is not one")
+    partial = f"{path}.part"  # written aside, then renamed: never a half-written file under the name
+    try:
+        with open(partial, "w", newline="") as f:
+            writer = csv.writer(f, delimiter=delimiter)
+            writer.writerow([c.header for c in columns])
+            for row in rows:
+                writer.writerow(["" if lookup(row, c.key) is None else lookup(row, c.key) for c in columns])
+        os.replace(partial, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(partial)
+        raise ReportError(f"--export: {path!r}: {exc.strerror or exc}") from None
 
 
 def format_fields(record: Dict[str, Any]) -> str:

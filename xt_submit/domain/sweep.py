@@ -35,6 +35,9 @@ HP_CONFIG_KEY = "hyperparameter-distributions"
 SEARCH_TYPES = ("grid", "random")
 RANDINT_DEFAULT_HIGH = 2**31 - 1
 MAX_LINSPACE_COUNT = 1_000_000  # guards against a typo allocating millions of grid values
+# A job's runs are recorded and queued one by one: past this, a typo (a 4-parameter x100 grid is
+# 10^8 runs) would take the planner's memory and the store with it. Checked before any is planned.
+MAX_PLANNED_RUNS = 100_000
 
 _INT_RE = re.compile(r"[+-]?[0-9]+")
 _NUMBER_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
@@ -408,6 +411,7 @@ def plan_compiled(params: List[_Param], *, search_type: str, runs: Optional[int]
         raise SweepError(f"--seed: expected an integer, got {seed!r}")
     if runs is not None and max_runs is not None and runs > max_runs:
         raise SweepError(f"--runs: {runs} exceeds --max-runs {max_runs}")
+    _check_planned(_planned_count(params, search_type, runs, max_runs))
     if not params:
         return [{} for _ in range(runs or 1)]
     rng = random.Random(seed)
@@ -417,6 +421,22 @@ def plan_compiled(params: List[_Param], *, search_type: str, runs: Optional[int]
     if count is None:
         raise SweepError("random search needs --runs or --max-runs")
     return _random_runs(params, count, rng)
+
+
+def _planned_count(params: List[_Param], search_type: str, runs: Optional[int], max_runs: Optional[int]) -> Optional[int]:
+    """How many runs the plan will hold, from the space's sizes alone (nothing expanded)."""
+    if runs is not None or not params:
+        return runs or 1
+    if search_type != "grid":
+        return max_runs
+    combinations = math.prod([len(param.values) for param in params if param.values is not None])
+    return combinations if max_runs is None else min(combinations, max_runs)
+
+
+def _check_planned(count: Optional[int]) -> None:
+    if count is not None and count > MAX_PLANNED_RUNS:
+        raise SweepError(f"the sweep plans {count:,} runs, more than the limit of {MAX_PLANNED_RUNS:,} per job: "
+                         f"narrow the space, or set --runs / --max-runs")
 
 
 def _check_run_count(option: str, count: Optional[int]) -> None:

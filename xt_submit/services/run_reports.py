@@ -7,6 +7,7 @@ import dataclasses
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from xt_submit.domain import layout, run_query
+from xt_submit.domain.records import JOB_FIELDS
 from xt_submit.domain.run_query import QueryError, RunQuery, SortKey
 from xt_submit.ports import StatsStore
 
@@ -15,6 +16,9 @@ RUN_JSON_FIELDS = ("name", "job", "workspace", "experiment", "status", "exit_cod
                    "target", "username", "node_id", "reason", "created", "started", "ended", "command", "tags")
 JOB_JSON_FIELDS = ("name", "workspace", "experiment", "status", "run_count", "counts", "target", "username",
                    "created", "started", "ended", "command", "tags")
+
+
+JOB_DERIVED = ("runs", "queued", "running", "completed", "error", "cancelled")  # a job's counts, as columns
 
 
 def run_json(run: Dict[str, Any]) -> Dict[str, Any]:
@@ -93,3 +97,73 @@ def _resolved(stats: StatsStore, workspace: str, option: str, item, must_exist: 
         return dataclasses.replace(item, group="metrics", bare=False)
     raise QueryError(f"{option}: unknown column '{item.name}' (no run has a field, hparam or metric of that name)")
 
+
+# --- jobs (few per workspace: selected here rather than in the store) --------------------------------
+def job_counts(job: Dict[str, Any]) -> Dict[str, int]:
+    counts = job.get("counts") or {}
+    return {"runs": job.get("run_count") or 0, **{status: counts.get(status, 0) for status in JOB_DERIVED[1:]}}
+
+
+def lookup(record: Dict[str, Any], column: str) -> Any:
+    """`metrics.loss`, `hparams.lr`, a record field, or a bare metric / hparam name (XT style).
+    A key the record has as it is wins (a metrics table's `run3.1:loss` is not a group and a key)."""
+    if column in record:
+        return record[column]
+    if "." in column:
+        group, _, key = column.partition(".")
+        container = record.get(group)
+        return container.get(key) if isinstance(container, dict) else None
+    if column in record:
+        return record[column]
+    for group in ("metrics", "hparams"):
+        container = record.get(group) or {}
+        if column in container:
+            return container[column]
+    return None
+
+
+def sort_records(records: List[Dict[str, Any]], column: str, reverse: bool) -> List[Dict[str, Any]]:
+    """Stable sort by a column; a missing value orders first (as NULL does in the stats stores)."""
+    if records and column not in records[0] and not any(lookup(r, column) is not None for r in records):
+        raise QueryError(f"--sort: unknown column {column!r}")
+
+    def key(record):
+        value = lookup(record, column)
+        if value is None:
+            return (0, 0)
+        return (1, float(value)) if isinstance(value, (int, float)) else (2, str(value))
+
+    return sorted(records, key=key, reverse=reverse)
+
+
+def select_jobs(stats: StatsStore, workspace: str, report, *, names: Sequence[str] = (), jobs: Sequence[str] = (),
+                filters: Sequence[str] = (), experiment: Optional[str] = None, target: Optional[str] = None,
+                username: Optional[str] = None, status: Optional[str] = None, sort: Optional[str] = None,
+                reverse: bool = False, first: Optional[int] = None, last: Optional[int] = None,
+                everything: bool = False) -> List[Dict[str, Any]]:
+    """The jobs `xt list jobs` shows (its options by the same names, falling back to the run-reports
+    config), each with its run counts."""
+    runs_named, jobs_named = run_query.parse_run_list(list(names) + list(jobs))
+    if runs_named:
+        raise QueryError("xt list jobs: expected job names (job7), got runs")
+    # a bare name is a job's field (run_count, status...) when it is one, as for runs
+    parsed = [dataclasses.replace(flt, group=None) if flt.bare and flt.name in JOB_FIELDS + JOB_DERIVED else flt
+              for flt in map(run_query.parse_filter, filters)]
+    wanted = {"experiment": experiment, "target": target, "username": username}
+    rows = []
+    for job in stats.list_jobs(workspace):
+        job.update(job_counts(job))
+        if (jobs_named and job["name"] not in jobs_named) or (status and job["status"] != status):
+            continue
+        if any(value is not None and job.get(field) != value for field, value in wanted.items()):
+            continue
+        if all(run_query.matches(job, flt) for flt in parsed):
+            rows.append(job)
+    sort = sort or (report.sort if report.sort != "name" else None)
+    if sort:
+        rows = sort_records(rows, sort, reverse or report.reverse)
+    elif reverse or report.reverse:
+        rows.reverse()
+    if everything:
+        return rows
+    return run_query.window(rows, first if first is not None else report.first, last if last is not None else report.last)

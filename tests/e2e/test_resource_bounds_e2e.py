@@ -1,0 +1,25 @@
+"""Resource bounds through the CLI: what a typo in a sweep or a filter costs (issue 16, class 5)."""
+import resource
+import subprocess
+import sys
+
+MEMORY_LIMIT = 1536 * 1024**2  # address space: ample for the CLI, far below a 10^12-run plan
+
+
+def _limited():
+    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
+
+
+def test_a_sweep_of_a_trillion_runs_is_refused_in_bounded_memory(project, reliability):
+    tried = 0
+    for args in (["--a=[$linspace(0,1,1000000)]", "--b=[$linspace(0,1,1000000)]"],
+                 [f"--p{n}=[{','.join(str(v) for v in range(100))}]" for n in range(4)]):
+        result = subprocess.run([sys.executable, "-m", "xt_submit.cli", "run", "--dry-run", "train.py", *args],
+                                cwd=project.code, env=project.env, capture_output=True, text=True, timeout=120,
+                                preexec_fn=_limited)
+        tried += 1
+        assert result.returncode == 2, result.stderr
+        (line,) = result.stderr.strip().splitlines()
+        assert "runs, more than the limit of 100,000 per job" in line and "MemoryError" not in line
+    assert project.json("list", "jobs") == []  # nothing submitted
+    reliability.add("resource bounds: sweeps planning 10^8 and 10^12 runs (refused in 1.5 GB)", sweeps=tried)
