@@ -12,9 +12,11 @@ fi
 missing=""
 [ -x /usr/sbin/sshd ] || missing="openssh-server"
 /usr/bin/python3 -c "import ensurepip" 2>/dev/null || missing="$missing python3-venv"
+# xt report's page is tested in a real headless browser (tests/e2e/test_html_report_e2e.py).
+{ [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; } || missing="$missing chromium chromium-driver"
 if [ -n "$missing" ]; then
     as_root=""; [ "$(id -u)" = 0 ] || as_root="sudo"
     { $as_root apt-get update -qq && DEBIAN_FRONTEND=noninteractive $as_root apt-get install -y -qq $missing >/dev/null; } \
-        || echo "test.sh: could not install$missing; the pool tests will be skipped or fail" >&2
+        || echo "test.sh: could not install$missing; the pool and browser tests will be skipped or fail" >&2
 fi
 exec .venv/bin/python -m pytest tests "$@"

@@ -1,0 +1,234 @@
+"""`xt report`'s data and page (services/html_report.py), on the embedded stores: which runs, metrics,
+groups and primary metric the page embeds, the bounds on its size, the escaping of what runs print,
+and the refusals of bad input. The page's drawing is tested in a real browser (tests/e2e)."""
+import json
+import math
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from xt_submit import config as xt_config
+from xt_submit.domain import layout, records
+from xt_submit.domain.errors import OneLineError
+from xt_submit.domain.messages import JobManifest
+from xt_submit.domain.run_log import MetricRow
+from xt_submit.domain.run_query import QueryError
+from xt_submit.services import html_report
+
+WS = "ws1"
+HOSTILE = 'epoch 3 </script><script>window.pwned = 1</script> <!-- & "quotes" \u2028 done\n'
+
+
+def add_job(parts, number, hparams_of_runs, *, primary="loss", maximize=False, experiment="exp1"):
+    """job<number> with one completed run per hparams dict; each run logs 3 steps of loss, acc and epoch."""
+    manifest = JobManifest(workspace=WS, experiment=experiment, script="train.py", command="python train.py",
+                           code_key="code/x.zip", code_sha256="x", primary_metric=primary, maximize_metric=maximize)
+    job = layout.job_name(number)
+    plan = [(layout.run_name(number, k), f"python train.py #{k}", hp) for k, hp in enumerate(hparams_of_runs, start=1)]
+    stats, storage = parts.ports.stats, parts.ports.storage
+    stats.insert_job(records.new_job(manifest, name=job, number=number, submission_id=f"sub-{number}",
+                                     run_count=len(plan), created=100.0))
+    stats.insert_runs(records.new_runs(manifest, job=job, number=number, plan=plan, created=100.0))
+    for name, _, hp in plan:
+        lr = hp.get("lr", 0.5)
+        rows = []
+        for step in (1, 2, 3):
+            t = 1000.0 + step
+            # epoch after loss in the call: a point's epoch is its own call's, whatever the order
+            rows += [MetricRow(step, "loss", lr * 10 / step, t), MetricRow(step, "acc", 1 - lr / step, t),
+                     MetricRow(step, "epoch", step - 1, t)]
+        stats.replace_metrics(WS, name, rows)
+        stats.update_run(WS, name, {"status": "completed", "exit_code": 0, "started": 999.0, "ended": 1004.0,
+                                    "duration": 5.0, "hparams": hp,
+                                    "metrics": {"loss": lr * 10 / 3, "acc": 1 - lr / 3, "epoch": 2}})
+        storage.write(layout.console_key(WS, name), f"training {name}\n".encode())
+        storage.write(layout.output_prefix(WS, name) + "result.txt", b"0.1\n")
+    return [name for name, _, _ in plan]
+
+
+SWEEP = [{"lr": 0.1, "opt": "sgd"}, {"lr": 0.1, "opt": "adam"}, {"lr": 0.2, "opt": "sgd"}, {"lr": 0.2, "opt": "adam"}]
+
+
+def data_of(parts, cfg=None, **options):
+    cfg = cfg or xt_config.load_config(None)
+    query = html_report.run_reports.query_from(WS, cfg.run_reports, names=options.pop("names", ()),
+                                               jobs=options.pop("jobs", ()), filters=options.pop("filters", ()),
+                                               everything=True)
+    return html_report.report_data(parts.ports.stats, parts.ports.storage, query, sort_given=False,
+                                   primary_metric=cfg.general.primary_metric,
+                                   maximize_metric=cfg.general.maximize_metric, **options)
+
+
+def embedded_data(page):
+    """The JSON the page's script reads, as the browser's parser would cut it out."""
+    match = re.search(r'<script type="application/json" id="xt-report-data">(.*?)</script>', page, re.S)
+    return json.loads(match.group(1))
+
+
+def test_the_data_holds_the_selected_runs_with_their_curves_groups_and_primary_metric(parts):
+    names = add_job(parts, 1, SWEEP, primary="acc", maximize=True)
+    add_job(parts, 2, [{"lr": 0.3, "opt": "sgd"}])  # not selected
+    data = data_of(parts, jobs=["job1"], selection="job1")
+    assert [run["name"] for run in data["runs"]] == names
+    first = data["runs"][0]
+    assert first["hparams"] == {"lr": 0.1, "opt": "sgd"} and first["status"] == "completed"
+    assert first["metrics"]["loss"] == pytest.approx(1 / 3)
+    assert data["curve_metrics"] == ["loss", "acc", "epoch"] and data["x_axes"] == ["step", "time", "epoch"]
+    loss = first["curves"]["loss"]
+    assert loss["step"] == [1, 2, 3] and loss["epoch"] == [0, 1, 2] and loss["points"] == 3
+    assert loss["value"] == pytest.approx([1.0, 0.5, 1 / 3])
+    assert loss["time"] == [2.0, 3.0, 4.0]  # seconds since the run started (999)
+    assert data["columns"] == {"hparams": ["lr", "opt"], "metrics": ["loss", "acc", "epoch"]}
+    assert data["swept"] == ["lr", "opt"]
+    assert [(g["label"], g["runs"]) for g in data["groups"]["lr"]] == [("0.1", names[:2]), ("0.2", names[2:])]
+    assert [(g["label"], g["runs"]) for g in data["groups"]["opt"]] == [("adam", [names[1], names[3]]),
+                                                                        ("sgd", [names[0], names[2]])]
+    # the job recorded acc (max): it wins over the config's loss (min); the best run has the highest acc
+    assert data["primary"] == {"metric": "acc", "maximize": True, "source": "the runs' jobs", "best": names[0]}
+    assert first["console"] == {"text": "training run1.1\n", "bytes": 16, "truncated": False}
+    assert first["outputs"] == ["result.txt"]
+    assert data["live"] == [] and data["subsampled"] == []
+
+
+def test_selection_is_xt_list_runs_own_filters_and_bare_names(parts):
+    add_job(parts, 1, SWEEP)
+    data = data_of(parts, jobs=["job1"], filters=["lr=0.1"])  # a bare name: the hparam, as in xt list runs
+    assert [run["name"] for run in data["runs"]] == ["run1.1", "run1.2"]
+    assert data["swept"] == ["opt"]  # lr is one value among the selected runs
+    with pytest.raises(QueryError, match=r"^--filter: unknown column 'metrics.los' \(no run has it\)$"):
+        data_of(parts, jobs=["job1"], filters=["metrics.los<1"])
+    with pytest.raises(QueryError, match="no runs match job9 in workspace ws1"):
+        data_of(parts, jobs=["job9"], selection="job9")
+
+
+def test_the_config_names_the_primary_metric_when_the_jobs_disagree(parts, tmp_path):
+    add_job(parts, 1, SWEEP[:2], primary="acc", maximize=True)
+    add_job(parts, 2, SWEEP[2:], primary="loss")
+    (tmp_path / "xt.yaml").write_text("general:\n  primary-metric: epoch\n  maximize-metric: true\n")
+    data = data_of(parts, cfg=xt_config.load_config(tmp_path / "xt.yaml"), jobs=["job1", "job2"])
+    assert data["primary"]["metric"] == "epoch" and data["primary"]["maximize"] is True
+    assert data["primary"]["source"] == "the config (general.primary-metric)"
+
+
+def test_a_run_without_an_hparam_is_in_the_none_group_and_live_runs_are_named(parts):
+    add_job(parts, 1, [{"lr": 0.1}, {}])
+    parts.ports.stats.update_run(WS, "run1.2", {"status": "running", "ended": None})
+    data = data_of(parts, jobs=["job1"])
+    assert [(g["label"], g["runs"]) for g in data["groups"]["lr"]] == [("0.1", ["run1.1"]), ("(none)", ["run1.2"])]
+    assert data["swept"] == ["lr"] and data["live"] == ["run1.2"]
+    assert data["runs"][1]["curves"]["loss"]["points"] == 3  # what a live run logged so far is drawn
+
+
+def test_long_histories_are_subsampled_evenly_and_say_so(parts):
+    add_job(parts, 1, SWEEP[:1])
+    rows = [MetricRow(step, "loss", 1.0 / step, 2000.0 + step) for step in range(1, 2001)]
+    rows.append(MetricRow(None, "eval", 0.5, 5000.0))  # a step that is no integer: its place in the log
+    parts.ports.stats.replace_metrics(WS, "run1.1", rows)
+    data = data_of(parts, jobs=["job1"], limits=html_report.Limits(max_points=100))
+    loss = data["runs"][0]["curves"]["loss"]
+    assert len(loss["step"]) == len(loss["value"]) == len(loss["time"]) == 100 and loss["points"] == 2000
+    assert loss["step"][0] == 1 and loss["step"][-1] == 2000 and loss["step"] == sorted(set(loss["step"]))
+    assert "epoch" not in loss and data["x_axes"] == ["step", "time"]
+    assert data["runs"][0]["curves"]["eval"]["step"] == [2001]
+    assert data["subsampled"] == [{"run": "run1.1", "metric": "loss", "points": 2000, "shown": 100}]
+
+
+def test_the_console_tail_is_capped_and_starts_at_a_line(parts):
+    add_job(parts, 1, SWEEP[:1])
+    console = "".join(f"line {i}\n" for i in range(3000)).encode()
+    parts.ports.storage.write(layout.console_key(WS, "run1.1"), console)
+    tail = data_of(parts, jobs=["job1"], limits=html_report.Limits(console_bytes=100))["runs"][0]["console"]
+    assert tail["bytes"] == len(console) and tail["truncated"] is True
+    assert len(tail["text"].encode()) <= 100 and tail["text"].startswith("line ") and tail["text"].endswith("line 2999\n")
+    assert console.decode().endswith(tail["text"])
+
+
+def test_what_runs_print_or_log_cannot_break_out_of_the_page(parts):
+    add_job(parts, 1, SWEEP[:1])
+    parts.ports.storage.write(layout.console_key(WS, "run1.1"), HOSTILE.encode())
+    parts.ports.stats.update_run(WS, "run1.1", {"metrics": {"loss": math.nan, "acc": math.inf, "note": "</script>"}})
+    data = data_of(parts, jobs=["job1"], title="a </title><b>title")
+    page = html_report.render(data)
+    assert page.count("<script") == 2 and page.count("</script>") == 2  # the data block and the page's script
+    assert "<title>a &lt;/title&gt;&lt;b&gt;title</title>" in page
+    back = embedded_data(page)
+    assert back["runs"][0]["console"]["text"] == HOSTILE
+    assert back["runs"][0]["metrics"] == {"loss": None, "acc": None, "note": "</script>"}  # NaN is no JSON
+    assert back["runs"] == json.loads(json.dumps(html_report._json_safe(data["runs"])))
+
+
+def test_the_page_forbids_every_request_and_inlines_its_assets(parts):
+    add_job(parts, 1, SWEEP[:1])
+    page = html_report.render(data_of(parts, jobs=["job1"]))
+    assert ('<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; script-src \'unsafe-inline\'; '
+            'style-src \'unsafe-inline\'; img-src data:">') in page
+    assert page.index("Content-Security-Policy") < page.index("<style>") < page.index("<script")
+    assert not re.search(r'\b(src|href)\s*=\s*["\']?\s*(https?:)?//', page)
+    assert not re.search(r"@import|url\(|\bfetch\(|XMLHttpRequest|WebSocket|\bimport\(", page)
+
+
+def test_make_report_writes_one_file_from_the_cli_options(parts, tmp_path):
+    add_job(parts, 1, SWEEP)
+    (tmp_path / "pages").mkdir()
+    out = tmp_path / "pages" / "r.html"
+    written = html_report.make_report(xt_config.load_config(None), parts.ports.stats, parts.ports.storage, str(out),
+                                      jobs=["job1"], filters=["opt=adam"])
+    assert written["out"] == str(out) and written["runs"] == 2 and written["bytes"] == len(out.read_bytes())
+    data = embedded_data(out.read_text())
+    assert [run["name"] for run in data["runs"]] == ["run1.2", "run1.4"]
+    assert data["selection"] == "job1 where opt=adam" and data["title"] == "XT report: job1 where opt=adam"
+    assert [p.name for p in out.parent.iterdir()] == ["r.html"]  # nothing left beside it
+
+
+@pytest.mark.parametrize(("out", "options", "message"), [
+    ("r.png", {"jobs": ["job1"]}, "--out: expected an .html file, got 'r.png'"),
+    ("nowhere/r.html", {"jobs": ["job1"]}, "--out: folder 'nowhere' does not exist"),
+    ("r.html", {}, "xt report: name runs (run7.1 run7.2, run7.*), --job JOB or --experiment EXP"),
+    ("r.html", {"jobs": ["job1"], "limits": html_report.Limits(max_points=1)}, "--max-points: expected 2 or more, got 1"),
+    ("r.html", {"jobs": ["job1"], "limits": html_report.Limits(console_bytes=-1)},
+     "--console-tail: expected 0 or more bytes, got -1"),
+    ("r.html", {"jobs": ["job1"], "filters": ["lr>>1"]}, "--filter: 'lr>>1': unknown operator"),
+    ("r.html", {"jobs": ["job7"]}, "no runs match job7 in workspace ws1"),
+])
+def test_bad_input_is_one_line_naming_the_option_and_writes_nothing(parts, tmp_path, monkeypatch, out, options, message):
+    add_job(parts, 1, SWEEP[:1])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OneLineError) as error:
+        html_report.make_report(xt_config.load_config(None), parts.ports.stats, parts.ports.storage, out, **options)
+    assert str(error.value).startswith(message) and "\n" not in str(error.value)
+    assert not list(tmp_path.glob("*.htm*")) and not list(tmp_path.glob(".*tmp"))
+
+
+def test_a_failed_write_keeps_the_old_file_and_leaves_nothing_beside_it(tmp_path):
+    out = tmp_path / "r.html"
+    out.write_text("the old report")
+    with pytest.raises(UnicodeEncodeError):
+        html_report.write_page(out, "half a page \ud800")  # a lone surrogate cannot be written as UTF-8
+    assert out.read_text() == "the old report" and [p.name for p in tmp_path.iterdir()] == ["r.html"]
+
+
+def test_the_notebook_api_writes_the_same_page(parts, tmp_path, monkeypatch):
+    add_job(parts, 1, SWEEP)
+    monkeypatch.setenv("XT_HOME", str(parts.home))
+    monkeypatch.delenv("XT_CONFIG", raising=False)
+    monkeypatch.chdir(tmp_path)
+    from xt_submit import api
+
+    path = api.report("run1.1-run1.3", out="nb.html", max_points=10)
+    assert path == "nb.html"
+    data = embedded_data((tmp_path / "nb.html").read_text())
+    assert [run["name"] for run in data["runs"]] == ["run1.1", "run1.2", "run1.3"]
+    assert data["limits"]["max_points"] == 10
+
+
+def test_the_page_script_and_style_are_ours_and_readable():
+    """No third-party blob: short lines, no `</` that would end their element, and the script parses."""
+    for name in ("html_report.js", "html_report.css"):
+        text = (html_report._ASSETS / name).read_text()
+        assert "</" not in text and max(map(len, text.splitlines())) <= 124, name
+    node = shutil.which("node")  # the tests' Azurite needs Node.js, so it is there where the suite runs
+    if node:
+        check = subprocess.run([node, "--check", str(html_report._ASSETS / "html_report.js")], capture_output=True, text=True)
+        assert check.returncode == 0, check.stderr
