@@ -1,9 +1,11 @@
 """RunStarted, RunFinished, RunHeartbeat and RunPreempted: move the run, collect its record, roll the job."""
 from __future__ import annotations
 
+import msgspec
+
 from xt_submit.domain import layout, records, run_log
 from xt_submit.domain.messages import (ERROR, PREEMPTED, RUNNING, TERMINAL_STATUSES, RunFinished, RunHeartbeat,
-                                       RunPreempted, RunStarted)
+                                       RunPreempted, RunStarted, storable)
 from xt_submit.handlers.jobs import end_run, roll_job, write_run_stats
 from xt_submit.ports import NotFound, Ports
 
@@ -26,7 +28,8 @@ def run_finished(event: RunFinished, ports: Ports) -> dict:
         blob = b""
     hparams, logged_metrics, metric_rows = run_log.summarize(run_log.iter_records(blob))
     del blob
-    last_metrics = {**event.metrics, **logged_metrics}  # the stored log wins; the event covers a lost upload
+    # the stored log wins; the event (or, past its budget, the file it names) covers a lost upload
+    last_metrics = {**storable(event.metrics), **_referenced_metrics(event, ports), **logged_metrics}
     ports.stats.replace_metrics(ws, run, metric_rows)
 
     changes = {"status": event.status, "exit_code": event.exit_code, "node_id": event.node_id,
@@ -40,6 +43,18 @@ def run_finished(event: RunFinished, ports: Ports) -> dict:
     write_run_stats(ports, ports.stats.get_run(ws, run), outputs)
     roll_job(ports, ws, event.job)
     return changes
+
+
+def _referenced_metrics(event: RunFinished, ports: Ports) -> dict:
+    """The last metrics a node stored beside the run because they were more than its message carries
+    (a key outside the run's own folder, a file gone or unreadable: none, the run log still has them)."""
+    if not event.metrics_key.startswith(layout.run_prefix(event.workspace, event.run)):
+        return {}
+    try:
+        metrics = msgspec.json.decode(ports.storage.read(event.metrics_key))
+    except (NotFound, msgspec.DecodeError):
+        return {}
+    return storable(metrics) if isinstance(metrics, dict) else {}
 
 
 def run_heartbeat(event: RunHeartbeat, ports: Ports) -> bool:

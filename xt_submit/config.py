@@ -16,13 +16,26 @@ import msgspec
 
 from xt_submit.domain.layout import NAME_PATTERN
 from xt_submit.domain.errors import OneLineError
+from xt_submit.domain.messages import INT64_MAX, INT64_MIN, MAX_CONCURRENT, MAX_SECONDS
+from xt_submit.domain.sweep import MAX_PLANNED_RUNS
 
 CONFIG_FILE_NAME = "xt_config.yaml"
 CONFIG_ENV_VAR = "XT_CONFIG"
 COMMAND_LINE = "command line"
 EMBEDDED = "embedded"
 
-PositiveInt = Annotated[int, msgspec.Meta(ge=1)]
+# Every number has both ends: what the stores, the task table and the queues carry, and what makes sense.
+MAX_ROWS = 10**9  # a report's first/last
+MAX_PRECISION = 20  # decimals shown: a float has no more to show
+MAX_WIDTH = 10_000
+MAX_SIZE_MB = 1_000_000  # a code snapshot of a terabyte
+MAX_RETRIES = 100
+Concurrency = Annotated[int, msgspec.Meta(ge=1, le=MAX_CONCURRENT)]  # runs at once; nodes of a pool
+RunCount = Annotated[int, msgspec.Meta(ge=1, le=MAX_PLANNED_RUNS)]
+RowCount = Annotated[int, msgspec.Meta(ge=1, le=MAX_ROWS)]
+Precision = Annotated[int, msgspec.Meta(ge=0, le=MAX_PRECISION)]
+Seconds = Annotated[float, msgspec.Meta(gt=0, le=MAX_SECONDS)]
+Seed = Annotated[int, msgspec.Meta(ge=INT64_MIN, le=INT64_MAX)]
 SHOWN_TEXT_LIMIT = 24
 
 
@@ -55,16 +68,16 @@ class XtServices(_Section):
 
 class ComputeTarget(_Section):
     service: Literal["local", "pool", "batch"]
-    concurrent: PositiveInt = 1  # one run per pool/batch node unless asked; local says 2
+    concurrent: Concurrency = 1  # one run per pool/batch node unless asked; local says 2
     setup: str | None = None
     boxes: list[str] = []  # pool only: the boxes to run on; empty: every entry of `boxes`
     vm_size: str | None = None
     image: str | None = None
-    nodes: PositiveInt | None = None
+    nodes: Concurrency | None = None
     low_pri: bool = False
     account: str | None = None  # batch only: the external-services entry (type batch) of the Batch account
-    preemption_retries: Annotated[int, msgspec.Meta(ge=0)] = 3  # batch only: requeues after low-priority preemptions
-    max_time: Annotated[float, msgspec.Meta(gt=0)] | None = None  # seconds
+    preemption_retries: Annotated[int, msgspec.Meta(ge=0, le=MAX_RETRIES)] = 3  # batch only: requeues after preemptions
+    max_time: Seconds | None = None
 
 
 class Setup(_Section):
@@ -77,7 +90,7 @@ class Setup(_Section):
 class Code(_Section):
     code_dirs: list[str] = msgspec.field(default_factory=lambda: ["."])
     code_omit: list[str] = []
-    max_size_mb: PositiveInt = 500
+    max_size_mb: Annotated[int, msgspec.Meta(ge=1, le=MAX_SIZE_MB)] = 500
 
 
 class AfterFiles(_Section):
@@ -87,9 +100,9 @@ class AfterFiles(_Section):
 
 class HyperparameterSearch(_Section):
     search_type: Literal["grid", "random"] = "grid"
-    max_runs: PositiveInt | None = None
-    runs: PositiveInt | None = None
-    seed: int | None = None
+    max_runs: RunCount | None = None
+    runs: RunCount | None = None
+    seed: Seed | None = None
     hp_config: str | None = None
 
 
@@ -99,10 +112,10 @@ class RunReports(_Section):
     )
     sort: str = "name"
     reverse: bool = False
-    precision: Annotated[int, msgspec.Meta(ge=0)] = 4
-    max_width: PositiveInt = 30
-    first: PositiveInt | None = None
-    last: PositiveInt | None = None
+    precision: Precision = 4
+    max_width: Annotated[int, msgspec.Meta(ge=1, le=MAX_WIDTH)] = 30
+    first: RowCount | None = None
+    last: RowCount | None = None
 
 
 class JobReports(_Section):
@@ -111,14 +124,14 @@ class JobReports(_Section):
     )
     sort: str = "name"
     reverse: bool = False
-    precision: Annotated[int, msgspec.Meta(ge=0)] = 4
-    first: PositiveInt | None = None
-    last: PositiveInt | None = None
+    precision: Precision = 4
+    first: RowCount | None = None
+    last: RowCount | None = None
 
 
 class Box(_Section):
     address: str
-    max_runs: PositiveInt = 1
+    max_runs: Concurrency = 1
     setup: str | None = None
     key: str | None = None
     host_key: str | None = None

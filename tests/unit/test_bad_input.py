@@ -16,7 +16,7 @@ from xt_submit.adapters.storage.directory import DirectoryStorage, StorageKeyErr
 from xt_submit.bootstrap import embedded
 from xt_submit.runtime.local_host import LocalHost
 from xt_submit.domain.manifest import check_manifest
-from xt_submit.domain.messages import MAX_MESSAGE_BYTES, ContractError, decode_manifest
+from xt_submit.domain.messages import MAX_MANIFEST_BYTES, ContractError, decode_manifest
 
 CORPUS = Path(__file__).resolve().parents[1] / "corpus"
 HYPOTHESIS = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -41,7 +41,7 @@ def test_manifest_corpus(case, reliability):
 
 def test_huge_manifest_is_refused_before_decoding():
     body = json.dumps({"workspace": "ws1", "hp_space": {"x": list(range(100_000))}}).encode()
-    with pytest.raises(ContractError, match=f"more than the limit of {MAX_MESSAGE_BYTES} bytes"):
+    with pytest.raises(ContractError, match=f"more than the limit of {MAX_MANIFEST_BYTES} bytes"):
         decode_manifest(body)
 
 

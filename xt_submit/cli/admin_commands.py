@@ -7,17 +7,21 @@ import sys
 from pathlib import Path
 
 from xt_submit import config as xt_config
-from xt_submit.cli.common import CliError, embedded_parts, load, print_json
+from xt_submit.cli.common import CliError, embedded_parts, load, number_in, print_json
 from xt_submit.domain import layout
+from xt_submit.domain.messages import MAX_SECONDS
 
 
 def add_parsers(commands) -> None:
     serve_parser = commands.add_parser("serve", help="run the local host (or, with a team's services, the compute agent) in the foreground")
-    serve_parser.add_argument("--idle-exit", type=float, help="stop after this many idle seconds")
+    serve_parser.add_argument("--idle-exit", type=number_in(float, 0, MAX_SECONDS),
+                              help="stop after this many idle seconds")
 
     admin_parser = commands.add_parser("admin", help="maintenance: rebuild the stats index, set up batch targets")
     admin_kinds = admin_parser.add_subparsers(dest="kind", required=True, metavar="reindex|batch-settings")
-    reindex_parser = admin_kinds.add_parser("reindex")
+    reindex_parser = admin_kinds.add_parser(
+        "reindex", help="rebuild the stats index from storage; what cannot be read is listed and skipped "
+                        "(exit status 1 if anything was)")
     reindex_parser.add_argument("--workspace", help="one workspace (default: every workspace in storage)")
     batch_parser = admin_kinds.add_parser("batch-settings", help="upload the nodes' xt wheel; print the Functions "
                                                                  "app settings for this config's batch targets")
@@ -75,14 +79,20 @@ def cmd_admin(args: argparse.Namespace) -> int:
     if host_running(parts.home):
         raise CliError(f"a host is serving {parts.home}: wait until it is idle (it exits by itself) and run again")
     workspaces = [args.workspace] if args.workspace else workspaces_in_storage(parts.ports)
+    skipped = 0
     for ws in workspaces:
         try:
             layout.check_name("--workspace", ws)
         except ValueError as exc:
             raise CliError(str(exc)) from None
         counts = rebuild_workspace(parts.ports, ws)
-        print(f"{ws}: reindexed {counts['jobs']} jobs, {counts['runs']} runs, {counts['metric_records']} metric records")
-    return 0
+        for item, reason in counts["skipped"]:
+            print(f"{ws}: skipped {item}: {reason}")
+        skipped += len(counts["skipped"])
+        note = f"; skipped {len(counts['skipped'])} (listed above)" if counts["skipped"] else ""
+        print(f"{ws}: reindexed {counts['jobs']} jobs, {counts['runs']} runs, {counts['metric_records']} metric records"
+              f"{note}")
+    return 1 if skipped else 0  # everything readable is indexed either way; 1 says the index lacks something
 
 
 def cmd_create(args: argparse.Namespace) -> int:

@@ -36,6 +36,25 @@ def print_json(data: Any) -> None:
     print(json.dumps(data, indent=2, default=str))
 
 
+def number_in(kind: type, low: int, high: int, *, above: bool = False):
+    """An argparse type: a number of `kind` (int or float) from `low` (or, with `above`, more than it)
+    to `high`; anything else is argparse's one-line error naming the option. NaN is never in range."""
+    what = "a whole number" if kind is int else "a number"
+    expected = f"{what} > {low}, at most {high}" if above else f"{what} from {low} to {high}"
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:  # not a number, or an int of more digits than Python converts
+            value = None
+        if value is None or not ((low < value) if above else (low <= value)) or not value <= high:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {xt_config.show(text)}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def check_name(kind: str, value: str, pattern) -> str:
     if not pattern.match(value):
         raise CliError(f"{kind}: expected a name like {'job7' if kind == 'job' else 'run7.1'}, got {value!r}")

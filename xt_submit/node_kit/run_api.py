@@ -7,7 +7,14 @@
 
 Each call is a buffered local append (no network): the run wrapper ships the file to storage.
 Outside XT it writes `xt_run_log.jsonl` next to the script. The buffer is flushed every second,
-on close(), at exit (even after an exception) and on SIGTERM.
+on close(), at exit (even after an exception) and on SIGTERM; a forked child starts with an empty
+buffer (what the parent buffered is the parent's to write).
+
+Values every stats store keeps are whole numbers in the 64-bit range and finite floats. NaN and
+infinities are logged as null (JSON has no spelling for them). A whole number outside the range is
+an hparam (or a numpy.uint64 anywhere) logged as the float nearest it, with a warning; a plain int
+metric is logged as it is (the hot path checks nothing) and every reader of the log
+(domain/run_log.summarize) keeps it as that float too, so each store holds the same value.
 """
 from __future__ import annotations
 
@@ -17,7 +24,32 @@ import os
 import signal
 import sys
 import time
+import weakref
 from typing import Any, Callable, Dict, Optional
+
+
+_INT64_MIN, _INT64_MAX = -2**63, 2**63 - 1
+_warned: set = set()  # what was said on stderr already (a loop logging a numpy.uint64 says it once)
+
+
+def _narrow(value: Any, what: str) -> Any:
+    """A whole number outside int64 (in lists and dicts too) as the nearest float, saying so on stderr
+    once for `what`; None for one beyond any float (as an infinity is logged)."""
+    if isinstance(value, dict):
+        return {key: _narrow(item, what) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_narrow(item, what) for item in value]
+    if type(value) is not int or _INT64_MIN <= value <= _INT64_MAX:
+        return value
+    try:
+        narrowed: Optional[float] = float(value)
+    except OverflowError:
+        narrowed = None
+    if what not in _warned:
+        _warned.add(what)
+        print(f"xt: {what}: a whole number outside the 64-bit range every stats store keeps, logged as {narrowed}",
+              file=sys.stderr)
+    return narrowed
 
 
 def _number(value: Any) -> Any:
@@ -31,10 +63,10 @@ def _number(value: Any) -> Any:
         except (TypeError, ValueError):  # an array of many values has no single item
             scalar = None
         if isinstance(scalar, (bool, int, float, str)):
-            return scalar
+            return _narrow(scalar, f"a {type(value).__name__}")  # numpy.uint64 goes up to 2**64 - 1
     kind = type(value)
     if hasattr(kind, "__index__"):
-        return operator.index(value)
+        return _narrow(operator.index(value), f"a {kind.__name__}")
     if hasattr(kind, "__float__"):
         return float(value)
     raise TypeError(f"cannot log a {kind.__name__}: expected a number, text, a bool, or a list or dict of them")
@@ -69,6 +101,17 @@ LOG_FILE_NAME = "xt_run_log.jsonl"
 CHECKPOINT_FILE_NAME = "xt_checkpoint.json"
 _now = time.time
 _monotonic = time.monotonic
+_live_runs: "weakref.WeakSet[Run]" = weakref.WeakSet()
+
+
+def _forget_parent_buffers() -> None:
+    """In a forked child: the lines its parent buffered are the parent's to write (it still will)."""
+    for run in list(_live_runs):
+        run._buffer.clear()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_forget_parent_buffers)
 
 
 def _script_dir() -> str:
@@ -94,15 +137,16 @@ class Run:
         self._index = 0
         self._encode = _encode_json
         self._fd: Optional[int] = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        _live_runs.add(self)
         atexit.register(self.close)
         self._chain_sigterm()
 
     # --- logging -----------------------------------------------------------------------------
     def log_hparams(self, hparams: Dict[str, Any]) -> None:
-        self._append("hparams", dict(hparams))
+        self._append("hparams", {name: _narrow(value, f"hparam {name!r}") for name, value in dict(hparams).items()})
 
     def log_hparam(self, name: str, value: Any) -> None:
-        self._append("hparams", {name: value})
+        self.log_hparams({name: value})
 
     def log_metrics(self, metrics: Dict[str, Any], step_name: Optional[str] = None, stage: Optional[str] = None) -> None:
         """Log one step's metrics. Without the step key in the dict, a running __index__ stands in;

@@ -23,15 +23,19 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from xt_submit.node_kit import code_archive
+from xt_submit.node_kit import code_archive, reaper
 from xt_submit.domain import layout, run_log
-from xt_submit.domain.messages import CANCELLED, COMPLETED, ERROR, RunFinished, RunHeartbeat, RunStarted, RunTask
+from xt_submit.domain.messages import (CANCELLED, COMPLETED, ERROR, FINAL_METRICS_FILE, FINISH_METRICS_BYTES,
+                                       FINISH_REASON_CHARS, RunFinished, RunHeartbeat, RunStarted, RunTask, encode)
 from xt_submit.ports import Node, NotFound, Publisher, Storage
 from xt_submit.domain.setup_script import with_setup
 
 SYNC_SECONDS = float(os.environ.get("XT_SYNC_SECONDS", "1.0"))
 HEARTBEAT_SECONDS = float(os.environ.get("XT_HEARTBEAT_SECONDS", "60"))
-KILL_GRACE_SECONDS = 10.0
+KILL_GRACE_SECONDS = reaper.GRACE_SECONDS  # XT_KILL_GRACE_SECONDS, default 10: the reaper's too
+# Names of this process's own variables that every run gets as well (comma-separated), as the host's
+# operator decides (a license server, a proxy); nothing else of this process's environment reaches a run.
+PASS_ENV = "XT_RUN_PASS_ENV"
 CODE_LINK_SECONDS = 600  # a box fetches its code at once: the link need not outlive that
 STATE_FILE = "wrapper_state.json"
 EXIT_FILE = "exit_code"
@@ -136,6 +140,7 @@ class RunWrapper:
             self.tick()
             return False
         if not (self.node_dir / FINISHED_MARKER).exists():
+            self._end_orphans()
             self.finish()
         return True
 
@@ -181,13 +186,24 @@ class RunWrapper:
         started_at = self.state["started_at"] or ended_at
         self.storage.append(layout.run_log_key(ws, task.run), run_log.record(ended_at, "ended", {
             "status": status, "exit_code": exit_code, "duration": round(ended_at - started_at, 3), "reason": reason}))
+        metrics, metrics_key = self._final_metrics(last_metrics)
         finished = RunFinished(workspace=ws, job=task.job, run=task.run, node_id=self.node_id, status=status,
-                               exit_code=exit_code, started_at=started_at, ended_at=ended_at, reason=reason,
-                               metrics=last_metrics)
+                               exit_code=exit_code, started_at=started_at, ended_at=ended_at,
+                               reason=reason[:FINISH_REASON_CHARS], metrics=metrics, metrics_key=metrics_key)
         self.publisher.send_events([finished])
         (self.node_dir / FINISHED_MARKER).write_text("")
         self.node.release(self.work_dir)  # RunFinished is out: the node's copy of the run is no longer needed
         return finished
+
+    def _final_metrics(self, last_metrics: Dict) -> tuple:
+        """(metrics, metrics_key) for RunFinished: inline up to FINISH_METRICS_BYTES; more are stored
+        beside the run and the message names them, so it stays under its queue's limit whatever was logged."""
+        body = encode(last_metrics)
+        if len(body) <= FINISH_METRICS_BYTES:
+            return last_metrics, ""
+        key = layout.run_prefix(self.task.workspace, self.task.run) + FINAL_METRICS_FILE
+        self.storage.write(key, body)
+        return {}, key
 
     # --- the command -------------------------------------------------------------------------
     def _prepare(self) -> None:
@@ -204,7 +220,9 @@ class RunWrapper:
             self.node.prepare(zip_path, None, *layout_args, source=self.task.code_key)
 
     def _environment(self) -> Dict[str, str]:
-        """What the run gets on top of the node's own environment."""
+        """The run's own variables: XT's, the names PASS_ENV passes on, then the setup's `environment`.
+        The node adds only its base (node_kit/reaper.BASE_ENV, read on the node) and XT_REAPER_PID:
+        this is all the run sees of any environment (never the host's or the node's credentials)."""
         task = self.task
         env = {
             "XT_WORKSPACE": task.workspace, "XT_EXPERIMENT": task.experiment, "XT_JOB_ID": task.job,
@@ -212,6 +230,8 @@ class RunWrapper:
             "XT_RUN_LOG": self.local_log, "XT_CHECKPOINT": self.checkpoint, "XT_STEP_NAME": task.step_name,
             "PYTHONUNBUFFERED": "1",  # console lines reach the log as they are printed
         }
+        passed = (name.strip() for name in os.environ.get(PASS_ENV, "").split(","))
+        env.update({name: os.environ[name] for name in passed if name in os.environ})
         if task.setup:
             env.update(task.setup.environment)
         return env
@@ -237,8 +257,21 @@ class RunWrapper:
     def _signal(self, sig: int) -> None:
         pid = self.state["pid"]
         if pid is None or self.ended():
+            return  # a reaper that ended ended its run's whole tree first
+        self.node.kill_group(pid, sig)  # the reaper passes it on to the run's tree; SIGKILL reaches all of it
+
+    def _end_orphans(self) -> None:
+        """A reaper gone without writing the exit code was killed: its command died with it (Linux's
+        death signal), but what the command started may not have. Kill what is left of the run's
+        tree (its process group, and the processes marked with the reaper's pid), and say why."""
+        pid = self.state["pid"]
+        if pid is None or self.node.exists(self.exit_file):
             return
-        self.node.kill_group(pid, sig)  # the reaper forwards; the whole process group gets it too
+        self.node.kill_group(pid, signal.SIGKILL)
+        if self.state["stopping"] is None and not self.state["failure"]:
+            self.state["failure"] = (f"the run's reaper (pid {pid}) was killed before the run ended; "
+                                     "XT killed the run's remaining processes")
+            self._save_state()
 
     # --- shipping files to storage -----------------------------------------------------------
     def _ship_tail(self, path: str, key: str, offset_name: str, whole_lines: bool) -> None:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from typing import List, Sequence
 
-from xt_submit.domain.messages import MAX_MESSAGE_BYTES, RunTask, TasksCancelled, TasksQueued, encode
+from xt_submit.domain.messages import (MAX_MESSAGE_BYTES, RunTask, TasksCancelled, TasksQueued, check_message_sizes,
+                                       encode)
 from xt_submit.ports import Compute
 
 TASKS_QUEUE = "tasks"
+CANCEL_BATCH = 5_000  # run names per TasksCancelled: a run's name (run<N>.<k>) is a few dozen bytes at most
 
 
 class QueueCompute(Compute):
@@ -31,11 +33,17 @@ class QueueCompute(Compute):
             size += task_size
         if chunk:
             bodies.append(encode(TasksQueued(tasks=chunk)))
+        check_message_sizes(self.tasks_queue, bodies)  # a single task too big for a message: refused, saying so
         self.queue.send(self.tasks_queue, bodies)
 
     def cancel(self, workspace: str, runs: Sequence[str]) -> List[str]:
-        """Which runs never started only the agent knows: it reports them (RunFinished, cancelled)."""
-        self.queue.send(self.tasks_queue, [encode(TasksCancelled(workspace=workspace, runs=list(runs)))])
+        """Which runs never started only the agent knows: it reports them (RunFinished, cancelled).
+        A whole job's runs go as a few messages, each under the size limit."""
+        runs = list(runs)
+        batches = [runs[start:start + CANCEL_BATCH] for start in range(0, len(runs), CANCEL_BATCH)] or [[]]
+        bodies = [encode(TasksCancelled(workspace=workspace, runs=batch)) for batch in batches]
+        check_message_sizes(self.tasks_queue, bodies)
+        self.queue.send(self.tasks_queue, bodies)
         return []
 
     def check_tasks(self) -> list:

@@ -16,6 +16,7 @@ import threading
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from xt_submit.domain.delivery import DEAD_LETTER_REASON_PROPERTY
+from xt_submit.domain.messages import check_message_sizes
 from xt_submit.ports import LockLost, MessageQueue, ReceivedMessage
 
 DEAD_LETTER_SUFFIX = "/$DeadLetterQueue"
@@ -65,6 +66,7 @@ class ServiceBusQueue(MessageQueue):
         from azure.servicebus import ServiceBusMessage
         from azure.servicebus.exceptions import MessageSizeExceededError
 
+        check_message_sizes(queue, bodies)  # the standard tier's limit, said before the SDK fails a batch on it
         sender, lock = self._sender(queue)
         with lock:
             batch = sender.create_message_batch()
