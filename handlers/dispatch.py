@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List
+from typing import List, Optional
 
 from xt_submit.domain import layout, records, run_log, sweep
 from xt_submit.domain.manifest import compile_manifest
@@ -10,7 +10,7 @@ from xt_submit.domain.messages import (UPLOAD_REFUSED, UPLOAD_SUBMITTED, Contrac
                                        UploadResult, encode)
 from xt_submit.domain.delivery import PERMANENT_ERRORS
 from xt_submit.handlers.upload import write_result
-from xt_submit.ports import Ports
+from xt_submit.ports import NotFound, Ports, Storage
 
 
 @dataclass(frozen=True)
@@ -31,21 +31,33 @@ def dispatch_job(event: JobSubmitted, ports: Ports) -> Dispatched:
         raise
 
     ws = manifest.workspace
-    job = ports.stats.assign_job_name(ws, event.submission_id)  # the same name on a redelivery
-    number = layout.job_number(job)
     now = event.submitted_at  # not the clock: a redelivery must record the very same times
-    run_names = [layout.run_name(number, k) for k in range(1, len(hparam_sets) + 1)]
     commands = [manifest.command + sweep.format_hparam_args(hp) for hp in hparam_sets]
+    manifest_blob = encode(manifest)
 
     # Storage first (the source of truth), then the index, then compute: a crash between steps
     # is repaired by the redelivery, and every write below is create-if-absent or identical.
     # The plan goes into the job log as one record (a 10,000-run sweep is one write, not 10,000);
     # each run's own log is opened by its node when it starts.
-    ports.storage.write(layout.manifest_key(ws, job), encode(manifest))
-    ports.storage.create_log(layout.job_log_key(ws, job), run_log.record(now, "created", {
-        "job": job, "submission_id": event.submission_id,
-        "runs": [{"name": n, "command": c, "hparams": hp} for n, c, hp in zip(run_names, commands, hparam_sets)],
-    }))
+    # The name is the index's, but storage has the last word: a name storage holds for another
+    # submission (the index lost it: a deleted or restored stats store) is recorded as that one's
+    # and the next is tried, so a job is never written over. The key of each next try follows from
+    # the name skipped, so a redelivery takes the very same steps to the very same name.
+    name_key = event.submission_id
+    while True:
+        job = ports.stats.assign_job_name(ws, name_key)  # the same name on a redelivery
+        number = layout.job_number(job)
+        run_names = [layout.run_name(number, k) for k in range(1, len(hparam_sets) + 1)]
+        created = run_log.record(now, "created", {
+            "job": job, "submission_id": event.submission_id,
+            "runs": [{"name": n, "command": c, "hparams": hp} for n, c, hp in zip(run_names, commands, hparam_sets)],
+        })
+        owner = _claim(ports.storage, ws, job, event.submission_id, manifest_blob, created)
+        if owner is None:
+            break
+        if owner:
+            ports.stats.restore_job_name(ws, owner, number)
+        name_key = f"{event.submission_id}#{number}"
 
     ports.stats.insert_job(records.new_job(manifest, name=job, number=number, submission_id=event.submission_id,
                                            run_count=len(run_names), created=now))
@@ -62,3 +74,30 @@ def dispatch_job(event: JobSubmitted, ports: Ports) -> Dispatched:
         write_result(ports.storage, UploadResult(upload=event.upload_key, status=UPLOAD_SUBMITTED, job=job,
                                                  runs=run_names, workspace=ws, submission_id=event.submission_id))
     return Dispatched(job, run_names)
+
+
+def _claim(storage: Storage, ws: str, job: str, submission_id: str, manifest_blob: bytes, created: bytes) -> Optional[str]:
+    """Write the job's manifest and log, each only if absent. None when the name is this
+    submission's (written now, or by an earlier delivery of it); else the submission storage holds
+    it for ('' when that is unknown), with nothing written over it."""
+    manifest_key, log_key = layout.manifest_key(ws, job), layout.job_log_key(ws, job)
+    if not storage.write(manifest_key, manifest_blob, overwrite=False):
+        owner = _log_owner(storage, log_key)
+        if owner is None and storage.read(manifest_key) != manifest_blob:
+            return ""  # another dispatch's manifest, that crashed before writing its log
+        if owner not in (None, submission_id):
+            return owner
+    if not storage.create_log(log_key, created):
+        owner = _log_owner(storage, log_key)
+        if owner != submission_id:
+            return owner or ""
+    return None
+
+
+def _log_owner(storage: Storage, log_key: str) -> Optional[str]:
+    """The submission a job log was created for; None without a log."""
+    try:
+        opening = run_log.parse(storage.read(log_key))
+    except NotFound:
+        return None
+    return str(opening[0].get("data", {}).get("submission_id") or "") if opening else None

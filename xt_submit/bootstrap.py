@@ -162,12 +162,28 @@ def embedded(home: Path) -> Parts:
     from xt_submit.adapters.storage.directory import DirectoryStorage
 
     home.mkdir(parents=True, exist_ok=True)
+    storage = DirectoryStorage(home / "storage")
     queue = SqliteQueue(str(home / "queue.db"))
     compute = task_table(home)
-    ports = Ports(storage=DirectoryStorage(home / "storage"), stats=SqliteStats(str(home / "stats.db")),
-                  compute=compute, publisher=publisher_for(queue))
+    publisher = publisher_for(queue)
+    # A new or recreated stats.db (deleted, found corrupt) rebuilds itself from storage before any
+    # name is handed out or any report read: the index is never behind the source of truth.
+    stats = SqliteStats(str(home / "stats.db"), rebuild=lambda index: _reindexed(
+        Ports(storage=storage, stats=index, compute=compute, publisher=publisher)))
+    ports = Ports(storage=storage, stats=stats, compute=compute, publisher=publisher)
     return Parts(home, ports, queue, compute, local_node=local_node(home / "nodes" / "local"),
                  make_node=node_factory(home), served_here=True)
+
+
+def _reindexed(ports: Ports) -> Optional[str]:
+    """What `xt admin reindex` does, for an index that starts empty; what it restored, or None."""
+    from xt_submit.handlers.reindex import rebuild_workspace, workspaces_in_storage
+
+    jobs = runs = 0
+    for workspace in workspaces_in_storage(ports):
+        counts = rebuild_workspace(ports, workspace)
+        jobs, runs = jobs + counts["jobs"], runs + counts["runs"]
+    return f"rebuilt the index from storage: {jobs} jobs, {runs} runs" if jobs else None
 
 
 def from_config(cfg, signed=None) -> Parts:

@@ -8,11 +8,11 @@ travelling in a message."""
 from __future__ import annotations
 
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import msgspec
 
-from xt_submit.adapters.sqlite_util import connect, transaction
+from xt_submit.adapters.sqlite_util import LocalDb, heals, transaction
 from xt_submit.domain.messages import RunTask, decode_task, encode
 from xt_submit.ports import TaskTable
 
@@ -32,19 +32,34 @@ CREATE TABLE IF NOT EXISTS box_health (
 """
 _ADDED_COLUMNS = {"pool": "TEXT", "node": "TEXT"}  # tables made before pools existed get them on open
 _encode_json = msgspec.json.Encoder().encode
+# What a recreated compute.db lacks: the tasks of runs not yet started (storage has their plan, but
+# not whether a node was about to start one, so they are not started again behind the person's back:
+# a run is never run twice), the registered pool targets (the next `xt run` registers them again),
+# and the executor's watch over runs in flight (those finish and report by themselves).
+LOST = ("recreated empty: runs queued but not yet started will not start (`xt list runs --status queued` lists"
+        " them: cancel and `xt rerun` them); runs in flight finish unsupervised, their results kept")
 
 
+def _migrate(db) -> None:
+    have = {row[1] for row in db.execute("PRAGMA table_info(tasks)")}
+    with transaction(db):
+        for column, kind in _ADDED_COLUMNS.items():
+            if column not in have:
+                db.execute(f"ALTER TABLE tasks ADD COLUMN {column} {kind}")
+        db.execute("CREATE INDEX IF NOT EXISTS tasks_by_pool ON tasks (pool, state, seq)")
+
+
+@heals
 class LocalCompute(TaskTable):
     """The Compute port: submitting and cancelling are durable table writes, nothing else."""
 
-    def __init__(self, path: str) -> None:
-        self._db = connect(path, _SCHEMA)
-        have = {row[1] for row in self._db.execute("PRAGMA table_info(tasks)")}
-        with transaction(self._db) as db:
-            for column, kind in _ADDED_COLUMNS.items():
-                if column not in have:
-                    db.execute(f"ALTER TABLE tasks ADD COLUMN {column} {kind}")
-            db.execute("CREATE INDEX IF NOT EXISTS tasks_by_pool ON tasks (pool, state, seq)")
+    def __init__(self, path: str, *, notice: Optional[Callable[[str], Any]] = None) -> None:
+        self._file = LocalDb(path, _SCHEMA, lost=LOST, prepare=_migrate, notice=notice)
+        self._file.conn  # opened now: damage is found, and reported, before anything else
+
+    @property
+    def _db(self):
+        return self._file.conn
 
     # --- targets this machine runs (registered by `xt run`) ----------------------------------
     def register_target(self, name: str, definition: dict) -> None:

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import List, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
-from xt_submit.adapters.sqlite_util import connect, transaction
+from xt_submit.domain.messages import check_message_sizes
+from xt_submit.adapters.sqlite_util import LocalDb, heals, transaction
 from xt_submit.ports import LockLost, MessageQueue, ReceivedMessage
 
 DEAD_LETTER_SUFFIX = "/$DeadLetterQueue"
@@ -29,16 +30,29 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE INDEX IF NOT EXISTS messages_ready ON messages (queue, visible_at, id);
 """
+# What a recreated queue.db lacks. Nothing a run logged: the runs' events are also in storage (the
+# run logs, run_stats.json), which `xt admin reindex` reads; but a JobSubmitted not yet dispatched
+# exists nowhere else (its job has no name, nothing in storage names it), so it is submitted again.
+LOST = ("recreated empty: jobs submitted but not yet dispatched are lost (submit them again), and runs whose"
+        " events were not yet handled may show a stale state until `xt admin reindex`")
 
 
+@heals
 class SqliteQueue(MessageQueue):
-    def __init__(self, path: str, *, lock_seconds: float = 300.0, max_delivery_count: int = 5) -> None:
+    def __init__(self, path: str, *, lock_seconds: float = 300.0, max_delivery_count: int = 5,
+                 notice: Optional[Callable[[str], Any]] = None) -> None:
         self.path = path
         self.lock_seconds = lock_seconds
         self.max_delivery_count = max_delivery_count
-        self._db = connect(path, _SCHEMA)
+        self._file = LocalDb(path, _SCHEMA, lost=LOST, notice=notice)
+        self._file.conn  # opened now: damage is found, and reported, before anything else
+
+    @property
+    def _db(self):
+        return self._file.conn
 
     def send(self, queue: str, bodies: Sequence[bytes]) -> None:
+        check_message_sizes(queue, bodies)  # Service Bus's limit here too, so the embedded default catches it
         now = time.time()
         with transaction(self._db):
             self._db.executemany(

@@ -27,12 +27,14 @@ from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set,
 
 import bson
 import pymongo
+from bson.codec_options import TypeDecoder, TypeRegistry
+from bson.int64 import Int64
 from pymongo import errors
 
 from xt_submit.domain import layout, run_query
 from xt_submit.domain.errors import NotFound
 from xt_submit.domain.records import JOB_FIELDS, MAPPING_FIELDS, RUN_FIELDS
-from xt_submit.domain.run_query import Filter, RunQuery, window
+from xt_submit.domain.run_query import Filter, QueryError, RunQuery, window
 from xt_submit.ports import StatsStore
 
 T = TypeVar("T")
@@ -268,10 +270,23 @@ def _filter_doc(flt: Filter) -> Dict[str, Any]:
     return {path: {operator: flt.value}}
 
 
+class _PlainInt(TypeDecoder):
+    """BSON int64 read back as int, as SQLite gives it (pymongo's Int64 is one no JSON encoder here takes)."""
+
+    bson_type = Int64
+
+    def transform_bson(self, value: Int64) -> int:
+        return int(value)
+
+
+REGEX_QUERY_SECONDS = 30.0  # a query with a --filter regex (maxTimeMS)
+
+
 class MongoStats(StatsStore):
     def __init__(self, uri: str, database: str = "xt", *, client=None) -> None:
         self.client = client or connect(uri)
-        db = self.client[database]
+        db = self.client.get_database(database, codec_options=self.client.codec_options.with_options(
+            type_registry=TypeRegistry([_PlainInt()])))
         self.counters, self.submissions = db["job_counters"], db["submissions"]
         self.jobs, self.runs, self.metrics = db["jobs"], db["runs"], db["metrics"]
         self.overflow = db["overflow"]  # values too big for their document's share (see _split)
@@ -297,11 +312,16 @@ class MongoStats(StatsStore):
 
     # --- documents and the values set aside ----------------------------------------------------------
     def _find_sorted(self, collection, match: Dict[str, Any], order: Sequence[Tuple[str, int]], *,
-                     projection: Optional[Dict[str, Any]] = None, limit: int = 0) -> List[Dict[str, Any]]:
+                     projection: Optional[Dict[str, Any]] = None, limit: int = 0,
+                     max_time_ms: Optional[int] = None) -> List[Dict[str, Any]]:
         """The one way this adapter sorts, so that no sort goes without its index."""
         self._ensure_sort_index(collection, order)
-        # a fresh cursor per attempt: a retry must not resume a half-read one
-        return self._read(collection, lambda: list(collection.find(match, projection).sort(list(order)).limit(limit)))
+
+        def fetch() -> List[Dict[str, Any]]:  # a fresh cursor per attempt: a retry must not resume a half-read one
+            cursor = collection.find(match, projection).sort(list(order)).limit(limit)
+            return list(cursor.max_time_ms(max_time_ms) if max_time_ms else cursor)
+
+        return self._read(collection, fetch)
 
     def _read(self, collection, fetch: Callable[[], List[Dict[str, Any]]]) -> List[Dict[str, Any]]:
         """Documents with their values set aside put back. A write that replaced those values between
@@ -387,11 +407,18 @@ class MongoStats(StatsStore):
                                                                   upsert=True))
 
     def find_job_by_submission(self, workspace: str, submission_id: str) -> Optional[str]:
+        """The job recorded with this submission id; else the job its name maps to, unless that job
+        is another submission's (the dispatch skipped a name storage held: handlers/dispatch.py)."""
+        recorded = self._find_sorted(self.jobs, {"workspace": workspace, "submission_id": submission_id},
+                                     [("number", -1)], projection={"name": 1}, limit=1)
+        if recorded:
+            return recorded[0]["name"]
         found = _retrying(self.submissions, lambda: self.submissions.find_one({"_id": _key(workspace, submission_id)}))
         if found is None:
             return None
         job = layout.job_name(found["number"])
-        return job if _retrying(self.jobs, lambda: self.jobs.find_one({"_id": _key(workspace, job)}, {"_id": 1})) else None
+        doc = _retrying(self.jobs, lambda: self.jobs.find_one({"_id": _key(workspace, job)}, {"submission_id": 1}))
+        return job if doc and doc.get("submission_id", submission_id) in (submission_id, None) else None
 
     def clear_workspace(self, workspace: str) -> None:
         for collection in (self.jobs, self.runs, self.metrics, self.submissions, self.overflow):
@@ -534,13 +561,20 @@ class MongoStats(StatsStore):
             conditions.append({"$or": [{f"tags.{tag}": {"$exists": True, "$ne": None}} for tag in query.any_tags]})
         conditions += [_filter_doc(flt) for flt in query.filters]
         match = {"$and": conditions}
+        # the server runs a regex itself: bound the whole query instead of one match
+        bound_ms = int(REGEX_QUERY_SECONDS * 1000) if any(f.op == "regex" for f in query.filters) else None
 
         def ordered(descending: bool, limit: Optional[int]) -> List[Dict[str, Any]]:
             sort_field = None if query.sort is None else _field(query.sort.group, query.sort.name)
             if limit == 0:
                 return []
             order = run_order(sort_field, -1 if descending else 1)
-            return [_run(doc) for doc in self._find_sorted(self.runs, match, order, limit=limit or 0)]
+            try:
+                docs = self._find_sorted(self.runs, match, order, limit=limit or 0, max_time_ms=bound_ms)
+            except self._pymongo.errors.ExecutionTimeout:
+                raise QueryError(f"--filter: a :regex: took more than {REGEX_QUERY_SECONDS:g} s on the stats "
+                                 "store (it backtracks without end): simplify it") from None
+            return [_run(doc) for doc in docs]
 
         if query.first is not None:
             return window(ordered(query.reverse, query.first), None, query.last)

@@ -1,16 +1,17 @@
 """Experiment stats in SQLite (the embedded default for the MongoDB-API store)."""
 from __future__ import annotations
 
-import re
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+import sqlite3
+import threading
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import msgspec
 
-from xt_submit.domain import layout
-from xt_submit.adapters.sqlite_util import connect, transaction
+from xt_submit.domain import layout, run_query
+from xt_submit.adapters.sqlite_util import LocalDb, heals, transaction
 from xt_submit.domain.errors import NotFound
 from xt_submit.domain.records import JOB_FIELDS, MAPPING_FIELDS, RUN_FIELDS
-from xt_submit.domain.run_query import Filter, RunQuery, window
+from xt_submit.domain.run_query import Filter, QueryError, RunQuery, window
 from xt_submit.ports import StatsStore
 
 _SCHEMA = """
@@ -43,6 +44,7 @@ CREATE TABLE IF NOT EXISTS metrics (
     workspace TEXT NOT NULL, run TEXT NOT NULL, seq INTEGER NOT NULL,
     step INTEGER, name TEXT NOT NULL, value, time REAL);
 CREATE INDEX IF NOT EXISTS metrics_by_run ON metrics (workspace, run, seq);
+CREATE INDEX IF NOT EXISTS jobs_by_submission ON jobs (workspace, submission_id);
 """
 
 JOB_COLUMNS = JOB_FIELDS
@@ -135,15 +137,38 @@ def _filter_sql(flt: Filter) -> Tuple[str, List[Any]]:
     return (f"NOT {sql}" if negate else sql), params
 
 
+_regex_failure = threading.local()  # a QueryError raised inside SQLite's callback, to re-raise as itself
+
+
 def _regexp(pattern: str, value: Any) -> bool:
-    return isinstance(value, str) and re.search(pattern, value) is not None
+    try:
+        return isinstance(value, str) and run_query.regex_search(pattern, value)
+    except QueryError as exc:
+        _regex_failure.error = exc  # SQLite reports only "user-defined function raised exception"
+        raise
 
 
+def _prepare(db) -> None:
+    db.create_function("regexp", 2, _regexp, deterministic=True)
+
+
+@heals
 class SqliteStats(StatsStore):
-    def __init__(self, path: str) -> None:
+    """rebuild(self): refill a new or recreated index from storage, returning what it restored
+    (bootstrap passes the reindex); notice: where the one-line report of a recreated file goes."""
+
+    def __init__(self, path: str, *, rebuild: Optional[Callable[["SqliteStats"], Optional[str]]] = None,
+                 notice: Optional[Callable[[str], Any]] = None) -> None:
         self.path = path
-        self._db = connect(path, _SCHEMA)
-        self._db.create_function("regexp", 2, _regexp, deterministic=True)
+        self._file = LocalDb(path, _SCHEMA, prepare=_prepare, notice=notice,
+                             refill=(lambda: rebuild(self)) if rebuild is not None else None,
+                             lost="recreated empty (storage holds no jobs to rebuild it from)" if rebuild is not None
+                             else "recreated empty (`xt admin reindex` rebuilds it from storage)")
+        self._file.conn  # opened now: damage is found, and reported, before anything else
+
+    @property
+    def _db(self):
+        return self._file.conn
 
     # --- names -------------------------------------------------------------------------------
     def assign_job_name(self, workspace: str, submission_id: str) -> str:
@@ -175,8 +200,14 @@ class SqliteStats(StatsStore):
                 db.execute(f"DELETE FROM {table} WHERE workspace = ?", (workspace,))
 
     def find_job_by_submission(self, workspace: str, submission_id: str) -> Optional[str]:
-        row = self._db.execute("SELECT j.name FROM submissions s JOIN jobs j ON j.workspace = s.workspace AND j.number = s.number"
-                               " WHERE s.workspace = ? AND s.submission_id = ?", (workspace, submission_id)).fetchone()
+        """The job recorded with this submission id; else the job its name maps to, unless that job
+        is another submission's (the dispatch skipped a name storage held: handlers/dispatch.py)."""
+        row = self._db.execute("SELECT name FROM jobs WHERE workspace = ? AND submission_id = ? ORDER BY number DESC",
+                               (workspace, submission_id)).fetchone()
+        row = row or self._db.execute(
+            "SELECT j.name FROM submissions s JOIN jobs j ON j.workspace = s.workspace AND j.number = s.number"
+            " WHERE s.workspace = ? AND s.submission_id = ? AND coalesce(j.submission_id, s.submission_id) = s.submission_id",
+            (workspace, submission_id)).fetchone()
         return row[0] if row else None
 
     # --- writes ------------------------------------------------------------------------------
@@ -293,6 +324,15 @@ class SqliteStats(StatsStore):
         return row is not None
 
     def query_runs(self, query: RunQuery) -> List[Dict[str, Any]]:
+        _regex_failure.error = None
+        try:
+            return self._query_runs(query)
+        except sqlite3.OperationalError:
+            if _regex_failure.error is not None:  # a --filter regex that ran out of time: say so
+                raise _regex_failure.error from None
+            raise
+
+    def _query_runs(self, query: RunQuery) -> List[Dict[str, Any]]:
         """Filter, sort and window in SQL: only the rows shown are read and decoded."""
         where = ["r.workspace = ?"]
         params: List[Any] = [query.workspace]
