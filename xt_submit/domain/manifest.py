@@ -3,12 +3,14 @@ upload), the upload handler and dispatch. Each compiles the sweep once. And the 
 published JSON Schema, the contract of a zip dropped into uploads/."""
 from __future__ import annotations
 
+import posixpath
 from typing import Any, Dict, List
 
 import msgspec
 
 from xt_submit.domain import layout, sweep
-from xt_submit.domain.messages import ContractError, JobManifest
+from xt_submit.domain.messages import (INT64_MAX, INT64_MIN, MAX_CONCURRENT, MAX_SECONDS, ContractError, JobManifest,
+                                       out_of_range)
 
 SEARCH_TYPES = ("grid", "random")
 MANIFEST_NAME = "xt_manifest.json"  # at the top of a dropped zip
@@ -26,13 +28,33 @@ def manifest_schema() -> bytes:
 def check_manifest(manifest: JobManifest, source: str = "xt_manifest.json") -> None:
     """Raise ContractError naming the first field that cannot be dispatched."""
     _check_fields(manifest, source)
-    _compiled_space(manifest, source)
+    if manifest.hp_points is None:
+        _compiled_space(manifest, source)
+
+
+def _check_points(manifest: JobManifest, source: str) -> None:
+    """hp_points: a non-empty list, within the run limit, of hparams a command line can carry."""
+    points = manifest.hp_points
+    if points is None:
+        return
+    if manifest.hp_space:
+        raise ContractError(f"{source}: hp_points: expected no hp_space beside it (the points are the runs)")
+    if not points or len(points) > sweep.MAX_PLANNED_RUNS:
+        raise ContractError(f"{source}: hp_points: expected 1 to {sweep.MAX_PLANNED_RUNS:,} runs, got {len(points):,}")
+    for index, point in enumerate(points):
+        try:
+            sweep.validate_space({name: [value] for name, value in point.items()})
+            sweep.format_hparam_args(point)
+        except sweep.SweepError as exc:
+            raise ContractError(f"{source}: hp_points[{index}]: {exc}") from None
 
 
 def compile_manifest(manifest: JobManifest, source: str = "xt_manifest.json") -> List[Dict[str, Any]]:
     """check_manifest, then the hparams of each run: deterministic for a manifest (its seed
     travels with it, so a redelivered message plans the very same runs)."""
     _check_fields(manifest, source)
+    if manifest.hp_points is not None:
+        return [dict(point) for point in manifest.hp_points]  # checked by _check_fields
     params = _compiled_space(manifest, source)
     try:
         return sweep.plan_compiled(params, search_type=manifest.search_type, runs=manifest.runs,
@@ -48,7 +70,24 @@ def _compiled_space(manifest: JobManifest, source: str):
         raise ContractError(str(exc)) from None
 
 
+def _check_script(script: str, source: str) -> None:
+    """A script given by path runs from the code snapshot, so it must be inside it: relative, and not
+    climbing out with `..`. A bare command name (`python`, `bash`) is looked up on the run's PATH."""
+    if not (script.endswith(".py") or "/" in script or "\\" in script):
+        return
+    path = script.replace("\\", "/")
+    if path.startswith("/") or path[1:2] == ":" and path[:1].isalpha():  # /x.py, C:/x.py
+        where = "an absolute path"
+    elif posixpath.normpath(path).split("/")[0] == "..":
+        where = "outside the project"
+    else:
+        return
+    raise ContractError(f"{source}: script: {script} is {where}, so it is not in the code snapshot the run gets; "
+                        "expected a path relative to the project folder, inside it (e.g. train.py or src/train.py)")
+
+
 def _check_fields(manifest: JobManifest, source: str) -> None:
+    _check_points(manifest, source)
     for field in ("workspace", "experiment"):
         try:
             layout.check_name(field, getattr(manifest, field))
@@ -56,6 +95,7 @@ def _check_fields(manifest: JobManifest, source: str) -> None:
             raise ContractError(f"{source}: {exc}") from None
     if not manifest.command.strip():
         raise ContractError(f"{source}: command: expected a command to run, got an empty string")
+    _check_script(manifest.script, source)
     if manifest.search_type not in SEARCH_TYPES:
         raise ContractError(f"{source}: search_type: expected one of {', '.join(SEARCH_TYPES)}, got {manifest.search_type!r}")
     for field in ("runs", "max_runs"):
@@ -66,3 +106,27 @@ def _check_fields(manifest: JobManifest, source: str) -> None:
         raise ContractError(f"{source}: concurrent: expected a whole number >= 1, got {manifest.concurrent}")
     if manifest.max_time is not None and manifest.max_time <= 0:
         raise ContractError(f"{source}: max_time: expected seconds > 0, got {manifest.max_time}")
+    _check_ranges(manifest, source)
+
+
+def _check_ranges(manifest: JobManifest, source: str) -> None:
+    """The upper ends: what the stores, the task table and the queues carry (a 64-bit whole number at most)."""
+    for field, most in (("runs", sweep.MAX_PLANNED_RUNS), ("max_runs", sweep.MAX_PLANNED_RUNS),
+                        ("concurrent", MAX_CONCURRENT)):
+        value = getattr(manifest, field)
+        if value is not None and value > most:
+            raise ContractError(f"{source}: {field}: expected a whole number from 1 to {most}, got {_shown(value)}")
+    if not INT64_MIN <= manifest.seed <= INT64_MAX:
+        raise ContractError(f"{source}: seed: expected a 64-bit whole number, got {_shown(manifest.seed)}")
+    if manifest.max_time is not None and not manifest.max_time <= MAX_SECONDS:  # NaN is no number of seconds
+        raise ContractError(f"{source}: max_time: expected seconds > 0, at most {MAX_SECONDS}, got {manifest.max_time}")
+    for name, value in manifest.hp_space.items():
+        wide = out_of_range(value)
+        if wide is not None:
+            raise ContractError(f"{source}: hp_space.{name}: {_shown(wide)} is a whole number outside the 64-bit range "
+                                "every stats store keeps: write it as a float or as text")
+
+
+def _shown(number: int) -> str:
+    text = str(number)
+    return text if len(text) <= 30 else f"a {len(text)}-digit number"

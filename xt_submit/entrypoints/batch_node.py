@@ -35,6 +35,8 @@ def main(env: Optional[Dict[str, str]] = None) -> int:
         print(f"xt batch node: missing environment {', '.join(missing)}", file=sys.stderr)
         return 2
     # The runs' `python` is this venv's (xt-pipeline and the setup's packages are installed in it).
+    # PATH is in the runs' base environment; the rest of this task's (its settings, the identity's
+    # client id, Batch's AZ_BATCH_*) never reaches a run: the reaper gives it its job's variables only.
     os.environ["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
     storage, publisher, queue = bootstrap.batch_node_parts(env)
     try:

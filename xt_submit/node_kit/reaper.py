@@ -1,43 +1,303 @@
-"""The smallest parent a run can have: starts the run's command, forwards SIGTERM/SIGINT to it,
-and writes its exit code to a file when it ends.
+"""The smallest parent a run can have: starts the run's command with exactly the run's environment,
+passes SIGTERM/SIGINT on to the run's whole process tree, ends whatever the command leaves behind,
+and writes the command's exit code to a file when it is all over.
 
-Started as `python -S -I reaper.py EXIT_FILE ARGV...` (no site, no imports beyond os, signal
-and sys: a few milliseconds), so whoever supervises the run — the local host, or the run wrapper
-on a node — can die and come back, and still learn how the run ended.
+Started as `python -S -I reaper.py EXIT_FILE SPEC_FILE ARGV...` (no site, no imports beyond os,
+signal, sys, time and, on Linux, ctypes for prctl: a few milliseconds), so whoever supervises the
+run — the local host, or the run wrapper on a node — can die and come back, and still learn how
+the run ended. SPEC_FILE (launch_spec's text, written by the node, read and deleted here) holds
+the run's own variables and the kill grace. `reaper.py --kill SIG PID` signals the run whose
+reaper is (or was) PID: what a supervisor runs on a box.
+
+The run's environment is exactly: the BASE_ENV names and LC_* taken from the reaper's own
+environment (the node's: this machine's, a box's login, a Batch task's), then the spec's variables
+(XT's own and what the job defines), then XT_REAPER_PID. Nothing else the supervisor has (its
+credentials, the variables of whoever started the host) reaches the run.
+
+The process tree, on Linux: the reaper is a child subreaper (PR_SET_CHILD_SUBREAPER), so a
+descendant orphaned by its parent (a daemon, one that started its own session) becomes the
+reaper's child instead of init's and is still found; the command gets PR_SET_PDEATHSIG (SIGKILL),
+so it dies with its reaper, even a reaper killed by SIGKILL. The tree is the reaper's descendants
+(from /proc's parent links), its process group, and every process whose environment says
+XT_REAPER_PID=<the reaper's pid> (what is left once the reaper itself was killed: the supervisor's
+`--kill` finds them by it). After the command ends, whatever it left behind gets SIGTERM, then
+SIGKILL after the grace, before the exit code is written. Elsewhere (no /proc, no prctl) only the
+process group is signalled, and the command does not die with its reaper.
 """
 import os
 import signal
 import sys
+import time
+
+# The base environment: what a Python training script needs from the node and nothing personal.
+# PATH (the interpreter and tools), HOME (caches: pip, torch, matplotlib), USER and LOGNAME (getpass),
+# SHELL (subprocess shells), LANG and LC_* (UTF-8 I/O), TZ (log times), TMPDIR (scratch space).
+# Not TERM: a run's console is a file, not a terminal.
+BASE_ENV = ("PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "TZ", "TMPDIR")
+BASE_ENV_PREFIXES = ("LC_",)
+MARKER = "XT_REAPER_PID"  # in every run's environment: how the run's processes are found
+SPEC_FILE = "run_spec.txt"
+GRACE_SECONDS = float(os.environ.get("XT_KILL_GRACE_SECONDS", "10"))  # SIGTERM, then SIGKILL this much later
+_LAST_WAIT_SECONDS = 5.0  # after SIGKILL: bounded, a process stuck in the kernel does not hold the run forever
+PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER = 1, 36
+_STOPS = {signal.SIGTERM, signal.SIGINT}  # what the reaper passes on
 
 
-def main() -> int:
-    exit_file, argv = sys.argv[1], sys.argv[2:]
-    child = os.posix_spawnp(argv[0], argv, os.environ) if argv else None
-    if child is None:
-        return 2
+def base_environment(environ):
+    return {name: value for name, value in environ.items()
+            if name in BASE_ENV or name.startswith(BASE_ENV_PREFIXES)}
 
-    def forward(signum, frame):
+
+def run_environment(environ, own, reaper_pid):
+    """The run's whole environment: the node's base, the run's own variables, the marker."""
+    return {**base_environment(environ), **own, MARKER: str(reaper_pid)}
+
+
+def launch_spec(env):
+    """What a node writes to SPEC_FILE for the reaper: ASCII lines (hex names and values), so a shell's
+    printf can write it and the reaper reads it without importing a parser."""
+    return "".join([f"grace {GRACE_SECONDS}\n"] + [f"env {os.fsencode(name).hex()} {os.fsencode(value).hex()}\n"
+                                                   for name, value in env.items()])
+
+
+def read_spec(text):
+    """(the run's own variables, the grace) from launch_spec's text."""
+    env, grace = {}, GRACE_SECONDS
+    for line in text.splitlines():
+        kind, *fields = line.split(" ")
+        if kind == "grace":
+            grace = float(fields[0])
+        elif kind == "env":
+            env[os.fsdecode(bytes.fromhex(fields[0]))] = os.fsdecode(bytes.fromhex(fields[1]))
+    return env, grace
+
+
+# --- the process tree ---------------------------------------------------------------------------
+def _processes():
+    """{pid: (ppid, pgid)} of every live process (zombies left out), or None without /proc."""
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return None
+    table = {}
+    for name in names:
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    fields = f.read().rsplit(b")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if fields[0] not in (b"Z", b"X"):
+                table[int(name)] = (int(fields[1]), int(fields[2]))
+    return table or None
+
+
+def _marked(pid, marker):
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return marker in b"\0" + f.read()
+    except OSError:
+        return False
+
+
+def _whose(pid):
+    """"reaper" (a live reaper), "gone" (no such process) or "other" (a recycled pid: not the run's)."""
+    if not os.path.isdir("/proc/self"):  # no /proc: trust a live pid
         try:
-            os.kill(child, signum)
+            os.kill(pid, 0)
         except ProcessLookupError:
+            return "gone"
+        except OSError:
+            return "other"
+        return "reaper"
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            cmdline = f.read()
+        if not cmdline:  # a zombie (its pid not free for reuse yet), or a kernel thread
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                return "gone" if f.read().rsplit(b")", 1)[1].split()[0] == b"Z" else "other"
+    except FileNotFoundError:
+        return "gone"
+    except (OSError, IndexError):
+        return "other"
+    return "reaper" if b"reaper.py\0" in cmdline else "other"
+
+
+def tree(root, with_root_family=True):
+    """Every live process of the run whose reaper is (or was) root, root excluded; None without /proc.
+    with_root_family: root's descendants and process group count (root is that reaper, alive or gone)."""
+    table = _processes()
+    if table is None:
+        return None
+    marker = b"\0%s=%d\0" % (MARKER.encode(), root)
+    seeds = {pid for pid, (_, pgid) in table.items() if (with_root_family and pgid == root) or _marked(pid, marker)}
+    if with_root_family:
+        seeds.add(root)
+    children = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found, pending = set(seeds), list(seeds)
+    while pending:
+        for child in children.get(pending.pop(), ()):
+            if child not in found:
+                found.add(child)
+                pending.append(child)
+    return found - {root, os.getpid()}
+
+
+def _send(pids, sig):
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except OSError:
             pass
 
-    signal.signal(signal.SIGTERM, forward)
-    signal.signal(signal.SIGINT, forward)
-    _, status = os.waitpid(child, 0)
-    code = os.waitstatus_to_exitcode(status)  # negative: killed by that signal
+
+def kill_tree(root, sig):
+    """Signal the run whose reaper is (or was) root. A live reaper gets SIGTERM or SIGINT itself and
+    passes it on; SIGKILL, or any signal once the reaper is gone, goes to every process of the tree."""
+    whose = _whose(root)
+    if whose == "reaper" and sig != signal.SIGKILL:
+        _send([root], sig)
+        return
+    members = tree(root, with_root_family=whose != "other")  # a recycled pid's family is not the run's
+    if members is None:
+        try:
+            os.killpg(root, sig)  # no /proc: the process group is all there is to go by
+        except OSError:
+            pass
+        return
+    _send(members, sig)
+    if whose == "reaper":
+        _send([root], sig)
+
+
+# --- the reaper ---------------------------------------------------------------------------------
+def _prctl(option, value):
+    """Linux only; False where it is not available (the fallback: no subreaper, no death signal)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl(option, ctypes.c_ulong(value), 0, 0, 0) == 0
+    except (ImportError, OSError, AttributeError):
+        return False
+
+
+def _spawn(argv, env, parent):
+    """fork + exec, so the command can be told to die with its reaper first (posix_spawn cannot)."""
+    child = os.fork()
+    if child:
+        return child
+    code = 126
+    try:
+        for name in ("SIGTERM", "SIGINT", "SIGPIPE", "SIGXFSZ"):  # Python ignores the last two: the command must not
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)  # blocked by the reaper around the fork
+        _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:
+            os._exit(1)  # the reaper died before the death signal was set
+        os.execvpe(argv[0], argv, env)
+    except FileNotFoundError:
+        print(f"[xt] command not found: {argv[0]}", file=sys.stderr, flush=True)
+        code = 127
+    except BaseException as exc:
+        print(f"[xt] cannot run {argv[0]}: {exc}", file=sys.stderr, flush=True)
+    finally:
+        os._exit(code)
+
+
+def _reap():
+    """Collect every ended child (orphans the reaper adopted included), without waiting."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+
+
+def _end_leftovers(me, grace, termed):
+    """What the command left behind: SIGTERM (once each: termed already had it), SIGKILL after the grace; bounded."""
+    deadline, killed = time.monotonic() + grace, False
+    while True:
+        _reap()
+        left = tree(me)
+        if not left or time.monotonic() >= deadline + _LAST_WAIT_SECONDS:
+            return  # (no /proc: nothing to tell; the process group had the cancel's signal)
+        if not killed and time.monotonic() >= deadline:
+            _send(left, signal.SIGKILL)
+            killed = True
+        elif not killed:
+            _send(left - termed, signal.SIGTERM)
+            termed |= left
+        time.sleep(0.05)
+
+
+def _write_exit(exit_file, code):
     tmp = exit_file + ".tmp"
     with open(tmp, "w") as f:
         f.write(str(code))
     os.replace(tmp, exit_file)
+
+
+def main(argv):
+    if argv[1:2] == ["--kill"]:
+        kill_tree(int(argv[3]), int(argv[2]))
+        return 0
+    exit_file, spec_file, command = argv[1], argv[2], argv[3:]
+    if not command:
+        return 2
+    me = os.getpid()
+    try:
+        with open(spec_file) as f:
+            own, grace = read_spec(f.read())
+        os.unlink(spec_file)  # the run's variables stay in no file
+    except (OSError, ValueError, IndexError) as exc:
+        print(f"[xt] reaper: cannot read the run's environment from {spec_file}: {exc}", file=sys.stderr, flush=True)
+        _write_exit(exit_file, 126)
+        return 0
+    stopping, termed = [], set()
+
+    def forward(signum, frame):
+        stopping.append(signum)
+        members = tree(me)
+        if members is not None:
+            _send(members, signum)
+            termed.update(members)
+            return
+        previous = signal.signal(signum, signal.SIG_IGN)  # no /proc: the group, this process aside
+        try:
+            os.killpg(me, signum)
+        except OSError:
+            pass
+        signal.signal(signum, previous)
+
+    for signum in _STOPS:
+        signal.signal(signum, forward)
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)  # a stop now waits until the command is there to get it
+    if stopping:  # stopped before it started
+        _write_exit(exit_file, -stopping[0])
+        return 0
+    child = _spawn(command, run_environment(os.environ, own, me), me)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOPS)
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:  # cannot happen: the command is this process's child
+            _write_exit(exit_file, 126)
+            return 0
+        if pid == child:
+            break
+    code = os.waitstatus_to_exitcode(status)  # negative: killed by that signal
+    _end_leftovers(me, grace, termed)
+    _write_exit(exit_file, code)
     return 0
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except FileNotFoundError as exc:  # the command itself does not exist
-        print(f"[xt] command not found: {exc.filename}", file=sys.stderr, flush=True)
-        with open(sys.argv[1], "w") as f:
-            f.write("127")
-        sys.exit(0)
+    sys.exit(main(sys.argv))

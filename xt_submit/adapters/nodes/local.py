@@ -100,13 +100,18 @@ class LocalNode(Node):
         return argv
 
     def launch(self, argv: List[str], cwd: str, env: Dict[str, str], console: str, exit_file: str) -> Tuple[int, str]:
+        """The reaper gets this process's environment and gives the run only its base (reaper.BASE_ENV)
+        plus `env`: nothing else of the host's (or a Batch task's) environment reaches the run."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(exit_file)  # a stale one would say this run already ended
+        spec = os.path.join(os.path.dirname(console), reaper.SPEC_FILE)
+        with open(os.open(spec, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
+            f.write(reaper.launch_spec(env))  # the reaper reads and deletes it
         with open(console, "ab") as out:
             # own session: the run outlives its supervisor, and a cancel can signal its whole tree
-            process = subprocess.Popen([sys.executable, "-S", "-I", REAPER, exit_file, *argv], cwd=cwd,
-                                       env={**os.environ, **env}, stdin=subprocess.DEVNULL, stdout=out,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
+            process = subprocess.Popen([sys.executable, "-S", "-I", REAPER, exit_file, spec, *argv], cwd=cwd,
+                                       stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                       start_new_session=True)
         self.processes[process.pid] = process
         return process.pid, process_start_time(process.pid) or "?"
 
@@ -123,7 +128,4 @@ class LocalNode(Node):
         pass  # here the run's folder is also its supervisor's record: it stays
 
     def kill_group(self, pid: int, sig: int) -> None:
-        try:
-            os.killpg(pid, sig)  # the reaper forwards; the whole process group gets it too
-        except (ProcessLookupError, PermissionError):
-            pass
+        reaper.kill_tree(pid, sig)  # the reaper passes it on to the run's whole tree; SIGKILL reaches all of it

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
 from xt_submit.domain.boxes import BoxAddress, BoxError
-from xt_submit.node_kit import code_archive
+from xt_submit.node_kit import code_archive, reaper
 from xt_submit.ports import Node, NodeUnreachable
 
 # How long a box may stay silent (a connect, a command, a file transfer) before it counts as
@@ -336,19 +336,21 @@ class SshNode(Node):
     def launch(self, argv: List[str], cwd: str, env: Dict[str, str], console: str, exit_file: str) -> Tuple[int, str]:
         """Through a script file written from the channel's stdin (the environment never appears on
         a command line the box's `ps` shows), in its own session under the reaper, with all output
-        in files on the box: one round trip."""
+        in files on the box: one round trip. The run's environment is the box's base
+        (reaper.BASE_ENV of its login environment, PATH ending with XT's bin) plus `env` and
+        PYTHONPATH=XT's run-side modules: nothing else of the login (SSH_CONNECTION...) reaches it."""
         work = posixpath.dirname(console)
-        lines = ["#!/bin/bash"] + [f"export {name}={q(value)}" for name, value in env.items()] + [
-            f"export PATH=\"$PATH:{self.home}/bin\"",
-            f"export PYTHONPATH={q(self._lib)}\"${{PYTHONPATH:+:$PYTHONPATH}}\"",
-            f"cd {q(cwd)} || exit 1",
-            "exec " + shlex.join(argv),
-        ]
-        reaper = posixpath.join(self._lib, "xt_submit", "node_kit", "reaper.py")
-        command = (f"cd {q(work)} || exit 1; rm -f {q(exit_file)}; (umask 077 && cat > launch.sh) || exit 1; "
-                   f"setsid python3 -S -I {q(reaper)} {q(exit_file)} /bin/bash launch.sh "
-                   f"</dev/null >>{q(console)} 2>&1 & pid=$!; echo $pid; sed 's/.*) //' /proc/$pid/stat | cut -d' ' -f20")
+        spec = posixpath.join(work, reaper.SPEC_FILE)
         with self._connection():
+            own = {**env, "PYTHONPATH": self._lib + (f":{env['PYTHONPATH']}" if env.get("PYTHONPATH") else "")}
+            lines = ["#!/bin/bash",
+                     f"(umask 077 && printf '%s' {q(reaper.launch_spec(own))} > {q(spec)}) || exit 1",  # a builtin: no ps
+                     f"export PATH=\"$PATH:{self.home}/bin\"",
+                     f"cd {q(cwd)} || exit 1",
+                     "exec python3 -S -I " + shlex.join([self._reaper(), exit_file, spec, *argv])]
+            command = (f"cd {q(work)} || exit 1; rm -f {q(exit_file)}; (umask 077 && cat > launch.sh) || exit 1; "
+                       f"setsid /bin/bash launch.sh </dev/null >>{q(console)} 2>&1 & pid=$!; echo $pid; "
+                       f"sed 's/.*) //' /proc/$pid/stat | cut -d' ' -f20")
             code, out, err = self._exec(command, stdin_text="\n".join(lines) + "\n")
         parts = out.split()
         if code or len(parts) != 2:
@@ -361,7 +363,12 @@ class SshNode(Node):
         return len(parts) == 2 and parts[0] not in ("Z", "X") and parts[1] == start
 
     def kill_group(self, pid: int, sig: int) -> None:
-        self.run(f"kill -{int(sig)} -- -{int(pid)} 2>/dev/null")
+        """The run's whole tree on the box, found by the box's copy of the reaper (node_kit/reaper.py)."""
+        with self._connection():
+            self._exec(f"python3 -S -I {q(self._reaper())} --kill {int(sig)} {int(pid)}")
+
+    def _reaper(self) -> str:
+        return posixpath.join(self._lib, "xt_submit", "node_kit", "reaper.py")
 
     def release(self, work_dir: str) -> None:
         self.run(f"rm -rf {q(work_dir)}")
