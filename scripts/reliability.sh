@@ -5,7 +5,9 @@ cd "$(dirname "$0")/.."
 scripts/bootstrap.sh test
 out=$(mktemp)
 XT_RELIABILITY_OUT="$out" .venv/bin/python -m pytest -q tests/unit/test_reliability.py tests/e2e/test_reliability_e2e.py \
-    tests/unit/test_bad_input.py tests/e2e/test_cli_e2e.py tests/unit/test_code_archive.py tests/e2e/test_pool_e2e.py
+    tests/unit/test_bad_input.py tests/e2e/test_cli_e2e.py tests/unit/test_code_archive.py tests/e2e/test_pool_e2e.py \
+    tests/unit/test_isolation.py tests/e2e/test_isolation_e2e.py tests/unit/test_local_state.py tests/e2e/test_local_state_e2e.py \
+    tests/unit/test_hostile_values.py tests/e2e/test_hostile_values_e2e.py
 status=$?
 .venv/bin/python scripts/render_reliability.py "$out" "$([ $status -eq 0 ] && echo 'all passed' || echo 'FAILURES')"
 rm -f "$out"

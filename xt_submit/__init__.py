@@ -1,7 +1,7 @@
 """XT: experiment tools. `from xt_submit import Run` inside a training script."""
 
 __version__ = "0.1.0"
-__all__ = ["Run", "list_runs", "metrics"]
+__all__ = ["Run", "list_jobs", "list_runs", "metrics", "report"]
 
 
 def __getattr__(name: str):
@@ -10,7 +10,7 @@ def __getattr__(name: str):
         from xt_submit.node_kit.run_api import Run
 
         return Run
-    if name in ("list_runs", "metrics"):  # the notebook API (xt_submit/api.py)
+    if name in ("list_jobs", "list_runs", "metrics", "report"):  # the notebook API (xt_submit/api.py)
         from xt_submit import api
 
         return getattr(api, name)

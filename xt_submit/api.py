@@ -5,6 +5,7 @@
     runs = xt_submit.list_runs(job="job3", filter=["metrics.acc>0.9"], sort="metrics.loss", last=5)
     frame = xt_submit.list_runs("run3.*", as_frame=True)       # pandas, when installed
     history = xt_submit.metrics(["run3.1", "run3.2"], metric=["loss"])
+    xt_submit.api.report(job="job3", out="job3.html")          # the page `xt report --job job3` writes
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 from xt_submit import bootstrap
 from xt_submit import config as xt_config
 from xt_submit.domain.errors import OneLineError
-from xt_submit.services import run_reports
+from xt_submit.services import html_report, run_reports
 
 
 def list_runs(*runs: str, job: Union[str, Sequence[str], None] = None, experiment: Optional[str] = None,
@@ -34,6 +35,21 @@ def list_runs(*runs: str, job: Union[str, Sequence[str], None] = None, experimen
     return _frame(records) if as_frame else records
 
 
+def list_jobs(*jobs: str, experiment: Optional[str] = None, status: Optional[str] = None,
+              target: Optional[str] = None, username: Optional[str] = None, filter: Union[str, Sequence[str]] = (),
+              sort: Optional[str] = None, reverse: bool = False, first: Optional[int] = None,
+              last: Optional[int] = None, all: bool = False, workspace: Optional[str] = None,
+              config: Optional[str] = None, as_frame: bool = False) -> Any:
+    """The jobs `xt list jobs` would show (its options by the same names), as its --json records."""
+    cfg = _config(config, workspace)
+    stats = bootstrap.from_config(cfg).ports.stats
+    rows = run_reports.select_jobs(stats, cfg.general.workspace, cfg.job_reports, jobs=jobs, filters=_many(filter),
+                                   experiment=experiment, target=target, username=username, status=status, sort=sort,
+                                   reverse=reverse, first=first, last=last, everything=all)
+    records = [run_reports.job_json(row) for row in rows]
+    return _frame(records) if as_frame else records
+
+
 def metrics(runs: Union[str, Sequence[str]], *, metric: Union[str, Sequence[str]] = (),
             workspace: Optional[str] = None, config: Optional[str] = None,
             as_frame: bool = False) -> Any:
@@ -45,6 +61,21 @@ def metrics(runs: Union[str, Sequence[str]], *, metric: Union[str, Sequence[str]
     if not as_frame:
         return history
     return _frame([{"run": run, **row} for run, rows in history.items() for row in rows])
+
+
+def report(*runs: str, out: str = "report.html", job: Union[str, Sequence[str], None] = None,
+           experiment: Optional[str] = None, status: Optional[str] = None, filter: Union[str, Sequence[str]] = (),
+           first: Optional[int] = None, last: Optional[int] = None, all: bool = False, title: Optional[str] = None,
+           max_points: int = html_report.MAX_POINTS, console_tail: int = html_report.CONSOLE_BYTES,
+           workspace: Optional[str] = None, config: Optional[str] = None) -> str:
+    """`xt report` (its options by the same names): one self-contained HTML page of the runs; returns its path."""
+    cfg = _config(config, workspace)
+    parts = bootstrap.from_config(cfg)
+    written = html_report.make_report(cfg, parts.ports.stats, parts.ports.storage, out, names=runs, jobs=_many(job),
+                                      experiment=experiment, status=status, filters=_many(filter), first=first,
+                                      last=last, everything=all, title=title,
+                                      limits=html_report.Limits(max_points=max_points, console_bytes=console_tail))
+    return written["out"]
 
 
 def _config(path: Optional[str], workspace: Optional[str]):

@@ -209,3 +209,9 @@ def test_the_notebook_api_returns_what_xt_list_runs_json_prints(sweep40, monkeyp
 
     frame = xt_submit.list_runs("run1.*", as_frame=True)
     assert isinstance(frame, pandas.DataFrame) and len(frame) == 40 and set(frame["status"]) == {"completed"}
+    jobs = xt_submit.list_jobs()
+    assert jobs == sweep40.json("list", "jobs")
+    assert [(j["name"], j["run_count"], j["counts"]["completed"]) for j in jobs][0] == ("job1", 40, 40)
+    assert xt_submit.list_jobs(status="completed", filter="run_count>39") == jobs[:1]  # a bare name: the job's field
+    assert xt_submit.list_jobs(status="error") == sweep40.json("list", "jobs", "--status", "error") == []
+    assert list(xt_submit.list_jobs(as_frame=True)["name"]) == [j["name"] for j in jobs]

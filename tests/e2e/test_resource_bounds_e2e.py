@@ -23,3 +23,18 @@ def test_a_sweep_of_a_trillion_runs_is_refused_in_bounded_memory(project, reliab
         assert "runs, more than the limit of 100,000 per job" in line and "MemoryError" not in line
     assert project.json("list", "jobs") == []  # nothing submitted
     reliability.add("resource bounds: sweeps planning 10^8 and 10^12 runs (refused in 1.5 GB)", sweeps=tried)
+
+
+def test_a_catastrophic_filter_regex_fails_in_seconds_not_minutes(project, reliability):
+    import time
+
+    (project.code / "train.py").write_text("from xt_submit import Run\nRun().log_hparams({'name': 'a' * 40 + '!'})\n")
+    project.xt("run", "--wait", "train.py")
+    started = time.monotonic()
+    result = project.xt("list", "runs", "--filter", "hparams.name:regex:^(a|aa)+$", check=False)
+    took = time.monotonic() - started
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "took more than 1 s on one value" in result.stderr and took < 60
+    ok = project.json("list", "runs", "--filter", "hparams.name:regex:^a+!$")
+    assert len(ok) == 1  # an ordinary pattern still matches
+    reliability.add("resource bounds: a --filter regex that backtracks without end (stopped after 1 s)", patterns=1)

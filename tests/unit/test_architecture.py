@@ -28,7 +28,7 @@ LAYERS = [
 ]
 # What the lowest layers may import from outside XT (the stdlib aside).
 ALLOWED_THIRD_PARTY = {
-    "domain": {"msgspec", "yaml"},
+    "domain": {"msgspec", "yaml", "regex"},  # regex: pure matching with a timeout (--filter :regex:)
     "node_kit": {"msgspec", "pathspec"},  # both optional on a node: imported where present
     "ports": set(),
     "handlers": {"msgspec"},

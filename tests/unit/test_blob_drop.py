@@ -1,6 +1,5 @@
 """The blob-drop contract: the manifest's published JSON Schema, `xt run --to-zip`, and the result
 the upload and dispatch handlers write back beside a dropped zip (uploads/<name>.result.json)."""
-import io
 import json
 import zipfile
 from pathlib import Path
@@ -8,6 +7,8 @@ from pathlib import Path
 import jsonschema
 import msgspec
 import pytest
+
+from support.zips import zip_bytes
 
 from xt_submit import handlers
 from xt_submit.cli.main import main
@@ -38,11 +39,7 @@ def drop_dir(tmp_path, monkeypatch):
 
 
 def zip_of(files):
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
+    return zip_bytes(files)
 
 
 def result_of(parts, key=RESULT):
@@ -71,7 +68,7 @@ def test_the_shipped_schema_is_what_msgspec_generates_now_and_what_xt_schema_pri
     body = schema["$defs"]["JobManifest"]
     assert body["required"] == ["workspace", "experiment", "script", "command"]
     assert body["additionalProperties"] is False
-    assert body["properties"]["concurrent"] == {"description": "runs at once on the target (>= 1)", "type": "integer",
+    assert body["properties"]["concurrent"] == {"description": "runs at once on the target (1 to 10000)", "type": "integer",
                                                 "default": 2}
     assert main(["schema", "manifest"]) == 0
     assert capsys.readouterr().out.encode() == shipped

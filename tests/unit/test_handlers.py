@@ -1,8 +1,8 @@
 """Each handler against the real embedded adapters: effects, idempotency, order tolerance."""
-import io
-import zipfile
 
 import msgspec
+
+from support.zips import zip_bytes
 import pytest
 
 from xt_submit import handlers
@@ -127,11 +127,7 @@ def test_cancel_job_ends_unstarted_runs_and_skips_finished(parts):
 
 
 def _upload_zip(files):
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        for name, data in files.items():
-            archive.writestr(name, data)
-    return buffer.getvalue()
+    return zip_bytes(files)
 
 
 def test_upload_becomes_a_job_submission_once(parts):

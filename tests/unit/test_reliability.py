@@ -45,17 +45,16 @@ def test_crash_after_every_side_effect_then_redelivery_reaches_the_same_state(tm
 
 
 def test_upload_crash_at_every_step(tmp_path, reliability):
-    import io
     import json
-    import zipfile
+
+    from support.zips import zip_bytes
 
     def steps(parts):
-        buffer = io.BytesIO()
-        with zipfile.ZipFile(buffer, "w") as archive:
-            archive.writestr("xt_manifest.json", json.dumps({"workspace": WS, "experiment": "e", "script": "t.py",
-                                                             "command": "python t.py", "hp_space": {"lr": [1, 2]}}))
-            archive.writestr("t.py", "print(1)")
-        parts.ports.storage.write("uploads/a.zip", buffer.getvalue())
+        # the same bytes in every run (a zip's entries carry the time they were written)
+        upload = zip_bytes({"xt_manifest.json": json.dumps({"workspace": WS, "experiment": "e", "script": "t.py",
+                                                            "command": "python t.py", "hp_space": {"lr": [1, 2]}}),
+                            "t.py": "print(1)"})
+        parts.ports.storage.write("uploads/a.zip", upload)
         return [("upload", None, handlers.accept_upload, UploadReceived(upload_key="uploads/a.zip", received_at=50.0))]
 
     baseline = fresh(tmp_path, "baseline")
@@ -167,7 +166,7 @@ def test_stats_outage_loses_nothing_and_reindex_rebuilds_the_same_content(tmp_pa
     # and reindexing a healthy store changes nothing
     before = stats_content(live.home / "stats.db")
     counts = rebuild_workspace(live.ports, WS)
-    assert counts == {"jobs": 1, "runs": 3, "metric_records": 6}
+    assert counts == {"jobs": 1, "runs": 3, "metric_records": 6, "skipped": []}
     assert stats_content(live.home / "stats.db") == before
     reliability.add("stats store down at run finish; xt admin reindex", runs_finished_during_outage=2,
                     reindex_differences=0)

@@ -12,26 +12,34 @@ from typing import Any, Dict
 
 import msgspec
 
-from xt_submit.cli.common import (CliError, check_name, embedded_parts, ensure_local_host, load,
+from xt_submit.cli.common import (CliError, check_name, embedded_parts, ensure_local_host, load, number_in,
                                   print_json, progress_on_screen, transfer_progress)
 from xt_submit.domain import layout, sweep
+from xt_submit.domain.messages import INT64_MAX, INT64_MIN, MAX_CONCURRENT, MAX_SECONDS, check_manifest_size
 from xt_submit.services import targets
 
 
 def add_parsers(commands) -> None:
     _run_parser(commands.add_parser("run", help="submit a job (a sweep of runs)"))
 
-    rerun_parser = commands.add_parser("rerun", help="a new job with a run's code snapshot and exact command")
-    rerun_parser.add_argument("name", metavar="RUN")
+    rerun_parser = commands.add_parser("rerun", help="a new job with runs' code snapshot and exact commands")
+    rerun_parser.add_argument("name", metavar="RUN|JOB", help="a run; with --failed or --status, a job")
+    rerun_parser.add_argument("--failed", action="store_true", help="the job's runs that ended in error")
+    rerun_parser.add_argument("--status", metavar="S,S", help="the job's runs that ended so (e.g. error,cancelled)")
+    rerun_parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                              help="change an hparam of the rerun runs (repeatable)")
     rerun_parser.add_argument("--workspace")
     rerun_parser.add_argument("--json", action="store_true")
 
-    cancel_parser = commands.add_parser("cancel", help="cancel runs or a whole job")
-    cancel_kinds = cancel_parser.add_subparsers(dest="kind", required=True, metavar="run|job")
+    cancel_parser = commands.add_parser("cancel", help="cancel runs, whole jobs, or every unfinished job")
+    cancel_kinds = cancel_parser.add_subparsers(dest="kind", required=True, metavar="run|job|all")
     for kind in ("run", "job"):
         sub = cancel_kinds.add_parser(kind)
         sub.add_argument("names", nargs="+")
         sub.add_argument("--workspace")
+    sub = cancel_kinds.add_parser("all", help="every job of the workspace not yet ended")
+    sub.add_argument("--target", help="only jobs on this compute target")
+    sub.add_argument("--workspace")
 
 
 # xt run's own options: after the script, each is the script's (and a warning says so)
@@ -44,13 +52,14 @@ def _run_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", help="compute target (config compute-targets)")
     parser.add_argument("--workspace")
     parser.add_argument("--experiment")
-    parser.add_argument("--runs", type=int, help="exactly this many runs")
-    parser.add_argument("--max-runs", type=int, help="at most this many runs")
+    parser.add_argument("--runs", type=number_in(int, 1, sweep.MAX_PLANNED_RUNS), help="exactly this many runs")
+    parser.add_argument("--max-runs", type=number_in(int, 1, sweep.MAX_PLANNED_RUNS), help="at most this many runs")
     parser.add_argument("--search-type", help="grid or random")
     parser.add_argument("--hp-config", help="YAML file with hyperparameter-distributions")
-    parser.add_argument("--seed", type=int, help="seed for sampled hyperparameters")
-    parser.add_argument("--concurrent", type=int, help="runs at once on the target")
-    parser.add_argument("--max-time", type=float, help="seconds a run may take before it is stopped")
+    parser.add_argument("--seed", type=number_in(int, INT64_MIN, INT64_MAX), help="seed for sampled hyperparameters")
+    parser.add_argument("--concurrent", type=number_in(int, 1, MAX_CONCURRENT), help="runs at once on the target")
+    parser.add_argument("--max-time", type=number_in(float, 0, MAX_SECONDS, above=True),
+                        help="seconds a run may take before it is stopped")
     parser.add_argument("--tags", help="name[=value],... attached to the job and its runs")
     instead = parser.add_mutually_exclusive_group()
     instead.add_argument("--dry-run", action="store_true", help="print the planned runs, submit nothing")
@@ -74,6 +83,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         "hyperparameter-search.hp-config": args.hp_config,
     })
     manifest = _manifest_from(args, cfg)
+    check_manifest_size(manifest, "xt run")
     planned = submit.plan(manifest, "xt run")
     if args.dry_run:
         if args.json:
@@ -199,18 +209,35 @@ def _follow(parts, workspace: str, job: str, total: int, show_progress: bool) ->
 
 
 def cmd_rerun(args: argparse.Namespace) -> int:
-    """A new job of one run: the same code snapshot, the same command and swept hparams."""
+    """A new job of one run, or of a job's failed runs: the same code snapshot, each run's command
+    and swept hparams (changed by --set)."""
+    from xt_submit.domain.messages import TERMINAL_STATUSES
+    from xt_submit.domain.sweep import parse_set_values
     from xt_submit.services import submit
 
     cfg = load(args)
     parts = embedded_parts(cfg)
-    run = check_name("run", args.name, layout.RUN_PATTERN)
-    manifest, command = submit.rerun_manifest(parts, cfg.general.workspace, run)
-    job, (new_run,) = _submit(parts, manifest, cfg)
-    if args.json:
-        print_json({"job": job, "runs": [new_run], "rerun_of": run})
+    ws = cfg.general.workspace
+    changes = parse_set_values(args.set, "--set")
+    if args.failed or args.status:
+        job = check_name("job", args.name, layout.JOB_PATTERN)
+        statuses = [s.strip() for s in (args.status or "error").split(",") if s.strip()]
+        ended = sorted(TERMINAL_STATUSES)
+        unknown = [s for s in statuses if s not in ended]
+        if unknown:
+            raise CliError(f"--status: expected end states among {', '.join(ended)}, got {', '.join(unknown)}")
+        runs = submit.failed_runs(parts, ws, job, statuses)
+        if not runs:
+            raise CliError(f"{job}: no runs ended {' or '.join(statuses)}: nothing to rerun")
     else:
-        print(f"{job}: {new_run} reruns {run}: {command}")
+        runs = [check_name("run", args.name, layout.RUN_PATTERN)]
+    manifest, commands = submit.rerun_manifest(parts, ws, runs, changes)
+    job, new_runs = _submit(parts, manifest, cfg)
+    if args.json:
+        print_json({"job": job, "runs": new_runs, "rerun_of": runs if len(runs) > 1 else runs[0]})
+    else:
+        for old, new, command in zip(runs, new_runs, commands):
+            print(f"{job}: {new} reruns {old}: {command}")
     return 0
 
 
@@ -219,11 +246,20 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
     cfg = load(args)
     parts = embedded_parts(cfg)
-    for name in args.names:
-        check_name(args.kind, name, layout.RUN_PATTERN if args.kind == "run" else layout.JOB_PATTERN)
-    submit.request_cancel(parts, cfg.general.workspace, args.kind, args.names)
+    kind, names = args.kind, getattr(args, "names", [])
+    if kind == "all":
+        if args.target is not None and args.target not in cfg.compute_targets:
+            raise CliError(f"--target: expected a compute-targets name ({', '.join(sorted(cfg.compute_targets))}), "
+                           f"got {args.target!r}")
+        kind, names = "job", submit.unfinished_jobs(parts, cfg.general.workspace, args.target)
+        if not names:
+            print("nothing to cancel: every job has ended")
+            return 0
+    for name in names:
+        check_name(kind, name, layout.RUN_PATTERN if kind == "run" else layout.JOB_PATTERN)
+    submit.request_cancel(parts, cfg.general.workspace, kind, names)
     ensure_local_host(parts)
-    print(f"cancel requested: {', '.join(args.names)}")
+    print(f"cancel requested: {', '.join(names)}")
     return 0
 
 

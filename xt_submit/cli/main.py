@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from typing import List, Optional
 
-from xt_submit.cli import admin_commands, job_commands, report_commands
+from xt_submit.cli import admin_commands, job_commands, report_commands, storage_commands
 from xt_submit.cli.common import EXIT_USAGE
 from xt_submit.domain.errors import NotFound, OneLineError
 
-GROUPS = [job_commands, report_commands, admin_commands]  # in the order `xt --help` lists them
+GROUPS = [job_commands, report_commands, storage_commands, admin_commands]  # in the order `xt --help` lists them
 
 
 class _Parser(argparse.ArgumentParser):
@@ -25,7 +26,38 @@ class _Parser(argparse.ArgumentParser):
                           help="config file (default: ./xt_config.yaml, or $XT_CONFIG)")
 
     def error(self, message):
-        self.exit(EXIT_USAGE, f"{self.prog}: {message}\n")  # one line, not the whole usage
+        self.exit(EXIT_USAGE, f"{self.prog}: {message}{_suggestion(self, message)}\n")  # one line, not the usage
+
+
+_INVALID_CHOICE = re.compile(r"invalid choice: '([^']*)' \(choose from (.*)\)")
+_UNRECOGNIZED = re.compile(r"unrecognized arguments: (\S+)")
+
+
+def _suggestion(parser: argparse.ArgumentParser, message: str) -> str:
+    """'; did you mean ...?' for a mistyped command, kind or option (the closest known one)."""
+    import difflib
+
+    choice = _INVALID_CHOICE.search(message)
+    if choice:
+        wrong, known = choice.group(1), re.findall(r"'([^']*)'", choice.group(2))
+    else:
+        option = _UNRECOGNIZED.search(message)
+        if not option or not option.group(1).startswith("--"):
+            return ""
+        wrong, known = option.group(1).split("=", 1)[0], sorted(_options(parser))
+    close = difflib.get_close_matches(wrong, known, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _options(parser: argparse.ArgumentParser) -> set:
+    """Every --option of the parser and of its subcommands (argparse reports a subcommand's unknown
+    option from the top parser)."""
+    found = {s for action in parser._actions for s in action.option_strings if s.startswith("--")}
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in set(action.choices.values()):
+                found |= _options(sub)
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,4 +1,4 @@
-"""The `xt` subcommands that find, compare and follow runs: list, view, plot, monitor, download, tags."""
+"""The `xt` subcommands that find, compare and follow runs: list, view, plot, report, monitor, download, tags."""
 from __future__ import annotations
 
 import argparse
@@ -8,9 +8,10 @@ from pathlib import Path
 from typing import Any, Dict, List
 
 from xt_submit.domain import layout, run_log, run_query
-from xt_submit.cli import reports, target_commands
-from xt_submit.cli.common import (CliError, check_name, embedded_parts, ensure_local_host, load,
+from xt_submit.cli import reports, storage_commands, target_commands
+from xt_submit.cli.common import (CliError, check_name, embedded_parts, ensure_local_host, load, number_in,
                                    print_json)
+from xt_submit.config import MAX_ROWS
 from xt_submit.domain.messages import TERMINAL_STATUSES
 from xt_submit.services import run_reports
 
@@ -21,7 +22,7 @@ STATUSES = ["queued", "running", "preempted", "completed", "error", "cancelled"]
 def add_parsers(commands) -> None:
     list_parser = commands.add_parser("list", help="list runs, jobs, workspaces, experiments or tags")
     kinds = list_parser.add_subparsers(dest="kind", required=True,
-                                       metavar="runs|jobs|workspaces|experiments|tags|targets|boxes")
+                                       metavar="runs|jobs|workspaces|experiments|tags|targets|boxes|blobs")
     for kind in ("runs", "jobs"):
         sub = kinds.add_parser(kind)
         sub.add_argument("names", nargs="*", metavar="RUNS" if kind == "runs" else "JOBS",
@@ -38,8 +39,8 @@ def add_parsers(commands) -> None:
         sub.add_argument("--tags-any", help="tags of which a row must carry one (comma separated)")
         sub.add_argument("--sort", help="column: a field, metrics.NAME, hparams.NAME, tags.NAME, or a bare name (the field, else the hparam, else the metric)")
         sub.add_argument("--reverse", action="store_true")
-        sub.add_argument("--first", type=int)
-        sub.add_argument("--last", type=int)
+        sub.add_argument("--first", type=number_in(int, 1, MAX_ROWS))
+        sub.add_argument("--last", type=number_in(int, 1, MAX_ROWS))
         sub.add_argument("--all", action="store_true", help="every row (ignore first/last from the config)")
         sub.add_argument("--columns", help="the columns to show: col[=Alias][:fmt],...")
         sub.add_argument("--add-columns", help="columns to add to the default ones")
@@ -55,10 +56,13 @@ def add_parsers(commands) -> None:
     sub.add_argument("--workspace")
     sub.add_argument("--json", action="store_true")
     target_commands.add_list_kinds(kinds)
+    storage_commands.add_list_kinds(kinds)
 
     view_parser = commands.add_parser("view", help="show a run, its log, console or metrics, or a job")
-    view_kinds = view_parser.add_subparsers(dest="kind", required=True, metavar="run|log|console|metrics|job|status")
+    view_kinds = view_parser.add_subparsers(dest="kind", required=True,
+                                            metavar="run|log|console|metrics|job|status|blob")
     target_commands.add_view_kinds(view_kinds)
+    storage_commands.add_view_kinds(view_kinds)
     for kind in ("run", "log", "console", "job"):
         sub = view_kinds.add_parser(kind)
         sub.add_argument("name")
@@ -80,13 +84,33 @@ def add_parsers(commands) -> None:
     plot.add_argument("--group-by", help="the hparam that groups runs for --aggregate")
     plot.add_argument("--out", required=True, help="the PNG to write")
 
+    from xt_submit.services import html_report
+
+    page = commands.add_parser("report", help="write one self-contained HTML page of runs (no server, no network)")
+    page.add_argument("names", nargs="*", metavar="RUNS", help="run7.2, run7.1-run7.10, run7.*, job7")
+    page.add_argument("--job", action="append", default=[], help="runs of this job (repeatable)")
+    page.add_argument("--experiment", help="runs of this experiment")
+    page.add_argument("--workspace", help="the workspace (default: general.workspace)")
+    page.add_argument("--status", choices=STATUSES, help="runs in this status")
+    page.add_argument("--filter", action="append", default=[], metavar="EXPR", help="as in xt list runs (repeatable)")
+    page.add_argument("--first", type=int, help="the first N runs selected")
+    page.add_argument("--last", type=int, help="the last N runs selected")
+    page.add_argument("--all", action="store_true", help="every run (ignore first/last from the config)")
+    page.add_argument("--out", default="report.html", help="the .html file to write (default: report.html)")
+    page.add_argument("--title", help="the page's title")
+    page.add_argument("--max-points", type=int, default=html_report.MAX_POINTS,
+                      help=f"points per run and metric before a curve is subsampled (default {html_report.MAX_POINTS})")
+    page.add_argument("--console-tail", type=int, default=html_report.CONSOLE_BYTES, metavar="BYTES",
+                      help=f"the last BYTES of each run's console (default {html_report.CONSOLE_BYTES})")
+
     monitor = commands.add_parser("monitor", help="follow a job's or a run's console output until it ends")
     monitor.add_argument("name")
     monitor.add_argument("--workspace")
-    monitor.add_argument("--poll", type=float, default=0.5, help=argparse.SUPPRESS)
+    monitor.add_argument("--poll", type=number_in(float, 0, 60, above=True), default=0.5, help=argparse.SUPPRESS)
 
-    download = commands.add_parser("download", help="a run's outputs, or a job's code")
-    download.add_argument("name")
+    download = commands.add_parser("download", help="a run's outputs, a job's code, or any PATH in storage")
+    download.add_argument("name", metavar="RUN|JOB|PATH")
+    download.add_argument("local", nargs="?", help="where to (default: --dest)")
     download.add_argument("--workspace")
     download.add_argument("--dest", default=".")
     download.add_argument("--live", action="store_true", help="the live copy of the output dir (while it runs)")
@@ -111,36 +135,17 @@ def run_query_from_args(args: argparse.Namespace, workspace: str, report) -> run
 
 
 def _job_rows(stats, workspace: str, args, report) -> List[Dict[str, Any]]:
-    runs_named, jobs_named = run_query.parse_run_list(list(args.names) + list(args.job))
-    if runs_named:
-        raise CliError("xt list jobs: expected job names (job7), got runs")
-    filters = [run_query.parse_filter(text) for text in args.filter]
-    rows = []
-    for job in stats.list_jobs(workspace):
-        job.update(reports.job_counts(job))
-        if jobs_named and job["name"] not in jobs_named:
-            continue
-        if args.status and job["status"] != args.status:
-            continue
-        if any(getattr(args, f) is not None and job.get(f) != getattr(args, f) for f in ("experiment", "target", "username")):
-            continue
-        if not all(run_query.matches(job, flt) for flt in filters):
-            continue
-        rows.append(job)
-    sort = args.sort or (report.sort if report.sort != "name" else None)
-    if sort:
-        rows = reports.sort_records(rows, sort, args.reverse or report.reverse)
-    elif args.reverse or report.reverse:
-        rows.reverse()
-    if args.all:
-        return rows
-    return run_query.window(rows, args.first if args.first is not None else report.first,
-                            args.last if args.last is not None else report.last)
+    return run_reports.select_jobs(stats, workspace, report, names=args.names, jobs=args.job, filters=args.filter,
+                                   experiment=args.experiment, target=args.target, username=args.username,
+                                   status=args.status, sort=args.sort, reverse=args.reverse, first=args.first,
+                                   last=args.last, everything=args.all)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
     if args.kind in target_commands.LIST_KINDS:
         return target_commands.cmd_list(args)
+    if args.kind in storage_commands.LIST_KINDS:
+        return storage_commands.cmd_list(args)
     cfg = load(args)
     stats = embedded_parts(cfg).ports.stats
     if args.kind == "workspaces":
@@ -208,6 +213,8 @@ def _record_of(stats, workspace: str, name: str) -> Dict[str, Any]:
 def cmd_view(args: argparse.Namespace) -> int:
     if args.kind in target_commands.VIEW_KINDS:
         return target_commands.cmd_view(args)
+    if args.kind in storage_commands.VIEW_KINDS:
+        return storage_commands.cmd_view(args)
     cfg = load(args)
     parts = embedded_parts(cfg)
     ws = cfg.general.workspace
@@ -274,6 +281,23 @@ def cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- xt report --------------------------------------------------------------------------------
+def cmd_report(args: argparse.Namespace) -> int:
+    from xt_submit.services import html_report
+
+    cfg = load(args)
+    parts = embedded_parts(cfg)
+    written = html_report.make_report(
+        cfg, parts.ports.stats, parts.ports.storage, args.out, names=args.names, jobs=args.job,
+        experiment=args.experiment, status=args.status, filters=args.filter, first=args.first, last=args.last,
+        everything=args.all, title=args.title,
+        limits=html_report.Limits(max_points=args.max_points, console_bytes=args.console_tail))
+    for note in written["notes"]:
+        print(f"xt: note: {note}", file=sys.stderr)
+    print(f"wrote {written['out']} ({written['runs']} runs, {written['bytes'] / 1024:.0f} KB)")
+    return 0
+
+
 # --- xt monitor -------------------------------------------------------------------------------
 def cmd_monitor(args: argparse.Namespace) -> int:
 
@@ -316,10 +340,13 @@ def cmd_download(args: argparse.Namespace) -> int:
     from xt_submit.node_kit import code_archive
     from xt_submit.domain.messages import decode_manifest
 
+    args.local = args.local or args.dest
+    if not args.code and not layout.RUN_PATTERN.match(args.name):
+        return storage_commands.download_path(args)  # a path: one blob, or a folder of them
     cfg = load(args)
     parts = embedded_parts(cfg)
     ws, stats, storage = cfg.general.workspace, parts.ports.stats, parts.ports.storage
-    dest = Path(args.dest)
+    dest = Path(args.local)
     if args.code:
         job = check_name("job", args.name, layout.JOB_PATTERN)
         stats.get_job(ws, job)
@@ -373,4 +400,4 @@ def cmd_tags(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"list": cmd_list, "view": cmd_view, "plot": cmd_plot, "monitor": cmd_monitor, "download": cmd_download,
-            "set": cmd_tags, "clear": cmd_tags}
+            "set": cmd_tags, "clear": cmd_tags, "report": cmd_report}

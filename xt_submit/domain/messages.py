@@ -5,8 +5,9 @@ rejected), so a malformed or foreign message is dead-lettered with a reason inst
 """
 from __future__ import annotations
 
+import math
 import re
-from typing import Annotated, Any, Dict, List, Optional, Union
+from typing import Annotated, Any, Dict, List, Optional, Sequence, Union
 
 import msgspec
 from xt_submit.domain.errors import OneLineError
@@ -21,6 +22,12 @@ QUEUED, RUNNING, COMPLETED, ERROR, CANCELLED = "queued", "running", "completed",
 PREEMPTED = "preempted"
 TERMINAL_STATUSES = frozenset({COMPLETED, ERROR, CANCELLED})
 STATUS_RANK = {QUEUED: 0, RUNNING: 1, PREEMPTED: 1, COMPLETED: 2, ERROR: 2, CANCELLED: 2}
+
+# The numbers every stats store keeps (SQLite INTEGER, BSON int64, JSON): whole numbers in int64,
+# finite floats. Outside them a value is stored as `storable` says, the same on every store.
+INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
+MAX_CONCURRENT = 10_000  # runs at once (a job's --concurrent, a target's, a box's max-runs); nodes of a pool
+MAX_SECONDS = 366 * 24 * 3600  # a year: the longest --max-time or --idle-exit
 
 
 class _Strict(msgspec.Struct, forbid_unknown_fields=True):
@@ -55,13 +62,18 @@ class JobManifest(_Strict, kw_only=True):
     hp_space: Annotated[Dict[str, Any], _doc(
         "name -> a list of values (one run per combination in a grid search), a fixed value, or a "
         "\"$func(args)\" distribution such as \"$linspace(0.1,0.9,5)\" or \"$uniform(0,1)\"")] = {}
+    hp_points: Annotated[Optional[List[Dict[str, Any]]], _doc(
+        "instead of hp_space: exactly these runs, one hparams object (name -> value) each, in order "
+        "(xt rerun of several runs)")] = None
     search_type: Annotated[str, _doc("grid or random")] = "grid"
-    runs: Annotated[Optional[int], _doc("exactly this many runs (>= 1)")] = None
-    max_runs: Annotated[Optional[int], _doc("at most this many runs (>= 1)")] = None
-    seed: Annotated[int, _doc("seed of the sampled hparams: the same manifest plans the same runs")] = 0
+    runs: Annotated[Optional[int], _doc("exactly this many runs (>= 1, at most the planned-runs limit)")] = None
+    max_runs: Annotated[Optional[int], _doc("at most this many runs (>= 1, at most the planned-runs limit)")] = None
+    seed: Annotated[int, _doc("seed of the sampled hparams: the same manifest plans the same runs "
+                              "(a 64-bit whole number)")] = 0
     target: Annotated[str, _doc("the compute target (a name in the team's compute-targets)")] = "local"
-    concurrent: Annotated[int, _doc("runs at once on the target (>= 1)")] = 2
-    max_time: Annotated[Optional[float], _doc("seconds a run may take before it is stopped (> 0)")] = None
+    concurrent: Annotated[int, _doc(f"runs at once on the target (1 to {MAX_CONCURRENT})")] = 2
+    max_time: Annotated[Optional[float], _doc(f"seconds a run may take before it is stopped (> 0, at most "
+                                              f"{MAX_SECONDS})")] = None
     setup: Optional[SetupSpec] = None
     after_dirs: Annotated[List[str], _doc("globs of what each run keeps as its output")] = msgspec.field(
         default_factory=lambda: ["output/**"])
@@ -101,6 +113,8 @@ class RunFinished(_Strict, tag="run_finished", kw_only=True):
     ended_at: float
     reason: str = ""
     metrics: Dict[str, Any] = {}  # last value of each metric, as the node saw them
+    # set instead of `metrics` when they are more than FINISH_METRICS_BYTES: the storage key holding them
+    metrics_key: str = ""
 
 
 class RunHeartbeat(_Strict, tag="run_heartbeat", kw_only=True):
@@ -172,25 +186,84 @@ _event_decoder = msgspec.json.Decoder(Event)
 _manifest_decoder = msgspec.json.Decoder(JobManifest)
 
 
-MAX_MESSAGE_BYTES = 256 * 1024  # Service Bus standard tier's limit: a bigger manifest could never travel
+MAX_MESSAGE_BYTES = 256 * 1024  # Service Bus standard tier's limit, which the embedded queue keeps too
+# A manifest leaves room in its message for the JobSubmitted around it (ids, code key, defaults), so an
+# accepted manifest always travels; the rest of the messages stay under the limit by construction.
+MAX_MANIFEST_BYTES = MAX_MESSAGE_BYTES - 8 * 1024
+# The last metrics a RunFinished carries inline; more are stored beside the run and referenced (metrics_key).
+FINISH_METRICS_BYTES = 64 * 1024
+FINISH_REASON_CHARS = 4000
+FINAL_METRICS_FILE = "final_metrics.json"
 
 
 class ContractError(OneLineError):
     """A message or manifest that does not match its contract."""
 
 
-def _check_size(body: bytes, source: str) -> None:
-    if len(body) > MAX_MESSAGE_BYTES:
-        raise ContractError(f"{source}: {len(body)} bytes, more than the limit of {MAX_MESSAGE_BYTES} bytes")
+class MessageTooLarge(ContractError):
+    """A message bigger than its queue takes, refused by the sender (the queue would fail it later)."""
+
+
+def _check_size(body: bytes, source: str, limit: int = MAX_MESSAGE_BYTES) -> None:
+    if len(body) > limit:
+        raise ContractError(f"{source}: {len(body)} bytes, more than the limit of {limit} bytes")
+
+
+def check_message_sizes(queue: str, bodies: Sequence[bytes]) -> None:
+    """What every sender checks before a queue sees its bodies: each one under MAX_MESSAGE_BYTES."""
+    for body in bodies:
+        if len(body) > MAX_MESSAGE_BYTES:
+            kind = re.match(rb'\{"type":"(\w{1,40})"', body)
+            what = f"{kind.group(1).decode()} message" if kind else "message"
+            raise MessageTooLarge(f"{queue}: {what} of {len(body)} bytes, more than the queue's limit of "
+                                  f"{MAX_MESSAGE_BYTES} bytes")
+
+
+def storable(value: Any) -> Any:
+    """A logged value as every store keeps it: a whole number outside int64 as the float nearest it,
+    NaN and infinities (and a number beyond any float) as None, as JSON writers spell them (null);
+    lists and dicts item by item. Anything else is returned as it is."""
+    kind = type(value)
+    if kind is float:
+        return value if math.isfinite(value) else None
+    if kind is int:
+        if INT64_MIN <= value <= INT64_MAX:
+            return value
+        try:
+            return float(value)
+        except OverflowError:
+            return None
+    if kind is dict:
+        return {name: storable(item) for name, item in value.items()}
+    if kind is list:
+        return [storable(item) for item in value]
+    return value
+
+
+def out_of_range(value: Any) -> Optional[int]:
+    """The first whole number outside int64 in a value (lists and dicts searched), or None."""
+    if type(value) is int:
+        return None if INT64_MIN <= value <= INT64_MAX else value
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return next((wide for wide in map(out_of_range, items) if wide is not None), None)
+
+
+def check_manifest_size(manifest: JobManifest, source: str) -> None:
+    """A manifest too big to travel (its hp_space, tags and command go in one message), as one line."""
+    size = len(encode(manifest))
+    if size > MAX_MANIFEST_BYTES:
+        raise ContractError(f"{source}: the job manifest is {size} bytes, more than the limit of {MAX_MANIFEST_BYTES} "
+                            "bytes (its hp_space, tags and command travel in one message): put large values in a "
+                            "file in the code")
 
 
 def encode(message: Any) -> bytes:
     return _encoder.encode(message)
 
 
-def _decode(decoder: msgspec.json.Decoder, body: bytes, source: str):
+def _decode(decoder: msgspec.json.Decoder, body: bytes, source: str, limit: int = MAX_MESSAGE_BYTES):
     """Size, shape, then version: every way a body can be wrong, as one ContractError naming `source`."""
-    _check_size(body, source)
+    _check_size(body, source, limit)
     try:
         decoded = decoder.decode(body)
     except msgspec.DecodeError as exc:
@@ -204,7 +277,7 @@ def decode_event(body: bytes) -> Event:
 
 
 def decode_manifest(body: bytes, source: str = "xt_manifest.json") -> JobManifest:
-    return _decode(_manifest_decoder, body, source)
+    return _decode(_manifest_decoder, body, source, MAX_MANIFEST_BYTES)
 
 
 def _check_version(obj: Any, source: str) -> None:

@@ -101,9 +101,11 @@ def parse_filter(text: str) -> Filter:
     bare = "." not in prop and group is not None
     value = parse_value(raw)
     if op == "regex":
+        import regex
+
         try:
-            re.compile(str(value))
-        except re.error as exc:
+            regex.compile(str(value))
+        except regex.error as exc:
             raise QueryError(f"--filter: {text!r}: bad regular expression ({exc})") from None
         value = str(value)
     if op == "exists" and not isinstance(value, bool):
@@ -132,6 +134,21 @@ def selects(record: dict, query: RunQuery) -> bool:
     return all(matches(record, flt) for flt in query.filters)
 
 
+# One value's regex match may take this long: a pattern that backtracks catastrophically fails in
+# a second instead of running for minutes (the `regex` engine takes a timeout; `re` cannot).
+REGEX_SECONDS = 1.0
+
+
+def regex_search(pattern: str, value: str) -> bool:
+    import regex
+
+    try:
+        return regex.search(pattern, value, timeout=REGEX_SECONDS) is not None
+    except TimeoutError:
+        raise QueryError(f"--filter: :regex: {pattern!r} took more than {REGEX_SECONDS:g} s on one value "
+                         "(it backtracks without end): simplify it") from None
+
+
 def matches(record: dict, flt: Filter) -> bool:
     """The reference semantics of one filter on a run record (stores must agree with this)."""
     container = record if flt.group is None else (record.get(flt.group) or {})
@@ -140,7 +157,7 @@ def matches(record: dict, flt: Filter) -> bool:
         return present == flt.value
     value = container.get(flt.name)
     if flt.op == "regex":
-        return isinstance(value, str) and re.search(flt.value, value) is not None
+        return isinstance(value, str) and regex_search(flt.value, value)
     if flt.op in ("==", "!="):
         return _equal(value, flt.value) == (flt.op == "==")
     if value is None or isinstance(value, bool) or isinstance(value, str) != isinstance(flt.value, str):

@@ -111,6 +111,17 @@ def _parse_bracket_list(label: str, text: str) -> List[Value]:
     return [item if item.startswith("$") else _typed(item) for item in items]
 
 
+def parse_set_values(items: List[str], option: str) -> Dict[str, Value]:
+    """`name=value` items (xt rerun --set lr=0.2) as fixed hparams, typed as sweep values are."""
+    values: Dict[str, Value] = {}
+    for item in items:
+        name, equals, text = item.partition("=")
+        if not equals or not _PARAM_NAME.fullmatch(name) or not text or text.startswith(("[", "$")):
+            raise SweepError(f"{option}: expected name=value (one fixed value), got {item!r}")
+        values[name] = _typed(text)
+    return values
+
+
 def _typed(text: str) -> Value:
     """int if it reads as an int, else float, else the bare string ('true' stays a string)."""
     if _INT_RE.fullmatch(text):

@@ -23,7 +23,7 @@ import msgspec
 from xt_submit.config import Config
 from xt_submit.domain import layout, run_log, sweep
 from xt_submit.domain.errors import NotFound, OneLineError
-from xt_submit.domain.manifest import MANIFEST_NAME, compile_manifest
+from xt_submit.domain.manifest import MANIFEST_NAME, check_manifest, compile_manifest
 from xt_submit.domain.messages import (TERMINAL_STATUSES, CancelRequested, ContractError, JobManifest, JobSubmitted,
                                        decode_event, decode_manifest, encode)
 from xt_submit.node_kit import code_archive
@@ -163,17 +163,40 @@ def finished_runs(record: Dict[str, Any]) -> int:
     return sum(n for status, n in record["counts"].items() if status in TERMINAL_STATUSES)
 
 
-def rerun_manifest(parts: Parts, workspace: str, run: str) -> Tuple[JobManifest, str]:
-    """A manifest for one run again: the same code snapshot, command and swept hparams (each
-    swept value becomes a fixed one, so the run's command comes out exactly as before); and that command."""
-    record = parts.ports.stats.get_run(workspace, run)
+def rerun_manifest(parts: Parts, workspace: str, runs: Sequence[str],
+                   changes: Optional[Dict[str, Any]] = None) -> Tuple[JobManifest, List[str]]:
+    """A manifest for these runs of one job again: the same code snapshot and base command, each
+    run's own hparams (with `changes` applied to every run), one new run per old one in order; and
+    the commands they will run."""
+    if not runs:
+        raise NotFound("rerun: no runs to rerun")
+    records = [parts.ports.stats.get_run(workspace, run) for run in runs]  # NotFound names the first missing
+    jobs = {record["job"] for record in records}
+    if len(jobs) != 1:
+        raise ContractError(f"rerun: expected runs of one job, got runs of {', '.join(sorted(jobs))}")
+    (job,) = jobs
     storage = parts.ports.storage
-    manifest = decode_manifest(storage.read(layout.manifest_key(workspace, record["job"])))
-    runs = run_log.parse(storage.read(layout.job_log_key(workspace, record["job"])))[0]["data"]["runs"]
-    planned = next(entry for entry in runs if entry["name"] == run)
-    manifest = msgspec.structs.replace(manifest, hp_space=dict(planned["hparams"]), search_type="grid", runs=None,
-                                       max_runs=None, tags={**manifest.tags, "rerun_of": run})
-    return manifest, planned["command"]
+    manifest = decode_manifest(storage.read(layout.manifest_key(workspace, job)))
+    planned = {entry["name"]: entry for entry in
+               run_log.parse(storage.read(layout.job_log_key(workspace, job)))[0]["data"]["runs"]}
+    points = [{**planned[run]["hparams"], **(changes or {})} for run in runs]
+    rerun_of = runs[0] if len(runs) == 1 else job
+    manifest = msgspec.structs.replace(manifest, hp_space={}, hp_points=points, search_type="grid", runs=None,
+                                       max_runs=None, tags={**manifest.tags, "rerun_of": rerun_of})
+    check_manifest(manifest, "rerun")
+    return manifest, [manifest.command + sweep.format_hparam_args(point) for point in points]
+
+
+def failed_runs(parts: Parts, workspace: str, job: str, statuses: Sequence[str]) -> List[str]:
+    """The job's runs that ended with one of `statuses`, in run order (what `xt rerun --failed` reruns)."""
+    parts.ports.stats.get_job(workspace, job)
+    return [run["name"] for run in parts.ports.stats.list_runs(workspace, job=job) if run["status"] in statuses]
+
+
+def unfinished_jobs(parts: Parts, workspace: str, target: Optional[str] = None) -> List[str]:
+    """The workspace's jobs not yet ended (on `target` only, when given): what `xt cancel all` stops."""
+    return [job["name"] for job in parts.ports.stats.list_jobs(workspace)
+            if job["status"] not in TERMINAL_STATUSES and (target is None or job["target"] == target)]
 
 
 def request_cancel(parts: Parts, workspace: str, kind: str, names: Sequence[str]) -> None:
