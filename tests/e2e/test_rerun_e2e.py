@@ -63,13 +63,6 @@ def test_bad_reruns_are_one_line_and_submit_nothing(half_failed, args, expected)
     assert project.json("list", "jobs") == jobs  # nothing submitted
 
 
-def _ended(project, job, timeout=120):
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        runs = project.json("list", "runs", "--job", job)
-        if runs and all(r["status"] in ("completed", "error", "cancelled") for r in runs):
-            return runs
-        time.sleep(0.2)
-    pytest.fail(f"{job} did not end")
+def _ended(project, job):
+    project.wait_job(job)
+    return project.json("list", "runs", "--job", job)

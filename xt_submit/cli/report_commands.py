@@ -365,11 +365,7 @@ def cmd_download(args: argparse.Namespace) -> int:
     prefix = layout.live_prefix(ws, run) if args.live else layout.output_prefix(ws, run)
     keys = storage.list(prefix)
     for key in keys:
-        rel = key[len(prefix):]
-        target = (dest / run / rel).resolve()
-        if (dest / run).resolve() not in target.parents:
-            raise CliError(f"{key}: path escapes the destination")
-        storage.download_file(key, str(target))
+        storage.download_file(key, str(storage_commands.inside(dest / run, key[len(prefix):], key)))
     print(f"{run}: {len(keys)} {'live' if args.live else 'output'} files in {dest / run}")
     return 0
 

@@ -1,7 +1,6 @@
 """Turning job and run records into what `xt list` / `xt view` print: JSON objects, aligned tables, CSV."""
 from __future__ import annotations
 
-import contextlib
 import csv
 import os
 import re
@@ -12,6 +11,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from xt_submit.domain.errors import OneLineError
 from xt_submit.domain.messages import TERMINAL_STATUSES
 from xt_submit.domain.records import JOB_FIELDS, RUN_FIELDS
+from xt_submit.services.local_files import written_aside
 from xt_submit.services.run_reports import JOB_DERIVED, job_counts, job_json, lookup, sort_records  # noqa: F401 (used here and by the commands)
 
 TIME_COLUMNS = frozenset({"created", "queued", "started", "ended"})
@@ -141,17 +141,13 @@ def export(rows: Sequence[Dict[str, Any]], columns: Sequence[Column], path: str)
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ReportError(f"--export: {path!r}: expected an existing folder, {folder!r} is not one")
-    partial = f"{path}.part"  # written aside, then renamed: never a half-written file under the name
     try:
-        with open(partial, "w", newline="") as f:
+        with written_aside(path) as aside, open(aside, "w", newline="") as f:
             writer = csv.writer(f, delimiter=delimiter)
             writer.writerow([c.header for c in columns])
             for row in rows:
                 writer.writerow(["" if lookup(row, c.key) is None else lookup(row, c.key) for c in columns])
-        os.replace(partial, path)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(partial)
         raise ReportError(f"--export: {path!r}: {exc.strerror or exc}") from None
 
 

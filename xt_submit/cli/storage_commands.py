@@ -62,7 +62,8 @@ def _storage(args: argparse.Namespace):
     return cfg.general.workspace, parts.ports
 
 
-def _inside(root: Path, relative: str, key: str) -> Path:
+def inside(root: Path, relative: str, key: str) -> Path:
+    """root/relative, refused when a stored key's name would climb out of root."""
     target = (root / relative).resolve()
     if target != root.resolve() and root.resolve() not in target.parents:
         raise CliError(f"{key}: its path escapes {root}")
@@ -138,7 +139,7 @@ def download_path(args: argparse.Namespace) -> int:
         print(f"{args.name}: downloaded to {target}")
         return 0
     for key in keys:
-        ports.storage.download_file(key, str(_inside(dest, key[len(prefix):], key)))
+        ports.storage.download_file(key, str(inside(dest, key[len(prefix):], key)))
     print(f"{args.name}: {len(keys)} files in {dest}")
     return 0
 
@@ -219,7 +220,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     prefix = layout.output_prefix(ws, run)
     outputs = ports.storage.list(prefix)
     for key in outputs:
-        ports.storage.download_file(key, str(_inside(dest / "output", key[len(prefix):], key)))
+        ports.storage.download_file(key, str(inside(dest / "output", key[len(prefix):], key)))
     if ports.storage.exists(layout.run_stats_key(ws, run)):
         ports.storage.download_file(layout.run_stats_key(ws, run), str(dest / "run_stats.json"))
     print(f"{run}: {files} files of code and {len(outputs)} outputs in {dest}; rerun with: {record['command']}")

@@ -15,13 +15,13 @@ import html
 import itertools
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from xt_submit import config as xt_config
+from xt_submit.services.local_files import written_aside
 from xt_submit.domain import layout
 from xt_submit.domain.errors import NotFound, OneLineError
 from xt_submit.domain.messages import TERMINAL_STATUSES
@@ -273,13 +273,8 @@ def render(data: Dict[str, Any]) -> str:
 
 def write_page(path: Path, page: str) -> None:
     """Write beside the target, then rename: a reader never sees half a report, a failure leaves none."""
-    aside = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with written_aside(path) as aside:
         aside.write_text(page, encoding="utf-8")
-        os.replace(aside, path)
-    except BaseException:
-        aside.unlink(missing_ok=True)
-        raise
 
 
 def make_report(cfg: xt_config.Config, stats: StatsStore, storage: Storage, out: str, *, names: Sequence[str] = (),

@@ -7,9 +7,7 @@ submission calls it after sending and while it waits for the dispatch.
 """
 from __future__ import annotations
 
-import contextlib
 import io
-import os
 import stat
 import time
 import uuid
@@ -28,6 +26,7 @@ from xt_submit.domain.messages import (TERMINAL_STATUSES, CancelRequested, Contr
                                        decode_event, decode_manifest, encode)
 from xt_submit.node_kit import code_archive
 from xt_submit.ports import Parts
+from xt_submit.services.local_files import written_aside
 from xt_submit.services import targets
 
 DISPATCH_TIMEOUT_SECONDS = 120.0
@@ -87,17 +86,11 @@ def write_drop_zip(path: Path, manifest: JobManifest, cfg: Config, base: str, ex
         drop_manifest = msgspec.structs.replace(manifest, code_key="", code_sha256="")
         archive.writestr(info, msgspec.json.format(encode(drop_manifest), indent=2) + b"\n")
     data = buffer.getvalue()
-    tmp = folder / f".{path.name}.{os.getpid()}.part"
     try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException as exc:  # no partial file, whatever stopped it
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise SubmitError(f"{path}: {exc.strerror or exc}") from None
-        raise
+        with written_aside(path) as aside:  # no partial file, whatever stopped it
+            aside.write_bytes(data)
+    except OSError as exc:
+        raise SubmitError(f"{path}: {exc.strerror or exc}") from None
     return len(data)
 
 

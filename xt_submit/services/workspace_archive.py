@@ -15,6 +15,7 @@ from xt_submit.domain.messages import decode_manifest
 from xt_submit.handlers.reindex import rebuild_workspace
 from xt_submit.node_kit import code_archive
 from xt_submit.ports import Ports
+from xt_submit.services.local_files import written_aside
 
 MARKER = "xt_workspace.json"
 FORMAT = "xt-workspace"
@@ -47,17 +48,12 @@ def export_workspace(ports: Ports, workspace: str, path: str) -> Dict[str, int]:
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise ArchiveError(f"{path}: expected an existing folder, {folder!r} is not one")
-    partial = f"{path}.part"
-    try:
-        with zipfile.ZipFile(partial, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+    with written_aside(path) as aside:
+        with zipfile.ZipFile(aside, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             archive.writestr(MARKER, json.dumps({"format": FORMAT, "version": VERSION, "workspace": workspace,
                                                  "exported_at": time.time(), "blobs": len(keys), "code": len(code)}))
             for key in keys + sorted(code):
                 archive.writestr(key, ports.storage.read(key))
-        os.replace(partial, path)
-    finally:
-        if os.path.exists(partial):
-            os.unlink(partial)
     return {"blobs": len(keys), "code": len(code)}
 
 
