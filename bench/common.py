@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
-from typing import Callable, List, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
+
+OWN_PEAK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "own_peak.py")
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -25,12 +30,80 @@ def median_seconds(fn: Callable[[], object], repeat: int, setup: Callable[[], ob
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident set size (Linux reports KiB)."""
+    """This process's peak resident set size (Linux reports KiB): the bench with its fixtures, so
+    it is reported as bench_rss_mb; a measured operation's own peak comes from run_child."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Child(tuple):
+    """(wall seconds, peak RSS in MB, stdout) of one command run in its own process."""
+
+    seconds = property(lambda self: self[0])
+    peak_rss_mb = property(lambda self: self[1])
+    stdout = property(lambda self: self[2])
+
+
+def run_child(command: Sequence[str], *, own_peak: bool = True, **popen) -> Child:
+    """Run `command` to its end in a process of its own: (seconds, peak RSS, stdout). A Python
+    command's peak is its own, read by itself at exit (own_peak.py: VmHWM starts afresh at exec);
+    any other command's is wait4's, which also counts the bench's size at the spawn. `own_peak=False`
+    leaves a Python command unwrapped (start-up timings), its peak then wait4's too."""
+    peak_path = None
+    if own_peak and command[0] == sys.executable:
+        fd, peak_path = tempfile.mkstemp(prefix="xt-bench-peak-")
+        os.close(fd)
+        command = [sys.executable, OWN_PEAK, peak_path, *command[1:]]
+    try:
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            start = time.perf_counter()
+            proc = subprocess.Popen(list(command), stdout=out, stderr=err, **popen)
+            _, status, usage = os.wait4(proc.pid, 0)
+            seconds = time.perf_counter() - start
+            proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
+            out.seek(0)
+            err.seek(0)
+            stdout, stderr = out.read().decode(), err.read().decode()
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(command)} exited {proc.returncode}: {stderr[-2000:]}")
+        peak = usage.ru_maxrss / 1024
+        if peak_path:
+            with open(peak_path) as f:
+                peak = float(f.read())
+    finally:
+        if peak_path:
+            os.unlink(peak_path)
+    return Child((seconds, peak, stdout))
+
+
+def user_env(root, **extra: str) -> Dict[str, str]:
+    """The environment of a command as a user runs it: byte-compiled modules are cached (this
+    sandbox sets PYTHONDONTWRITEBYTECODE, which would add compiling every module to each start),
+    in a cache under `root` so the source tree is left as it is."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = os.path.join(str(root), "pycache")
+    env.update(extra)
+    return env
+
+
+def interleaved(cases: Dict[str, Callable[[], float]], repeat: int, warmup: int = 1) -> Dict[str, List[float]]:
+    """Each case's samples, taken in turn (A B A B ...), so a machine's load drifting during the
+    bench falls on every case alike; `warmup` untimed rounds first (page cache, .pyc files)."""
+    samples: Dict[str, List[float]] = {name: [] for name in cases}
+    for round_number in range(warmup + repeat):
+        for name, case in cases.items():
+            value = case()
+            if round_number >= warmup:
+                samples[name].append(value)
+    return samples
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values)
 
 
 def emit(result: dict) -> None:
     """Benchmarks run in their own process (a clean peak-memory reading); the result is the last stdout line."""
-    result["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    result["bench_rss_mb"] = round(peak_rss_mb(), 1)
+    result.setdefault("peak_rss_mb", result["bench_rss_mb"])  # a bench measuring in a child sets its own
     sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()

@@ -4,17 +4,15 @@ same data (MLflow's own SQLite schema, filled with the same runs)."""
 from __future__ import annotations
 
 import argparse
-import os
 import random
 import shutil
 import sqlite3
-import subprocess
 import sys
 import tempfile
-import time
 import uuid
+from pathlib import Path
 
-from common import emit, median_seconds
+from common import emit, interleaved, median, run_child, timed, user_env
 
 import msgspec
 
@@ -42,13 +40,16 @@ def fill_ours(home, n: int) -> None:
     encode = msgspec.json.Encoder().encode
     runs, values = [], []
     for r in generate(n):
-        runs.append(("ws1", r["name"], r["job"], r["job_number"], r["run_index"], "exp", "me", "local", "completed", 0,
-                     "local", "", 1.0, 1.0, 2.0, 3.0, 1.0, "python train.py", encode(r["hparams"]).decode(),
-                     encode(r["metrics"]).decode(), "{}", None))  # tags, heartbeat
+        row = {"workspace": "ws1", "name": r["name"], "job": r["job"], "job_number": r["job_number"],
+               "run_index": r["run_index"], "experiment": "exp", "username": "me", "target": "local",
+               "status": "completed", "exit_code": 0, "node_id": "local", "reason": "", "created": 1.0, "queued": 1.0,
+               "started": 2.0, "ended": 3.0, "duration": 1.0, "command": "python train.py",
+               "hparams": encode(r["hparams"]).decode(), "metrics": encode(r["metrics"]).decode(), "tags": "{}"}
+        runs.append(tuple(row.values()))  # every other column takes its default, as on insert
         values += [("ws1", r["name"], name, value) for name, value in r["metrics"].items()]
     db = stats._db
     db.execute("BEGIN")
-    db.executemany(f"INSERT INTO runs ({','.join(RUN_COLUMNS)}) VALUES ({','.join('?' * len(RUN_COLUMNS))})", runs)
+    db.executemany(f"INSERT INTO runs ({','.join(row)}) VALUES ({','.join('?' * len(row))})", runs)
     db.executemany("INSERT INTO last_metrics (workspace, run, name, value) VALUES (?, ?, ?, ?)", values)
     db.execute("COMMIT")
     db.execute("ANALYZE")
@@ -78,23 +79,39 @@ def fill_mlflow(root: str, n: int) -> str:
     db.executemany("INSERT INTO metrics VALUES (?,?,?,?,?,?)", metrics)
     db.executemany("INSERT INTO params VALUES (?,?,?)", params)
     db.commit()
+    db.execute("ANALYZE")  # as on ours (fill_ours): MLflow's plans depend on it even more than ours
     db.close()
     return experiment_id
+
+
+MLFLOW_SEARCH = """
+import sys
+import mlflow
+
+found = mlflow.MlflowClient().search_runs([sys.argv[1]], filter_string="metrics.acc > 0.5",
+                                          order_by=["metrics.loss DESC"], max_results=20)
+assert len(found) == 20
+print("\\n".join(r.info.run_name for r in found))
+"""
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=15)
+    parser.add_argument("--process-repeat", type=int, default=5, help="samples of each whole-process figure")
     parser.add_argument("--mlflow-runs", type=int, default=10_000,
-                        help="MLflow's sorted search grows faster than linearly (1.6 s at 10,000 runs here; minutes at"
-                             " 100,000), so it is compared with ours on this many runs; 0 skips it")
+                        help="MLflow's sorted search grows faster than linearly, so it is compared with ours on this"
+                             " many runs; 0 skips it")
     args = parser.parse_args()
     root = tempfile.mkdtemp(prefix="xt-bench-p3-")
-    result = {"id": "P3", "runs": args.runs}
-    result.update(measure_ours(root, "home", args.runs, args.repeat, with_cli=True))
+    result = {"id": "P3", "runs": args.runs, "analyze": "ANALYZE run on both stores after filling them"}
+    ours = measure_ours(root, "home", args.runs, args.repeat)
+    home_env = user_env(root, XT_HOME=str(Path(root, "home")))
+    cli = interleaved({"cli": lambda: cli_process(root, home_env)}, args.process_repeat)
+    result.update(ours, cli_process_s=median(cli["cli"]), peak_rss_mb=cli_process(root, home_env, peak=True))
     if args.mlflow_runs:
-        small = measure_ours(root, "home-small", args.mlflow_runs, args.repeat, with_cli=False)
+        small = measure_ours(root, "home-small", args.mlflow_runs, args.repeat)
         import mlflow
 
         experiment_id = fill_mlflow(root, args.mlflow_runs)
@@ -107,15 +124,32 @@ def main() -> None:
             return found
 
         peer_names = sorted(r.info.run_name for r in peer())
-        mlflow_s, _ = median_seconds(peer, 3)
+        mlflow_s = median(interleaved({"mlflow": lambda: timed(peer)}, 3)["mlflow"])
+        # whole processes, as a user types them, in turn: `xt list runs` and a script doing MLflow's search
+        small_env = user_env(root, XT_HOME=str(Path(root, "home-small")))
+        peer_env = user_env(root, MLFLOW_TRACKING_URI=f"sqlite:///{root}/mlflow.db")
+        processes = interleaved({
+            "ours": lambda: cli_process(root, small_env),
+            "mlflow": lambda: run_child([sys.executable, "-c", MLFLOW_SEARCH, experiment_id], own_peak=False, cwd=root,
+                                        env=peer_env).seconds}, args.process_repeat)
         result.update(mlflow_runs=args.mlflow_runs, mlflow_s=mlflow_s, ours_at_mlflow_runs_s=small["ours_s"],
-                      x_mlflow=mlflow_s / small["ours_s"], same_runs_as_mlflow=peer_names == small["names"])
+                      x_mlflow=mlflow_s / small["ours_s"], same_runs_as_mlflow=peer_names == small["names"],
+                      cli_process_at_mlflow_runs_s=median(processes["ours"]),
+                      mlflow_process_s=median(processes["mlflow"]),
+                      x_mlflow_process=median(processes["mlflow"]) / median(processes["ours"]))
+    del result["names"]
     shutil.rmtree(root, ignore_errors=True)
     emit(result)
 
 
-def measure_ours(root: str, name: str, n: int, repeat: int, with_cli: bool) -> dict:
-    home = __import__("pathlib").Path(root, name)
+def cli_process(root: str, env: dict, peak: bool = False) -> float:
+    """`xt list runs ARGS` as a user types it (process start and imports included): its seconds, or its peak RSS."""
+    done = run_child([sys.executable, "-m", "xt_submit.cli", "list", "runs", *ARGS], own_peak=peak, env=env, cwd=root)
+    return done.peak_rss_mb if peak else done.seconds
+
+
+def measure_ours(root: str, name: str, n: int, repeat: int) -> dict:
+    home = Path(root, name)
     fill_ours(home, n)
     stats = SqliteStats(str(home / "stats.db"))
 
@@ -138,27 +172,13 @@ def measure_ours(root: str, name: str, n: int, repeat: int, with_cli: bool) -> d
             " AND m.name = 'acc' AND m.value > 0.5) ORDER BY s.value DESC LIMIT 20").fetchall()
         assert len(rows) == 20
 
-    ours()  # warm the page cache for both, as a user's second query would
-    ours_s, _ = median_seconds(ours, repeat)
-    limit_s, _ = median_seconds(by_hand, repeat)
+    # in turn (A B A B), after a warm-up round of each: the page cache warm, as for a user's second query
+    samples = interleaved({"ours": lambda: timed(ours), "limit": lambda: timed(by_hand)}, repeat)
+    ours_s, limit_s = median(samples["ours"]), median(samples["limit"])
     names = sorted(r["name"] for r in stats.query_runs(run_query.RunQuery(
         workspace="ws1", filters=(run_query.parse_filter("metrics.acc>0.5"),), sort=run_query.parse_sort("metrics.loss"),
         last=20)))
-    measured = {"ours_s": ours_s, "limit_s": limit_s, "ratio_to_limit": limit_s / ours_s, "names": names}
-    if not with_cli:
-        return measured
-
-    # the whole command, as a user types it (process start and imports included), for the record
-    env = dict(os.environ, XT_HOME=str(home))
-    cli_samples = []
-    for _ in range(5):
-        start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "xt_submit.cli", "list", "runs", *ARGS], env=env, check=True,
-                       capture_output=True, cwd=root)
-        cli_samples.append(time.perf_counter() - start)
-    measured["cli_process_s"] = sorted(cli_samples)[2]
-    del measured["names"]
-    return measured
+    return {"ours_s": ours_s, "limit_s": limit_s, "ratio_to_limit": limit_s / ours_s, "names": names}
 
 
 if __name__ == "__main__":

@@ -1,17 +1,19 @@
 """P4: a 100-run sweep of a trivial script end to end (submit to all stats recorded), local target,
-concurrency 2, against the limit: 100 bare subprocess launches of the same script, 2 at a time."""
+concurrency 2, against the limit: 100 bare subprocess launches of the same script, 2 at a time.
+The two run in turn (A B A B), medians, in the same environment; the peak RSS is the `xt run`
+process's own (os.wait4), not the bench's."""
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import emit, median_seconds
+from common import emit, interleaved, median, run_child, user_env
 
 TRIVIAL = "import sys\nprint('run', sys.argv[1:])\n"
 
@@ -26,26 +28,32 @@ def main() -> None:
     project.mkdir()
     (project / "trivial.py").write_text(TRIVIAL)
     counter = {"n": 0}
+    env = user_env(root)
+    peaks = []
 
-    def ours():
+    def ours() -> float:
         counter["n"] += 1
-        home = root / f"home{counter['n']}"
-        env = dict(os.environ, XT_HOME=str(home), XT_HOST_IDLE_EXIT="1")
-        subprocess.run([sys.executable, "-m", "xt_submit.cli", "run", "--wait", "--json", "--concurrent", "2",
-                        "trivial.py", f"--i=[$linspace(1,{args.runs},{args.runs})]"],
-                       cwd=project, env=env, check=True, capture_output=True)
+        done = run_child([sys.executable, "-m", "xt_submit.cli", "run", "--wait", "--json", "--concurrent", "2",
+                          "trivial.py", f"--i=[$linspace(1,{args.runs},{args.runs})]"], cwd=project,
+                         env=dict(env, XT_HOME=str(root / f"home{counter['n']}"), XT_HOST_IDLE_EXIT="1"))
+        peaks.append(done.peak_rss_mb)
+        return done.seconds
 
-    def limit():
+    def limit() -> float:
         def launch(i):
-            subprocess.run([sys.executable, "trivial.py", f"--i={i}"], cwd=project, check=True, capture_output=True)
+            subprocess.run([sys.executable, "trivial.py", f"--i={i}"], cwd=project, env=env, check=True,
+                           capture_output=True)
 
+        start = time.perf_counter()
         with ThreadPoolExecutor(2) as pool:
             list(pool.map(launch, range(1, args.runs + 1)))
+        return time.perf_counter() - start
 
-    ours_s, _ = median_seconds(ours, args.repeat)
-    limit_s, _ = median_seconds(limit, args.repeat)
+    samples = interleaved({"ours": ours, "limit": limit}, args.repeat, warmup=0)
     shutil.rmtree(root, ignore_errors=True)
-    emit({"id": "P4", "runs": args.runs, "ours_s": ours_s, "limit_s": limit_s, "x_limit": ours_s / limit_s})
+    ours_s, limit_s = median(samples["ours"]), median(samples["limit"])
+    emit({"id": "P4", "runs": args.runs, "ours_s": ours_s, "limit_s": limit_s, "x_limit": ours_s / limit_s,
+          "peak_rss_mb": max(peaks)})
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
-"""Runs every benchmark (each in its own process, for a clean peak-memory reading), checks each
-against its target, and writes bench/results.json and bench/results.md.
+"""Runs every benchmark, checks each against its target, and writes bench/results.json and
+bench/results.md. Each bench measures its operation in processes of their own (ours and its limit
+in turn, A B A B, medians); the peak RSS column is the measured operation's own process (os.wait4),
+not the bench's.
 
     scripts/bench.sh            # installs the bench extra (MLflow), then runs this
 """
@@ -15,6 +17,7 @@ HERE = Path(__file__).resolve().parent
 
 # (id, script, arguments, label of the size)
 RUNS = [
+    ("startup", "startup.py", [], "`xt --help`, `xt list runs --last 20` over 100,000 runs, `from xt_submit import Run`"),
     ("P1", "p1_logging.py", [], "200,000 calls"),
     ("P2", "p2_dispatch.py", ["--runs", "10000"], "10,000 runs"),
     ("P2", "p2_dispatch.py", ["--runs", "100000", "--repeat", "3"], "100,000 runs (10x)"),
@@ -31,11 +34,21 @@ RUNS = [
 def figure(r: dict) -> tuple:
     """(our figure, limit, peer, verdict) as text, per benchmark."""
     i = r["id"]
+    if i == "startup":
+        ok = r["help_x_limit"] <= 2 and r["list_x_limit"] <= 2 and r["import_run_in_process_s"] <= 0.03
+        return (f"--help {r['help_s'] * 1000:.0f} ms ({r['help_x_limit']:.2f}x); list runs {r['list_s'] * 1000:.0f} ms"
+                f" ({r['list_x_limit']:.2f}x); import Run {r['import_run_in_process_s'] * 1000:.1f} ms in-process,"
+                f" import + first log_metrics {r['first_log_s'] * 1000:.0f} ms ({r['first_log_x_limit']:.2f}x)",
+                f"python -c pass {r['limit_s'] * 1000:.0f} ms", "-", ok,
+                "--help and list runs <= 2x python -c pass; import Run <= 30 ms")
     if i == "P1":
-        ok = r["ratio_to_limit"] >= 0.5 and r["x_mlflow"] >= 100
+        ok = r["ratio_to_limit"] >= 0.5 and r.get("x_mlflow", 100) >= 100
+        peer = (f"mlflow log_batch {r['mlflow_batch_steps_per_s']:,.0f} steps/s, async {r['mlflow_async_steps_per_s']:,.0f},"
+                f" per step {r['mlflow_per_step_steps_per_s']:,.0f} (ours {r['x_mlflow']:,.0f}x its fastest;"
+                f" {r['x_mlflow_per_step']:,.0f}x per step). Ours buffers; its database write is P6"
+                if "x_mlflow" in r else "-")
         return (f"{r['ours_calls_per_s']:,.0f} calls/s", f"{r['limit_calls_per_s']:,.0f} calls/s ({r['ratio_to_limit']:.2f}x)",
-                f"mlflow {r['mlflow_calls_per_s']:,.0f} calls/s ({r['x_mlflow']:,.0f}x faster)", ok,
-                ">= 0.5x limit, >= 100x mlflow")
+                peer, ok, ">= 0.5x limit, >= 100x mlflow's fastest mode")
     if i == "P2":
         ok = r["runs_per_s"] >= 5000 and r["ratio_to_limit"] >= 0.3
         return (f"{r['ours_s'] * 1000:,.0f} ms ({r['runs_per_s']:,.0f} runs/s)",
@@ -43,7 +56,9 @@ def figure(r: dict) -> tuple:
     if i == "P3":
         peer = (f"mlflow {r['mlflow_s'] * 1000:,.0f} ms at {r['mlflow_runs']:,} runs vs ours "
                 f"{r['ours_at_mlflow_runs_s'] * 1000:.2f} ms ({r['x_mlflow']:,.0f}x faster, same runs: "
-                f"{r['same_runs_as_mlflow']})") if "mlflow_s" in r else "-"
+                f"{r['same_runs_as_mlflow']}); whole processes: mlflow {r['mlflow_process_s'] * 1000:,.0f} ms vs"
+                f" `xt list runs` {r['cli_process_at_mlflow_runs_s'] * 1000:,.0f} ms ({r['x_mlflow_process']:.1f}x);"
+                " ANALYZE on both") if "mlflow_s" in r else "-"
         ok = r["ours_s"] <= 0.05 and r.get("x_mlflow", 20) >= 20
         return (f"{r['ours_s'] * 1000:.2f} ms (whole CLI process {r['cli_process_s'] * 1000:.0f} ms)",
                 f"{r['limit_s'] * 1000:.2f} ms ({r['ratio_to_limit']:.2f}x)", peer, ok, "<= 50 ms, >= 20x mlflow")
@@ -57,8 +72,11 @@ def figure(r: dict) -> tuple:
     if i == "P6":
         return (f"{r['ours_s']:.2f} s ({r['records_per_s']:,.0f} records/s)",
                 f"{r['limit_s']:.2f} s ({r['ratio_to_limit']:.2f}x)", "-", r["ratio_to_limit"] >= 0.5, ">= 0.5x limit")
-    if i == "P7":  # no issue sets a target: reported for what it is (each run ships code, logs and outputs back)
-        return (f"{r['ours_s']:.2f} s", f"{r['limit_s']:.2f} s ({r['x_limit']:.2f}x)", "-", None, "none set")
+    if i == "P7":  # issue 17's targets are for 200 and 20 runs: <= 2x and <= 4x bare exec
+        ok = r["x_limit"] <= 4 if r["runs"] <= 20 else r["x_limit"] <= 2
+        return (f"{r['ours_s']:.2f} s", f"{r['limit_s']:.2f} s ({r['x_limit']:.2f}x); with connection setup once per box"
+                f" {r['limit_with_setup_s']:.2f} s ({r['x_limit_with_setup']:.2f}x)", "-", ok,
+                "<= 4x limit at 20 runs, <= 2x at 200")
     raise ValueError(i)
 
 
@@ -92,8 +110,10 @@ def main() -> int:
                      f" {'-' if ok is None else 'yes' if ok else 'NO'} |")
     table = "\n".join(lines)
     (HERE / "results.json").write_text(json.dumps({"total_s": round(total, 1), "results": results}, indent=2))
-    (HERE / "results.md").write_text(f"# Benchmark results\n\nAll figures are medians; ratios are against the limit "
-                                     f"measured in the same run. Total time {total:.0f} s.\n\n{table}\n")
+    (HERE / "results.md").write_text(
+        f"# Benchmark results\n\nAll figures are medians of ours and its limit measured in turn (A B A B) in the same"
+        f" run; ratios are against that limit. Peak RSS is the measured operation's own process (os.wait4), not the"
+        f" bench's. Child processes cache byte code as a user's install does. Total time {total:.0f} s.\n\n{table}\n")
     print(table)
     print(f"\ntotal {total:.0f} s; wrote bench/results.json and bench/results.md")
     return 0

@@ -4,10 +4,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Optional
 
-from xt_submit.domain import layout, records, run_log, sweep
-from xt_submit.domain.manifest import compile_manifest
-from xt_submit.domain.messages import (UPLOAD_REFUSED, UPLOAD_SUBMITTED, ContractError, JobSubmitted, RunTask,
-                                       UploadResult, encode)
+from xt_submit.domain import adaptive_search, layout, records, run_log, sweep
+from xt_submit.domain.manifest import compile_manifest, search_budget
+from xt_submit.domain.messages import (UPLOAD_REFUSED, UPLOAD_SUBMITTED, ContractError, JobManifest, JobSubmitted,
+                                       RunTask, UploadResult, encode)
 from xt_submit.domain.delivery import PERMANENT_ERRORS
 from xt_submit.handlers.upload import write_result
 from xt_submit.ports import NotFound, Ports, Storage
@@ -60,20 +60,33 @@ def dispatch_job(event: JobSubmitted, ports: Ports) -> Dispatched:
         name_key = f"{event.submission_id}#{number}"
 
     ports.stats.insert_job(records.new_job(manifest, name=job, number=number, submission_id=event.submission_id,
-                                           run_count=len(run_names), created=now))
+                                           run_count=len(run_names), created=now, search=search_record(manifest)))
     ports.stats.insert_runs(records.new_runs(manifest, job=job, number=number,
                                              plan=zip(run_names, commands, hparam_sets), created=now))
-    ports.compute.submit([
-        RunTask(workspace=ws, experiment=manifest.experiment, job=job, run=name, command=command,
-                code_key=manifest.code_key, hparams=hparams, setup=manifest.setup, after_dirs=manifest.after_dirs,
-                after_omit=manifest.after_omit, max_time=manifest.max_time, concurrent=manifest.concurrent,
-                step_name=manifest.step_name, target=manifest.target, created_at=now)
-        for name, command, hparams in zip(run_names, commands, hparam_sets)
-    ])
+    ports.compute.submit([run_task(manifest, job, name, command, hparams, now)
+                          for name, command, hparams in zip(run_names, commands, hparam_sets)])
     if event.upload_key:  # last: "submitted" means the runs are queued
         write_result(ports.storage, UploadResult(upload=event.upload_key, status=UPLOAD_SUBMITTED, job=job,
                                                  runs=run_names, workspace=ws, submission_id=event.submission_id))
     return Dispatched(job, run_names)
+
+
+def run_task(manifest: JobManifest, job: str, run: str, command: str, hparams: dict, created: float) -> RunTask:
+    """What compute gets for one run of the job (dispatch's and an adaptive search's alike)."""
+    return RunTask(workspace=manifest.workspace, experiment=manifest.experiment, job=job, run=run, command=command,
+                   code_key=manifest.code_key, hparams=hparams, setup=manifest.setup, after_dirs=manifest.after_dirs,
+                   after_omit=manifest.after_omit, max_time=manifest.max_time, concurrent=manifest.concurrent,
+                   step_name=manifest.step_name, target=manifest.target, created_at=created,
+                   primary_metric=manifest.primary_metric if manifest.early_stopping else "",
+                   maximize_metric=manifest.maximize_metric)
+
+
+def search_record(manifest: JobManifest) -> dict:
+    """An adaptive job's search, as its record starts ({} for grid and random: their plan is whole)."""
+    if not adaptive_search.is_adaptive(manifest.search_type) or manifest.hp_points is not None:
+        return {}
+    return {"type": manifest.search_type, "budget": search_budget(manifest), "concurrent": manifest.concurrent,
+            "ended": "", "best": None}
 
 
 def _claim(storage: Storage, ws: str, job: str, submission_id: str, manifest_blob: bytes, created: bytes) -> Optional[str]:

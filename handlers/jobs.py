@@ -7,17 +7,22 @@ import msgspec
 
 from xt_submit.domain import layout, records
 from xt_submit.domain.messages import CANCELLED, COMPLETED, ERROR, QUEUED, RUNNING, TERMINAL_STATUSES
+from xt_submit.handlers.search import advance_search
 from xt_submit.ports import Ports
 
 
 def roll_job(ports: Ports, workspace: str, job: str) -> Dict[str, Any]:
-    """Recount the job's runs from the index (not increment: duplicates and reordering cannot skew it)."""
+    """Recount the job's runs from the index (not increment: duplicates and reordering cannot skew it),
+    after an adaptive search planned the runs it may start now. The job ends with its last run
+    (an adaptive one: once its search plans no more)."""
+    advance_search(ports, workspace, job)
     rollup = ports.stats.job_rollup(workspace, job)
     counts = rollup["counts"]
     record = ports.stats.get_job(workspace, job)
     changes: Dict[str, Any] = {"counts": counts, "started": rollup["started"], "ended": None}
     finished = sum(n for status, n in counts.items() if status in TERMINAL_STATUSES)
-    if finished >= record["run_count"]:
+    search_open = bool((record.get("search") or {}).get("type")) and not record["search"].get("ended")
+    if finished >= record["run_count"] and not search_open:
         changes["status"] = ERROR if counts.get(ERROR) else CANCELLED if counts.get(CANCELLED) else COMPLETED
         changes["ended"] = rollup["ended"]
     else:

@@ -1,8 +1,9 @@
 """Rebuild the stats store from storage, the source of truth (`xt admin reindex`).
 
 Everything the index holds is derived from what storage keeps: the manifest and the job log's
-plan (job and queued runs), each run log (start, hparams, metrics, end), and run_stats.json for
-runs that ended without a node's report (cancelled before they started, or given up as silent),
+plan (job and queued runs, and the runs an adaptive search added), each run log (start, hparams,
+metrics, end), the job log's cancels, and run_stats.json for runs that ended without a node's
+report (given up as silent),
 or whose log lost its end (a torn last line).
 
 What cannot be read (a corrupt manifest, job log, run_stats.json or tags file) is skipped and
@@ -11,15 +12,19 @@ did end (the file is written at the end), so it is recorded as an error saying w
 """
 from __future__ import annotations
 
-from typing import Any, Dict, List, Tuple
+import itertools
+from typing import Any, Dict, Iterable, Iterator, List, Optional, Tuple
 
 import msgspec
 
 from xt_submit.domain import layout, records, run_log
-from xt_submit.domain.messages import ERROR, RUNNING, decode_manifest
+from xt_submit.domain.messages import CANCELLED, ERROR, RUNNING, decode_manifest
 from xt_submit.ports import NotFound, Ports
 
+from xt_submit.handlers.cancel import RUNS_CANCELLED
+from xt_submit.handlers.dispatch import search_record
 from xt_submit.handlers.jobs import roll_job
+from xt_submit.handlers.search import PLANNED, SEARCH_ENDED
 
 
 def _jobs_in_storage(ports: Ports, workspace: str) -> List[str]:
@@ -45,7 +50,7 @@ def rebuild_workspace(ports: Ports, workspace: str) -> Dict[str, Any]:
     skipped: List[Tuple[str, str]] = []
     for job in _jobs_in_storage(ports, workspace):
         try:
-            manifest, created, plan = _read_job(ports, workspace, job)
+            manifest, created, plan, added, search, cancels = _read_job(ports, workspace, job)
         except NotFound:
             continue  # a dispatch that crashed before its first write: nothing was promised
         except UNREADABLE as exc:
@@ -54,9 +59,14 @@ def rebuild_workspace(ports: Ports, workspace: str) -> Dict[str, Any]:
         number = layout.job_number(job)
         ports.stats.restore_job_name(workspace, created["data"]["submission_id"], number)
         ports.stats.insert_job(records.new_job(manifest, name=job, number=number,
-                                               submission_id=created["data"]["submission_id"], run_count=len(plan),
-                                               created=created["time"]))
+                                               submission_id=created["data"]["submission_id"],
+                                               run_count=len(plan) + len(added), created=created["time"],
+                                               search=search))
         ports.stats.insert_runs(records.new_runs(manifest, job=job, number=number, created=created["time"], plan=plan))
+        for index, (at, run) in enumerate(added, start=len(plan) + 1):  # an adaptive search's runs, as it planned them
+            ports.stats.insert_runs(records.new_runs(manifest, job=job, number=number, created=at, plan=[run],
+                                                     first_index=index))
+        plan = plan + [run for _, run in added]
         for name, _, _ in plan:
             try:
                 replayed, problem = _replay_run(ports, workspace, name)
@@ -66,6 +76,9 @@ def rebuild_workspace(ports: Ports, workspace: str) -> Dict[str, Any]:
             if problem:
                 skipped.append((name, problem))
             _replay_tags(ports, workspace, name, layout.run_tags_key(workspace, name), ports.stats.update_run, skipped)
+        for at, reason, names in cancels:  # runs a cancel ended before their node could report
+            ports.stats.update_runs(workspace, names, {"status": CANCELLED, "ended": at, "reason": reason,
+                                                       "heartbeat": None}, only_if_status_in=records.LIVE_STATUSES)
         _replay_tags(ports, workspace, job, layout.job_tags_key(workspace, job), ports.stats.update_job, skipped)
         roll_job(ports, workspace, job)
         counts["jobs"] += 1
@@ -75,14 +88,27 @@ def rebuild_workspace(ports: Ports, workspace: str) -> Dict[str, Any]:
 
 
 def _read_job(ports: Ports, workspace: str, job: str):
-    """(manifest, created record, plan) of a job, all read before anything is recorded."""
+    """(manifest, created record, plan, the runs an adaptive search added as (time, run), its search
+    record, and its cancels as (time, reason, runs)) of a job, all read before anything is recorded."""
     manifest = decode_manifest(ports.storage.read(layout.manifest_key(workspace, job)))
-    blob = ports.storage.read(layout.job_log_key(workspace, job))
-    created = next((r for r in run_log.iter_records(blob) if r["event"] == "created"), None)
+    entries = run_log.parse(ports.storage.read(layout.job_log_key(workspace, job)))
+    created = next((r for r in entries if r["event"] == "created"), None)
     if created is None:
         raise ValueError("job_log.jsonl: no readable created record")
     plan = [(run["name"], run["command"], run["hparams"]) for run in created["data"]["runs"]]
-    return manifest, created, plan
+    added, seen, cancels = [], {name for name, _, _ in plan}, []
+    search = search_record(manifest)
+    for entry in entries:
+        if entry["event"] == PLANNED:
+            for run in entry["data"]["runs"]:
+                if run["name"] not in seen:  # a repeated plan (a redelivery) is the same run
+                    seen.add(run["name"])
+                    added.append((entry["time"], (run["name"], run["command"], run["hparams"])))
+        elif entry["event"] == SEARCH_ENDED and search and not search["ended"]:
+            search["ended"] = str(entry["data"]["reason"])
+        elif entry["event"] == RUNS_CANCELLED:
+            cancels.append((entry["time"], str(entry["data"]["reason"]), [str(name) for name in entry["data"]["runs"]]))
+    return manifest, created, plan, added, search, cancels
 
 
 def _why(exc: Exception) -> str:
@@ -102,23 +128,59 @@ def _replay_tags(ports: Ports, workspace: str, name: str, key: str, update, skip
         skipped.append((f"{name} tags", f"tags.json: {_why(exc)}"))
 
 
+class _Ends:
+    """Records passing through, noting the first start and the last end on the way."""
+
+    def __init__(self, records: Iterable[Dict[str, Any]]) -> None:
+        self._records = records
+        self.started: Optional[Dict[str, Any]] = None
+        self.ended: Optional[Dict[str, Any]] = None
+
+    def __iter__(self) -> Iterator[Dict[str, Any]]:
+        for record in self._records:
+            if record["event"] == "started" and self.started is None:
+                self.started = record
+            elif record["event"] == "ended":
+                self.ended = record
+            yield record
+
+
+class _Counted:
+    """An iterator that counts what it has handed out."""
+
+    def __init__(self, items: Iterator[Any]) -> None:
+        self._items = items
+        self.count = 0
+
+    def __iter__(self) -> "_Counted":
+        return self
+
+    def __next__(self) -> Any:
+        item = next(self._items)
+        self.count += 1
+        return item
+
+
 def _replay_run(ports: Ports, workspace: str, run: str) -> Tuple[int, str]:
     """Bring one run from queued to what its storage says; returns its metric records and what could
     not be read ("" if nothing). Its metrics and hparams are whatever its log holds intact, whether or
     not the log's end survived."""
     try:
-        blob = ports.storage.read(layout.run_log_key(workspace, run))
+        chunks = ports.storage.read_chunks(layout.run_log_key(workspace, run))
     except NotFound:
-        blob = b""
-    records = run_log.parse(blob)
-    started = next((r for r in records if r["event"] == "started"), None)
-    ended = next((r for r in reversed(records) if r["event"] == "ended"), None)
-    hparams, last_metrics, rows = run_log.summarize(records)
+        chunks = iter(())
+    # one streamed pass: the rows go to the store as they are parsed, the log is never whole in memory
+    ends = _Ends(run_log.iter_records_from_chunks(chunks))
+    summary = run_log.LogSummary(ends)
+    rows = _Counted(summary.metric_rows())
+    first = next(rows, None)
+    if first is not None:  # a run without metrics costs the store nothing
+        ports.stats.replace_metrics(workspace, run, itertools.chain((first,), rows))
+    hparams, last_metrics, started, ended = summary.hparams, summary.last_metrics, ends.started, ends.ended
     if started:
         ports.stats.update_run(workspace, run, {"status": RUNNING, "started": started["time"],
                                                 "node_id": started["data"].get("node")})
-    if rows:
-        ports.stats.replace_metrics(workspace, run, rows)
+    metric_count = rows.count
     changes: Dict[str, Any] = {"metrics": last_metrics}
     if hparams:
         changes["hparams"] = hparams
@@ -128,8 +190,8 @@ def _replay_run(ports: Ports, workspace: str, run: str) -> Tuple[int, str]:
                        duration=round(max(0.0, ended["time"] - started["time"]), 3) if started else 0.0,
                        reason=data.get("reason", ""), heartbeat=None)
         ports.stats.update_run(workspace, run, changes)
-        return len(rows), ""
-    if rows or hparams:
+        return metric_count, ""
+    if metric_count or hparams:
         ports.stats.update_run(workspace, run, changes)
     try:  # ended without its node's report (cancelled before it started, given up as silent), or its end torn
         final = msgspec.json.decode(ports.storage.read(layout.run_stats_key(workspace, run)))
@@ -137,13 +199,13 @@ def _replay_run(ports: Ports, workspace: str, run: str) -> Tuple[int, str]:
                   "heartbeat": None}
         ending.update({field: final[field] for field in ("exit_code", "duration") if final.get(field) is not None})
     except NotFound:
-        return len(rows), ""
+        return metric_count, ""
     except UNREADABLE as exc:
         why = f"run_stats.json: {_why(exc)}"
         ports.stats.update_run(workspace, run, {"status": ERROR, "reason": f"xt admin reindex: {why}",
                                                 "heartbeat": None})
-        return len(rows), why
-    if not rows and not hparams and final.get("metrics"):  # the log lost: its final record still has them
+        return metric_count, why
+    if not metric_count and not hparams and final.get("metrics"):  # the log lost: its final record still has them
         ending.update(metrics=final["metrics"], hparams=final.get("hparams") or {})
     ports.stats.update_run(workspace, run, ending)
-    return len(rows), ""
+    return metric_count, ""

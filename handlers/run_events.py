@@ -1,11 +1,14 @@
-"""RunStarted, RunFinished, RunHeartbeat and RunPreempted: move the run, collect its record, roll the job."""
+"""RunStarted, RunProgress, RunFinished, RunHeartbeat and RunPreempted: move the run, collect its record, roll
+the job."""
 from __future__ import annotations
+
+from typing import Any, Dict
 
 import msgspec
 
-from xt_submit.domain import layout, records, run_log
-from xt_submit.domain.messages import (ERROR, PREEMPTED, RUNNING, TERMINAL_STATUSES, RunFinished, RunHeartbeat,
-                                       RunPreempted, RunStarted, storable)
+from xt_submit.domain import early_stopping, layout, records, run_log
+from xt_submit.domain.messages import (CANCELLED, ERROR, PREEMPTED, RUNNING, STOPPED, TERMINAL_STATUSES, RunFinished,
+                                       RunHeartbeat, RunPreempted, RunProgress, RunStarted, storable)
 from xt_submit.handlers.jobs import end_run, roll_job, write_run_stats
 from xt_submit.ports import NotFound, Ports
 
@@ -23,18 +26,24 @@ def run_finished(event: RunFinished, ports: Ports) -> dict:
     """The node's report is authoritative: whatever came before, the run ends as it says."""
     ws, run = event.workspace, event.run
     try:
-        blob = ports.storage.read(layout.run_log_key(ws, run))
+        chunks = ports.storage.read_chunks(layout.run_log_key(ws, run))
     except NotFound:
-        blob = b""
-    hparams, logged_metrics, metric_rows = run_log.summarize(run_log.iter_records(blob))
-    del blob
+        chunks = iter(())
+    # streamed: the log is read, parsed and written in pieces, never whole in memory
+    summary = run_log.LogSummary(run_log.iter_records_from_chunks(chunks))
+    ports.stats.replace_metrics(ws, run, summary.metric_rows())
+    hparams, logged_metrics = summary.hparams, summary.last_metrics
     # the stored log wins; the event (or, past its budget, the file it names) covers a lost upload
     last_metrics = {**storable(event.metrics), **_referenced_metrics(event, ports), **logged_metrics}
-    ports.stats.replace_metrics(ws, run, metric_rows)
 
-    changes = {"status": event.status, "exit_code": event.exit_code, "node_id": event.node_id,
+    status, reason = event.status, event.reason
+    if status == CANCELLED:  # the cancel may have been the early-stopping policy's: the run is stopped
+        stopping = ports.stats.get_run(ws, run).get("stopping")
+        if stopping:
+            status, reason = STOPPED, stopping
+    changes = {"status": status, "exit_code": event.exit_code, "node_id": event.node_id,
                "started": event.started_at, "ended": event.ended_at, "heartbeat": None,
-               "duration": round(max(0.0, event.ended_at - event.started_at), 3), "reason": event.reason,
+               "duration": round(max(0.0, event.ended_at - event.started_at), 3), "reason": reason,
                "metrics": last_metrics}
     if hparams:
         changes["hparams"] = hparams
@@ -55,6 +64,50 @@ def _referenced_metrics(event: RunFinished, ports: Ports) -> dict:
     except (NotFound, msgspec.DecodeError):
         return {}
     return storable(metrics) if isinstance(metrics, dict) else {}
+
+
+def run_progress(event: RunProgress, ports: Ports) -> str:
+    """A live run's latest metrics into its record (so lists, filters and reports see them while it
+    runs), then the job's early-stopping policy on its new reports. Returns why the run was
+    stopped ('' when it goes on). A report older than the one recorded, or one after the run ended,
+    changes no metrics; a repeated one makes the same decision, and a stop is asked for once."""
+    ws, run = event.workspace, event.run
+    record = ports.stats.get_run(ws, run)
+    if not records.is_live(record["status"]):
+        return ""
+    progress = dict(record.get("progress") or {})
+    changes: Dict[str, Any] = {}
+    if event.log_bytes > progress.get("log_bytes", -1):
+        changes["metrics"] = {**(record.get("metrics") or {}), **storable(event.metrics)}
+        progress.update(log_bytes=event.log_bytes, at=event.at)
+    job = ports.stats.get_job(ws, event.job) if event.primary else None
+    policy = job.get("early_stopping") if job else None
+    checked = early_stopping.keep_checked(policy, event.first_report, event.primary) if policy else {}
+    if checked:
+        progress["reports"] = early_stopping.merged(progress.get("reports") or {}, checked)
+    changes["progress"] = progress
+    ports.stats.update_run(ws, run, changes, only_if_status_in=records.LIVE_STATUSES)
+    if not checked or not policy or job is None or record.get("stopping"):
+        return ""
+    others = [(r.get("progress") or {}).get("reports") or {} for r in ports.stats.list_runs(ws, job=event.job)
+              if r["name"] != run]
+    for report in sorted(checked, key=int):
+        reason = early_stopping.decide(policy, maximize=bool(job["maximize_metric"]), metric=job["primary_metric"],
+                                       report=int(report), own=checked[report],
+                                       others=[kept[report] for kept in others if report in kept])
+        if reason:
+            _stop_early(ports, event, reason)
+            return reason
+    return ""
+
+
+def _stop_early(ports: Ports, event: RunProgress, reason: str) -> None:
+    """Storage first (the reason in the run's log), then the index, then compute: the node stops the
+    run as for a cancel, and its report ends it as stopped (run_finished reads `stopping`)."""
+    ws, run = event.workspace, event.run
+    ports.storage.append(layout.run_log_key(ws, run), run_log.record(event.at, "early_stopped", {"reason": reason}))
+    if ports.stats.update_run(ws, run, {"stopping": reason}, only_if_status_in=records.LIVE_STATUSES):
+        ports.compute.cancel(ws, [run])
 
 
 def run_heartbeat(event: RunHeartbeat, ports: Ports) -> bool:

@@ -56,8 +56,9 @@ def metrics(runs: Union[str, Sequence[str]], *, metric: Union[str, Sequence[str]
     """Each run's metric history, as `xt view metrics --json`: {run: [{step, name, value, time}, ...]};
     as_frame: one row per run, step and metric."""
     cfg = _config(config, workspace)
-    stats = bootstrap.from_config(cfg).ports.stats
-    history = run_reports.metric_history(stats, cfg.general.workspace, _many(runs), _many(metric))
+    ports = bootstrap.from_config(cfg).ports
+    history = run_reports.metric_history(ports.stats, cfg.general.workspace, _many(runs), _many(metric),
+                                         storage=ports.storage)
     if not as_frame:
         return history
     return _frame([{"run": run, **row} for run, rows in history.items() for row in rows])

@@ -44,7 +44,11 @@ def xt_home(configured: Optional[str] = None) -> Path:
         import platformdirs
 
         home = platformdirs.user_data_dir("xt", appauthor=False)
-    return Path(home).expanduser().resolve()
+    path = Path(home).expanduser().resolve()
+    if path.exists() and not path.is_dir():  # else every command fails on some file below it, saying "File exists"
+        source = "XT_HOME" if os.environ.get("XT_HOME") else "general.xt-home"
+        raise ServiceError(f"{source}: expected a folder for XT's state, but {path} is a file")
+    return path
 
 
 # --- adapters by kind: one line per kind ----------------------------------------------------------

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Callable, Literal, get_args, get_origin
 
 import msgspec
 
@@ -99,11 +100,20 @@ class AfterFiles(_Section):
 
 
 class HyperparameterSearch(_Section):
-    search_type: Literal["grid", "random"] = "grid"
+    search_type: Literal["grid", "random", "bayesian", "dgd"] = "grid"
     max_runs: RunCount | None = None
     runs: RunCount | None = None
     seed: Seed | None = None
     hp_config: str | None = None
+
+
+class EarlyStopping(_Section):
+    early_policy: Literal["none", "bandit", "median", "truncation"] = "none"
+    delay_evaluation: Annotated[int, msgspec.Meta(ge=0, le=INT64_MAX)] = 10
+    evaluation_interval: Annotated[int, msgspec.Meta(ge=1, le=INT64_MAX)] = 1
+    slack_factor: Annotated[float, msgspec.Meta(ge=0, le=1e300)] = 0.05
+    slack_amount: Annotated[float, msgspec.Meta(ge=0, le=1e300)] = 0.0
+    truncation_percentage: Annotated[int, msgspec.Meta(ge=1, le=99)] = 5
 
 
 class RunReports(_Section):
@@ -150,6 +160,7 @@ class Config(_Section):
     code: Code = msgspec.field(default_factory=Code)
     after_files: AfterFiles = msgspec.field(default_factory=AfterFiles)
     hyperparameter_search: HyperparameterSearch = msgspec.field(default_factory=HyperparameterSearch)
+    early_stopping: EarlyStopping = msgspec.field(default_factory=EarlyStopping)
     run_reports: RunReports = msgspec.field(default_factory=RunReports)
     job_reports: JobReports = msgspec.field(default_factory=JobReports)
     boxes: dict[str, Box] = {}
@@ -162,17 +173,34 @@ def load_config(
     config_path: str | os.PathLike | None = None,
     overrides: dict[str, object] | None = None,
     cwd: str | os.PathLike | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> Config:
-    """Defaults, then the config file (if any), then `overrides` (dotted path -> value; None skipped)."""
+    """Defaults, then the config file (if any), then `overrides` (dotted path -> value; None skipped).
+
+    XT's own settings that this pipeline does not use are dropped, and `on_warning` (if given) gets
+    one line naming them, once the file has loaded; the CLI passes `warn_once`."""
     cfg = Config()
     path, label = _find_config_file(config_path, cwd)
     if path is not None:
-        cfg = _validate(_merge_file(default_config_dict(), _read_yaml_mapping(path, label)), label)
+        file_data, ignored = _xt_settings(_read_yaml_mapping(path, label))
+        cfg = _validate(_merge_file(default_config_dict(), file_data), label)
+        if ignored and on_warning is not None:
+            on_warning(f"{label}: ignored XT settings this pipeline does not use: {', '.join(ignored)}")
     given = {dotted: value for dotted, value in (overrides or {}).items() if value is not None}
     if given:
         # The file already passed on its own, so anything failing now came from the command line.
         cfg = _validate(_apply_overrides(config_to_dict(cfg), given), COMMAND_LINE)
     return cfg
+
+
+_WARNED: set[str] = set()
+
+
+def warn_once(line: str) -> None:
+    """A config warning on stderr, once per process however often the config is loaded."""
+    if line not in _WARNED:
+        _WARNED.add(line)
+        print(line, file=sys.stderr, flush=True)
 
 
 def default_config_dict() -> dict:
@@ -241,6 +269,156 @@ def _yaml_problem(exc: Exception) -> str:
     problem = getattr(exc, "problem", None) or getattr(exc, "context", None) or str(exc)
     problem = problem.splitlines()[0] if problem.strip() else "invalid YAML"
     return f"line {mark.line + 1}: {problem}" if mark is not None else problem
+
+
+# ----------------------------------------------------------------------------- an XT user's own file
+
+# XT's config schema: the sections and keys XT itself accepts. From microsoft/ExperimentTools (MIT),
+# xtlib/helpers/xt_config_schema.yaml at 765d811d48a6eef5e95195c45dcaff4ee66b2ddf (what XT validates
+# every config file against), checked against its defaults, xtlib/helpers/default_config.yaml at
+# 801e63ef3f8ede7daab0705ff59adba8d90d170f. Section -> its keys; "section.*" -> the keys of each named
+# entry; "" -> content not listed (free-form, or a list). Only what this pipeline lacks is looked up
+# here: a section or key of XT's that it does not have is dropped and named in one warning, and one
+# that is not XT's either (a typo) stays an error.
+XT_SCHEMA: dict[str, str] = {
+    "external-services": "", "dockers": "", "commands": "", "azure-batch-images": "", "providers": "",
+    "xt-services": "storage mongo vault target",
+    "compute-targets.*": "service vm-size azure-image low-pri box-class docker setup boxes vc cluster queue sku "
+                         "compute nodes name",
+    "setups.*": "activate conda-packages pip-packages",
+    "general": "advanced-mode username azure-tenant-id workspace experiment feedback run-cache-dir distributed "
+               "direct-run quick-start env-vars authentication xt-team-name remote-control monitor "
+               "primary-metric maximize-metric step-name",
+    "code": "code-dirs code-upload code-zip code-omit xtlib-upload working-dir",
+    "after-files": "after-dirs after-upload after-omit",
+    "data": "data-local data-upload data-share-path data-action data-omit data-writable",
+    "model": "model-local model-share-path model-action model-writable",
+    "logging": "log notes mirror-files mirror-dest",
+    "internal": "console stack-trace auto-start pip-freeze",
+    "aml-options": "use-gpu framework fw-version user-managed distributed-training max-seconds",
+    "early-stopping": "early-policy delay-evaluation evaluation-interval slack-factor slack-amount "
+                      "truncation-percentage",
+    "hyperparameter-search": "option-prefix aggregate-dest search-type max-minutes max-runs concurrent hp-config "
+                             "fn-generated-config",
+    "hyperparameter-explorer": "hx-cache-dir steps-name log-interval-name time-name sample-efficiency-name "
+                               "success-rate-name",
+    "run-reports": "sort group number-groups reverse max-width precision uppercase-hdr right-align-numeric "
+                   "truncate-with-ellipses status report-rollup columns last",
+    "job-reports": "sort reverse max-width precision uppercase-hdr right-align-numeric truncate-with-ellipses "
+                   "columns last",
+    "tensorboard": "template",
+    "script-launch-prefix": "windows linux dsvm azureml philly",
+    "boxes.*": "address max-runs os actions box-class setup",
+}
+XT_SECTIONS = frozenset(path.split(".")[0] for path in XT_SCHEMA)
+# XT's kinds of external service (its schema's $select-records) that a compute target may run on but
+# this pipeline has no compute target kind for: such a target is dropped and named.
+XT_ONLY_COMPUTE = ("aml", "philly")
+
+
+def _xt_settings(data: dict) -> tuple[dict, list[str]]:
+    """The file as this pipeline reads it, and the XT settings it drops (dotted, in file order).
+
+    XT's spellings with the same meaning become ours first (each mapping below says why); then every
+    section or key that is XT's and not ours is dropped. Anything else is left for validation."""
+    order = {section: place for place, section in enumerate(data)}
+    data, ignored = dict(data), list[str]()
+    _map_xt_spellings(data, ignored)
+    ours = {field.encode_name: field.type for field in msgspec.structs.fields(Config)}
+    for section in list(data):
+        if section not in ours:
+            if section in XT_SECTIONS:
+                del data[section]
+                ignored.append(str(section))
+            continue
+        typ, value = ours[section], data[section]
+        if not isinstance(value, dict):
+            continue
+        if isinstance(typ, type) and issubclass(typ, msgspec.Struct):
+            data[section] = _without_xt_keys(value, typ, XT_SCHEMA.get(section, ""), section, ignored)
+        elif get_origin(typ) is dict and f"{section}.*" in XT_SCHEMA:
+            item_type, xt_keys = get_args(typ)[1], XT_SCHEMA[f"{section}.*"]
+            data[section] = {
+                name: _without_xt_keys(entry, item_type, xt_keys, _join(section, name), ignored)
+                if isinstance(entry, dict) else entry
+                for name, entry in value.items()
+            }
+    ignored.sort(key=lambda dotted: order.get(dotted.split(".")[0], 0))  # stable: in file order
+    return data, ignored
+
+
+def _without_xt_keys(entry: dict, typ: type, xt_keys: str, path: str, ignored: list[str]) -> dict:
+    ours = {field.encode_name for field in msgspec.structs.fields(typ)}
+    xt = xt_keys.split()
+    kept = {}
+    for key, value in entry.items():
+        if key not in ours and key in xt:
+            ignored.append(_join(path, key))
+        else:
+            kept[key] = value
+    return kept
+
+
+def _map_xt_spellings(data: dict, ignored: list[str]) -> None:
+    """XT's spellings and shapes of settings this pipeline has, as ours (in place, on copies)."""
+    services = data.get("xt-services")
+    if isinstance(services, dict):
+        services = data["xt-services"] = dict(services)
+        # XT writes `storage: null` / `mongo: null` for "no service chosen" (its defaults do): here,
+        # the embedded default.
+        for key in ("storage", "mongo"):
+            if key in services and services[key] is None:
+                del services[key]
+        # XT's `mongo` names the MongoDB service that indexes jobs, runs and metrics: our `stats`.
+        # (Given both, `stats` wins and `mongo` is named as ignored.)
+        if "mongo" in services and "stats" not in services:
+            services["stats"] = services.pop("mongo")
+    externals = data.get("external-services")
+    if isinstance(externals, dict):
+        # XT's MongoDB entry spells its connection string `mongo-connection-string`; ours
+        # `connection-string` (a `$vault` value then reads the secret `<name>-connection-string`).
+        externals = data["external-services"] = {
+            name: ({**{k: v for k, v in entry.items() if k != "mongo-connection-string"},
+                    "connection-string": entry["mongo-connection-string"]}
+                   if isinstance(entry, dict) and entry.get("type") == "mongo"
+                   and "mongo-connection-string" in entry and "connection-string" not in entry else entry)
+            for name, entry in externals.items()
+        }
+    targets = data.get("compute-targets")
+    if isinstance(targets, dict):
+        # XT's target `service` is `pool` or the name of an external-services entry. An entry of type
+        # batch is our `service: batch` with that entry as its `account`; a target on a kind this
+        # pipeline does not have (XT_ONLY_COMPUTE) is dropped and named.
+        kinds = get_args(next(f.type for f in msgspec.structs.fields(ComputeTarget) if f.name == "service"))
+        kept = {}
+        for name, target in targets.items():
+            service = target.get("service") if isinstance(target, dict) else None
+            entry = externals.get(service) if isinstance(externals, dict) and isinstance(service, str) else None
+            kind = entry.get("type") if isinstance(entry, dict) and service not in kinds else None
+            if kind == "batch":
+                target = {"account": service, **target, "service": "batch"}
+            elif kind in XT_ONLY_COMPUTE:
+                ignored.append(f"{_join('compute-targets', name)} ({kind} target)")
+                continue
+            kept[name] = target
+        data["compute-targets"] = kept
+    setups = data.get("setups")
+    if not (isinstance(setups, dict) and "local" in setups):
+        # XT's defaults give every user a setup `local` ("the local machine is self-managed": activate
+        # the current conda environment, install nothing), which its `local` target and box name. Where
+        # the file does not define `local` itself, that is running in the environment as it is: no setup.
+        for section in ("compute-targets", "boxes"):
+            entries = data.get(section)
+            if isinstance(entries, dict):
+                data[section] = {name: _without_xt_local_setup(entry, _join(section, name), ignored)
+                                 for name, entry in entries.items()}
+
+
+def _without_xt_local_setup(entry: Any, path: str, ignored: list[str]) -> Any:
+    if not (isinstance(entry, dict) and entry.get("setup") == "local"):
+        return entry
+    ignored.append(f"{path}.setup (XT's default setup 'local')")
+    return {key: value for key, value in entry.items() if key != "setup"}
 
 
 # ----------------------------------------------------------------------------- layering
@@ -490,11 +668,23 @@ after-files:
   after-omit: []              # glob patterns not captured
 
 hyperparameter-search:
-  search-type: grid           # grid: every combination | random: sampled combinations
+  # grid: every combination | random: sampled combinations | bayesian: each run from the results so
+  # far (Optuna's TPE; needs max-runs) | dgd: neighbours of the best grid point so far.
+  # grid, not XT's random, by default: `xt run train.py --lr=[0.01,0.1]` then runs each value
+  # once, where random would need max-runs to know how many runs to sample.
+  search-type: grid
   max-runs: null              # upper limit on runs in a job; null: no limit
   runs: null                  # runs to create; null: as many as the search yields
   seed: null                  # random-search seed; null: a fresh one each job
   hp-config: null             # YAML file of hyperparameter values to search
+
+early-stopping:               # stop runs whose primary-metric falls behind, as they log it
+  early-policy: none          # none | bandit | median | truncation
+  delay-evaluation: 10        # reports of the primary metric before the first check
+  evaluation-interval: 1      # check at every N-th report
+  slack-factor: 0.05          # bandit: allowed ratio behind the best run at the same report
+  slack-amount: 0             # bandit: allowed amount behind it (0: use slack-factor)
+  truncation-percentage: 5    # truncation: stop the lowest N percent at each check
 
 run-reports:                  # run listings
   columns: [name, job, status, exit_code, duration, "hparams.*", "metrics.*"]

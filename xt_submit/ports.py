@@ -34,6 +34,11 @@ class Storage(ABC):
     @abstractmethod
     def read(self, key: str) -> bytes: ...
 
+    def read_chunks(self, key: str) -> Iterator[bytes]:
+        """The key's bytes in pieces, so a large log is never whole in memory. NotFound is raised
+        here, before the first piece; this default reads it whole, a storage that can stream overrides it."""
+        return iter((self.read(key),))
+
     @abstractmethod
     def write(self, key: str, data: bytes, *, overwrite: bool = True) -> bool:
         """Returns False (and writes nothing) when overwrite is False and the key exists."""
@@ -112,9 +117,24 @@ class StatsStore(ABC):
         them (a compare-and-set, so concurrent handlers cannot move a run backwards). Callers get
         the statuses from `domain.records.may_become`."""
 
+    def update_runs(self, workspace: str, runs: Sequence[str], changes: Dict[str, Any],
+                    *, only_if_status_in: Optional[Iterable[str]] = None) -> List[str]:
+        """update_run for many runs at once (the cancel of a whole job): the names it changed, in the
+        order given; a name the store does not hold is skipped. Stores override it with bulk writes."""
+        statuses = None if only_if_status_in is None else list(only_if_status_in)
+        changed = []
+        for run in runs:
+            try:
+                if self.update_run(workspace, run, changes, only_if_status_in=statuses):
+                    changed.append(run)
+            except NotFound:
+                continue
+        return changed
+
     @abstractmethod
-    def replace_metrics(self, workspace: str, run: str, rows: Sequence[Any]) -> None:
-        """Replace the run's metric records (run_log.MetricRow: step, name, value, time) in one bulk write."""
+    def replace_metrics(self, workspace: str, run: str, rows: Iterable[Any]) -> None:
+        """Replace the run's metric records (run_log.MetricRow: step, name, value, time) in bulk writes,
+        consuming `rows` once and in bounded batches (it may be a generator over a log being read)."""
 
     @abstractmethod
     def get_metrics(self, workspace: str, run: str) -> List[Dict[str, Any]]: ...
@@ -258,7 +278,9 @@ class MessageQueue(ABC):
     def complete(self, message: ReceivedMessage) -> None: ...
 
     @abstractmethod
-    def abandon(self, message: ReceivedMessage, error: str = "") -> None: ...
+    def abandon(self, message: ReceivedMessage, error: str = "", delay_seconds: float = 0.0) -> None:
+        """Give the message back, receivable again after delay_seconds (domain/delivery's backoff)
+        where the queue can hold it back; Service Bus's abandon redelivers at once."""
 
     @abstractmethod
     def dead_letter(self, message: ReceivedMessage, reason: str) -> None: ...
@@ -321,8 +343,8 @@ class Node(ABC):
     def append(self, path: str, data: bytes) -> None: ...
 
     @abstractmethod
-    def read_from(self, path: str, offset: int = 0) -> bytes:
-        """b"" when missing."""
+    def read_from(self, path: str, offset: int = 0, limit: Optional[int] = None) -> bytes:
+        """At most `limit` bytes (all to the end when None) from `offset`; b"" when missing."""
 
     @abstractmethod
     def exists(self, path: str) -> bool: ...

@@ -77,6 +77,24 @@ def test_append_and_read_from_an_offset(node, work):
     assert not node.exists(posixpath.join(work, "missing"))
 
 
+def test_read_from_gives_at_most_limit_bytes(node, work):
+    log = posixpath.join(work, "run.log")
+    node.append(log, b"0123456789" * 10000)
+    assert node.read_from(log, offset=5, limit=7) == b"5678901"
+    assert node.read_from(log, offset=99990, limit=50) == b"0123456789"  # fewer where the file ends
+    assert node.read_from(log, offset=3, limit=40000) == (b"0123456789" * 10000)[3:40003]
+    assert node.read_from(posixpath.join(work, "missing"), limit=5) == b""
+
+
+def test_release_removes_the_runs_unpacked_code_and_its_copies(node, work):
+    code = posixpath.join(work, "code")
+    node.append(posixpath.join(work, "console.log"), b"printed\n")
+    assert node.exists(posixpath.join(code, "train.py"))
+    node.release(work)
+    assert not node.exists(code) and not node.exists(posixpath.join(code, "train.py"))
+    assert not node.exists(posixpath.join(work, "console.log"))  # in storage by now: a copy no longer needed
+
+
 def test_walk_names_every_file_below_a_folder_and_sees_a_change(node, work, tmp_path):
     output = posixpath.join(work, "code", "output")
     assert dict(node.walk(output)) == {}

@@ -63,6 +63,26 @@ def test_conditional_updates_never_move_a_run_backwards(stats_store):
         stats_store.get_job("ws1", "job9")
 
 
+def test_a_bulk_update_changes_only_runs_in_the_given_statuses_and_says_which(stats_store, monkeypatch):
+    from xt_submit.adapters.stats import mongo, sqlite
+
+    for store in (mongo, sqlite):
+        monkeypatch.setattr(store, "_BULK_NAMES", 50)  # several batches, from a few runs
+    stats_store.insert_runs([run_doc(f"run1.{k}") for k in range(1, 123)])
+    stats_store.update_run("ws1", "run1.2", {"status": "completed"})
+    stats_store.update_run("ws1", "run1.122", {"status": "running", "reason": "r" * 20_000})  # set aside on Mongo
+    names = [f"run1.{k}" for k in range(1, 123)] + ["run9.9"]
+    changed = stats_store.update_runs("ws1", names, {"status": "cancelled", "ended": 5.0, "reason": "by request"},
+                                      only_if_status_in=["queued", "running"])
+    assert changed == [n for n in names if n not in ("run1.2", "run9.9")]  # in order; unknown names skipped
+    assert stats_store.get_run("ws1", "run1.2")["status"] == "completed"
+    for name in ("run1.1", "run1.122"):
+        run = stats_store.get_run("ws1", name)
+        assert (run["status"], run["ended"], run["reason"]) == ("cancelled", 5.0, "by request")
+    assert stats_store.job_rollup("ws1", "job1")["counts"] == {"cancelled": 121, "completed": 1}
+    assert stats_store.update_runs("ws1", names, {"status": "error"}, only_if_status_in=["queued"]) == []
+
+
 def test_metric_records_are_replaced_in_bulk(stats_store):
     stats_store.insert_runs([run_doc("run1.1")])
     rows = [MetricRow(step, "loss", 1 / step, 100.0 + step) for step in range(1, 2001)]
@@ -71,6 +91,20 @@ def test_metric_records_are_replaced_in_bulk(stats_store):
     got = stats_store.get_metrics("ws1", "run1.1")
     assert len(got) == 2000 and got[0] == {"step": 1, "name": "loss", "value": 1.0, "time": 101.0}
     assert [g["step"] for g in got] == list(range(1, 2001))
+
+
+def test_metric_records_stream_from_a_one_pass_iterable(stats_store, monkeypatch):
+    """run_finished hands over a generator over the log being read: consumed once, in batches, in order."""
+    from xt_submit.adapters.stats import mongo
+
+    monkeypatch.setattr(mongo, "METRIC_BATCH", 1000)  # several batches, at a size the test peer takes quickly
+    stats_store.insert_runs([run_doc("run1.1")])
+    stats_store.replace_metrics("ws1", "run1.1", [MetricRow(1, "stale", 9.0, 1.0)] * 3)
+    count = 3_500
+    stats_store.replace_metrics("ws1", "run1.1", (MetricRow(step, "loss", step / 2, None) for step in range(count)))
+    got = stats_store.get_metrics("ws1", "run1.1")
+    assert len(got) == count and {g["name"] for g in got} == {"loss"}  # the earlier records replaced
+    assert [g["step"] for g in got] == list(range(count)) and got[-1]["value"] == (count - 1) / 2
 
 
 def test_rollup_silent_runs_and_clearing(stats_store):

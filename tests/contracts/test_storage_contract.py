@@ -35,6 +35,17 @@ def test_write_read_overwrite_and_create_if_absent(storage):
     assert not storage.exists("a/b.txt")
 
 
+def test_a_key_reads_in_pieces_as_it_reads_whole(storage):
+    data = bytes(range(256)) * 20_000  # 5 MB: more than one piece of any storage
+    storage.write("runs/r/big.bin", data)
+    storage.create_log("runs/r/log.jsonl", b"opening\n")
+    storage.append("runs/r/log.jsonl", b"second\n")
+    assert b"".join(storage.read_chunks("runs/r/big.bin")) == data
+    assert b"".join(storage.read_chunks("runs/r/log.jsonl")) == b"opening\nsecond\n"
+    with pytest.raises(NotFound, match="storage: no such key runs/r/none"):
+        storage.read_chunks("runs/r/none")  # at the call: a missing log is known before any piece
+
+
 def test_logs_are_created_once_and_appended(storage):
     assert storage.create_log("runs/r/log.jsonl", b"opening\n")
     assert not storage.create_log("runs/r/log.jsonl", b"opening again\n")  # a redelivery

@@ -17,6 +17,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
     ("p4_sweep.py", ["--runs", "4", "--repeat", "1"], ["ours_s", "x_limit"]),
     ("p5_snapshot.py", ["--files", "40", "--mb", "2", "--repeat", "1"], ["ours_s", "resubmit_s"]),
     ("p6_ingest.py", ["--records", "4000", "--repeat", "1"], ["records_per_s", "ratio_to_limit"]),
+    ("startup.py", ["--runs", "200", "--repeat", "1"], ["help_s", "list_s", "import_run_in_process_s"]),
 ])
 def test_benchmark_runs(script, args, keys):
     out = subprocess.run([sys.executable, str(BENCH / script), *args], cwd=BENCH, capture_output=True, text=True,

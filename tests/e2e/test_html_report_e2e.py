@@ -82,8 +82,10 @@ def test_the_page_embeds_what_xt_list_runs_selects(sweep):
     (["--out", "x.html"], "xt: xt report: name runs (run7.1 run7.2, run7.*), --job JOB or --experiment EXP"),
     (["--job", "job9", "--out", "x.html"], "xt: no runs match job9 in workspace ws1"),
     (["--job", "job1", "--filter", "metrics.los<1", "--out", "x.html"], "xt: --filter: unknown column 'metrics.los'"),
-    (["--job", "job1", "--max-points", "1", "--out", "x.html"], "xt: --max-points: expected 2 or more, got 1"),
-    (["--job", "job1", "--max-points", "many", "--out", "x.html"], "xt report: argument --max-points: invalid int value"),
+    (["--job", "job1", "--max-points", "1", "--out", "x.html"],
+     "xt report: argument --max-points: expected a whole number from 2 to 100000, got '1'"),
+    (["--job", "job1", "--max-points", "many", "--out", "x.html"],
+     "xt report: argument --max-points: expected a whole number from 2 to 100000, got 'many'"),
 ])
 def test_bad_input_is_one_line_naming_the_option_and_no_file(sweep, args, message):
     result = sweep.xt("report", *args, check=False)

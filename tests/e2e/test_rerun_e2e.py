@@ -49,7 +49,7 @@ def test_rerun_with_set_changes_the_hparam_of_every_rerun_run(half_failed):
 
 @pytest.mark.parametrize("args, expected", [
     (("--failed", "job9"), "job job9 not found in workspace ws1"),
-    (("--status", "done", "job1"), "--status: expected end states among cancelled, completed, error, got done"),
+    (("--status", "done", "job1"), "--status: expected end states among cancelled, completed, error, stopped, got done"),
     (("--status", "cancelled", "job1"), "job1: no runs ended cancelled: nothing to rerun"),
     (("run1.1", "--set", "lr"), "--set: expected name=value (one fixed value), got 'lr'"),
     (("run1.1", "--set", "lr=[1,2]"), "--set: expected name=value (one fixed value), got 'lr=[1,2]'"),

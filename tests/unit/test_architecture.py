@@ -28,7 +28,9 @@ LAYERS = [
 ]
 # What the lowest layers may import from outside XT (the stdlib aside).
 ALLOWED_THIRD_PARTY = {
-    "domain": {"msgspec", "yaml", "regex"},  # regex: pure matching with a timeout (--filter :regex:)
+    # regex: pure matching with a timeout (--filter :regex:); optuna: the TPE sampler, pure computation
+    # on the results handed in (adaptive_search.py rebuilds its study from them, no storage of its own)
+    "domain": {"msgspec", "yaml", "regex", "optuna"},
     "node_kit": {"msgspec", "pathspec"},  # both optional on a node: imported where present
     "ports": set(),
     "handlers": {"msgspec"},

@@ -24,7 +24,7 @@ from xt_submit.config import (
 
 SECTIONS = [
     "general", "xt-services", "external-services", "compute-targets", "setups", "code",
-    "after-files", "hyperparameter-search", "run-reports", "job-reports", "boxes",
+    "after-files", "hyperparameter-search", "early-stopping", "run-reports", "job-reports", "boxes",
 ]
 
 
@@ -254,7 +254,7 @@ def test_unknown_key_lists_the_known_ones(tmp_path):
 def test_unknown_section(tmp_path):
     assert error_of(tmp_path, "genral: {workspace: x}\n") == (
         "xt_config.yaml: genral: unknown section (expected one of after-files, boxes, code, "
-        "compute-targets, external-services, general, hyperparameter-search, job-reports, "
+        "compute-targets, early-stopping, external-services, general, hyperparameter-search, job-reports, "
         "run-reports, setups, xt-services)"
     )
 
@@ -291,7 +291,7 @@ def test_snake_case_keys_are_unknown(tmp_path):
         ("code: {code-dirs: src}", "code.code-dirs: expected list, got str"),
         ("setups: {py: {environment: {PATH: 1}}}", "setups.py.environment.PATH: expected str, got int"),
         ("hyperparameter-search: {search-type: bayes}",
-         "hyperparameter-search.search-type: expected one of grid, random, got 'bayes'"),
+         "hyperparameter-search.search-type: expected one of grid, random, bayesian, dgd, got 'bayes'"),
         ("hyperparameter-search: {max-runs: 0}", "hyperparameter-search.max-runs: expected int >= 1, got 0"),
         ("run-reports: {precision: -1}", "run-reports.precision: expected int >= 0, got -1"),
         ("boxes: {b1: {max-runs: 2}}", "boxes.b1.address: required key missing"),

@@ -26,6 +26,48 @@ def test_transient_errors_back_off_then_give_up():
     assert outcome_of(None, 2).action == "ok"
 
 
+@pytest.mark.parametrize("failure", ["transient", "permanent"])
+def test_the_local_host_follows_the_same_rule_on_the_real_sqlite_queue(parts, monkeypatch, failure):
+    """A transient failure is tried again only after each of RETRY_DELAYS_SECONDS (never at once),
+    then dead-lettered saying it gave up; a permanent one is dead-lettered at the first failure."""
+    from types import SimpleNamespace
+
+    from xt_submit.adapters.queue import sqlite as sqlite_queue
+    from xt_submit.domain.messages import EVENTS_QUEUE, RunStarted, encode
+    from xt_submit.runtime import local_host
+
+    clock = SimpleNamespace(now=1_000_000.0)
+    monkeypatch.setattr(sqlite_queue, "time", SimpleNamespace(time=lambda: clock.now))
+    attempts = []
+
+    def handler(event, ports):
+        attempts.append(clock.now)
+        raise ConnectionError("store away") if failure == "transient" else NotFound("storage: no such key x")
+
+    monkeypatch.setitem(local_host.HANDLERS, RunStarted, handler)
+    host = local_host.LocalHost(parts)
+    parts.queue.send(EVENTS_QUEUE, [encode(RunStarted(workspace="ws1", job="job1", run="run1.1", node_id="local",
+                                                      started_at=1.0))])
+    waited = []
+    for delay in (0.0, *RETRY_DELAYS_SECONDS):
+        if delay:  # just before the delay is up the message is not there; at it, it is
+            clock.now += delay - 0.5
+            assert parts.queue.receive(EVENTS_QUEUE) == []
+            clock.now += 0.5
+            waited.append(delay)
+        received = parts.queue.receive(EVENTS_QUEUE)
+        if not received:
+            break
+        host.process(received[0])
+    (dead,) = parts.queue.peek(EVENTS_QUEUE + "/$DeadLetterQueue")
+    if failure == "transient":
+        assert [b - a for a, b in zip(attempts, attempts[1:])] == list(RETRY_DELAYS_SECONDS)
+        assert dead["reason"] == f"gave up after {len(RETRY_DELAYS_SECONDS) + 1} attempts: ConnectionError: store away"
+    else:
+        assert len(attempts) == 1 and dead["reason"] == "storage: no such key x"
+    assert parts.queue.count(EVENTS_QUEUE) == 0
+
+
 def _event(subject, event_type="Microsoft.Storage.BlobCreated"):
     return {"topic": "/subscriptions/s/resourceGroups/g/providers/Microsoft.Storage/storageAccounts/a",
             "subject": subject, "eventType": event_type, "eventTime": "2026-12-01T10:00:00Z", "id": "e1",

@@ -93,7 +93,7 @@ def test_checkpoint_round_trip(tmp_path, monkeypatch):
 def test_the_standalone_wrapper_drives_one_run_to_its_end(parts, tmp_path):
     """`python -m xt_submit.entrypoints.node TASK_JSON`: a node that runs one wrapper per process."""
     from xt_submit.services.code_upload import upload_code
-    from xt_submit.domain.messages import RunFinished, RunStarted, RunTask, decode_event, encode
+    from xt_submit.domain.messages import RunFinished, RunProgress, RunStarted, RunTask, decode_event, encode
 
     project = tmp_path / "project"
     project.mkdir()
@@ -114,8 +114,11 @@ def test_the_standalone_wrapper_drives_one_run_to_its_end(parts, tmp_path):
     subprocess.run([sys.executable, "-m", "xt_submit.entrypoints.node", str(node_dir / "task.json")], check=True, timeout=60,
                    env=dict(os.environ, XT_HOME=str(parts.home), XT_SYNC_SECONDS="0.1"))
     events = [decode_event(m.body) for m in parts.queue.receive("events", max_messages=10)]
+    progress = [e for e in events if isinstance(e, RunProgress)]  # live metrics, if a sync saw them before the end
+    events = [e for e in events if not isinstance(e, RunProgress)]
     assert [type(e) for e in events] == [RunStarted, RunFinished]
     assert events[1].status == "completed" and events[1].metrics == {"loss": 0.5}  # the step is the x axis, not a metric
+    assert all(p.metrics == {"loss": 0.5} and p.primary == [] for p in progress)
     assert parts.ports.storage.read("workspaces/ws1/runs/run1.1/output/done.txt") == b"ok"
 
 

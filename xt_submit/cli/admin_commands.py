@@ -6,10 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
-from xt_submit import config as xt_config
 from xt_submit.cli.common import CliError, embedded_parts, load, number_in, print_json
 from xt_submit.domain import layout
-from xt_submit.domain.messages import MAX_SECONDS
+from xt_submit.domain.limits import MAX_SECONDS
 
 
 def add_parsers(commands) -> None:
@@ -62,6 +61,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_admin(args: argparse.Namespace) -> int:
+    from xt_submit import config as xt_config
     from xt_submit.handlers.reindex import rebuild_workspace, workspaces_in_storage
     from xt_submit.runtime.local_host import host_running
 
@@ -110,6 +110,8 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
+    from xt_submit import config as xt_config
+
     xt_config.write_starter_config(args.path)
     print(f"wrote {args.path}")
     return 0

@@ -7,7 +7,6 @@ import sys
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, Optional
 
-from xt_submit import config as xt_config
 from xt_submit.domain.errors import OneLineError
 
 EXIT_USAGE = 2
@@ -22,7 +21,9 @@ def load(args: argparse.Namespace, overrides: Optional[Dict[str, Any]] = None):
     overrides = dict(overrides or {})
     if workspace is not None:
         overrides["general.workspace"] = workspace
-    return xt_config.load_config(args.config, overrides)
+    from xt_submit import config as xt_config  # here, not at the top: `xt --help` never loads a config
+
+    return xt_config.load_config(args.config, overrides, on_warning=xt_config.warn_once)
 
 
 def embedded_parts(cfg):
@@ -48,6 +49,8 @@ def number_in(kind: type, low: int, high: int, *, above: bool = False):
         except ValueError:  # not a number, or an int of more digits than Python converts
             value = None
         if value is None or not ((low < value) if above else (low <= value)) or not value <= high:
+            from xt_submit import config as xt_config
+
             raise argparse.ArgumentTypeError(f"expected {expected}, got {xt_config.show(text)}")
         return value
 

@@ -8,15 +8,17 @@ import random
 import shlex
 import sys
 from pathlib import Path
-from typing import Any, Dict
-
-import msgspec
+from typing import TYPE_CHECKING, Any, Dict, Optional
 
 from xt_submit.cli.common import (CliError, check_name, embedded_parts, ensure_local_host, load, number_in,
                                   print_json, progress_on_screen, transfer_progress)
 from xt_submit.domain import layout, sweep
-from xt_submit.domain.messages import INT64_MAX, INT64_MIN, MAX_CONCURRENT, MAX_SECONDS, check_manifest_size
-from xt_submit.services import targets
+from xt_submit.domain.limits import INT64_MAX, INT64_MIN, MAX_CONCURRENT, MAX_SECONDS
+
+if TYPE_CHECKING:
+    from xt_submit.domain.messages import EarlyStopping
+# messages (msgspec), the config schema and the targets are imported where a command needs them:
+# building the parser for `xt --help` or any other command never loads them
 
 
 def add_parsers(commands) -> None:
@@ -45,7 +47,8 @@ def add_parsers(commands) -> None:
 # xt run's own options: after the script, each is the script's (and a warning says so)
 RUN_OPTIONS = frozenset({"--target", "--workspace", "--experiment", "--runs", "--max-runs", "--search-type",
                          "--hp-config", "--seed", "--concurrent", "--max-time", "--tags", "--dry-run", "--wait",
-                         "--to-zip", "--json", "--config"})
+                         "--to-zip", "--json", "--config", "--early-policy", "--delay-evaluation",
+                         "--evaluation-interval", "--slack-factor", "--slack-amount", "--truncation-percentage"})
 
 
 def _run_parser(parser: argparse.ArgumentParser) -> None:
@@ -54,13 +57,24 @@ def _run_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--experiment")
     parser.add_argument("--runs", type=number_in(int, 1, sweep.MAX_PLANNED_RUNS), help="exactly this many runs")
     parser.add_argument("--max-runs", type=number_in(int, 1, sweep.MAX_PLANNED_RUNS), help="at most this many runs")
-    parser.add_argument("--search-type", help="grid or random")
+    parser.add_argument("--search-type", help="grid, random, bayesian (each run from the results so far; "
+                                              "needs --max-runs) or dgd (neighbours of the best grid point)")
     parser.add_argument("--hp-config", help="YAML file with hyperparameter-distributions")
     parser.add_argument("--seed", type=number_in(int, INT64_MIN, INT64_MAX), help="seed for sampled hyperparameters")
     parser.add_argument("--concurrent", type=number_in(int, 1, MAX_CONCURRENT), help="runs at once on the target")
     parser.add_argument("--max-time", type=number_in(float, 0, MAX_SECONDS, above=True),
                         help="seconds a run may take before it is stopped")
     parser.add_argument("--tags", help="name[=value],... attached to the job and its runs")
+    early = parser.add_argument_group("early stopping (config early-stopping:)")
+    early.add_argument("--early-policy", help="none, bandit, median or truncation: stop runs whose primary "
+                                              "metric falls behind the job's other runs")
+    early.add_argument("--delay-evaluation", type=number_in(int, 0, INT64_MAX),
+                       help="reports of the primary metric before the first check")
+    early.add_argument("--evaluation-interval", type=number_in(int, 1, INT64_MAX), help="check at every N-th report")
+    early.add_argument("--slack-factor", type=number_in(float, 0, 1e300), help="bandit: allowed ratio behind the best")
+    early.add_argument("--slack-amount", type=number_in(float, 0, 1e300), help="bandit: allowed amount behind the best")
+    early.add_argument("--truncation-percentage", type=number_in(int, 1, 99),
+                       help="truncation: stop the lowest N percent at each check")
     instead = parser.add_mutually_exclusive_group()
     instead.add_argument("--dry-run", action="store_true", help="print the planned runs, submit nothing")
     instead.add_argument("--wait", action="store_true",
@@ -74,6 +88,9 @@ def _run_parser(parser: argparse.ArgumentParser) -> None:
 
 # --- xt run -----------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
+    import msgspec
+
+    from xt_submit.domain.messages import check_manifest_size
     from xt_submit.services import submit
 
     cfg = load(args, {
@@ -81,6 +98,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         "hyperparameter-search.search-type": args.search_type, "hyperparameter-search.max-runs": args.max_runs,
         "hyperparameter-search.runs": args.runs, "hyperparameter-search.seed": args.seed,
         "hyperparameter-search.hp-config": args.hp_config,
+        **{f"early-stopping.{option}": getattr(args, option.replace("-", "_")) for option in (
+            "early-policy", "delay-evaluation", "evaluation-interval", "slack-factor", "slack-amount",
+            "truncation-percentage")},
     })
     manifest = _manifest_from(args, cfg)
     check_manifest_size(manifest, "xt run")
@@ -90,6 +110,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             print_json({"job": None, "runs": planned})
         else:
             print(f"dry run: {len(planned)} runs planned ({manifest.search_type} search), nothing submitted")
+            if manifest.search_type in ("bayesian", "dgd"):
+                print(f"  (the first runs: the search plans the rest, up to {submit.search_budget(manifest)}, "
+                      "from their results)")
             for entry in planned:
                 print(f"  {entry['index']:>4}  {entry['command']}")
         return 0
@@ -143,6 +166,7 @@ def _write_drop(args: argparse.Namespace, cfg, manifest, planned) -> int:
 def _manifest_from(args: argparse.Namespace, cfg):
     """The job manifest the command line and the config ask for (not yet checked, no code yet)."""
     from xt_submit.domain.messages import JobManifest
+    from xt_submit.services import targets
 
     target_name = cfg.xt_services.target
     target = cfg.compute_targets[target_name]
@@ -170,7 +194,17 @@ def _manifest_from(args: argparse.Namespace, cfg):
         setup=targets.setup_spec(cfg, target.setup), after_dirs=list(cfg.after_files.after_dirs),
         after_omit=list(cfg.after_files.after_omit), tags=layout.parse_tags([args.tags], "--tags"),
         primary_metric=cfg.general.primary_metric, maximize_metric=cfg.general.maximize_metric,
-        step_name=cfg.general.step_name)
+        step_name=cfg.general.step_name, early_stopping=_early_stopping(cfg.early_stopping))
+
+
+def _early_stopping(section) -> Optional[EarlyStopping]:
+    from xt_submit.domain.messages import EarlyStopping
+
+    if section.early_policy == "none":
+        return None
+    return EarlyStopping(policy=section.early_policy, delay_evaluation=section.delay_evaluation,
+                         evaluation_interval=section.evaluation_interval, slack_factor=section.slack_factor,
+                         slack_amount=section.slack_amount, truncation_percentage=section.truncation_percentage)
 
 
 def _warn_about_xt_options_after(script: str, script_args) -> None:

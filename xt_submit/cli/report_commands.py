@@ -1,4 +1,5 @@
-"""The `xt` subcommands that find, compare and follow runs: list, view, plot, report, monitor, download, tags."""
+"""The `xt` subcommands that find, compare and follow runs: list, view, plot, report, export (runs as
+TensorBoard files; a workspace, by storage_commands), monitor, download, tags."""
 from __future__ import annotations
 
 import argparse
@@ -7,15 +8,18 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
-from xt_submit.domain import layout, run_log, run_query
+from xt_submit.domain import layout, run_query
 from xt_submit.cli import reports, storage_commands, target_commands
 from xt_submit.cli.common import (CliError, check_name, embedded_parts, ensure_local_host, load, number_in,
                                    print_json)
-from xt_submit.config import MAX_ROWS
+from xt_submit.domain.limits import MAX_ROWS
 from xt_submit.domain.messages import TERMINAL_STATUSES
 from xt_submit.services import run_reports
 
-STATUSES = ["queued", "running", "preempted", "completed", "error", "cancelled"]
+STATUSES = ["queued", "running", "preempted", "completed", "error", "cancelled", "stopped"]
+# xt report's bounds: a page a browser still opens (every run's curves and console tail are embedded)
+REPORT_MAX_POINTS = 100_000
+REPORT_CONSOLE_BYTES = 10 * 1024 * 1024
 
 
 # --- parsers ----------------------------------------------------------------------------------
@@ -60,7 +64,8 @@ def add_parsers(commands) -> None:
 
     view_parser = commands.add_parser("view", help="show a run, its log, console or metrics, or a job")
     view_kinds = view_parser.add_subparsers(dest="kind", required=True,
-                                            metavar="run|log|console|metrics|job|status|blob")
+                                            metavar="run|log|console|metrics|job|status|blob|tensorboard")
+    _add_tensorboard_kind(view_kinds, "view")
     target_commands.add_view_kinds(view_kinds)
     storage_commands.add_view_kinds(view_kinds)
     for kind in ("run", "log", "console", "job"):
@@ -87,21 +92,19 @@ def add_parsers(commands) -> None:
     from xt_submit.services import html_report
 
     page = commands.add_parser("report", help="write one self-contained HTML page of runs (no server, no network)")
-    page.add_argument("names", nargs="*", metavar="RUNS", help="run7.2, run7.1-run7.10, run7.*, job7")
-    page.add_argument("--job", action="append", default=[], help="runs of this job (repeatable)")
-    page.add_argument("--experiment", help="runs of this experiment")
-    page.add_argument("--workspace", help="the workspace (default: general.workspace)")
-    page.add_argument("--status", choices=STATUSES, help="runs in this status")
-    page.add_argument("--filter", action="append", default=[], metavar="EXPR", help="as in xt list runs (repeatable)")
-    page.add_argument("--first", type=int, help="the first N runs selected")
-    page.add_argument("--last", type=int, help="the last N runs selected")
-    page.add_argument("--all", action="store_true", help="every run (ignore first/last from the config)")
+    _add_run_selection(page)
     page.add_argument("--out", default="report.html", help="the .html file to write (default: report.html)")
     page.add_argument("--title", help="the page's title")
-    page.add_argument("--max-points", type=int, default=html_report.MAX_POINTS,
+    page.add_argument("--max-points", type=number_in(int, 2, REPORT_MAX_POINTS), default=html_report.MAX_POINTS,
                       help=f"points per run and metric before a curve is subsampled (default {html_report.MAX_POINTS})")
-    page.add_argument("--console-tail", type=int, default=html_report.CONSOLE_BYTES, metavar="BYTES",
+    page.add_argument("--console-tail", type=number_in(int, 0, REPORT_CONSOLE_BYTES), default=html_report.CONSOLE_BYTES,
+                      metavar="BYTES",
                       help=f"the last BYTES of each run's console (default {html_report.CONSOLE_BYTES})")
+
+    export = commands.add_parser("export", help="runs as TensorBoard event files, or a workspace as one zip")
+    export_kinds = export.add_subparsers(dest="kind", required=True, metavar="tensorboard|workspace")
+    _add_tensorboard_kind(export_kinds, "export")
+    storage_commands.add_export_kinds(export_kinds)
 
     monitor = commands.add_parser("monitor", help="follow a job's or a run's console output until it ends")
     monitor.add_argument("name")
@@ -123,6 +126,41 @@ def add_parsers(commands) -> None:
         sub.add_argument("name", nargs="?" if verb == "clear" else None)
         sub.add_argument("tags", nargs="*" if verb == "clear" else "+", metavar="name=value" if verb == "set" else "name")
         sub.add_argument("--workspace")
+
+
+def _add_run_selection(parser) -> None:
+    """The runs a page or an export is of: the selectors and filters of `xt list runs`."""
+    parser.add_argument("names", nargs="*", metavar="RUNS", help="run7.2, run7.1-run7.10, run7.*, job7")
+    parser.add_argument("--job", action="append", default=[], help="runs of this job (repeatable)")
+    parser.add_argument("--experiment", help="runs of this experiment")
+    parser.add_argument("--workspace", help="the workspace (default: general.workspace)")
+    parser.add_argument("--status", choices=STATUSES, help="runs in this status")
+    parser.add_argument("--filter", action="append", default=[], metavar="EXPR",
+                        help="as in xt list runs (repeatable)")
+    parser.add_argument("--first", type=number_in(int, 1, MAX_ROWS), help="the first N runs selected")
+    parser.add_argument("--last", type=number_in(int, 1, MAX_ROWS), help="the last N runs selected")
+    parser.add_argument("--all", action="store_true", help="every run (ignore first/last from the config)")
+
+
+def _add_tensorboard_kind(kinds, verb: str) -> None:
+    """`xt export tensorboard` and `xt view tensorboard`: the same selection as `xt report`."""
+    from xt_submit.services import tensorboard_export
+
+    if verb == "export":
+        sub = kinds.add_parser("tensorboard", help="runs as TensorBoard event files, one folder per run")
+        sub.add_argument("--dest", required=True, metavar="DIR",
+                         help="the folder to write (a run exported before is replaced, not doubled)")
+    else:
+        sub = kinds.add_parser("tensorboard", help="export runs and run TensorBoard on them (needs tensorboard)")
+        sub.add_argument("--dest", metavar="DIR", help="the folder to export to and keep (default: a temporary one)")
+        sub.add_argument("--port", type=number_in(int, 0, 65535), default=tensorboard_export.DEFAULT_PORT,
+                         help=f"TensorBoard's port (default {tensorboard_export.DEFAULT_PORT}; 0: any free one)")
+    _add_run_selection(sub)
+
+
+def _tensorboard_selection(args: argparse.Namespace) -> Dict[str, Any]:
+    return dict(names=args.names, jobs=args.job, experiment=args.experiment, status=args.status,
+                filters=args.filter, first=args.first, last=args.last, everything=args.all)
 
 
 # --- xt list ----------------------------------------------------------------------------------
@@ -215,16 +253,29 @@ def cmd_view(args: argparse.Namespace) -> int:
         return target_commands.cmd_view(args)
     if args.kind in storage_commands.VIEW_KINDS:
         return storage_commands.cmd_view(args)
+    if args.kind == "tensorboard":
+        from xt_submit.services import tensorboard_export
+
+        cfg = load(args)
+        return tensorboard_export.view_tensorboard(cfg, embedded_parts(cfg).ports.stats, dest=args.dest, port=args.port,
+                                                   announce=lambda line: print(line, flush=True),
+                                                   **_tensorboard_selection(args))
     cfg = load(args)
     parts = embedded_parts(cfg)
     ws = cfg.general.workspace
     stats, storage = parts.ports.stats, parts.ports.storage
     if args.kind == "job":
         summary = reports.job_summary(stats, ws, check_name("job", args.name, layout.JOB_PATTERN), time.time())
-        print_json(summary) if args.json else print(reports.format_fields(summary))
+        if args.json:
+            print_json(summary)
+        else:
+            shown = {**summary, **({"search": reports.search_line(summary["search"])} if "search" in summary else {}),
+                     **({"early_stopping": reports.policy_line(summary["early_stopping"])}
+                        if "early_stopping" in summary else {})}
+            print(reports.format_fields(shown))
         return 0
     if args.kind == "metrics":
-        history = run_reports.metric_history(stats, ws, args.names, args.metric or ())
+        history = run_reports.metric_history(stats, ws, args.names, args.metric or (), storage=storage)
         if args.json:
             print_json(history)
         else:
@@ -242,6 +293,8 @@ def cmd_view(args: argparse.Namespace) -> int:
         if not storage.exists(key):  # a run's node opens its log when it starts
             print(f"{run} is {record['status']}: no run log yet", file=sys.stderr)
             return 0
+        from xt_submit.domain import run_log
+
         records = run_log.parse(storage.read(key))
         if args.json:
             print_json(records)
@@ -249,10 +302,29 @@ def cmd_view(args: argparse.Namespace) -> int:
             for entry in records:
                 print(f"{reports.format_time(entry['time'])}  {entry['event']:<10} {reports.compact(entry['data'])}")
     else:
-        key = layout.console_key(ws, run)
-        text = storage.read(key).decode("utf-8", "replace") if storage.exists(key) else ""
-        print_json({"run": run, "status": record["status"], "console": text}) if args.json else sys.stdout.write(text)
+        _stream_console(storage, layout.console_key(ws, run), sys.stdout,
+                        head={"run": run, "status": record["status"]} if args.json else None)
     return 0
+
+
+def _stream_console(storage, key: str, out, head=None) -> None:
+    """The console piece by piece, so memory stays bounded whatever its size; with `head`, as
+    print_json would print head plus "console" (the text's JSON string written a piece at a time)."""
+    import codecs
+    import json
+
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")  # a character split across pieces stays whole
+    pieces = storage.read_chunks(key) if storage.exists(key) else iter(())
+    if head is not None:
+        out.write("{\n" + "".join(f"  {json.dumps(k)}: {json.dumps(v, default=str)},\n" for k, v in head.items())
+                  + '  "console": "')
+    for piece in pieces:
+        text = decoder.decode(piece)
+        out.write(json.dumps(text)[1:-1] if head is not None else text)
+    text = decoder.decode(b"", final=True)
+    out.write(json.dumps(text)[1:-1] if head is not None else text)
+    if head is not None:
+        out.write('"\n}\n')
 
 
 # --- xt plot ----------------------------------------------------------------------------------
@@ -272,7 +344,9 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if not args.out.lower().endswith(".png"):
         raise CliError(f"--out: expected a .png file, got {args.out!r}")
     rows = stats.query_runs(run_query.RunQuery(workspace=ws, runs=runs, jobs=jobs))
-    series = {r["name"]: [m for m in stats.get_metrics(ws, r["name"]) if m["name"] == args.metric] for r in rows}
+    storage = embedded_parts(cfg).ports.storage
+    series = {r["name"]: [m for m in run_reports.run_metrics(stats, storage, r) if m["name"] == args.metric]
+              for r in rows}
     if not any(series.values()):
         raise CliError(f"--metric: no run of {' '.join(args.names + ([args.job] if args.job else []))} logged {args.metric!r}")
     plotted = plotting.plot_metric(rows, series, metric=args.metric, x=args.x, out=args.out,
@@ -295,6 +369,24 @@ def cmd_report(args: argparse.Namespace) -> int:
     for note in written["notes"]:
         print(f"xt: note: {note}", file=sys.stderr)
     print(f"wrote {written['out']} ({written['runs']} runs, {written['bytes'] / 1024:.0f} KB)")
+    return 0
+
+
+# --- xt export ---------------------------------------------------------------------------------
+def cmd_export(args: argparse.Namespace) -> int:
+    if args.kind in storage_commands.EXPORT_KINDS:
+        return storage_commands.cmd_export(args)
+    from xt_submit.services import tensorboard_export
+
+    cfg = load(args)
+    written = tensorboard_export.export_tensorboard(cfg, embedded_parts(cfg).ports.stats, args.dest,
+                                                    **_tensorboard_selection(args))
+    for note in written["notes"]:
+        print(f"xt: note: {note}", file=sys.stderr)
+    for run in written["runs"]:
+        skipped = f", skipped {run['skipped']} non-numeric values" if run["skipped"] else ""
+        print(f"{run['run']}: {run['points']} points in {run['folder']}{skipped}")
+    print(f"wrote {len(written['runs'])} runs to {written['dest']}; see them with: tensorboard --logdir {written['dest']}")
     return 0
 
 
@@ -396,4 +488,4 @@ def cmd_tags(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"list": cmd_list, "view": cmd_view, "plot": cmd_plot, "monitor": cmd_monitor, "download": cmd_download,
-            "set": cmd_tags, "clear": cmd_tags, "report": cmd_report}
+            "set": cmd_tags, "clear": cmd_tags, "report": cmd_report, "export": cmd_export}

@@ -192,4 +192,25 @@ def job_summary(stats, workspace: str, job: str, now: float) -> Dict[str, Any]:
                             "hparams": best[0]["hparams"]} if best else None)
     summary["primary_metric"] = f"{metric} ({'max' if maximize else 'min'})"
     summary["done"] = record["status"] in TERMINAL_STATUSES
+    if record.get("search"):
+        summary["search"] = {**record["search"], "runs": record.get("run_count") or 0}
+    if record.get("early_stopping"):
+        summary["early_stopping"] = record["early_stopping"]
     return summary
+
+
+def search_line(search: Dict[str, Any]) -> str:
+    """An adaptive job's progress in one line: runs so far of its budget, the best point and metric."""
+    line = f"{search['type']} search: {search['runs']} of {search['budget']} runs"
+    best = search.get("best")
+    if best:
+        point = ", ".join(f"{name}={value}" for name, value in best["hparams"].items())
+        line += f"; best {best['run']} {best['metric']}={best['value']:.6g} ({point})"
+    return line + (f"; ended: {search['ended']}" if search.get("ended") else "; searching")
+
+
+def policy_line(policy: Dict[str, Any]) -> str:
+    knobs = {"bandit": ("slack_factor", "slack_amount"), "median": (), "truncation": ("truncation_percentage",)}
+    shown = [f"{name}={policy[name]}" for name in ("delay_evaluation", "evaluation_interval",
+                                                   *knobs.get(policy["policy"], ()))]
+    return f"{policy['policy']} ({', '.join(shown)})"

@@ -17,6 +17,7 @@ from xt_submit.domain.storage_paths import display_path, storage_key
 
 LIST_KINDS = ("blobs",)
 VIEW_KINDS = ("blob",)
+EXPORT_KINDS = ("workspace",)
 VIEW_MAX_BYTES = 1024**2  # `xt view blob` prints text; anything bigger is for `xt download`
 
 
@@ -33,6 +34,13 @@ def add_view_kinds(kinds) -> None:
     sub.add_argument("--workspace")
 
 
+def add_export_kinds(kinds) -> None:
+    """`xt export workspace` (the `export` command is report_commands', which also exports runs)."""
+    sub = kinds.add_parser("workspace", help="a workspace as one portable zip (its blobs and code snapshots)")
+    sub.add_argument("name", nargs="?", metavar="WORKSPACE", help="default: general.workspace")
+    sub.add_argument("--out", required=True, metavar="FILE.zip", help="the zip to write")
+
+
 def add_parsers(commands) -> None:
     upload = commands.add_parser("upload", help="copy a local file or folder into storage at PATH")
     upload.add_argument("local")
@@ -43,10 +51,6 @@ def add_parsers(commands) -> None:
     delete.add_argument("path", metavar="PATH|WORKSPACE")
     delete.add_argument("--workspace")
     delete.add_argument("--yes", action="store_true", help="do not ask (needed when not at a terminal)")
-    export = commands.add_parser("export", help="a workspace as one portable zip (its blobs and code snapshots)")
-    export.add_argument("kind", choices=["workspace"])
-    export.add_argument("name", nargs="?", metavar="WORKSPACE", help="default: general.workspace")
-    export.add_argument("--out", required=True, metavar="FILE.zip")
     imported = commands.add_parser("import", help="put an exported workspace into storage and index it")
     imported.add_argument("kind", choices=["workspace"])
     imported.add_argument("archive", metavar="FILE.zip")
@@ -227,5 +231,5 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"upload": cmd_upload, "delete": cmd_delete, "extract": cmd_extract, "export": cmd_export,
-            "import": cmd_import}
+COMMANDS = {"upload": cmd_upload, "delete": cmd_delete, "extract": cmd_extract,
+            "import": cmd_import}  # `export`: report_commands.cmd_export hands `export workspace` to cmd_export

@@ -9,8 +9,6 @@ import argparse
 from typing import List
 
 from xt_submit.cli.common import CliError, embedded_parts, load, print_json
-from xt_submit.services import targets
-from xt_submit.services.targets.pool import box_state
 
 LIST_KINDS = ("targets", "boxes")
 VIEW_KINDS = ("status",)
@@ -51,6 +49,9 @@ def _check_box(home, name: str, box) -> str:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from xt_submit.services import targets  # here, not at the top: it loads the config schema
+    from xt_submit.services.targets.pool import box_state
+
     cfg = load(args)
     if args.kind == "targets":
         rows = [{"name": name, "service": target.service, "where": targets.KINDS[target.service].where(cfg, name),
@@ -82,6 +83,8 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 
 def cmd_view(args: argparse.Namespace) -> int:
+    from xt_submit.services import targets
+
     cfg = load(args)
     name = args.target or cfg.xt_services.target
     if name not in cfg.compute_targets:

@@ -8,11 +8,12 @@ from typing import Any, Dict, List
 
 import msgspec
 
-from xt_submit.domain import layout, sweep
+from xt_submit.domain import adaptive_search, layout, sweep
 from xt_submit.domain.messages import (INT64_MAX, INT64_MIN, MAX_CONCURRENT, MAX_SECONDS, ContractError, JobManifest,
                                        out_of_range)
 
-SEARCH_TYPES = ("grid", "random")
+SEARCH_TYPES = ("grid", "random") + adaptive_search.ADAPTIVE_SEARCH_TYPES
+EARLY_POLICIES = ("bandit", "median", "truncation")
 MANIFEST_NAME = "xt_manifest.json"  # at the top of a dropped zip
 JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
 
@@ -29,7 +30,7 @@ def check_manifest(manifest: JobManifest, source: str = "xt_manifest.json") -> N
     """Raise ContractError naming the first field that cannot be dispatched."""
     _check_fields(manifest, source)
     if manifest.hp_points is None:
-        _compiled_space(manifest, source)
+        _check_search(manifest, _compiled_space(manifest, source), source)
 
 
 def _check_points(manifest: JobManifest, source: str) -> None:
@@ -56,11 +57,58 @@ def compile_manifest(manifest: JobManifest, source: str = "xt_manifest.json") ->
     if manifest.hp_points is not None:
         return [dict(point) for point in manifest.hp_points]  # checked by _check_fields
     params = _compiled_space(manifest, source)
+    if adaptive_search.is_adaptive(manifest.search_type):
+        _check_search(manifest, params, source)
+        first = min(manifest.concurrent, adaptive_search.budget(params, manifest.search_type, manifest.max_runs))
+        return adaptive_search.first_points(params, search_type=manifest.search_type, count=first, seed=manifest.seed)
     try:
         return sweep.plan_compiled(params, search_type=manifest.search_type, runs=manifest.runs,
                                    max_runs=manifest.max_runs, seed=manifest.seed)
     except sweep.SweepError as exc:
         raise ContractError(f"xt_manifest.json: {exc}") from None
+
+
+def search_budget(manifest: JobManifest) -> int:
+    """How many runs an adaptive job may create at most (a checked manifest)."""
+    return adaptive_search.budget(_compiled_space(manifest, "xt_manifest.json"), manifest.search_type,
+                                  manifest.max_runs)
+
+
+def _check_search(manifest: JobManifest, params: list, source: str) -> None:
+    if not adaptive_search.is_adaptive(manifest.search_type):
+        return
+    if manifest.runs is not None:
+        raise ContractError(f"{source}: runs: a {manifest.search_type} search decides its runs as results "
+                            "arrive: give max_runs instead")
+    try:
+        adaptive_search.check_space(params, manifest.search_type, manifest.max_runs)
+    except sweep.SweepError as exc:
+        raise ContractError(f"{source}: {exc}") from None
+
+
+def _check_early_stopping(manifest: JobManifest, source: str) -> None:
+    policy = manifest.early_stopping
+    if policy is None:
+        return
+    where = f"{source}: early_stopping"
+    if policy.policy not in EARLY_POLICIES:
+        raise ContractError(f"{where}.policy: expected one of {', '.join(EARLY_POLICIES)}, got {policy.policy!r}")
+    if not 0 <= policy.delay_evaluation <= INT64_MAX:
+        raise ContractError(f"{where}.delay_evaluation: expected a whole number >= 0, got {_shown(policy.delay_evaluation)}")
+    if not 1 <= policy.evaluation_interval <= INT64_MAX:
+        raise ContractError(f"{where}.evaluation_interval: expected a whole number >= 1, "
+                            f"got {_shown(policy.evaluation_interval)}")
+    for field in ("slack_factor", "slack_amount"):
+        value = getattr(policy, field)
+        if not 0 <= value < float("inf"):  # NaN fails too
+            raise ContractError(f"{where}.{field}: expected a finite number >= 0, got {value}")
+    if policy.policy == "bandit" and policy.slack_factor == 0 and policy.slack_amount == 0:
+        raise ContractError(f"{where}: bandit needs slack_factor or slack_amount above 0")
+    if not 1 <= policy.truncation_percentage <= 99:
+        raise ContractError(f"{where}.truncation_percentage: expected a whole number from 1 to 99, "
+                            f"got {_shown(policy.truncation_percentage)}")
+    if not manifest.primary_metric:
+        raise ContractError(f"{where}: needs primary_metric (general.primary-metric): the metric it compares")
 
 
 def _compiled_space(manifest: JobManifest, source: str):
@@ -106,7 +154,11 @@ def _check_fields(manifest: JobManifest, source: str) -> None:
         raise ContractError(f"{source}: concurrent: expected a whole number >= 1, got {manifest.concurrent}")
     if manifest.max_time is not None and manifest.max_time <= 0:
         raise ContractError(f"{source}: max_time: expected seconds > 0, got {manifest.max_time}")
+    if manifest.hp_points is not None and adaptive_search.is_adaptive(manifest.search_type):
+        raise ContractError(f"{source}: search_type: hp_points name the runs; expected grid beside them, "
+                            f"got {manifest.search_type}")
     _check_ranges(manifest, source)
+    _check_early_stopping(manifest, source)
 
 
 def _check_ranges(manifest: JobManifest, source: str) -> None:

@@ -18,10 +18,12 @@ JOBS_QUEUE, EVENTS_QUEUE, TASKS_QUEUE = "jobs", "events", "tasks"
 
 # Run statuses, in the only order a run may move through them (terminal ones share a rank).
 QUEUED, RUNNING, COMPLETED, ERROR, CANCELLED = "queued", "running", "completed", "error", "cancelled"
+# Ended by the job's early-stopping policy (its outputs and metrics are kept, as for a completed run).
+STOPPED = "stopped"
 # A low-priority node was taken away mid-run and compute requeued the run: it runs again (not terminal).
 PREEMPTED = "preempted"
-TERMINAL_STATUSES = frozenset({COMPLETED, ERROR, CANCELLED})
-STATUS_RANK = {QUEUED: 0, RUNNING: 1, PREEMPTED: 1, COMPLETED: 2, ERROR: 2, CANCELLED: 2}
+TERMINAL_STATUSES = frozenset({COMPLETED, ERROR, CANCELLED, STOPPED})
+STATUS_RANK = {QUEUED: 0, RUNNING: 1, PREEMPTED: 1, COMPLETED: 2, ERROR: 2, CANCELLED: 2, STOPPED: 2}
 
 # The numbers every stats store keeps (SQLite INTEGER, BSON int64, JSON): whole numbers in int64,
 # finite floats. Outside them a value is stored as `storable` says, the same on every store.
@@ -46,6 +48,20 @@ class SetupSpec(_Strict, kw_only=True):
     environment: Dict[str, str] = {}
 
 
+class EarlyStopping(_Strict, kw_only=True):
+    """XT's early-stopping section: a policy checked against the primary metric as runs log it.
+    Steps count the primary metric's reports (the n-th time a run logs it), as in XT and Azure ML."""
+
+    policy: Annotated[str, _doc("bandit, median or truncation")]
+    delay_evaluation: Annotated[int, _doc("reports of the primary metric before the first check (>= 0)")] = 10
+    evaluation_interval: Annotated[int, _doc("check every this many reports (>= 1)")] = 1
+    slack_factor: Annotated[float, _doc("bandit: stop when worse than the best run at the same step by more "
+                                        "than this ratio (> 0)")] = 0.05
+    slack_amount: Annotated[float, _doc("bandit: ... or by more than this amount (> 0; 0: use slack_factor)")] = 0.0
+    truncation_percentage: Annotated[int, _doc("truncation: stop the runs in this lowest percent at each "
+                                               "check (1 to 99)")] = 5
+
+
 class JobManifest(_Strict, kw_only=True):
     """What `xt run` (or an uploaded zip's xt_manifest.json) asks for. No secrets, ever."""
 
@@ -65,7 +81,8 @@ class JobManifest(_Strict, kw_only=True):
     hp_points: Annotated[Optional[List[Dict[str, Any]]], _doc(
         "instead of hp_space: exactly these runs, one hparams object (name -> value) each, in order "
         "(xt rerun of several runs)")] = None
-    search_type: Annotated[str, _doc("grid or random")] = "grid"
+    search_type: Annotated[str, _doc("grid, random, bayesian (Optuna's TPE: each run from the results so far) "
+                                     "or dgd (distributed grid descent: neighbours of the best point)")] = "grid"
     runs: Annotated[Optional[int], _doc("exactly this many runs (>= 1, at most the planned-runs limit)")] = None
     max_runs: Annotated[Optional[int], _doc("at most this many runs (>= 1, at most the planned-runs limit)")] = None
     seed: Annotated[int, _doc("seed of the sampled hparams: the same manifest plans the same runs "
@@ -82,6 +99,8 @@ class JobManifest(_Strict, kw_only=True):
     primary_metric: str = "loss"
     maximize_metric: bool = False
     step_name: str = "step"
+    early_stopping: Annotated[Optional[EarlyStopping], _doc("stop runs whose primary metric falls behind the "
+                                                            "job's other runs (none: let every run finish)")] = None
 
 
 class JobSubmitted(_Strict, tag="job_submitted", kw_only=True):
@@ -126,6 +145,27 @@ class RunHeartbeat(_Strict, tag="run_heartbeat", kw_only=True):
     run: str
     node_id: str
     at: float
+
+
+class RunProgress(_Strict, tag="run_progress", kw_only=True):
+    """While a run is alive (at most every progress interval, when it logged something new): its
+    latest metrics, and its new reports of the job's primary metric for the early-stopping policy.
+
+    `log_bytes` (how much of the run log its node has shipped) orders them: an older report that
+    arrives late does not replace a newer one's metrics."""
+
+    version: int = CONTRACT_VERSION
+    workspace: str
+    job: str
+    run: str
+    node_id: str
+    at: float
+    log_bytes: int
+    metrics: Dict[str, Any] = {}  # the latest value of each metric logged since the run started (or resumed)
+    # reports of the primary metric, numbered from first_report (the run's n-th time of logging it):
+    # [value, running mean, best so far] each, None where a value is not a finite number
+    first_report: int = 1
+    primary: List[List[Optional[float]]] = []
 
 
 class RunPreempted(_Strict, tag="run_preempted", kw_only=True):
@@ -179,7 +219,8 @@ class UploadResult(_Strict, kw_only=True):
     reason: Optional[str] = None
 
 
-Event = Union[JobSubmitted, RunStarted, RunFinished, RunHeartbeat, RunPreempted, CancelRequested, UploadReceived]
+Event = Union[JobSubmitted, RunStarted, RunFinished, RunHeartbeat, RunProgress, RunPreempted, CancelRequested,
+              UploadReceived]
 
 _encoder = msgspec.json.Encoder()
 _event_decoder = msgspec.json.Decoder(Event)
@@ -192,6 +233,10 @@ MAX_MESSAGE_BYTES = 256 * 1024  # Service Bus standard tier's limit, which the e
 MAX_MANIFEST_BYTES = MAX_MESSAGE_BYTES - 8 * 1024
 # The last metrics a RunFinished carries inline; more are stored beside the run and referenced (metrics_key).
 FINISH_METRICS_BYTES = 64 * 1024
+# What a RunProgress carries at most: its metrics (more: only the primary metric's), and primary reports
+# (more: the latest), so it stays far under the queue's limit whatever a run logs.
+PROGRESS_METRICS_BYTES = 32 * 1024
+PROGRESS_MAX_REPORTS = 2_000
 FINISH_REASON_CHARS = 4000
 FINAL_METRICS_FILE = "final_metrics.json"
 
@@ -318,6 +363,9 @@ class RunTask(_Strict, kw_only=True):
     step_name: str = "step"
     target: str = "local"
     created_at: float = 0.0
+    # the metric whose reports RunProgress carries (set when the job has an early-stopping policy)
+    primary_metric: str = ""
+    maximize_metric: bool = False
 
 
 class TasksQueued(_Strict, tag="tasks_queued", kw_only=True):

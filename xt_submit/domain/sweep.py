@@ -313,6 +313,11 @@ def _quantize(x: float, q: Union[int, float]) -> Union[int, float]:
     return q * steps if isinstance(q, int) else _round12(q * steps)
 
 
+def quantize(x: float, q: Union[int, float]) -> Union[int, float]:
+    """The q-distributions' rounding, for a value an optimizer proposed in their range."""
+    return _quantize(x, q)
+
+
 def _choice(label: str, args: List[str]) -> Tuple[Value, ...]:
     _require(bool(args) and all(args), label, "$choice(v1, v2, ...) needs at least one value and no empty ones")
     for arg in args:
@@ -337,6 +342,18 @@ def _linspace(label: str, args: List[str]) -> Tuple[Value, ...]:
     return tuple(_round12(start + i * step) for i in range(count - 1)) + (_round12(stop),)
 
 
+def _shaped(sampler: Sampler, shape: Tuple) -> Sampler:
+    """Mark a sampler with what an optimizer needs to search its range itself (adaptive_search):
+    ("int", low, high_inclusive) or ("float", low, high, log). Unmarked ones are only sampled."""
+    sampler.search_shape = shape  # type: ignore[attr-defined]
+    return sampler
+
+
+def search_shape(param: "_Param") -> Optional[Tuple]:
+    """The marked range of a distribution parameter (None: discrete, or sampled only)."""
+    return getattr(param.draw, "search_shape", None) if param.values is None else None
+
+
 def _randint(label: str, args: List[str]) -> Sampler:
     arg_names = {0: (), 1: ("high",), 2: ("low", "high")}.get(len(args))
     if arg_names is None:
@@ -345,20 +362,23 @@ def _randint(label: str, args: List[str]) -> Sampler:
     bounds = [_whole(label, "randint", name, text) for name, text in zip(arg_names, args)]
     low, high = [0, RANDINT_DEFAULT_HIGH][: 2 - len(bounds)] + bounds
     _require(low < high, label, f"$randint needs low < high (the range is [low, high)), got low={low}, high={high}")
-    return lambda rng: rng.randrange(low, high)
+    return _shaped(lambda rng: rng.randrange(low, high), ("int", low, high - 1))
 
 
 def _uniform(label: str, args: List[str], func: str = "uniform", extra: Tuple[str, ...] = ()) -> Sampler:
     low, high, *_ = _numbers(label, func, args, ("low", "high") + extra)
     _require(low <= high, label, f"${func} needs low <= high, got low={low}, high={high}")
-    return lambda rng: rng.uniform(low, high)
+    return _shaped(lambda rng: rng.uniform(low, high), ("float", float(low), float(high), False))
 
 
 def _loguniform(label: str, args: List[str], func: str = "loguniform", extra: Tuple[str, ...] = ()) -> Sampler:
     low, high, *_ = _numbers(label, func, args, ("low", "high") + extra)
     _require(low <= high, label, f"${func} needs low <= high, got low={low}, high={high}")
     _require(high <= _MAX_EXP_ARG, label, f"${func} takes log-space bounds; exp({high}) overflows")
-    return lambda rng: math.exp(rng.uniform(low, high))
+    sampler: Sampler = lambda rng: math.exp(rng.uniform(low, high))  # noqa: E731
+    if math.exp(low) > 0:  # log-space bounds far below zero underflow: that range is only sampled
+        _shaped(sampler, ("float", math.exp(low), math.exp(high), True))
+    return sampler
 
 
 def _normal(label: str, args: List[str], func: str = "normal", extra: Tuple[str, ...] = ()) -> Sampler:
@@ -382,7 +402,9 @@ def _quantized(base: Callable[..., Sampler], func: str) -> Callable[[str, List[s
         sample = base(label, args, func=func, extra=("q",))
         q = _number(label, func, "q", args[2])
         _require(q > 0, label, f"${func} needs q > 0, got {q}")
-        return lambda rng: _quantize(float(sample(rng)), q)  # the base distributions draw floats
+        quantized: Sampler = lambda rng: _quantize(float(sample(rng)), q)  # noqa: E731  (the bases draw floats)
+        shape = getattr(sample, "search_shape", None)
+        return _shaped(quantized, (*shape, q)) if shape else quantized
 
     return build
 

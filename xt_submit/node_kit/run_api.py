@@ -19,13 +19,17 @@ metric is logged as it is (the hot path checks nothing) and every reader of the 
 from __future__ import annotations
 
 import atexit
+import math
 import operator
 import os
 import signal
 import sys
 import time
 import weakref
-from typing import Any, Callable, Dict, Optional
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: a training script need not pay for importing typing
+    from typing import Any, Callable, Dict, Optional, Tuple
 
 
 _INT64_MIN, _INT64_MAX = -2**63, 2**63 - 1
@@ -72,30 +76,54 @@ def _number(value: Any) -> Any:
     raise TypeError(f"cannot log a {kind.__name__}: expected a number, text, a bool, or a list or dict of them")
 
 
-try:
-    import msgspec
+def _finite(value: Any) -> Any:
+    """As msgspec writes them: NaN and infinities become null (JSON has no spelling for them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
 
-    _encode_json = msgspec.json.Encoder(enc_hook=_number).encode
-    _decode_json: Callable[[bytes], Any] = msgspec.json.decode
-except ImportError:  # a pool box may run scripts with a bare Python: the stdlib writes the same records
+
+def _stdlib_encode(value: Any) -> bytes:
     import json
-    import math
 
-    def _finite(value):
-        """As msgspec writes them: NaN and infinities become null (JSON has no spelling for them)."""
-        if isinstance(value, float) and not math.isfinite(value):
-            return None
-        if isinstance(value, dict):
-            return {key: _finite(item) for key, item in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [_finite(item) for item in value]
-        return value
+    return json.dumps(_finite(value), separators=(",", ":"), default=lambda v: _finite(_number(v))).encode()
 
-    def _encode_json(value) -> bytes:
-        return json.dumps(_finite(value), separators=(",", ":"), default=lambda v: _finite(_number(v))).encode()
 
-    def _decode_json(data: bytes) -> Any:  # type: ignore[misc]  # the same contract as msgspec's
-        return json.loads(data)
+def _stdlib_decode(data: bytes) -> Any:  # the same contract as msgspec's
+    import json
+
+    return json.loads(data)
+
+
+_codec: Optional[Tuple[Callable[[Any], bytes], Callable[[bytes], Any]]] = None
+
+
+def _json_codec() -> Tuple[Callable[[Any], bytes], Callable[[bytes], Any]]:
+    """(encode, decode): msgspec's where installed, else the stdlib writing the same records (a pool
+    box may run scripts with a bare Python). Imported on first use, not with the module: a script,
+    and each spawned DataLoader worker re-importing it, pays nothing for `from xt_submit import Run`."""
+    global _codec
+    if _codec is None:
+        try:
+            import msgspec
+
+            _codec = (msgspec.json.Encoder(enc_hook=_number).encode, msgspec.json.decode)
+        except ImportError:
+            _codec = (_stdlib_encode, _stdlib_decode)
+    return _codec
+
+
+def _encode_json(value: Any) -> bytes:
+    return _json_codec()[0](value)
+
+
+def _decode_json(data: bytes) -> Any:
+    return _json_codec()[1](data)
+
 
 LOG_FILE_NAME = "xt_run_log.jsonl"
 CHECKPOINT_FILE_NAME = "xt_checkpoint.json"
@@ -135,7 +163,7 @@ class Run:
         self._buffer: list = []
         self._next_flush = time.monotonic() + flush_seconds
         self._index = 0
-        self._encode = _encode_json
+        self._encode: Callable[[Any], bytes] = self._first_encode  # the encoder itself after one call
         self._fd: Optional[int] = os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         _live_runs.add(self)
         atexit.register(self.close)
@@ -164,6 +192,10 @@ class Run:
         self._buffer.append(self._encode({"time": _now(), "event": "metrics", "data": data}))
         if len(self._buffer) >= self._max_buffered or _monotonic() >= self._next_flush:
             self.flush()
+
+    def _first_encode(self, value: Any) -> bytes:
+        self._encode = _json_codec()[0]
+        return self._encode(value)
 
     # --- checkpoints -------------------------------------------------------------------------
     def set_checkpoint(self, state: Dict[str, Any]) -> None:

@@ -3,12 +3,16 @@ is a separate session under a tiny reaper, so it outlives the host), at most `co
 and MACHINE_MAX_RUNS in all; adopts the runs a dead host left behind. No task is launched twice."""
 from __future__ import annotations
 
+import contextlib
+import errno
+import logging
 import os
+import signal
 import time
 from pathlib import Path
 from typing import Dict, Optional
 
-from xt_submit.domain.messages import RunTask, decode_task, encode
+from xt_submit.domain.messages import ERROR, FINISH_REASON_CHARS, RunFinished, RunTask, decode_task, encode
 from xt_submit.ports import Node, Publisher, Storage, TaskTable
 from xt_submit.runtime.wrapper import RunWrapper
 
@@ -16,6 +20,9 @@ from xt_submit.runtime.wrapper import RunWrapper
 SPAWN_TIMEOUT_SECONDS = 30.0
 # Runs at once on this machine, over all jobs (each job also has its own `concurrent`).
 MACHINE_MAX_RUNS = int(os.environ.get("XT_LOCAL_MAX_RUNS", "0")) or max(2, 2 * (os.cpu_count() or 1))
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # the disk (or the user's quota) is full
+
+log = logging.getLogger("xt.host")
 
 
 class LocalExecutor:
@@ -44,12 +51,44 @@ class LocalExecutor:
 
     def _launch(self, task: RunTask) -> None:
         node_dir = self.node_dir(task.workspace, task.run)
-        node_dir.mkdir(parents=True, exist_ok=True)
-        (node_dir / "task.json").write_bytes(encode(task))
-        wrapper = RunWrapper(task, node_dir, self.storage, self.publisher, node=self.node)
-        wrapper.start()
+        wrapper = None
+        try:
+            node_dir.mkdir(parents=True, exist_ok=True)
+            (node_dir / "task.json").write_bytes(encode(task))
+            wrapper = RunWrapper(task, node_dir, self.storage, self.publisher, node=self.node)
+            wrapper.start()
+        except OSError as exc:
+            if exc.errno not in DISK_FULL:
+                raise
+            self._fail_for_disk(task, wrapper, "starting the run", exc)
+            return
         self.running[(task.workspace, task.run)] = wrapper
         self.compute.set_launched(task.workspace, task.run)
+
+    def _fail_for_disk(self, task: RunTask, wrapper: Optional[RunWrapper], doing: str, exc: OSError) -> None:
+        """The disk is full: end the run with that reason rather than stop the host (and every other
+        run) with it. Its process is killed, and what it logged so far is kept; the report goes by
+        the wrapper's finish, or, when that needs the disk too, straight to the events queue."""
+        reason = f"no space left on device while {doing}" + (f" ({exc.filename})" if exc.filename else "")
+        log.warning("%s %s: %s", task.workspace, task.run, reason)
+        if wrapper is not None and wrapper.state["pid"] is not None:
+            with contextlib.suppress(OSError):
+                self.node.kill_group(wrapper.state["pid"], signal.SIGKILL)
+        try:
+            if wrapper is None:
+                raise exc
+            wrapper.state["failure"] = wrapper.state["failure"] or reason
+            wrapper.finish()
+        except OSError as again:
+            if again.errno not in DISK_FULL:
+                raise
+            now = time.time()
+            self.publisher.send_events([RunFinished(
+                workspace=task.workspace, job=task.job, run=task.run, node_id=self.node.name, status=ERROR,
+                exit_code=None, started_at=(wrapper.state["started_at"] if wrapper else None) or now, ended_at=now,
+                reason=reason[:FINISH_REASON_CHARS])])
+        self.compute.mark(task.workspace, task.run, state="done")
+        self.running.pop((task.workspace, task.run), None)
 
     def _wrapper_for(self, entry: dict) -> Optional[RunWrapper]:
         key = (entry["workspace"], entry["run"])
@@ -71,8 +110,14 @@ class LocalExecutor:
                 self.compute.mark(entry["workspace"], entry["run"], state="queued")  # it never started: run it now
                 return True
             return False
-        if not wrapper.supervise(entry["cancel_requested"]):
-            return False
+        try:
+            if not wrapper.supervise(entry["cancel_requested"]):
+                return False
+        except OSError as exc:
+            if exc.errno not in DISK_FULL:
+                raise
+            self._fail_for_disk(wrapper.task, wrapper, "shipping its console, run log and outputs", exc)
+            return True
         self.compute.mark(entry["workspace"], entry["run"], state="done")
         self.running.pop((entry["workspace"], entry["run"]), None)
         return True

@@ -19,7 +19,7 @@ from typing import Any, Callable, Dict, Optional
 from xt_submit import handlers
 from xt_submit.domain import layout
 from xt_submit.domain.messages import EVENTS_QUEUE, JOBS_QUEUE, UploadReceived
-from xt_submit.domain.delivery import PERMANENT_ERRORS
+from xt_submit.domain.delivery import outcome_of
 from xt_submit.handlers.routing import audit_fields, handle
 from xt_submit.ports import ReceivedMessage
 from xt_submit.runtime.executors import executors_for
@@ -54,13 +54,14 @@ class LocalHost:
             event, _ = handle(message.body, self.ports, HANDLERS)
             audit.update(audit_fields(event), outcome="ok")
             self.queue.complete(message)
-        except PERMANENT_ERRORS as exc:
-            audit.update(outcome="dead-lettered", reason=str(exc))
-            self.queue.dead_letter(message, str(exc))
-        except Exception as exc:  # transient until proven otherwise: retry, up to the delivery limit
-            reason = f"{type(exc).__name__}: {exc}"
-            audit.update(outcome="abandoned", reason=reason)
-            self.queue.abandon(message, reason)
+        except Exception as exc:  # the Functions app's rule: permanent or out of retries -> dead letter
+            outcome = outcome_of(exc, message.delivery_count - 1)
+            if outcome.action == "dead-letter":
+                audit.update(outcome="dead-lettered", reason=outcome.reason)
+                self.queue.dead_letter(message, outcome.reason)
+            else:  # transient until proven otherwise: tried again after its delay, not at once
+                audit.update(outcome="abandoned", reason=outcome.reason, retry_in_seconds=outcome.delay_seconds)
+                self.queue.abandon(message, outcome.reason, delay_seconds=outcome.delay_seconds)
         audit["duration_ms"] = round((time.monotonic() - started) * 1000, 1)
         log.info(json.dumps(audit, default=str))
 

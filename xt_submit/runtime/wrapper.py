@@ -21,7 +21,8 @@ import signal
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Callable, Dict, List, Optional
+
 
 from xt_submit.node_kit import code_archive, reaper
 from xt_submit.domain import layout, run_log
@@ -29,6 +30,7 @@ from xt_submit.domain.messages import (CANCELLED, COMPLETED, ERROR, FINAL_METRIC
                                        FINISH_REASON_CHARS, RunFinished, RunHeartbeat, RunStarted, RunTask, encode)
 from xt_submit.ports import Node, NotFound, Publisher, Storage
 from xt_submit.domain.setup_script import with_setup
+from xt_submit.runtime.run_progress import ProgressReporter
 
 SYNC_SECONDS = float(os.environ.get("XT_SYNC_SECONDS", "1.0"))
 HEARTBEAT_SECONDS = float(os.environ.get("XT_HEARTBEAT_SECONDS", "60"))
@@ -40,6 +42,12 @@ CODE_LINK_SECONDS = 600  # a box fetches its code at once: the link need not out
 STATE_FILE = "wrapper_state.json"
 EXIT_FILE = "exit_code"
 FINISHED_MARKER = "finished"  # written once RunFinished is sent
+# Console and run log go to storage at most this much per read, so a burst never sits in memory whole.
+SHIP_CHUNK_BYTES = int(os.environ.get("XT_SHIP_CHUNK_BYTES", str(4 * 1024 * 1024)))
+# The console stored per run; past it the rest is not stored (the run log, metrics, is never capped).
+CONSOLE_MAX_BYTES = int(os.environ.get("XT_CONSOLE_MAX_BYTES", str(100 * 1024 * 1024)))
+CONSOLE_TRUNCATED = "console_truncated"  # in the wrapper's state: the note is written, console no longer shipped
+CONSOLE_TRUNCATED_NOTE = "\n[xt] console truncated at {limit} bytes (XT_CONSOLE_MAX_BYTES); the rest was not stored\n"
 
 
 class RunWrapper:
@@ -62,7 +70,9 @@ class RunWrapper:
         self.exit_file = posixpath.join(work, EXIT_FILE)
         self.state: Dict = {"started_at": None, "pid": None, "pid_start": None, "console_offset": 0, "log_offset": 0,
                             "stopping": None, "stop_sent_at": None, "failure": ""}
+        self.state["progress"] = {}  # the progress reporter's counters, saved with the log offset
         self._live_seen: Dict[str, tuple] = {}
+        self._progress = ProgressReporter(task, self.state["progress"])
         self._last_sync = 0.0
         self._last_heartbeat = time.monotonic()  # RunStarted counts as the first sign of life
         self._dirty = False
@@ -101,6 +111,7 @@ class RunWrapper:
         """Take over a run started by a supervisor that died, from the state it left in the node dir."""
         wrapper = cls(task, node_dir, storage, publisher, node=node, node_id=node_id, work_dir=work_dir)
         wrapper.state.update(json.loads((wrapper.node_dir / STATE_FILE).read_text()))
+        wrapper._progress = ProgressReporter(task, wrapper.state.setdefault("progress", {}))
         return wrapper
 
     def ended(self) -> bool:
@@ -151,15 +162,18 @@ class RunWrapper:
         while not self.supervise():
             time.sleep(min(SYNC_SECONDS, 0.2))
 
-    def sync(self) -> None:
+    def sync(self, *, live: bool = True) -> None:
+        """Ship what the run wrote; while it runs (live), also its latest metrics when due."""
         self._last_sync = time.monotonic()
         self._ship_tail(self.console, layout.console_key(self.task.workspace, self.task.run), "console_offset",
                         whole_lines=False)
         self._ship_tail(self.local_log, layout.run_log_key(self.task.workspace, self.task.run), "log_offset",
-                        whole_lines=True)
+                        whole_lines=True, observe=self._progress.observe)
         if self._dirty:  # offsets persist right after the appends: a successor resumes where this left off
             self._save_state()
             self._dirty = False
+        if live and self._progress.due(time.monotonic()):
+            self._send_progress()
         self._sync_live()
 
     def finish(self) -> RunFinished:
@@ -179,7 +193,7 @@ class RunWrapper:
         else:
             status = ERROR
             reason = f"exit code {exit_code}" if exit_code is not None else "the run ended without an exit code"
-        self.sync()
+        self.sync(live=False)  # RunFinished carries the last metrics
         self._capture_after_files()
         self._ship_checkpoint()
         _, last_metrics, _ = run_log.summarize(run_log.parse(self.node.read_from(self.local_log)))
@@ -274,15 +288,50 @@ class RunWrapper:
             self._save_state()
 
     # --- shipping files to storage -----------------------------------------------------------
-    def _ship_tail(self, path: str, key: str, offset_name: str, whole_lines: bool) -> None:
-        offset = self.state[offset_name]
-        data = self.node.read_from(path, offset)
-        if whole_lines:
-            data = data[: data.rfind(b"\n") + 1]
-        if data:
-            self.storage.append(key, data)
-            self.state[offset_name] = offset + len(data)
-            self._dirty = True
+    def _send_progress(self) -> None:
+        """The latest metrics for the run's record (and reports for the early-stopping policy)."""
+        message = self._progress.message(self.node_id, self.state["log_offset"], now=time.monotonic(), at=time.time())
+        self.publisher.send_events([message])
+
+    def _ship_tail(self, path: str, key: str, offset_name: str, whole_lines: bool,
+                   observe: Optional[Callable[[bytes], None]] = None) -> None:
+        """Append what the node's file gained since the last pass, SHIP_CHUNK_BYTES at a time, until
+        caught up: memory stays bounded whatever a run prints. The console stops at CONSOLE_MAX_BYTES
+        (noted once in it); the run log (whole_lines) is never cut, and goes only in whole lines."""
+        capped = offset_name == "console_offset"
+        while not (capped and self.state.get(CONSOLE_TRUNCATED)):
+            offset = self.state[offset_name]
+            room = min(SHIP_CHUNK_BYTES, CONSOLE_MAX_BYTES - offset) if capped else SHIP_CHUNK_BYTES
+            data = self.node.read_from(path, offset, max(room, 1))  # 1: is there more than the cap?
+            if not data:
+                return
+            if room <= 0:
+                self.storage.append(key, CONSOLE_TRUNCATED_NOTE.format(limit=CONSOLE_MAX_BYTES).encode())
+                self.state[CONSOLE_TRUNCATED] = True
+                self._dirty = True
+                return
+            caught_up = len(data) < room
+            if whole_lines:
+                data, caught_up = self._whole_lines(path, offset, data, caught_up)
+            if data:
+                self.storage.append(key, data)
+                self.state[offset_name] = offset + len(data)
+                self._dirty = True
+                if observe is not None:
+                    observe(data)
+            if caught_up or not data:
+                return
+
+    def _whole_lines(self, path: str, offset: int, data: bytes, caught_up: bool) -> tuple:
+        """(the whole lines at the start of data, caught up). A line longer than a chunk is read on
+        to its end (the run log is never cut); a last line not yet ended waits for the next pass."""
+        pieces = [data]
+        while b"\n" not in pieces[-1] and not caught_up:
+            more = self.node.read_from(path, offset + sum(map(len, pieces)), SHIP_CHUNK_BYTES)
+            caught_up = len(more) < SHIP_CHUNK_BYTES
+            pieces.append(more)
+        data = b"".join(pieces)
+        return data[: data.rfind(b"\n") + 1], caught_up
 
     def _sync_live(self) -> None:
         prefix = layout.live_prefix(self.task.workspace, self.task.run)

@@ -77,7 +77,7 @@ def report_data(stats: StatsStore, storage: Storage, query: RunQuery, *, sort_gi
     if not rows:
         raise QueryError(f"no runs match {selection or 'the selection'} in workspace {query.workspace}")
     workspace = query.workspace
-    history = run_reports.metric_history(stats, workspace, [row["name"] for row in rows])
+    history = run_reports.metric_history(stats, workspace, [row["name"] for row in rows], storage=storage)
     runs = []
     subsampled = []
     for row in rows:

@@ -6,10 +6,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from xt_submit.domain import layout, run_query
+from xt_submit.domain import layout, records, run_log, run_query
+from xt_submit.domain.errors import NotFound
 from xt_submit.domain.records import JOB_FIELDS
 from xt_submit.domain.run_query import QueryError, RunQuery, SortKey
-from xt_submit.ports import StatsStore
+from xt_submit.ports import StatsStore, Storage
 
 # What `--json` and the notebook API give of a run or a job.
 RUN_JSON_FIELDS = ("name", "job", "workspace", "experiment", "status", "exit_code", "duration", "hparams", "metrics",
@@ -18,7 +19,7 @@ JOB_JSON_FIELDS = ("name", "workspace", "experiment", "status", "run_count", "co
                    "created", "started", "ended", "command", "tags")
 
 
-JOB_DERIVED = ("runs", "queued", "running", "completed", "error", "cancelled")  # a job's counts, as columns
+JOB_DERIVED = ("runs", "queued", "running", "completed", "error", "cancelled", "stopped")  # a job's counts, as columns
 
 
 def run_json(run: Dict[str, Any]) -> Dict[str, Any]:
@@ -56,14 +57,28 @@ def select_runs(stats: StatsStore, query: RunQuery, *, sort_given: bool) -> Tupl
 
 
 def metric_history(stats: StatsStore, workspace: str, names: Sequence[str],
-                   metrics: Sequence[str] = ()) -> Dict[str, List[Dict[str, Any]]]:
+                   metrics: Sequence[str] = (), storage: Optional[Storage] = None) -> Dict[str, List[Dict[str, Any]]]:
     """Each selected run's metric records ({run: [{step, name, value, time}...]}), as `xt view metrics --json`."""
     runs, jobs = run_query.parse_run_list(list(names))
     rows = stats.query_runs(RunQuery(workspace=workspace, runs=runs, jobs=jobs))
     if not rows:
         raise QueryError(f"no runs match {' '.join(names)} in workspace {workspace}")
-    return {r["name"]: [m for m in stats.get_metrics(workspace, r["name"]) if not metrics or m["name"] in metrics]
+    return {r["name"]: [m for m in run_metrics(stats, storage, r) if not metrics or m["name"] in metrics]
             for r in rows}
+
+
+def run_metrics(stats: StatsStore, storage: Optional[Storage], run: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """A run's metric records: the index's once it ended; while it runs, its log as shipped so far
+    (the index gets the rows when it ends), so plots and reports of a live run are live too."""
+    if storage is None or not records.is_live(run["status"]):
+        return stats.get_metrics(run["workspace"], run["name"])
+    try:
+        chunks = storage.read_chunks(layout.run_log_key(run["workspace"], run["name"]))
+        rows = run_log.LogSummary(run_log.iter_records_from_chunks(chunks)).metric_rows()
+        logged = [{"step": row.step, "name": row.name, "value": row.value, "time": row.time} for row in rows]
+    except NotFound:
+        logged = []  # its node has not opened the log yet
+    return logged or stats.get_metrics(run["workspace"], run["name"])  # (a run requeued after its rows went in)
 
 
 def resolve(stats: StatsStore, query: RunQuery, *, checked_sort: bool = True) -> Tuple[RunQuery, List[str]]:

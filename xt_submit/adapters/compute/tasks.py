@@ -16,6 +16,8 @@ from xt_submit.adapters.sqlite_util import LocalDb, heals, transaction
 from xt_submit.domain.messages import RunTask, decode_task, encode
 from xt_submit.ports import TaskTable
 
+_BULK_RUNS = 400  # runs per statement of a bulk cancel (under SQLite's 999 parameters on old builds)
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS job_templates (
     workspace TEXT NOT NULL, job TEXT NOT NULL, body BLOB NOT NULL, PRIMARY KEY (workspace, job));
@@ -96,17 +98,19 @@ class LocalCompute(TaskTable):
                  for t in tasks])
 
     def cancel(self, workspace: str, runs: Sequence[str]) -> List[str]:
-        not_started = []
+        """Queued tasks are cancelled; launching and launched ones are flagged for their executor
+        (a launch in progress must not miss it). Batched statements: a 100,000-run job is a few."""
+        not_started: List[str] = []
         with transaction(self._db) as db:
-            for run in runs:
-                row = db.execute("SELECT state FROM tasks WHERE workspace = ? AND run = ?", (workspace, run)).fetchone()
-                if row is None:
-                    continue
-                if row[0] == "queued":
-                    db.execute("UPDATE tasks SET state = 'cancelled' WHERE workspace = ? AND run = ?", (workspace, run))
-                    not_started.append(run)
-                elif row[0] == "launched":
-                    db.execute("UPDATE tasks SET cancel_requested = 1 WHERE workspace = ? AND run = ?", (workspace, run))
+            for start in range(0, len(runs), _BULK_RUNS):
+                chunk = list(runs[start:start + _BULK_RUNS])
+                marks = ",".join("?" * len(chunk))
+                cancelled = {run for (run,) in db.execute(
+                    f"UPDATE tasks SET state = 'cancelled' WHERE workspace = ? AND state = 'queued' AND run IN ({marks})"
+                    " RETURNING run", (workspace, *chunk))}
+                db.execute(f"UPDATE tasks SET cancel_requested = 1 WHERE workspace = ?"
+                           f" AND state IN ('launching', 'launched') AND run IN ({marks})", (workspace, *chunk))
+                not_started += [run for run in chunk if run in cancelled]
         return not_started
 
     # --- used by the executor ----------------------------------------------------------------

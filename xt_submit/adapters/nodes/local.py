@@ -13,6 +13,7 @@ from xt_submit.node_kit import code_archive, reaper
 from xt_submit.ports import Node
 
 REAPER = reaper.__file__
+RELEASED_FILES = ("console.log", "xt_run_log.jsonl")  # the run wrapper's copies, shipped before release
 
 
 def process_start_time(pid: int) -> Optional[str]:
@@ -64,11 +65,11 @@ class LocalNode(Node):
         with open(path, "ab") as f:
             f.write(data)
 
-    def read_from(self, path: str, offset: int = 0) -> bytes:
+    def read_from(self, path: str, offset: int = 0, limit: Optional[int] = None) -> bytes:
         try:
             with open(path, "rb") as f:
                 f.seek(offset)
-                return f.read()
+                return f.read(-1 if limit is None else limit)
         except FileNotFoundError:
             return b""
 
@@ -125,7 +126,13 @@ class LocalNode(Node):
         return process_start_time(pid) == start
 
     def release(self, work_dir: str) -> None:
-        pass  # here the run's folder is also its supervisor's record: it stays
+        """The run is reported: its unpacked code and outputs and the copies of its console and run log
+        (all in storage now) go. Here the run's folder is also its supervisor's, whose small records
+        (task, state, finished marker) stay for a successor that takes over before the task is done."""
+        shutil.rmtree(os.path.join(work_dir, "code"), ignore_errors=True)
+        for name in RELEASED_FILES:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(os.path.join(work_dir, name))
 
     def kill_group(self, pid: int, sig: int) -> None:
         reaper.kill_tree(pid, sig)  # the reaper passes it on to the run's whole tree; SIGKILL reaches all of it

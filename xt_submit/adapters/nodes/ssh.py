@@ -263,13 +263,14 @@ class SshNode(Node):
             with self._sftp.open(path, "a") as f:
                 f.write(data)
 
-    def read_from(self, path: str, offset: int = 0) -> bytes:
+    def read_from(self, path: str, offset: int = 0, limit: Optional[int] = None) -> bytes:
         with self._connection():
             try:
                 with self._sftp.open(path, "rb") as f:
                     f.seek(offset)
-                    f.prefetch()
-                    return f.read()
+                    size = f.stat().st_size
+                    f.prefetch(size if limit is None else min(size, offset + limit))  # only what is asked for
+                    return f.read() if limit is None else f.read(limit)
             except FileNotFoundError:
                 return b""
 

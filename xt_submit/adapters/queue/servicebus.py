@@ -124,7 +124,7 @@ class ServiceBusQueue(MessageQueue):
     def complete(self, message: ReceivedMessage) -> None:
         self._settle(message, lambda receiver, m: receiver.complete_message(m))
 
-    def abandon(self, message: ReceivedMessage, error: str = "") -> None:
+    def abandon(self, message: ReceivedMessage, error: str = "", delay_seconds: float = 0.0) -> None:
         self._settle(message, lambda receiver, m: receiver.abandon_message(m))
 
     def dead_letter(self, message: ReceivedMessage, reason: str) -> None:

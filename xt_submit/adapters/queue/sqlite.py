@@ -10,11 +10,15 @@ import time
 import uuid
 from typing import Any, Callable, List, Optional, Sequence
 
+from xt_submit.domain.delivery import RETRY_DELAYS_SECONDS
 from xt_submit.domain.messages import check_message_sizes
 from xt_submit.adapters.sqlite_util import LocalDb, heals, transaction
 from xt_submit.ports import LockLost, MessageQueue, ReceivedMessage
 
 DEAD_LETTER_SUFFIX = "/$DeadLetterQueue"
+# domain/delivery decides when to give up (its last retry is delivery len+1); this only backs it up,
+# for a message that stops its host each time and so is never settled.
+MAX_DELIVERIES = len(RETRY_DELAYS_SECONDS) + 1
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -39,7 +43,7 @@ LOST = ("recreated empty: jobs submitted but not yet dispatched are lost (submit
 
 @heals
 class SqliteQueue(MessageQueue):
-    def __init__(self, path: str, *, lock_seconds: float = 300.0, max_delivery_count: int = 5,
+    def __init__(self, path: str, *, lock_seconds: float = 300.0, max_delivery_count: int = MAX_DELIVERIES,
                  notice: Optional[Callable[[str], Any]] = None) -> None:
         self.path = path
         self.lock_seconds = lock_seconds
@@ -86,12 +90,13 @@ class SqliteQueue(MessageQueue):
         with transaction(self._db):
             self._settle(message, "DELETE FROM messages WHERE id = ? AND lock_token = ?", (message.id, message.lock_token))
 
-    def abandon(self, message: ReceivedMessage, error: str = "") -> None:
+    def abandon(self, message: ReceivedMessage, error: str = "", delay_seconds: float = 0.0) -> None:
+        visible_at = time.time() + delay_seconds if delay_seconds > 0 else 0
         with transaction(self._db):
             self._settle(
                 message,
-                "UPDATE messages SET visible_at = 0, lock_token = NULL, last_error = ? WHERE id = ? AND lock_token = ?",
-                (error[:2000], message.id, message.lock_token),
+                "UPDATE messages SET visible_at = ?, lock_token = NULL, last_error = ? WHERE id = ? AND lock_token = ?",
+                (visible_at, error[:2000], message.id, message.lock_token),
             )
 
     def dead_letter(self, message: ReceivedMessage, reason: str) -> None:

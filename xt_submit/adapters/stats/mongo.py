@@ -19,6 +19,7 @@ code serves a MongoDB server and a team's Cosmos DB account:
 """
 from __future__ import annotations
 
+import itertools
 import random
 import re
 import time
@@ -181,7 +182,8 @@ def _sort_fields(order: Sequence[Tuple[str, int]]) -> Tuple[str, ...]:
 
 # --- documents under 2 MB ----------------------------------------------------------------------------
 DOCUMENT_LIMIT = 2_000_000  # Cosmos DB's 2 MB a document, read as decimal megabytes (the stricter)
-MAP_INLINE_BYTES = 384 * 1024  # the share of a map (hparams, metrics, tags, hp_space, counts) in its document
+MAP_INLINE_BYTES = 320 * 1024  # the share of a map (hparams, metrics, tags, hp_space, counts, search...) in its document
+_BULK_NAMES = 1000  # runs per bulk update (an $in of 1000 ids is a small request)
 VALUE_INLINE_BYTES = 8 * 1024  # of any other value (a command, a reason, a metric's value)
 PART_BYTES = 1024 * 1024  # of the values set aside, in one overflow document
 # Never set aside: what queries select on, names and keys a few bytes long
@@ -456,6 +458,28 @@ class MongoStats(StatsStore):
                    *, only_if_status_in: Optional[Iterable[str]] = None) -> bool:
         return self._update(self.runs, "run", workspace, run, changes, only_if_status_in)
 
+    def update_runs(self, workspace: str, runs: Sequence[str], changes: Dict[str, Any],
+                    *, only_if_status_in: Optional[Iterable[str]] = None) -> List[str]:
+        """One update_many per batch for small scalar changes (a cancel's status, time and reason);
+        a run whose changed field was set aside, and any larger change, goes through update_run."""
+        statuses = None if only_if_status_in is None else list(only_if_status_in)
+        if any(field in MAPPING_FIELDS or not _fits(value, VALUE_INLINE_BYTES) for field, value in changes.items()):
+            return super().update_runs(workspace, runs, changes, only_if_status_in=statuses)
+        status = {"status": {"$in": statuses}} if statuses is not None else {}
+        changed: List[str] = []
+        for start in range(0, len(runs), _BULK_NAMES):
+            chunk = list(runs[start:start + _BULK_NAMES])
+            query = {"_id": {"$in": [_key(workspace, name) for name in chunk]}, **status}
+            docs = _retrying(self.runs, lambda: list(self.runs.find(query, {"name": 1, OVERFLOW: 1})))
+            aside = {d["name"] for d in docs if set(d.get(OVERFLOW) or {}) & set(changes)}
+            plain = [_key(workspace, d["name"]) for d in docs if d["name"] not in aside]
+            if plain:
+                _retrying(self.runs, lambda: self.runs.update_many({"_id": {"$in": plain}, **status}, {"$set": changes}))
+            done = {d["name"] for d in docs if d["name"] not in aside}
+            done |= {name for name in aside if self._update(self.runs, "run", workspace, name, changes, statuses)}
+            changed += [name for name in chunk if name in done]
+        return changed
+
     def _update(self, collection, kind: str, workspace: str, name: str, changes: Dict[str, Any],
                 only_if_status_in: Optional[Iterable[str]]) -> bool:
         doc_id = _key(workspace, name)
@@ -482,19 +506,22 @@ class MongoStats(StatsStore):
                                                 if field in changes and ref != refs.get(field)})
         return True
 
-    def replace_metrics(self, workspace: str, run: str, rows: Sequence[Any]) -> None:
+    def replace_metrics(self, workspace: str, run: str, rows: Iterable[Any]) -> None:
         parent = f"{self.metrics.name}/{_key(workspace, run)}"  # the run's metric values set aside
         _retrying(self.metrics, lambda: self.metrics.delete_many({"workspace": workspace, "run": run}))
         _retrying(self.overflow, lambda: self.overflow.delete_many({"parent": parent}))
-        for start in range(0, len(rows), METRIC_BATCH):
+        rows = iter(rows)  # one batch of a log held at a time, however long the log
+        start = 0
+        while chunk := list(itertools.islice(rows, METRIC_BATCH)):
             batch = []
-            for seq, (step, name, value, t) in enumerate(rows[start:start + METRIC_BATCH], start=start):
+            for seq, (step, name, value, t) in enumerate(chunk, start=start):
                 # _id is set here, so a retried batch replaces rather than duplicates
                 doc_id = f"{workspace}/{run}/{seq}"
                 doc = {"workspace": workspace, "run": run, "seq": seq, "step": step, "name": name, "value": value, "time": t}
                 inline, refs = self._set_aside(self.metrics, doc_id, workspace, doc, parent)
                 batch.append(pymongo.ReplaceOne({"_id": doc_id}, {"_id": doc_id, **_with_refs(inline, refs)}, upsert=True))
             _bulk_write(self.metrics, batch)
+            start += len(chunk)
 
     # --- reads -------------------------------------------------------------------------------
     def get_job(self, workspace: str, job: str) -> Dict[str, Any]:

@@ -25,6 +25,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     run_count INTEGER NOT NULL DEFAULT 0, counts TEXT NOT NULL DEFAULT '{}',
     created REAL, started REAL, ended REAL, tags TEXT NOT NULL DEFAULT '{}',
     hp_space TEXT NOT NULL DEFAULT '{}', primary_metric TEXT, maximize_metric INTEGER,
+    search TEXT NOT NULL DEFAULT '{}', early_stopping TEXT NOT NULL DEFAULT '{}',
     PRIMARY KEY (workspace, name));
 CREATE TABLE IF NOT EXISTS runs (
     workspace TEXT NOT NULL, name TEXT NOT NULL, job TEXT NOT NULL, job_number INTEGER NOT NULL,
@@ -32,7 +33,7 @@ CREATE TABLE IF NOT EXISTS runs (
     status TEXT NOT NULL, exit_code INTEGER, node_id TEXT, reason TEXT NOT NULL DEFAULT '',
     created REAL, queued REAL, started REAL, ended REAL, duration REAL,
     command TEXT, hparams TEXT NOT NULL DEFAULT '{}', metrics TEXT NOT NULL DEFAULT '{}',
-    tags TEXT NOT NULL DEFAULT '{}', heartbeat REAL,
+    tags TEXT NOT NULL DEFAULT '{}', heartbeat REAL, progress TEXT NOT NULL DEFAULT '{}', stopping TEXT,
     PRIMARY KEY (workspace, name));
 CREATE INDEX IF NOT EXISTS runs_by_job ON runs (workspace, job_number, run_index);
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs (workspace, status);
@@ -52,6 +53,7 @@ RUN_COLUMNS = RUN_FIELDS
 _JSON_COLUMNS = MAPPING_FIELDS
 _BOOL_COLUMNS = frozenset({"maximize_metric"})
 
+_BULK_NAMES = 500  # names per statement of a bulk update (under SQLite's 999 parameters on old builds)
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.decode
 
@@ -148,8 +150,22 @@ def _regexp(pattern: str, value: Any) -> bool:
         raise
 
 
+# Columns added after a release, for an index file made before them (CREATE TABLE IF NOT EXISTS keeps it as it is).
+_ADDED_COLUMNS = {"jobs": {"search": "TEXT NOT NULL DEFAULT '{}'", "early_stopping": "TEXT NOT NULL DEFAULT '{}'"},
+                  "runs": {"progress": "TEXT NOT NULL DEFAULT '{}'", "stopping": "TEXT"}}
+
+
 def _prepare(db) -> None:
     db.create_function("regexp", 2, _regexp, deterministic=True)
+    for table, added in _ADDED_COLUMNS.items():
+        present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for column, kind in added.items():
+            if present and column not in present:
+                try:
+                    db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+                except sqlite3.OperationalError as exc:
+                    if "duplicate column" not in str(exc):  # another process added it first
+                        raise
 
 
 @heals
@@ -258,7 +274,29 @@ class SqliteStats(StatsStore):
                 _index_last_metrics(db, workspace, name, changes["metrics"] or {})
             return changed
 
-    def replace_metrics(self, workspace: str, run: str, rows: Sequence[Any]) -> None:
+    def update_runs(self, workspace: str, runs: Sequence[str], changes: Dict[str, Any],
+                    *, only_if_status_in: Optional[Iterable[str]] = None) -> List[str]:
+        if "metrics" in changes:  # each run's last-metrics index moves too: one at a time
+            return super().update_runs(workspace, runs, changes, only_if_status_in=only_if_status_in)
+        _check_columns("run", changes, RUN_COLUMNS)
+        columns = list(changes)
+        sql = f"UPDATE runs SET {', '.join(f'{c} = ?' for c in columns)} WHERE workspace = ? AND name IN ({{names}})"
+        statuses = list(only_if_status_in) if only_if_status_in is not None else []
+        if only_if_status_in is not None:
+            sql += f" AND status IN ({','.join('?' * len(statuses))})"
+        values = [_to_sql(c, changes[c]) for c in columns]
+        changed: List[str] = []
+        with transaction(self._db) as db:
+            for start in range(0, len(runs), _BULK_NAMES):
+                chunk = list(runs[start:start + _BULK_NAMES])
+                done = {name for (name,) in db.execute(sql.format(names=",".join("?" * len(chunk))) + " RETURNING name",
+                                                       [*values, workspace, *chunk, *statuses])}
+                changed += [name for name in chunk if name in done]
+        return changed
+
+    def replace_metrics(self, workspace: str, run: str, rows: Iterable[Any]) -> None:
+        # executemany pulls one row at a time from the generator: memory stays bounded by SQLite's
+        # page cache whatever the log's size, and a failure part-way rolls the whole run back
         with transaction(self._db) as db:
             db.execute("DELETE FROM metrics WHERE workspace = ? AND run = ?", (workspace, run))
             db.executemany("INSERT INTO metrics (workspace, run, seq, step, name, value, time) VALUES (?, ?, ?, ?, ?, ?, ?)",

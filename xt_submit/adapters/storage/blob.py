@@ -7,7 +7,7 @@ Authenticates with a connection string or an azure-identity credential.
 from __future__ import annotations
 
 import os
-from typing import Callable, List, Optional
+from typing import Callable, Iterator, List, Optional
 
 from xt_submit.ports import NotFound, Storage
 
@@ -53,6 +53,15 @@ class BlobStorage(Storage):
             return self._blob(key).download_blob(max_concurrency=self.max_concurrency).readall()
         except ResourceNotFoundError:
             raise NotFound(f"storage: no such key {key}") from None
+
+    def read_chunks(self, key: str) -> Iterator[bytes]:
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:  # the download starts here, so a missing key fails before the first chunk
+            stream = self._blob(key).download_blob(max_concurrency=self.max_concurrency)
+        except ResourceNotFoundError:
+            raise NotFound(f"storage: no such key {key}") from None
+        return iter(stream.chunks())
 
     def write(self, key: str, data: bytes, *, overwrite: bool = True) -> bool:
         from azure.core.exceptions import ResourceExistsError

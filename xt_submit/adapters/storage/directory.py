@@ -1,11 +1,13 @@
 """Experiment storage as a directory tree (the embedded default for Blob Storage)."""
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
-from typing import List
+from typing import BinaryIO, Iterator, List
 
 from xt_submit.ports import NotFound, Storage
 from xt_submit.domain.errors import OneLineError
@@ -22,6 +24,33 @@ def check_key(key: str) -> str:
     return key
 
 
+READ_CHUNK = 1 << 20  # large enough that reading costs no more than a whole read, small beside any log
+
+
+def _file_chunks(f: BinaryIO) -> Iterator[bytes]:
+    with f:
+        while chunk := f.read(READ_CHUNK):
+            yield chunk
+
+
+# A temp file untouched this long was left by a writer that died (a live one keeps writing it).
+STALE_TEMP_SECONDS = 15 * 60
+
+
+def sweep_stale_temps(folder: Path) -> int:
+    """Remove the write-aside files (.tmp-*) in folder that no writer has touched for STALE_TEMP_SECONDS."""
+    removed, before = 0, time.time() - STALE_TEMP_SECONDS
+    with contextlib.suppress(FileNotFoundError), os.scandir(folder) as entries:
+        for entry in entries:
+            try:
+                if entry.name.startswith(".tmp-") and entry.is_file() and entry.stat().st_mtime < before:
+                    os.unlink(entry.path)
+                    removed += 1
+            except FileNotFoundError:
+                pass  # another process swept it first
+    return removed
+
+
 class DirectoryStorage(Storage):
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
@@ -32,10 +61,12 @@ class DirectoryStorage(Storage):
         return self.root / check_key(key)
 
     def _parent_dir(self, path: Path) -> None:
-        """mkdir -p once per folder per process: most writes land in a folder already made."""
+        """mkdir -p once per folder per process: most writes land in a folder already made. That
+        first time, temp files a killed writer left there (an interrupted upload) are swept."""
         parent = path.parent
         if parent not in self._made_dirs:
             parent.mkdir(parents=True, exist_ok=True)
+            sweep_stale_temps(parent)
             self._made_dirs.add(parent)
 
     def read(self, key: str) -> bytes:
@@ -43,6 +74,13 @@ class DirectoryStorage(Storage):
             return self._path(key).read_bytes()
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             raise NotFound(f"storage: no such key {key}") from None
+
+    def read_chunks(self, key: str) -> Iterator[bytes]:
+        try:
+            f = open(self._path(key), "rb")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise NotFound(f"storage: no such key {key}") from None
+        return _file_chunks(f)
 
     def write(self, key: str, data: bytes, *, overwrite: bool = True) -> bool:
         path = self._path(key)
@@ -97,8 +135,12 @@ class DirectoryStorage(Storage):
         dest = self._path(key)
         self._parent_dir(dest)
         tmp = dest.with_name(f".tmp-{os.getpid()}-{dest.name}")
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, dest)
+        try:
+            shutil.copyfile(path, tmp)
+            os.replace(tmp, dest)
+        finally:  # a failed copy (a full disk, a vanished source) leaves no temp file behind
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
 
     def download_file(self, key: str, path: str) -> None:
         source = self._path(key)

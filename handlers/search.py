@@ -1,0 +1,112 @@
+"""An adaptive job's next runs, planned as its runs end (domain/adaptive_search.py has the rule).
+
+Called whenever a job is recounted. Every step is repeatable: run k's hparams follow from runs
+1 .. k - concurrent alone, its plan goes into the job log first (a repeat appends the same record,
+which a reindex reads once), its record is insert-if-absent and compute ignores a task it has.
+So a redelivered event, a restarted host or two Functions instances at once create each run once.
+"""
+from __future__ import annotations
+
+from typing import Any, Dict, List
+
+from xt_submit.domain import adaptive_search, layout, records, run_log, sweep
+from xt_submit.domain.messages import decode_manifest
+from xt_submit.handlers.dispatch import run_task
+from xt_submit.ports import Ports
+
+SEARCH_ENDED = "search_ended"  # the job log's record of why an adaptive job plans no more runs
+PLANNED = "planned"  # the job log's record of a run an adaptive search added
+
+
+def advance_search(ports: Ports, workspace: str, job: str) -> List[str]:
+    """Plan and queue the runs the job's search may start now; returns their names."""
+    record = ports.stats.get_job(workspace, job)
+    search = record.get("search") or {}
+    if not search.get("type"):
+        return []
+    runs = sorted(ports.stats.list_runs(workspace, job=job), key=lambda r: r["run_index"])
+    concurrent, maximize, metric = search["concurrent"], bool(record["maximize_metric"]), record["primary_metric"]
+    names = list(record.get("hp_space") or {})
+    if search.get("ended"):  # nothing more to plan; the best so far still moves as the last runs end
+        best = _best(runs, names, metric, maximize)
+        if best != search.get("best"):
+            ports.stats.update_job(workspace, job, {"search": {**search, "best": best}})
+        return []
+    manifest, params = None, []
+    created: List[str] = []
+    ended = ""
+    while True:
+        index = len(runs) + 1
+        if index > search["budget"]:
+            ended = f"all {search['budget']} runs planned"
+            break
+        if index <= concurrent:
+            break  # the dispatch's own runs are not all recorded yet: its redelivery records them
+        informing = runs[: index - concurrent]
+        if any(records.is_live(run["status"]) for run in informing):
+            break
+        if manifest is None:  # read only when a run is due (most recounts plan nothing)
+            manifest = decode_manifest(ports.storage.read(layout.manifest_key(workspace, job)))
+            params = sweep.compile_space(manifest.hp_space)
+        point = adaptive_search.next_point(
+            params, search_type=search["type"], index=index, seed=manifest.seed, maximize=maximize,
+            results=[_result(run, names, metric) for run in informing], planned=[_point(run, names) for run in runs])
+        if point is None:
+            ended = f"the grid has no untried point left after {len(runs)} runs"
+            break
+        runs.append(_add_run(ports, manifest, record, index, point, created_at=max(r["ended"] or 0 for r in informing)))
+        created.append(runs[-1]["name"])
+    changes: Dict[str, Any] = {"search": {**search, "best": _best(runs, names, metric, maximize), "ended": ended}}
+    if created:
+        changes["run_count"] = len(runs)
+    if ended:
+        ports.storage.append(layout.job_log_key(workspace, job), run_log.record(
+            max((r.get("ended") or 0) for r in runs) if runs else 0, SEARCH_ENDED, {"reason": ended}))
+    ports.stats.update_job(workspace, job, changes)
+    return created
+
+
+def end_search(ports: Ports, workspace: str, job: str, reason: str, at: float) -> bool:
+    """Plan no more runs for the job (a cancel of the whole job). False if it had no open search."""
+    search = ports.stats.get_job(workspace, job).get("search") or {}
+    if not search.get("type") or search.get("ended"):
+        return False
+    ports.storage.append(layout.job_log_key(workspace, job), run_log.record(at, SEARCH_ENDED, {"reason": reason}))
+    ports.stats.update_job(workspace, job, {"search": {**search, "ended": reason}})
+    return True
+
+
+def _add_run(ports: Ports, manifest: Any, job: Dict[str, Any], index: int, point: Dict[str, Any],
+             created_at: float) -> Dict[str, Any]:
+    ws, name = manifest.workspace, layout.run_name(job["number"], index)
+    command = manifest.command + sweep.format_hparam_args(point)
+    ports.storage.append(layout.job_log_key(ws, job["name"]), run_log.record(created_at, PLANNED, {
+        "runs": [{"name": name, "command": command, "hparams": point}]}))
+    [run] = records.new_runs(manifest, job=job["name"], number=job["number"], plan=[(name, command, point)],
+                             created=created_at, first_index=index)
+    ports.stats.insert_runs([run])
+    ports.compute.submit([run_task(manifest, job["name"], name, command, point, created_at)])
+    return run
+
+
+def _point(run: Dict[str, Any], names: List[str]) -> Dict[str, Any]:
+    """A run's point in the space (hparams the script logged beyond the space are not the search's)."""
+    hparams = run.get("hparams") or {}
+    return {name: hparams[name] for name in names if name in hparams}
+
+
+def _result(run: Dict[str, Any], names: List[str], metric: str) -> adaptive_search.Result:
+    return _point(run, names), adaptive_search.usable_value((run.get("metrics") or {}).get(metric))
+
+
+def _best(runs: List[Dict[str, Any]], names: List[str], metric: str, maximize: bool):
+    ended = [run for run in runs if not records.is_live(run["status"])]
+    scored = []
+    for run in ended:
+        value = adaptive_search.usable_value((run.get("metrics") or {}).get(metric))
+        if value is not None:
+            scored.append((run, value))
+    if not scored:
+        return None
+    run, value = (max if maximize else min)(scored, key=lambda item: item[1])
+    return {"run": run["name"], "hparams": _point(run, names), "metric": metric, "value": value}

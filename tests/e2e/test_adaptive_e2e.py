@@ -1,0 +1,73 @@
+"""Adaptive search and early stopping on the embedded default, through the real CLI, host and runs
+(issue 15), and a live run's metrics in its record while it runs (issue 14)."""
+import time
+
+BOWL = """import sys
+from xt_submit import Run
+args = dict(a[2:].split("=", 1) for a in sys.argv[1:] if a.startswith("--"))
+x, opt = float(args["x"]), args["opt"]
+Run().log_metrics({"loss": (x - 0.3) ** 2 + (0.5 if opt == "sgd" else 0.0)})
+"""
+
+CURVES = """import sys, time
+from xt_submit import Run
+lr = float([a for a in sys.argv if a.startswith("--lr=")][0].split("=")[1])
+run = Run()
+slow = lr > 1  # the bad run is also the slow one: it reaches each step after the others did
+for step in range(1, (60 if slow else 12) + 1):
+    run.log_metrics({"step": step, "loss": lr / step})
+    run.flush()  # each step reaches the log at once (the Run API buffers for up to a second)
+    time.sleep(0.25 if slow else 0.05)
+"""
+
+
+def test_bayesian_search_plans_its_runs_from_results_up_to_max_runs(tmp_path):
+    from support.cli_project import Project
+
+    project = Project(tmp_path)
+    (project.code / "train.py").write_text(BOWL)
+    try:
+        out = project.json("run", "--search-type", "bayesian", "--max-runs", "5", "--concurrent", "2", "--seed", "3",
+                           "train.py", "--x=[$uniform(0,1)]", "--opt=[sgd,adam]")
+        assert out["runs"] == [f"{out['job']}.1".replace("job", "run"), f"{out['job']}.2".replace("job", "run")]
+        job = project.wait_job(out["job"])
+        runs = project.json("list", "runs", "--job", out["job"])
+        assert job["status"] == "completed" and len(runs) == 5 and {r["status"] for r in runs} == {"completed"}
+        best = min(runs, key=lambda r: r["metrics"]["loss"])
+        assert job["search"]["best"]["run"] == best["name"]
+        assert job["search"]["best"]["value"] == best["metrics"]["loss"]
+        shown = project.xt("view", "job", out["job"]).stdout
+        assert "bayesian search: 5 of 5 runs" in shown and best["name"] in shown
+    finally:
+        project.stop_host()
+
+
+def test_early_stopping_stops_the_run_behind_and_live_metrics_show_while_it_runs(tmp_path):
+    from support.cli_project import Project
+
+    project = Project(tmp_path)
+    project.env["XT_PROGRESS_SECONDS"] = "0.3"
+    (project.code / "train.py").write_text(CURVES)
+    try:
+        out = project.json("run", "--concurrent", "3", "--early-policy", "median", "--delay-evaluation", "2",
+                           "train.py", "--lr=[0.1,0.12,5.0]")
+        slow = out["runs"][2]
+        deadline, live = time.time() + 90, None
+        while time.time() < deadline and live is None:
+            record = project.json("view", "run", slow)
+            if record["status"] == "running" and record["metrics"].get("loss") is not None:
+                live = record
+            elif record["status"] != "queued" and record["status"] != "running":
+                break
+            time.sleep(0.1)
+        assert live is not None, "the running run's metrics never showed in its record"
+        job = project.wait_job(out["job"])
+        runs = {r["name"]: r for r in project.json("list", "runs", "--job", out["job"])}
+        stopped = runs[slow]
+        assert stopped["status"] == "stopped", stopped
+        assert stopped["reason"].startswith("early-stopped by the median policy at report")
+        assert stopped["metrics"]["loss"] > 5.0 / 60 + 1e-9  # loss = 5 / step: it ended before step 60, metrics kept
+        assert [runs[n]["status"] for n in out["runs"][:2]] == ["completed", "completed"]
+        assert job["status"] == "completed"
+    finally:
+        project.stop_host()

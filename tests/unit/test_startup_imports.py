@@ -1,0 +1,59 @@
+"""What starting up loads, by module name (never by timing): a training script's `from xt_submit
+import Run`, building the CLI's parser (`xt --help`, and the first step of every command) and a
+whole `xt list runs` leave the heavy libraries alone. The start-up times themselves are measured
+by bench/startup.py against `python -c pass`."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from xt_submit import config
+from xt_submit.domain import limits, messages
+
+HEAVY = {"yaml", "msgspec", "pymongo", "azure", "matplotlib", "tqdm", "paramiko", "regex", "optuna", "bson"}
+
+LOADED = ("import json, sys; print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & set(sys.argv[1:]))))")
+
+
+def heavy_loaded_by(code: str, *, env=None, cwd=None) -> set:
+    """The HEAVY top-level packages in sys.modules after `code` runs in a fresh interpreter."""
+    out = subprocess.run([sys.executable, "-c", f"{code}\n{LOADED}", *sorted(HEAVY)], capture_output=True, text=True,
+                         env=env, cwd=cwd, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def test_a_training_script_imports_run_without_any_heavy_library():
+    # msgspec included: it is imported at the first log call, not with the module
+    assert heavy_loaded_by("import xt_submit\nfrom xt_submit import Run") == set()
+
+
+def test_logging_still_uses_the_fast_encoder_once_it_logs(tmp_path):
+    loaded = heavy_loaded_by(f"from xt_submit import Run\nr = Run(log_path={str(tmp_path / 'log.jsonl')!r})\n"
+                             "r.log_metrics({'loss': 0.5})\nr.close()")
+    assert loaded == {"msgspec"}
+    assert b'"loss":0.5' in (tmp_path / "log.jsonl").read_bytes()
+
+
+def test_the_cli_parser_loads_no_sdk_yaml_or_progress_bar():
+    """`xt --help` builds every group's parser; what it prints needs no config file, no SDK."""
+    code = ("import contextlib, io\nfrom xt_submit.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    try:\n        main.main(['--help'])\n    except SystemExit:\n        pass")
+    # msgspec is still loaded here: cli/reports.py (through domain/messages.py) and the TensorBoard
+    # kinds (services/tensorboard_export.py, through config.py) are imported to build the parser
+    assert heavy_loaded_by(code) - {"msgspec"} == set()
+
+
+def test_listing_runs_loads_no_sdk_yaml_or_progress_bar(tmp_path):
+    env = {**__import__("os").environ, "XT_HOME": str(tmp_path / "home")}
+    code = "import sys\nfrom xt_submit.cli import main\nmain.main(['list', 'runs', '--last', '20'])"
+    assert heavy_loaded_by(code, env=env, cwd=tmp_path) - {"msgspec"} == set()
+
+
+def test_the_cli_bounds_are_the_contracts_bounds():
+    """domain/limits.py repeats these so the parser can name them without loading msgspec."""
+    assert (limits.INT64_MIN, limits.INT64_MAX, limits.MAX_CONCURRENT, limits.MAX_SECONDS) == (
+        messages.INT64_MIN, messages.INT64_MAX, messages.MAX_CONCURRENT, messages.MAX_SECONDS)
+    assert limits.MAX_ROWS == config.MAX_ROWS
