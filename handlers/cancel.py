@@ -3,14 +3,15 @@ from __future__ import annotations
 
 from typing import List
 
-from xt_submit.domain import layout, records, run_log
+import msgspec
+
+from xt_submit.domain import layout, records
 from xt_submit.domain.messages import CANCELLED, TERMINAL_STATUSES, CancelRequested
 from xt_submit.ports import Ports
 
 from xt_submit.handlers.jobs import roll_job
 from xt_submit.handlers.search import end_search
 
-RUNS_CANCELLED = "runs_cancelled"  # the job log's record of the runs a cancel ended (reindex reads it)
 CANCEL_REASON = "cancelled by request"
 
 
@@ -18,9 +19,9 @@ def cancel_runs(event: CancelRequested, ports: Ports) -> List[str]:
     """Returns the runs this cancel ended. A run that already ended keeps its status; a running
     one is marked cancelled now and its node's RunFinished (cancelled, with exit code) follows.
 
-    A whole job is a few bulk writes, whatever its size: one record of the runs in the job log
-    (storage first: a crash before the index is repaired by the redelivery, and reindex reads the
-    record), one batched update of the index, one batched cancel on compute."""
+    A whole job is a few bulk writes, whatever its size: one file naming the runs in storage (first:
+    a crash before the index is repaired by the redelivery, which writes the same file; reindex
+    reads it), one batched update of the index, one batched cancel on compute."""
     ws = event.workspace
     if event.runs:
         candidates = [ports.stats.get_run(ws, name) for name in event.runs]
@@ -32,8 +33,8 @@ def cancel_runs(event: CancelRequested, ports: Ports) -> List[str]:
     cancelled: List[str] = []
     if live:
         ports.compute.cancel(ws, live)
-        ports.storage.append(layout.job_log_key(ws, event.job), run_log.record(
-            event.requested_at, RUNS_CANCELLED, {"runs": live, "reason": CANCEL_REASON}))
+        ports.storage.write(layout.cancel_key(ws, event.job, event.requested_at), msgspec.json.encode(
+            {"at": event.requested_at, "reason": CANCEL_REASON, "runs": live}), overwrite=False)
         cancelled = ports.stats.update_runs(ws, live, {"status": CANCELLED, "ended": event.requested_at,
                                                        "reason": CANCEL_REASON, "heartbeat": None},
                                             only_if_status_in=records.may_become(CANCELLED))

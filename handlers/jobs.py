@@ -21,12 +21,19 @@ def roll_job(ports: Ports, workspace: str, job: str) -> Dict[str, Any]:
     record = ports.stats.get_job(workspace, job)
     changes: Dict[str, Any] = {"counts": counts, "started": rollup["started"], "ended": None}
     finished = sum(n for status, n in counts.items() if status in TERMINAL_STATUSES)
+    run_count = max(record["run_count"], sum(counts.values()))  # runs added at once on two instances: all count
+    if run_count > record["run_count"]:
+        changes["run_count"] = run_count
     search_open = bool((record.get("search") or {}).get("type")) and not record["search"].get("ended")
-    if finished >= record["run_count"] and not search_open:
-        changes["status"] = ERROR if counts.get(ERROR) else CANCELLED if counts.get(CANCELLED) else COMPLETED
+    if finished >= run_count and not search_open:
+        # a failed run that was retried is superseded by its retry: the job fails only on a last attempt
+        retried = sum(1 for run in ports.stats.list_runs(workspace, job=job) if run.get("retry_of")) \
+            if record.get("retries") else 0
+        errors = counts.get(ERROR, 0) - retried
+        changes["status"] = ERROR if errors > 0 else CANCELLED if counts.get(CANCELLED) else COMPLETED
         changes["ended"] = rollup["ended"]
     else:
-        changes["status"] = QUEUED if counts.get(QUEUED, 0) == record["run_count"] else RUNNING
+        changes["status"] = QUEUED if counts.get(QUEUED, 0) == run_count else RUNNING
     ports.stats.update_job(workspace, job, changes)
     return changes
 

@@ -21,10 +21,8 @@ from xt_submit.domain import layout, records, run_log
 from xt_submit.domain.messages import CANCELLED, ERROR, RUNNING, decode_manifest
 from xt_submit.ports import NotFound, Ports
 
-from xt_submit.handlers.cancel import RUNS_CANCELLED
 from xt_submit.handlers.dispatch import search_record
 from xt_submit.handlers.jobs import roll_job
-from xt_submit.handlers.search import PLANNED, SEARCH_ENDED
 
 
 def _jobs_in_storage(ports: Ports, workspace: str) -> List[str]:
@@ -63,10 +61,11 @@ def rebuild_workspace(ports: Ports, workspace: str) -> Dict[str, Any]:
                                                run_count=len(plan) + len(added), created=created["time"],
                                                search=search))
         ports.stats.insert_runs(records.new_runs(manifest, job=job, number=number, created=created["time"], plan=plan))
-        for index, (at, run) in enumerate(added, start=len(plan) + 1):  # an adaptive search's runs, as it planned them
-            ports.stats.insert_runs(records.new_runs(manifest, job=job, number=number, created=at, plan=[run],
-                                                     first_index=index))
-        plan = plan + [run for _, run in added]
+        for at, run, retry in added:  # an adaptive search's runs and retries, as they were planned
+            [record] = records.new_runs(manifest, job=job, number=number, created=at, plan=[run],
+                                        first_index=layout.run_index(run[0]))
+            ports.stats.insert_runs([{**record, **retry}])
+        plan = plan + [run for _, run, _ in added]
         for name, _, _ in plan:
             try:
                 replayed, problem = _replay_run(ports, workspace, name)
@@ -88,26 +87,31 @@ def rebuild_workspace(ports: Ports, workspace: str) -> Dict[str, Any]:
 
 
 def _read_job(ports: Ports, workspace: str, job: str):
-    """(manifest, created record, plan, the runs an adaptive search added as (time, run), its search
-    record, and its cancels as (time, reason, runs)) of a job, all read before anything is recorded."""
+    """(manifest, created record, plan, the runs added later (an adaptive search's, retries) as
+    (time, run, retry fields), its search record, and its cancels as (time, reason, runs)) of a
+    job, all read before anything is recorded."""
     manifest = decode_manifest(ports.storage.read(layout.manifest_key(workspace, job)))
-    entries = run_log.parse(ports.storage.read(layout.job_log_key(workspace, job)))
-    created = next((r for r in entries if r["event"] == "created"), None)
+    blob = ports.storage.read(layout.job_log_key(workspace, job))
+    created = next((r for r in run_log.iter_records(blob) if r["event"] == "created"), None)
     if created is None:
         raise ValueError("job_log.jsonl: no readable created record")
     plan = [(run["name"], run["command"], run["hparams"]) for run in created["data"]["runs"]]
-    added, seen, cancels = [], {name for name, _, _ in plan}, []
+    added = []
+    for key in ports.storage.list(layout.added_runs_prefix(workspace, job)):
+        run = msgspec.json.decode(ports.storage.read(key))
+        retry = {field: run[field] for field in ("retry_of", "attempt") if field in run}
+        added.append((run["created"], (run["name"], run["command"], run["hparams"]), retry))
+    added.sort(key=lambda entry: layout.run_index(entry[1][0]))
     search = search_record(manifest)
-    for entry in entries:
-        if entry["event"] == PLANNED:
-            for run in entry["data"]["runs"]:
-                if run["name"] not in seen:  # a repeated plan (a redelivery) is the same run
-                    seen.add(run["name"])
-                    added.append((entry["time"], (run["name"], run["command"], run["hparams"])))
-        elif entry["event"] == SEARCH_ENDED and search and not search["ended"]:
-            search["ended"] = str(entry["data"]["reason"])
-        elif entry["event"] == RUNS_CANCELLED:
-            cancels.append((entry["time"], str(entry["data"]["reason"]), [str(name) for name in entry["data"]["runs"]]))
+    if search:
+        try:
+            search["ended"] = str(msgspec.json.decode(ports.storage.read(layout.search_ended_key(workspace, job)))["reason"])
+        except NotFound:
+            pass
+    cancels = []
+    for key in ports.storage.list(layout.cancels_prefix(workspace, job)):
+        cancel = msgspec.json.decode(ports.storage.read(key))
+        cancels.append((cancel["at"], str(cancel["reason"]), [str(name) for name in cancel["runs"]]))
     return manifest, created, plan, added, search, cancels
 
 

@@ -10,6 +10,7 @@ from xt_submit.domain import early_stopping, layout, records, run_log
 from xt_submit.domain.messages import (CANCELLED, ERROR, PREEMPTED, RUNNING, STOPPED, TERMINAL_STATUSES, RunFinished,
                                        RunHeartbeat, RunPreempted, RunProgress, RunStarted, storable)
 from xt_submit.handlers.jobs import end_run, roll_job, write_run_stats
+from xt_submit.handlers.retries import retry_if_failed
 from xt_submit.ports import NotFound, Ports
 
 
@@ -49,7 +50,9 @@ def run_finished(event: RunFinished, ports: Ports) -> dict:
         changes["hparams"] = hparams
     ports.stats.update_run(ws, run, changes)
     outputs = [key[len(layout.output_prefix(ws, run)):] for key in ports.storage.list(layout.output_prefix(ws, run))]
-    write_run_stats(ports, ports.stats.get_run(ws, run), outputs)
+    record = ports.stats.get_run(ws, run)
+    write_run_stats(ports, record, outputs)
+    retry_if_failed(ports, record)
     roll_job(ports, ws, event.job)
     return changes
 

@@ -1,21 +1,21 @@
 """An adaptive job's next runs, planned as its runs end (domain/adaptive_search.py has the rule).
 
 Called whenever a job is recounted. Every step is repeatable: run k's hparams follow from runs
-1 .. k - concurrent alone, its plan goes into the job log first (a repeat appends the same record,
-which a reindex reads once), its record is insert-if-absent and compute ignores a task it has.
+1 .. k - concurrent alone, its plan is written to storage first (create-if-absent: a repeat writes
+the same file; reindex reads it), its record is insert-if-absent and compute ignores a task it has.
 So a redelivered event, a restarted host or two Functions instances at once create each run once.
 """
 from __future__ import annotations
 
 from typing import Any, Dict, List
 
-from xt_submit.domain import adaptive_search, layout, records, run_log, sweep
+import msgspec
+
+from xt_submit.domain import adaptive_search, layout, records, sweep
 from xt_submit.domain.messages import decode_manifest
 from xt_submit.handlers.dispatch import run_task
 from xt_submit.ports import Ports
 
-SEARCH_ENDED = "search_ended"  # the job log's record of why an adaptive job plans no more runs
-PLANNED = "planned"  # the job log's record of a run an adaptive search added
 
 
 def advance_search(ports: Ports, workspace: str, job: str) -> List[str]:
@@ -34,6 +34,12 @@ def advance_search(ports: Ports, workspace: str, job: str) -> List[str]:
         return []
     manifest, params = None, []
     created: List[str] = []
+    for plan in _plans_not_indexed(ports, record, runs):  # a crash after a plan was stored: finish it
+        manifest = manifest or decode_manifest(ports.storage.read(layout.manifest_key(workspace, job)))
+        runs.append(_add_run(ports, manifest, record, layout.run_index(plan["name"]), plan["hparams"],
+                             created_at=plan["created"]))
+        created.append(plan["name"])
+    runs.sort(key=lambda r: r["run_index"])
     ended = ""
     while True:
         index = len(runs) + 1
@@ -47,6 +53,7 @@ def advance_search(ports: Ports, workspace: str, job: str) -> List[str]:
             break
         if manifest is None:  # read only when a run is due (most recounts plan nothing)
             manifest = decode_manifest(ports.storage.read(layout.manifest_key(workspace, job)))
+        if not params:
             params = sweep.compile_space(manifest.hp_space)
         point = adaptive_search.next_point(
             params, search_type=search["type"], index=index, seed=manifest.seed, maximize=maximize,
@@ -60,8 +67,7 @@ def advance_search(ports: Ports, workspace: str, job: str) -> List[str]:
     if created:
         changes["run_count"] = len(runs)
     if ended:
-        ports.storage.append(layout.job_log_key(workspace, job), run_log.record(
-            max((r.get("ended") or 0) for r in runs) if runs else 0, SEARCH_ENDED, {"reason": ended}))
+        _write_search_end(ports, workspace, job, ended, max((r.get("ended") or 0) for r in runs) if runs else 0)
     ports.stats.update_job(workspace, job, changes)
     return created
 
@@ -71,22 +77,40 @@ def end_search(ports: Ports, workspace: str, job: str, reason: str, at: float) -
     search = ports.stats.get_job(workspace, job).get("search") or {}
     if not search.get("type") or search.get("ended"):
         return False
-    ports.storage.append(layout.job_log_key(workspace, job), run_log.record(at, SEARCH_ENDED, {"reason": reason}))
+    _write_search_end(ports, workspace, job, reason, at)
     ports.stats.update_job(workspace, job, {"search": {**search, "ended": reason}})
     return True
 
 
+def _write_search_end(ports: Ports, workspace: str, job: str, reason: str, at: float) -> None:
+    ports.storage.write(layout.search_ended_key(workspace, job), msgspec.json.encode({"reason": reason, "at": at}),
+                        overwrite=False)  # the first end stands (a cancel racing the last planned run)
+
+
 def _add_run(ports: Ports, manifest: Any, job: Dict[str, Any], index: int, point: Dict[str, Any],
              created_at: float) -> Dict[str, Any]:
+    """Storage (the plan), compute, then the index: a run the index holds is on compute too, and a
+    plan without its run is finished by the next recount (_plans_not_indexed)."""
     ws, name = manifest.workspace, layout.run_name(job["number"], index)
     command = manifest.command + sweep.format_hparam_args(point)
-    ports.storage.append(layout.job_log_key(ws, job["name"]), run_log.record(created_at, PLANNED, {
-        "runs": [{"name": name, "command": command, "hparams": point}]}))
+    ports.storage.write(layout.added_run_key(ws, job["name"], index), msgspec.json.encode(
+        {"name": name, "command": command, "hparams": point, "created": created_at}), overwrite=False)
+    ports.compute.submit([run_task(manifest, job["name"], name, command, point, created_at)])
     [run] = records.new_runs(manifest, job=job["name"], number=job["number"], plan=[(name, command, point)],
                              created=created_at, first_index=index)
     ports.stats.insert_runs([run])
-    ports.compute.submit([run_task(manifest, job["name"], name, command, point, created_at)])
     return run
+
+
+def _plans_not_indexed(ports: Ports, job: Dict[str, Any], runs: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The stored plans of added runs the index does not hold (one listing; only those are read)."""
+    known = {run["name"] for run in runs}
+    plans = []
+    for key in ports.storage.list(layout.added_runs_prefix(job["workspace"], job["name"])):
+        index = int(key.rsplit("/", 1)[1].split(".", 1)[0])
+        if layout.run_name(job["number"], index) not in known:
+            plans.append(msgspec.json.decode(ports.storage.read(key)))
+    return sorted(plans, key=lambda plan: layout.run_index(plan["name"]))
 
 
 def _point(run: Dict[str, Any], names: List[str]) -> Dict[str, Any]:

@@ -71,3 +71,55 @@ def test_early_stopping_stops_the_run_behind_and_live_metrics_show_while_it_runs
         assert job["status"] == "completed"
     finally:
         project.stop_host()
+
+
+RESUMABLE = """from xt_submit import Run
+run = Run()
+state = run.get_checkpoint() or {"epoch": 0}
+start = state["epoch"]
+for epoch in range(start + 1, start + 3):
+    run.set_checkpoint({"epoch": epoch})
+run.log_metrics({"started_at_epoch": start, "ended_at_epoch": start + 2})
+"""
+
+
+def test_resume_name_starts_each_run_from_that_runs_last_checkpoint(tmp_path):
+    from support.cli_project import Project
+
+    project = Project(tmp_path)
+    (project.code / "train.py").write_text(RESUMABLE)
+    try:
+        first = project.json("run", "--wait", "train.py")
+        (run,) = project.json("list", "runs", "--job", first["job"])
+        assert run["metrics"] == {"started_at_epoch": 0, "ended_at_epoch": 2}
+        second = project.json("run", "--wait", "--resume-name", run["name"], "train.py", "--x=[1,2]")
+        resumed = project.json("list", "runs", "--job", second["job"])
+        assert [r["metrics"] for r in resumed] == [{"started_at_epoch": 2, "ended_at_epoch": 4}] * 2
+        missing = project.xt("run", "--resume-name", "run9.9", "train.py", check=False)
+        assert missing.returncode != 0 and missing.stderr.strip().splitlines() == [
+            "xt: run run9.9 not found in workspace ws1"]
+    finally:
+        project.stop_host()
+
+
+FAILS_ONCE = """import os, sys
+with open(os.environ["INVOCATIONS"], "a+") as f:
+    f.seek(0)
+    before = len(f.read().split())
+    f.write("x\\n")
+sys.exit(3 if before == 0 else 0)
+"""
+
+
+def test_retries_run_a_failed_run_again_and_the_job_completes(tmp_path):
+    from support.cli_project import Project
+
+    project = Project(tmp_path)
+    (project.code / "train.py").write_text(FAILS_ONCE)
+    try:
+        out = project.json("run", "--wait", "--retries", "2", "train.py")
+        runs = project.json("list", "runs", "--job", out["job"])
+        assert out["status"] == "completed" and [(r["status"], r["retry_of"], r["attempt"]) for r in runs] == [
+            ("error", None, None), ("completed", runs[0]["name"], 2)]
+    finally:
+        project.stop_host()

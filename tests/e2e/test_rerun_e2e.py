@@ -53,6 +53,9 @@ def test_rerun_with_set_changes_the_hparam_of_every_rerun_run(half_failed):
     (("--status", "cancelled", "job1"), "job1: no runs ended cancelled: nothing to rerun"),
     (("run1.1", "--set", "lr"), "--set: expected name=value (one fixed value), got 'lr'"),
     (("run1.1", "--set", "lr=[1,2]"), "--set: expected name=value (one fixed value), got 'lr=[1,2]'"),
+    (("run1.1", "--set", "lr=99999999999999999999999"),
+     "rerun: hp_points[0].lr: 99999999999999999999999 is a whole number outside the 64-bit range every stats "
+     "store keeps: write it as a float or as text"),
     (("--failed", "run1.1"), "job: expected a name like job7, got 'run1.1'"),
 ])
 def test_bad_reruns_are_one_line_and_submit_nothing(half_failed, args, expected):

@@ -1,19 +1,18 @@
-"""Adaptive sweeps (bayesian, dgd) and early stopping: the pure rules, then the handlers on the
+"""Adaptive sweeps (bayesian, dgd), early stopping and live metrics: the pure rules, then the handlers on the
 embedded stores, with redelivered and reordered events."""
 import math
-import sqlite3
 
 import pytest
 
+from support.job_steps import WS, finish, names, score, submit, task_runs
 from support.pipeline import make_code_zip, make_manifest
 from xt_submit import handlers
 from xt_submit.domain import adaptive_search, early_stopping, layout, run_log, sweep
 from xt_submit.domain.manifest import check_manifest
 from xt_submit.domain.messages import (CANCELLED, COMPLETED, STOPPED, CancelRequested, ContractError, EarlyStopping,
-                                       JobSubmitted, RunFinished, RunProgress, RunStarted)
+                                       JobSubmitted, RunProgress, RunStarted)
 from xt_submit.domain.run_query import RunQuery, parse_filter
 
-WS = "ws1"
 
 
 # --- the rules --------------------------------------------------------------------------------
@@ -129,40 +128,6 @@ def test_policies_decide_on_the_reports_at_the_same_step(kind, own, others, maxi
 
 
 # --- the handlers -----------------------------------------------------------------------------
-
-
-def submit(parts, **overrides):
-    key, sha = make_code_zip(parts)
-    manifest = make_manifest(key, sha, **{"hp_space": {"x": [0.0, 0.25, 0.5, 0.75, 1.0], "opt": ["sgd", "adam"]},
-                                         "concurrent": 2, **overrides})
-    event = JobSubmitted(submission_id="sub-1", manifest=manifest, submitted_at=100.0)
-    return handlers.dispatch_job(event, parts.ports)
-
-
-def finish(parts, run, loss, status=COMPLETED, at=200.0):
-    """What the run's node does at its end: the run log with its metric, then RunFinished."""
-    record = parts.ports.stats.get_run(WS, run)
-    key = layout.run_log_key(WS, run)
-    parts.ports.storage.create_log(key, run_log.record(100.0, "hparams", record["hparams"]))
-    parts.ports.storage.append(key, run_log.record(at, "metrics", {"step": 1, "loss": loss}))
-    event = RunFinished(workspace=WS, job=record["job"], run=run, node_id="n1", status=status, exit_code=0,
-                        started_at=150.0, ended_at=at, metrics={"loss": loss})
-    handlers.run_finished(event, parts.ports)
-    return event
-
-
-def score(parts, run):
-    hp = parts.ports.stats.get_run(WS, run)["hparams"]
-    return (hp["x"] - 0.5) ** 2 + (0.5 if hp["opt"] == "sgd" else 0)
-
-
-def task_runs(parts):
-    with sqlite3.connect(parts.home / "compute.db") as db:
-        return sorted(run for (run,) in db.execute("SELECT run FROM tasks"))
-
-
-def names(parts, job="job1"):
-    return [r["name"] for r in sorted(parts.ports.stats.list_runs(WS, job=job), key=lambda r: r["run_index"])]
 
 
 @pytest.mark.parametrize("search_type", ["bayesian", "dgd"])
@@ -305,21 +270,45 @@ def test_a_live_runs_history_comes_from_its_shipped_log_until_the_index_has_it(p
     assert ended == parts.ports.stats.get_metrics(WS, "run1.1") and len(ended) == 3
 
 
-def test_cancelling_a_large_job_writes_one_record_not_one_per_run_and_reindex_replays_it(parts):
-    from xt_submit.handlers.reindex import rebuild_workspace
+def adaptive_lifecycle(parts):
+    """A bayesian job of three runs, two at once: dispatch, the first run's end (which plans run 3),
+    the second's, a cancel of the job."""
+    from support.pipeline import finish_node, finished, node_writes, started
 
     key, sha = make_code_zip(parts)
-    manifest = make_manifest(key, sha, hp_space={"x": list(range(3000))})
-    handlers.dispatch_job(JobSubmitted(submission_id="big", manifest=manifest, submitted_at=100.0), parts.ports)
-    handlers.run_started(RunStarted(workspace=WS, job="job1", run="run1.1", node_id="n1", started_at=150.0), parts.ports)
-    before = set(parts.ports.storage.list(f"workspaces/{WS}/"))
-    ended = handlers.cancel_runs(CancelRequested(workspace=WS, job="job1", requested_at=160.0), parts.ports)
-    assert len(ended) == 3000 and set(parts.ports.storage.list(f"workspaces/{WS}/")) == before  # only the job log grew
-    assert task_runs(parts) == sorted(f"run1.{k}" for k in range(1, 3001))
-    with sqlite3.connect(parts.home / "compute.db") as db:
-        assert dict(db.execute("SELECT state, count(*) FROM tasks GROUP BY state")) == {"cancelled": 3000}
-    job = parts.ports.stats.get_job(WS, "job1")
-    assert job["status"] == CANCELLED and job["counts"] == {CANCELLED: 3000}
-    rebuild_workspace(parts.ports, WS)
-    rebuilt = parts.ports.stats.list_runs(WS, job="job1")
-    assert {(r["status"], r["ended"], r["reason"]) for r in rebuilt} == {(CANCELLED, 160.0, "cancelled by request")}
+    manifest = make_manifest(key, sha, search_type="bayesian", max_runs=3, concurrent=2,
+                             hp_space={"x": "$uniform(0, 1)"})
+    return [
+        ("dispatch", None, handlers.dispatch_job, JobSubmitted(submission_id="sub-1", manifest=manifest,
+                                                               submitted_at=100.0)),
+        ("start run1.1", lambda s: node_writes(s, "run1.1", finished=False), handlers.run_started, started("run1.1")),
+        ("finish run1.1", lambda s: finish_node(s, "run1.1"), handlers.run_finished, finished("run1.1")),
+        ("finish run1.2", lambda s: node_writes(s, "run1.2", finished=True), handlers.run_finished,
+         finished("run1.2")),
+        ("cancel job1", None, handlers.cancel_runs, CancelRequested(workspace=WS, job="job1", requested_at=130.0)),
+    ]
+
+
+def test_a_crash_after_any_side_effect_of_an_adaptive_job_then_redelivery_reaches_the_same_state(tmp_path):
+    from support.pipeline import run_steps, state_of
+    from xt_submit.bootstrap import embedded
+
+    def comparable(state):
+        """Queued messages as a set (at-least-once), and tasks without their row ids (an insert a
+        redelivery repeats may use up an id; nothing refers to it)."""
+        tables = dict(state["tables"], queue=sorted(set(state["tables"]["queue"])))
+        tables["compute.db:tasks"] = sorted(row.split(", ", 1)[1] for row in tables["compute.db:tasks"])
+        return {**state, "tables": tables}
+
+    baseline = embedded(tmp_path / "baseline")
+    effects = run_steps(baseline, adaptive_lifecycle(baseline))
+    expected = comparable(state_of(baseline))
+    assert [r["name"] for r in baseline.ports.stats.list_runs(WS, job="job1")] == ["run1.1", "run1.2", "run1.3"]
+    crashes = 0
+    for i, count in enumerate(effects):
+        for k in range(1, count + 1):
+            parts = embedded(tmp_path / f"fault-{i}-{k}")
+            run_steps(parts, adaptive_lifecycle(parts), fail_at=(i, k))
+            assert comparable(state_of(parts)) == expected, f"crash in step {i} after side effect {k}"
+            crashes += 1
+    assert crashes >= 15

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Dict, Optional
 from xt_submit.cli.common import (CliError, check_name, embedded_parts, ensure_local_host, load, number_in,
                                   print_json, progress_on_screen, transfer_progress)
 from xt_submit.domain import layout, sweep
-from xt_submit.domain.limits import INT64_MAX, INT64_MIN, MAX_CONCURRENT, MAX_SECONDS
+from xt_submit.domain.limits import INT64_MAX, INT64_MIN, MAX_CONCURRENT, MAX_RETRIES, MAX_SECONDS
 
 if TYPE_CHECKING:
     from xt_submit.domain.messages import EarlyStopping
@@ -47,7 +47,7 @@ def add_parsers(commands) -> None:
 # xt run's own options: after the script, each is the script's (and a warning says so)
 RUN_OPTIONS = frozenset({"--target", "--workspace", "--experiment", "--runs", "--max-runs", "--search-type",
                          "--hp-config", "--seed", "--concurrent", "--max-time", "--tags", "--dry-run", "--wait",
-                         "--to-zip", "--json", "--config", "--early-policy", "--delay-evaluation",
+                         "--to-zip", "--json", "--config", "--resume-name", "--retries", "--early-policy", "--delay-evaluation",
                          "--evaluation-interval", "--slack-factor", "--slack-amount", "--truncation-percentage"})
 
 
@@ -65,6 +65,10 @@ def _run_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-time", type=number_in(float, 0, MAX_SECONDS, above=True),
                         help="seconds a run may take before it is stopped")
     parser.add_argument("--tags", help="name[=value],... attached to the job and its runs")
+    parser.add_argument("--retries", type=number_in(int, 0, MAX_RETRIES), default=0, metavar="N",
+                        help="run a run that ends in error again, as a new run, up to N times")
+    parser.add_argument("--resume-name", metavar="RUN",
+                        help="start each run from this run's last checkpoint (Run.get_checkpoint() returns it)")
     early = parser.add_argument_group("early stopping (config early-stopping:)")
     early.add_argument("--early-policy", help="none, bandit, median or truncation: stop runs whose primary "
                                               "metric falls behind the job's other runs")
@@ -122,6 +126,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from xt_submit.services.code_upload import upload_code
 
     parts = embedded_parts(cfg)
+    if manifest.resume_from:
+        parts.ports.stats.get_run(manifest.workspace, manifest.resume_from)  # NotFound: one line naming it
     with transfer_progress(parts.ports.storage, "uploading code", enabled=not args.json):
         key, sha256 = upload_code(parts.ports.storage, parts.home, cfg.code.code_dirs, os.getcwd(), cfg.code.code_omit,
                                   max_bytes=cfg.code.max_size_mb * 1024**2)
@@ -194,7 +200,9 @@ def _manifest_from(args: argparse.Namespace, cfg):
         setup=targets.setup_spec(cfg, target.setup), after_dirs=list(cfg.after_files.after_dirs),
         after_omit=list(cfg.after_files.after_omit), tags=layout.parse_tags([args.tags], "--tags"),
         primary_metric=cfg.general.primary_metric, maximize_metric=cfg.general.maximize_metric,
-        step_name=cfg.general.step_name, early_stopping=_early_stopping(cfg.early_stopping))
+        step_name=cfg.general.step_name, early_stopping=_early_stopping(cfg.early_stopping),
+        resume_from=check_name("--resume-name", args.resume_name, layout.RUN_PATTERN) if args.resume_name else "",
+        retries=args.retries)
 
 
 def _early_stopping(section) -> Optional[EarlyStopping]:
@@ -233,6 +241,8 @@ def _follow(parts, workspace: str, job: str, total: int, show_progress: bool) ->
     bar = tqdm(total=total, unit="run", desc=job, disable=not show_progress or not progress_on_screen(), file=sys.stderr)
 
     def progress(record: Dict[str, Any]) -> None:
+        if record["run_count"] > bar.total:  # an adaptive search or a retry added runs
+            bar.total = record["run_count"]
         bar.set_postfix({s: n for s, n in sorted(record["counts"].items())}, refresh=False)
         bar.update(submit.finished_runs(record) - bar.n)
 

@@ -64,6 +64,29 @@ def job_log_key(workspace: str, job: str) -> str:
     return job_prefix(workspace, job) + "job_log.jsonl"
 
 
+# What happens to a job after its dispatch is written once, each to its own file (create-if-absent,
+# so a redelivered event writes nothing new): runs added later (an adaptive search's, retries),
+# the end of its search, and its cancels. Reindex reads them back.
+def added_runs_prefix(workspace: str, job: str) -> str:
+    return job_prefix(workspace, job) + "added_runs/"
+
+
+def added_run_key(workspace: str, job: str, index: int) -> str:
+    return added_runs_prefix(workspace, job) + f"{index}.json"
+
+
+def search_ended_key(workspace: str, job: str) -> str:
+    return job_prefix(workspace, job) + "search_ended.json"
+
+
+def cancels_prefix(workspace: str, job: str) -> str:
+    return job_prefix(workspace, job) + "cancels/"
+
+
+def cancel_key(workspace: str, job: str, requested_at: float) -> str:
+    return cancels_prefix(workspace, job) + f"{requested_at:.6f}.json"
+
+
 def run_prefix(workspace: str, run: str) -> str:
     return f"workspaces/{workspace}/runs/{run}/"
 
@@ -111,6 +134,11 @@ def job_number(job: str) -> int:
 
 def run_name(job_number: int, index: int) -> str:
     return f"run{job_number}.{index}"
+
+
+def run_index(run: str) -> int:
+    """run42.3 -> 3"""
+    return int(run.rsplit(".", 1)[1])
 
 
 def job_of_run(run: str) -> str:

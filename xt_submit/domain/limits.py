@@ -1,11 +1,12 @@
 """The bounds the command line checks its numbers against, in a module that imports nothing, so
 `xt --help` can name them without loading the message contracts and the config schema (msgspec).
 
-domain/messages.py and config.py keep their own definitions for now (other work is in flight there);
-tests/unit/test_startup_imports.py holds the two equal until those modules import these.
+domain/messages.py takes its bounds from here; config.py keeps its own for now, and
+tests/unit/test_startup_imports.py holds the two equal.
 """
 
 INT64_MIN, INT64_MAX = -2**63, 2**63 - 1  # what every stats store keeps
 MAX_CONCURRENT = 10_000  # runs at once (a job's --concurrent, a target's, a box's max-runs); nodes of a pool
 MAX_SECONDS = 366 * 24 * 3600  # a year: the longest --max-time or --idle-exit
 MAX_ROWS = 10**9  # a report's first/last
+MAX_RETRIES = 100  # a job's retries of a failed run; a Batch target's preemption-retries

@@ -9,8 +9,8 @@ from typing import Any, Dict, List
 import msgspec
 
 from xt_submit.domain import adaptive_search, layout, sweep
-from xt_submit.domain.messages import (INT64_MAX, INT64_MIN, MAX_CONCURRENT, MAX_SECONDS, ContractError, JobManifest,
-                                       out_of_range)
+from xt_submit.domain.messages import (INT64_MAX, INT64_MIN, MAX_CONCURRENT, MAX_RETRIES, MAX_SECONDS, ContractError,
+                                       JobManifest, out_of_range)
 
 SEARCH_TYPES = ("grid", "random") + adaptive_search.ADAPTIVE_SEARCH_TYPES
 EARLY_POLICIES = ("bandit", "median", "truncation")
@@ -48,6 +48,11 @@ def _check_points(manifest: JobManifest, source: str) -> None:
             sweep.format_hparam_args(point)
         except sweep.SweepError as exc:
             raise ContractError(f"{source}: hp_points[{index}]: {exc}") from None
+        for name, value in point.items():
+            wide = out_of_range(value)
+            if wide is not None:
+                raise ContractError(f"{source}: hp_points[{index}].{name}: {_shown(wide)} is a whole number outside "
+                                    "the 64-bit range every stats store keeps: write it as a float or as text")
 
 
 def compile_manifest(manifest: JobManifest, source: str = "xt_manifest.json") -> List[Dict[str, Any]]:
@@ -159,6 +164,14 @@ def _check_fields(manifest: JobManifest, source: str) -> None:
                             f"got {manifest.search_type}")
     _check_ranges(manifest, source)
     _check_early_stopping(manifest, source)
+    if not 0 <= manifest.retries <= MAX_RETRIES:
+        raise ContractError(f"{source}: retries: expected a whole number from 0 to {MAX_RETRIES}, "
+                            f"got {_shown(manifest.retries)}")
+    if manifest.retries and adaptive_search.is_adaptive(manifest.search_type):
+        raise ContractError(f"{source}: retries: a {manifest.search_type} search plans its own runs; "
+                            "expected 0 retries beside it")
+    if manifest.resume_from and not layout.RUN_PATTERN.match(manifest.resume_from):
+        raise ContractError(f"{source}: resume_from: expected a run name like run3.2, got {manifest.resume_from!r}")
 
 
 def _check_ranges(manifest: JobManifest, source: str) -> None:

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Dict, List, Optional, Sequence, Union
 
 import msgspec
 from xt_submit.domain.errors import OneLineError
+from xt_submit.domain.limits import INT64_MAX, INT64_MIN, MAX_CONCURRENT, MAX_RETRIES, MAX_SECONDS  # noqa: F401
 
 CONTRACT_VERSION = 1
 # The queues' names where nothing else names them (the embedded default's).
@@ -25,12 +26,8 @@ PREEMPTED = "preempted"
 TERMINAL_STATUSES = frozenset({COMPLETED, ERROR, CANCELLED, STOPPED})
 STATUS_RANK = {QUEUED: 0, RUNNING: 1, PREEMPTED: 1, COMPLETED: 2, ERROR: 2, CANCELLED: 2, STOPPED: 2}
 
-# The numbers every stats store keeps (SQLite INTEGER, BSON int64, JSON): whole numbers in int64,
-# finite floats. Outside them a value is stored as `storable` says, the same on every store.
-INT64_MIN, INT64_MAX = -2**63, 2**63 - 1
-MAX_CONCURRENT = 10_000  # runs at once (a job's --concurrent, a target's, a box's max-runs); nodes of a pool
-MAX_SECONDS = 366 * 24 * 3600  # a year: the longest --max-time or --idle-exit
-
+# The numbers every stats store keeps (SQLite INTEGER, BSON int64, JSON) are whole numbers in int64
+# (limits.INT64_MIN..INT64_MAX) and finite floats. Outside them a value is stored as `storable` says.
 
 class _Strict(msgspec.Struct, forbid_unknown_fields=True):
     pass
@@ -101,6 +98,11 @@ class JobManifest(_Strict, kw_only=True):
     step_name: str = "step"
     early_stopping: Annotated[Optional[EarlyStopping], _doc("stop runs whose primary metric falls behind the "
                                                             "job's other runs (none: let every run finish)")] = None
+    resume_from: Annotated[str, _doc("a run of the workspace (run3.2): each run starts from its last checkpoint "
+                                     "(Run.get_checkpoint() returns it); empty: from scratch")] = ""
+    retries: Annotated[int, _doc(f"a run that ends in error runs again, as a new run of the job with the same "
+                                 f"command and hparams, up to this many times (0 to {MAX_RETRIES}; not with "
+                                 "bayesian or dgd search); separate from a Batch target's preemption-retries")] = 0
 
 
 class JobSubmitted(_Strict, tag="job_submitted", kw_only=True):
@@ -366,6 +368,7 @@ class RunTask(_Strict, kw_only=True):
     # the metric whose reports RunProgress carries (set when the job has an early-stopping policy)
     primary_metric: str = ""
     maximize_metric: bool = False
+    resume_from: str = ""  # the run whose last checkpoint this run starts from, until it saves its own
 
 
 class TasksQueued(_Strict, tag="tasks_queued", kw_only=True):

@@ -18,13 +18,14 @@ from xt_submit.domain.messages import (CANCELLED, COMPLETED, ERROR, PREEMPTED, Q
 # a missing mapping is {}).
 JOB_FIELDS = ("workspace", "name", "number", "submission_id", "experiment", "username", "target", "status",
               "script", "command", "run_count", "counts", "created", "started", "ended", "tags", "hp_space",
-              "primary_metric", "maximize_metric", "search", "early_stopping")
+              "primary_metric", "maximize_metric", "search", "early_stopping", "retries")
 RUN_FIELDS = ("workspace", "name", "job", "job_number", "run_index", "experiment", "username", "target",
               "status", "exit_code", "node_id", "reason", "created", "queued", "started", "ended", "duration",
-              "command", "hparams", "metrics", "tags", "heartbeat", "progress", "stopping")
+              "command", "hparams", "metrics", "tags", "heartbeat", "progress", "stopping", "retry_of", "attempt")
 # search: an adaptive job's progress (handlers/search.py); early_stopping: its policy (the manifest's);
 # progress: a live run's reports of the primary metric (handlers/run_events.run_progress);
 # stopping: why the policy stopped the run, until its node's report ends it as stopped.
+# retries: a job's retries of a failed run; retry_of, attempt: a retry's failed first run, and its number (2..).
 MAPPING_FIELDS = frozenset({"counts", "tags", "hp_space", "hparams", "metrics", "search", "early_stopping",
                             "progress"})
 # run_stats.json: a run's final record in storage, from which the index can be rebuilt.
@@ -61,6 +62,7 @@ def new_job(manifest: JobManifest, *, name: str, number: int, submission_id: str
         "primary_metric": manifest.primary_metric, "maximize_metric": manifest.maximize_metric,
         "search": search or {},
         "early_stopping": msgspec.structs.asdict(manifest.early_stopping) if manifest.early_stopping else {},
+        "retries": manifest.retries,
     }
 
 

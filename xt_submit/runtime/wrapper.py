@@ -351,13 +351,17 @@ class RunWrapper:
                     self.storage.upload_file(prefix + target, path)
 
     def _restore_checkpoint(self) -> None:
+        """The run's own last checkpoint (a run started again), else the one it resumes from."""
+        task = self.task
         with tempfile.TemporaryDirectory(dir=self.node_dir) as scratch:
             local = os.path.join(scratch, "checkpoint.json")
-            try:
-                self.storage.download_file(layout.checkpoint_key(self.task.workspace, self.task.run), local)
-            except NotFound:
+            for run in filter(None, (task.run, task.resume_from)):
+                try:
+                    self.storage.download_file(layout.checkpoint_key(task.workspace, run), local)
+                except NotFound:
+                    continue
+                self.node.put(local, self.checkpoint)
                 return
-            self.node.put(local, self.checkpoint)
 
     def _ship_checkpoint(self) -> None:
         if self.node.exists(self.checkpoint):

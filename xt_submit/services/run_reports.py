@@ -14,7 +14,8 @@ from xt_submit.ports import StatsStore, Storage
 
 # What `--json` and the notebook API give of a run or a job.
 RUN_JSON_FIELDS = ("name", "job", "workspace", "experiment", "status", "exit_code", "duration", "hparams", "metrics",
-                   "target", "username", "node_id", "reason", "created", "started", "ended", "command", "tags")
+                   "target", "username", "node_id", "reason", "created", "started", "ended", "command", "tags",
+                   "retry_of", "attempt")
 JOB_JSON_FIELDS = ("name", "workspace", "experiment", "status", "run_count", "counts", "target", "username",
                    "created", "started", "ended", "command", "tags")
 

@@ -25,7 +25,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     run_count INTEGER NOT NULL DEFAULT 0, counts TEXT NOT NULL DEFAULT '{}',
     created REAL, started REAL, ended REAL, tags TEXT NOT NULL DEFAULT '{}',
     hp_space TEXT NOT NULL DEFAULT '{}', primary_metric TEXT, maximize_metric INTEGER,
-    search TEXT NOT NULL DEFAULT '{}', early_stopping TEXT NOT NULL DEFAULT '{}',
+    search TEXT NOT NULL DEFAULT '{}', early_stopping TEXT NOT NULL DEFAULT '{}', retries INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (workspace, name));
 CREATE TABLE IF NOT EXISTS runs (
     workspace TEXT NOT NULL, name TEXT NOT NULL, job TEXT NOT NULL, job_number INTEGER NOT NULL,
@@ -34,6 +34,7 @@ CREATE TABLE IF NOT EXISTS runs (
     created REAL, queued REAL, started REAL, ended REAL, duration REAL,
     command TEXT, hparams TEXT NOT NULL DEFAULT '{}', metrics TEXT NOT NULL DEFAULT '{}',
     tags TEXT NOT NULL DEFAULT '{}', heartbeat REAL, progress TEXT NOT NULL DEFAULT '{}', stopping TEXT,
+    retry_of TEXT, attempt INTEGER,
     PRIMARY KEY (workspace, name));
 CREATE INDEX IF NOT EXISTS runs_by_job ON runs (workspace, job_number, run_index);
 CREATE INDEX IF NOT EXISTS runs_by_status ON runs (workspace, status);
@@ -151,8 +152,10 @@ def _regexp(pattern: str, value: Any) -> bool:
 
 
 # Columns added after a release, for an index file made before them (CREATE TABLE IF NOT EXISTS keeps it as it is).
-_ADDED_COLUMNS = {"jobs": {"search": "TEXT NOT NULL DEFAULT '{}'", "early_stopping": "TEXT NOT NULL DEFAULT '{}'"},
-                  "runs": {"progress": "TEXT NOT NULL DEFAULT '{}'", "stopping": "TEXT"}}
+_ADDED_COLUMNS = {"jobs": {"search": "TEXT NOT NULL DEFAULT '{}'", "early_stopping": "TEXT NOT NULL DEFAULT '{}'",
+                           "retries": "INTEGER NOT NULL DEFAULT 0"},
+                  "runs": {"progress": "TEXT NOT NULL DEFAULT '{}'", "stopping": "TEXT", "retry_of": "TEXT",
+                           "attempt": "INTEGER"}}
 
 
 def _prepare(db) -> None:
