@@ -58,9 +58,12 @@ def handle_message(function: str, msg: func.ServiceBusMessage, decode: Callable[
     queues, error = settings.queues(), None
     try:
         event = decode(body)
-        route(event, table)(event, settings.ports())  # building the ports may fail too: a store is down
+        ports = settings.ports()  # building the ports may fail too: a store is down
+        route(event, table)(event, ports)
     except Exception as exc:
         error = exc
+    else:
+        _publish_report(function, event, ports, started)
     outcome = outcome_of(error, attempts_before)
     queue, message_id = queues.names[function], msg.message_id or ""
     if outcome.action == "retry":
@@ -76,6 +79,20 @@ def handle_message(function: str, msg: func.ServiceBusMessage, decode: Callable[
         _audit(function, event, started, "dead-lettered", reason=outcome.reason, attempt=attempts_before + 1)
     else:
         _audit(function, event, started, "ok")
+
+
+def _publish_report(function: str, event: Any, ports: Any, started: float) -> None:
+    """A job that just ended gets its report page in storage (`xt report --link` prints its link).
+    The event was handled: a page that fails to render is audited, never retried or dead-lettered."""
+    from xt_submit.services import html_report  # only once a job ends is the page needed
+
+    try:
+        key = html_report.publish_if_ended(ports.stats, ports.storage, event)
+    except Exception as exc:  # noqa: BLE001 (any failure of the page is the page's, not the event's)
+        _audit(function, event, started, "report failed", reason=f"{type(exc).__name__}: {exc}"[:500])
+        return
+    if key:
+        _audit(function, event, started, "report published", key=key)
 
 
 @app.function_name("dispatch")

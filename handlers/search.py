@@ -32,7 +32,8 @@ def advance_search(ports: Ports, workspace: str, job: str) -> List[str]:
         if best != search.get("best"):
             ports.stats.update_job(workspace, job, {"search": {**search, "best": best}})
         return []
-    manifest, params = None, []
+    manifest: Any = None
+    params: List[Any] = []
     created: List[str] = []
     for plan in _plans_not_indexed(ports, record, runs):  # a crash after a plan was stored: finish it
         manifest = manifest or decode_manifest(ports.storage.read(layout.manifest_key(workspace, job)))

@@ -70,6 +70,10 @@ class Storage(ABC):
     def read_url(self, key: str, expiry_seconds: float = 3600) -> Optional[str]:
         """A read-only link a remote node can fetch the key with, or None where the storage has no links."""
 
+    def local_path(self, key: str) -> Optional[str]:
+        """Where the key's file is on this machine, for storage that is a folder here (else None)."""
+        return None
+
 
 class StatsStore(ABC):
     """Job and run properties, hparams and metrics, indexed for reports.

@@ -231,7 +231,9 @@ def test_what_people_read_reads_well(project):
     (first, _) = project.json("list", "runs")
     shown = project.xt("view", "run", first["name"]).stdout
     assert "{'" not in shown and "hparams: lr=0.1, opt=sgd" in " ".join(shown.split())
-    assert f"duration: {first['duration']:g} s" in " ".join(shown.split())
+    from xt_submit.cli.reports import format_duration
+
+    assert f"duration: {format_duration(first['duration'])}" in " ".join(shown.split())
     console = project.json("view", "console", first["name"])
     assert console["run"] == first["name"] and "training lr=0.1 opt=sgd" in console["console"]
     reader = subprocess.Popen([sys.executable, "-m", "xt_submit.cli", "run", "--dry-run", "train.py",

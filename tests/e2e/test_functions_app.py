@@ -152,6 +152,15 @@ def test_a_sweep_runs_end_to_end_through_the_worker(tmp_path, project, azurite_c
     # the CLI reads the same records through the configured services
     listed = project.json("list", "runs", "--job", job)
     assert [r["status"] for r in listed] == ["completed"] * 4
+    # the app published the job's page when its last run ended; --link gives a read-only link to it
+    from xt_submit.domain import layout
+
+    page = ports.storage.read(layout.job_report_key("ws1", job)).decode()
+    assert page.startswith("<!DOCTYPE html>") and all(name in page for name in (r["name"] for r in listed))
+    assert [line["key"] for line in functions_host.audit.lines if line["outcome"] == "report published"] == [
+        layout.job_report_key("ws1", job)]  # once: when the job's last run ended
+    link = project.xt("report", "--job", job, "--link").stdout.strip()
+    assert link.startswith("http") and "sig=" in link and layout.job_report_key("ws1", job) in link
 
 
 def test_with_the_teams_services_a_pool_sweep_runs_on_the_agents_boxes(tmp_path, project, ssh_boxes,

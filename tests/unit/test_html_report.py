@@ -6,6 +6,7 @@ import math
 import re
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -232,3 +233,23 @@ def test_the_page_script_and_style_are_ours_and_readable():
     if node:
         check = subprocess.run([node, "--check", str(html_report._ASSETS / "html_report.js")], capture_output=True, text=True)
         assert check.returncode == 0, check.stderr
+
+
+def test_a_jobs_page_is_published_to_storage_once_it_ended_and_linked(parts):
+    from xt_submit.domain import layout
+    from xt_submit.domain.messages import RunFinished
+
+    add_job(parts, 1, [{"lr": 0.1}, {"lr": 0.2}])
+    key = layout.job_report_key(WS, "job1")
+    running = RunFinished(workspace=WS, job="job1", run="run1.1", node_id="n", status="completed", exit_code=0,
+                          started_at=1.0, ended_at=2.0)
+    parts.ports.stats.update_job(WS, "job1", {"status": "running"})
+    assert html_report.publish_if_ended(parts.ports.stats, parts.ports.storage, running) is None
+    assert not parts.ports.storage.exists(key)
+    parts.ports.stats.update_job(WS, "job1", {"status": "completed"})
+    assert html_report.publish_if_ended(parts.ports.stats, parts.ports.storage, running) == key
+    page = parts.ports.storage.read(key).decode()
+    data = json.loads(page.split(f'id="{html_report.DATA_ELEMENT}">', 1)[1].split("</script>", 1)[0])
+    assert [run["name"] for run in data["runs"]] == ["run1.1", "run1.2"]
+    link = html_report.job_report_link(parts.ports.stats, parts.ports.storage, WS, "job1", hours=1)
+    assert link.startswith("file://") and link.endswith(key) and Path(link[len("file://"):]).read_text() == page

@@ -10,6 +10,14 @@ from typing import Any, Dict, Iterator, Optional
 from xt_submit.domain.errors import OneLineError
 
 EXIT_USAGE = 2
+# the options many commands share, said the same way everywhere (cli/main._Parser gives them to any
+# option added without help)
+SHARED_HELP = {
+    "--workspace": "the workspace (default: general.workspace in the config)",
+    "--experiment": "the experiment (default: general.experiment in the config)",
+    "--json": "print JSON (the records, machine-readable) instead of text",
+    "names": "the runs or jobs by name (run7.2, job7)",
+}
 
 
 class CliError(OneLineError):

@@ -12,8 +12,8 @@ from typing import TYPE_CHECKING, Any, Dict, Optional
 
 from xt_submit.cli.common import (CliError, check_name, embedded_parts, ensure_local_host, load, number_in,
                                   print_json, progress_on_screen, transfer_progress)
-from xt_submit.domain import layout, sweep
-from xt_submit.domain.limits import INT64_MAX, INT64_MIN, MAX_CONCURRENT, MAX_RETRIES, MAX_SECONDS
+from xt_submit.domain import layout
+from xt_submit.domain.limits import INT64_MAX, INT64_MIN, MAX_CONCURRENT, MAX_PLANNED_RUNS, MAX_RETRIES, MAX_SECONDS
 
 if TYPE_CHECKING:
     from xt_submit.domain.messages import EarlyStopping
@@ -55,8 +55,8 @@ def _run_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", help="compute target (config compute-targets)")
     parser.add_argument("--workspace")
     parser.add_argument("--experiment")
-    parser.add_argument("--runs", type=number_in(int, 1, sweep.MAX_PLANNED_RUNS), help="exactly this many runs")
-    parser.add_argument("--max-runs", type=number_in(int, 1, sweep.MAX_PLANNED_RUNS), help="at most this many runs")
+    parser.add_argument("--runs", type=number_in(int, 1, MAX_PLANNED_RUNS), help="exactly this many runs")
+    parser.add_argument("--max-runs", type=number_in(int, 1, MAX_PLANNED_RUNS), help="at most this many runs")
     parser.add_argument("--search-type", help="grid, random, bayesian (each run from the results so far; "
                                               "needs --max-runs) or dgd (neighbours of the best grid point)")
     parser.add_argument("--hp-config", help="YAML file with hyperparameter-distributions")
@@ -184,6 +184,8 @@ def _manifest_from(args: argparse.Namespace, cfg):
     script = args.script
     if script.endswith(".py") and not Path(script).is_file():
         raise CliError(f"{script}: no such script")
+    from xt_submit.domain import sweep  # yaml comes with it: only `xt run` needs it
+
     _warn_about_xt_options_after(script, args.script_args)
     fixed_args, space = sweep.split_script_args(args.script_args)
     search = cfg.hyperparameter_search
@@ -217,6 +219,8 @@ def _early_stopping(section) -> Optional[EarlyStopping]:
 
 def _warn_about_xt_options_after(script: str, script_args) -> None:
     """An XT option after the script is the script's (argparse hands it over whole): say so once."""
+    from xt_submit.domain import sweep
+
     ours = sorted({arg.split("=", 1)[0] for arg in script_args if arg.split("=", 1)[0] in RUN_OPTIONS
                    and not sweep.is_sweep_arg(arg)})
     if ours:

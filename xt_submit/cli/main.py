@@ -9,7 +9,7 @@ import sys
 from typing import List, Optional
 
 from xt_submit.cli import admin_commands, job_commands, report_commands, storage_commands
-from xt_submit.cli.common import EXIT_USAGE
+from xt_submit.cli.common import EXIT_USAGE, SHARED_HELP
 from xt_submit.domain.errors import NotFound, OneLineError
 
 GROUPS = [job_commands, report_commands, storage_commands, admin_commands]  # in the order `xt --help` lists them
@@ -24,6 +24,11 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         self.add_argument("--config", default=argparse.SUPPRESS if self.prog != "xt" else None,
                           help="config file (default: ./xt_config.yaml, or $XT_CONFIG)")
+
+    def add_argument(self, *names, **kwargs):
+        if kwargs.get("help") is None and names and names[0] in SHARED_HELP:
+            kwargs["help"] = SHARED_HELP[names[0]]
+        return super().add_argument(*names, **kwargs)
 
     def error(self, message):
         self.exit(EXIT_USAGE, f"{self.prog}: {message}{_suggestion(self, message)}\n")  # one line, not the usage
@@ -71,7 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    sys.stdout.write(admin_commands.completion_script(build_parser(), args.shell))
+    return 0
+
+
 COMMANDS = {name: command for group in GROUPS for name, command in group.COMMANDS.items()}
+COMMANDS["completion"] = cmd_completion  # its parser is admin_commands'; the script needs every group's
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -6,100 +6,121 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import TYPE_CHECKING, Any, Dict, List
 
-from xt_submit.domain import layout, run_query
-from xt_submit.cli import reports, storage_commands, target_commands
+from xt_submit.domain import layout
+from xt_submit.cli import storage_commands, target_commands
 from xt_submit.cli.common import (CliError, check_name, embedded_parts, ensure_local_host, load, number_in,
                                    print_json)
 from xt_submit.domain.limits import MAX_ROWS
-from xt_submit.domain.messages import TERMINAL_STATUSES
-from xt_submit.services import run_reports
+
+if TYPE_CHECKING:
+    from xt_submit.domain.run_query import RunQuery
+# cli/reports.py, services/run_reports.py, the run query and the messages (msgspec) are imported in
+# the commands that use them: building the parser (`xt --help`, the first step of every command)
+# never loads them
 
 STATUSES = ["queued", "running", "preempted", "completed", "error", "cancelled", "stopped"]
 # xt report's bounds: a page a browser still opens (every run's curves and console tail are embedded)
 REPORT_MAX_POINTS = 100_000
 REPORT_CONSOLE_BYTES = 10 * 1024 * 1024
+# the services' defaults, repeated so the parser names them without importing the services
+# (tests/unit/test_cli_polish.py holds them equal)
+REPORT_DEFAULT_POINTS = 500  # services/html_report.MAX_POINTS
+REPORT_DEFAULT_CONSOLE_BYTES = 8192  # services/html_report.CONSOLE_BYTES
+TENSORBOARD_DEFAULT_PORT = 6006  # services/tensorboard_export.DEFAULT_PORT
 
 
 # --- parsers ----------------------------------------------------------------------------------
 def add_parsers(commands) -> None:
-    list_parser = commands.add_parser("list", help="list runs, jobs, workspaces, experiments or tags")
+    list_parser = commands.add_parser("list", help="list runs, jobs, workspaces, experiments, tags, targets, boxes "
+                                                   "or blobs")
     kinds = list_parser.add_subparsers(dest="kind", required=True,
                                        metavar="runs|jobs|workspaces|experiments|tags|targets|boxes|blobs")
     for kind in ("runs", "jobs"):
-        sub = kinds.add_parser(kind)
+        sub = kinds.add_parser(kind, help=f"a table of {kind} (selected, filtered, sorted; --json: their records)")
         sub.add_argument("names", nargs="*", metavar="RUNS" if kind == "runs" else "JOBS",
                          help="run7.2, run7.1-run7.10, run7.*, job7 (comma or space separated)")
         sub.add_argument("--workspace")
-        sub.add_argument("--job", action="append", default=[], help="runs of this job (repeatable)")
-        sub.add_argument("--experiment")
-        sub.add_argument("--status", choices=STATUSES)
-        sub.add_argument("--target")
-        sub.add_argument("--username")
+        sub.add_argument("--job", action="append", default=[], help=f"{kind} of this job (repeatable)")
+        sub.add_argument("--experiment", help=f"{kind} of this experiment")
+        sub.add_argument("--status", choices=STATUSES, help=f"{kind} in this status")
+        sub.add_argument("--target", help=f"{kind} on this compute target")
+        sub.add_argument("--username", help=f"{kind} submitted by this user")
         sub.add_argument("--filter", action="append", default=[], metavar="EXPR",
                          help="'prop op value', e.g. metrics.acc>0.5 (repeatable; all must hold)")
         sub.add_argument("--tags-all", help="tags every row must carry (comma separated)")
         sub.add_argument("--tags-any", help="tags of which a row must carry one (comma separated)")
         sub.add_argument("--sort", help="column: a field, metrics.NAME, hparams.NAME, tags.NAME, or a bare name (the field, else the hparam, else the metric)")
-        sub.add_argument("--reverse", action="store_true")
-        sub.add_argument("--first", type=number_in(int, 1, MAX_ROWS))
-        sub.add_argument("--last", type=number_in(int, 1, MAX_ROWS))
+        sub.add_argument("--reverse", action="store_true", help="sort in descending order")
+        sub.add_argument("--first", type=number_in(int, 1, MAX_ROWS), metavar="N", help="the first N rows")
+        sub.add_argument("--last", type=number_in(int, 1, MAX_ROWS), metavar="N", help="the last N rows")
         sub.add_argument("--all", action="store_true", help="every row (ignore first/last from the config)")
         sub.add_argument("--columns", help="the columns to show: col[=Alias][:fmt],...")
         sub.add_argument("--add-columns", help="columns to add to the default ones")
         sub.add_argument("--group", help="a table per value of this column")
         sub.add_argument("--export", metavar="FILE", help="also write the rows to FILE.csv or FILE.tsv")
         sub.add_argument("--json", action="store_true")
-    for kind in ("workspaces", "experiments"):
-        sub = kinds.add_parser(kind)
-        sub.add_argument("--workspace")
-        sub.add_argument("--json", action="store_true")
-    sub = kinds.add_parser("tags")
+    sub = kinds.add_parser("workspaces", help="the workspaces the stats index knows")
+    sub.add_argument("--workspace", help=argparse.SUPPRESS)  # accepted as before; it changes nothing here
+    sub.add_argument("--json", action="store_true")
+    sub = kinds.add_parser("experiments", help="the experiments of a workspace")
+    sub.add_argument("--workspace")
+    sub.add_argument("--json", action="store_true")
+    sub = kinds.add_parser("tags", help="the tags of a run or a job")
     sub.add_argument("name", help="a run or a job")
     sub.add_argument("--workspace")
     sub.add_argument("--json", action="store_true")
     target_commands.add_list_kinds(kinds)
     storage_commands.add_list_kinds(kinds)
 
-    view_parser = commands.add_parser("view", help="show a run, its log, console or metrics, or a job")
+    view_parser = commands.add_parser("view", help="show a run, its log, console or metrics, a job, a target's "
+                                                   "status or a blob")
     view_kinds = view_parser.add_subparsers(dest="kind", required=True,
                                             metavar="run|log|console|metrics|job|status|blob|tensorboard")
     _add_tensorboard_kind(view_kinds, "view")
     target_commands.add_view_kinds(view_kinds)
     storage_commands.add_view_kinds(view_kinds)
-    for kind in ("run", "log", "console", "job"):
-        sub = view_kinds.add_parser(kind)
-        sub.add_argument("name")
+    for kind, what in (("run", "a run's record and output files"), ("log", "a run's run log (events and metrics)"),
+                       ("console", "a run's console output"),
+                       ("job", "a job's counts, best run by the primary metric and duration")):
+        sub = view_kinds.add_parser(kind, help=what)
+        sub.add_argument("name", metavar="JOB" if kind == "job" else "RUN", help="job7" if kind == "job" else "run7.2")
         sub.add_argument("--workspace")
         sub.add_argument("--json", action="store_true")
-    sub = view_kinds.add_parser("metrics")
-    sub.add_argument("names", nargs="+", metavar="RUNS")
+    sub = view_kinds.add_parser("metrics", help="each run's metric history, aligned by step")
+    sub.add_argument("names", nargs="+", metavar="RUNS", help="run7.2, run7.1-run7.10, run7.*, job7")
     sub.add_argument("--workspace")
     sub.add_argument("--metric", action="append", default=[], help="only these metrics (repeatable)")
     sub.add_argument("--json", action="store_true")
 
-    plot = commands.add_parser("plot", help="plot a metric against the step, one line per run")
-    plot.add_argument("names", nargs="*", metavar="RUNS")
-    plot.add_argument("--job")
-    plot.add_argument("--workspace")
-    plot.add_argument("--metric", required=True)
-    plot.add_argument("--x", default="step", help="the x axis: step (default) or time")
+    plot = commands.add_parser("plot", help="plot metrics against the step, one line per run")
+    plot.add_argument("names", nargs="*", metavar="RUNS", help="run7.2, run7.1-run7.10, run7.*, job7")
+    plot.add_argument("--job", help="the runs of this job")
+    plot.add_argument("--workspace", help="the workspace (default: general.workspace)")
+    plot.add_argument("--metric", required=True, metavar="M[,M...]", help="the metric(s): one subplot each")
+    plot.add_argument("--x", default="step", help="the x axis: step (default) or time (seconds since each run's start)")
     plot.add_argument("--aggregate", choices=["mean", "min", "max"], help="one line per group of runs")
     plot.add_argument("--group-by", help="the hparam that groups runs for --aggregate")
+    plot.add_argument("--smooth", type=number_in(int, 1, 100_000), default=1, metavar="N",
+                      help="draw the moving average of N points (the raw curve faint behind it)")
     plot.add_argument("--out", required=True, help="the PNG to write")
-
-    from xt_submit.services import html_report
 
     page = commands.add_parser("report", help="write one self-contained HTML page of runs (no server, no network)")
     _add_run_selection(page)
     page.add_argument("--out", default="report.html", help="the .html file to write (default: report.html)")
     page.add_argument("--title", help="the page's title")
-    page.add_argument("--max-points", type=number_in(int, 2, REPORT_MAX_POINTS), default=html_report.MAX_POINTS,
-                      help=f"points per run and metric before a curve is subsampled (default {html_report.MAX_POINTS})")
-    page.add_argument("--console-tail", type=number_in(int, 0, REPORT_CONSOLE_BYTES), default=html_report.CONSOLE_BYTES,
+    page.add_argument("--link", action="store_true",
+                      help="with one --job: print a read-only link to the job's page in storage instead of "
+                           "writing --out (rendered now unless the job ended and its page is there)")
+    page.add_argument("--link-hours", type=number_in(float, 0, 24 * 365, above=True), default=24.0,
+                      help="how long the link stays valid (default 24; storage that is a folder here gives "
+                           "a file:// URL)")
+    page.add_argument("--max-points", type=number_in(int, 2, REPORT_MAX_POINTS), default=REPORT_DEFAULT_POINTS,
+                      help=f"points per run and metric before a curve is subsampled (default {REPORT_DEFAULT_POINTS})")
+    page.add_argument("--console-tail", type=number_in(int, 0, REPORT_CONSOLE_BYTES), default=REPORT_DEFAULT_CONSOLE_BYTES,
                       metavar="BYTES",
-                      help=f"the last BYTES of each run's console (default {html_report.CONSOLE_BYTES})")
+                      help=f"the last BYTES of each run's console (default {REPORT_DEFAULT_CONSOLE_BYTES})")
 
     export = commands.add_parser("export", help="runs as TensorBoard event files, or a workspace as one zip")
     export_kinds = export.add_subparsers(dest="kind", required=True, metavar="tensorboard|workspace")
@@ -107,24 +128,29 @@ def add_parsers(commands) -> None:
     storage_commands.add_export_kinds(export_kinds)
 
     monitor = commands.add_parser("monitor", help="follow a job's or a run's console output until it ends")
-    monitor.add_argument("name")
+    monitor.add_argument("name", metavar="JOB|RUN", help="job7 or run7.2")
     monitor.add_argument("--workspace")
     monitor.add_argument("--poll", type=number_in(float, 0, 60, above=True), default=0.5, help=argparse.SUPPRESS)
 
     download = commands.add_parser("download", help="a run's outputs, a job's code, or any PATH in storage")
-    download.add_argument("name", metavar="RUN|JOB|PATH")
+    download.add_argument("name", metavar="RUN|JOB|PATH", help="a run (its outputs), a job (with --code) or a path "
+                                                               "in storage")
     download.add_argument("local", nargs="?", help="where to (default: --dest)")
     download.add_argument("--workspace")
-    download.add_argument("--dest", default=".")
+    download.add_argument("--dest", default=".", help="the local folder to download into (default: .)")
     download.add_argument("--live", action="store_true", help="the live copy of the output dir (while it runs)")
     download.add_argument("--code", action="store_true", help="with a job: its code snapshot, unpacked")
 
     for verb in ("set", "clear"):
         sub = commands.add_parser(verb, help=f"{verb} tags on a run or a job" + (", or the cached credentials"
                                                                                  if verb == "clear" else ""))
-        sub.add_argument("what", choices=["tags"] if verb == "set" else ["tags", "credentials"])
-        sub.add_argument("name", nargs="?" if verb == "clear" else None)
-        sub.add_argument("tags", nargs="*" if verb == "clear" else "+", metavar="name=value" if verb == "set" else "name")
+        sub.add_argument("what", choices=["tags"] if verb == "set" else ["tags", "credentials"],
+                         help="tags" if verb == "set" else "tags, or credentials (the secrets cached for this login)")
+        sub.add_argument("name", nargs="?" if verb == "clear" else None, metavar="RUN|JOB",
+                         help="the run or job whose tags change")
+        sub.add_argument("tags", nargs="*" if verb == "clear" else "+", metavar="name=value" if verb == "set" else "name",
+                         help="tags to set (a bare name is a tag without a value)" if verb == "set"
+                         else "tags to remove")
         sub.add_argument("--workspace")
 
 
@@ -144,8 +170,6 @@ def _add_run_selection(parser) -> None:
 
 def _add_tensorboard_kind(kinds, verb: str) -> None:
     """`xt export tensorboard` and `xt view tensorboard`: the same selection as `xt report`."""
-    from xt_submit.services import tensorboard_export
-
     if verb == "export":
         sub = kinds.add_parser("tensorboard", help="runs as TensorBoard event files, one folder per run")
         sub.add_argument("--dest", required=True, metavar="DIR",
@@ -153,8 +177,8 @@ def _add_tensorboard_kind(kinds, verb: str) -> None:
     else:
         sub = kinds.add_parser("tensorboard", help="export runs and run TensorBoard on them (needs tensorboard)")
         sub.add_argument("--dest", metavar="DIR", help="the folder to export to and keep (default: a temporary one)")
-        sub.add_argument("--port", type=number_in(int, 0, 65535), default=tensorboard_export.DEFAULT_PORT,
-                         help=f"TensorBoard's port (default {tensorboard_export.DEFAULT_PORT}; 0: any free one)")
+        sub.add_argument("--port", type=number_in(int, 0, 65535), default=TENSORBOARD_DEFAULT_PORT,
+                         help=f"TensorBoard's port (default {TENSORBOARD_DEFAULT_PORT}; 0: any free one)")
     _add_run_selection(sub)
 
 
@@ -164,8 +188,10 @@ def _tensorboard_selection(args: argparse.Namespace) -> Dict[str, Any]:
 
 
 # --- xt list ----------------------------------------------------------------------------------
-def run_query_from_args(args: argparse.Namespace, workspace: str, report) -> run_query.RunQuery:
+def run_query_from_args(args: argparse.Namespace, workspace: str, report) -> RunQuery:
     """`xt list runs` options (falling back to the run-reports config) as a store-neutral query."""
+    from xt_submit.services import run_reports
+
     return run_reports.query_from(workspace, report, names=args.names, jobs=args.job, filters=args.filter,
                                   experiment=args.experiment, target=args.target, username=args.username,
                                   status=args.status, tags_all=args.tags_all, tags_any=args.tags_any, sort=args.sort,
@@ -173,6 +199,8 @@ def run_query_from_args(args: argparse.Namespace, workspace: str, report) -> run
 
 
 def _job_rows(stats, workspace: str, args, report) -> List[Dict[str, Any]]:
+    from xt_submit.services import run_reports
+
     return run_reports.select_jobs(stats, workspace, report, names=args.names, jobs=args.job, filters=args.filter,
                                    experiment=args.experiment, target=args.target, username=args.username,
                                    status=args.status, sort=args.sort, reverse=args.reverse, first=args.first,
@@ -184,6 +212,9 @@ def cmd_list(args: argparse.Namespace) -> int:
         return target_commands.cmd_list(args)
     if args.kind in storage_commands.LIST_KINDS:
         return storage_commands.cmd_list(args)
+    from xt_submit.cli import reports
+    from xt_submit.services import run_reports
+
     cfg = load(args)
     stats = embedded_parts(cfg).ports.stats
     if args.kind == "workspaces":
@@ -232,7 +263,7 @@ def cmd_list(args: argparse.Namespace) -> int:
         if args.group:
             print(f"\n{args.group} = {value}")
         print(reports.format_table(members, columns, precision=report.precision,
-                                   max_width=getattr(report, "max_width", 30)))
+                                   max_width=getattr(report, "max_width", 30), colour=reports.colour_on(sys.stdout)))
     return 0
 
 
@@ -260,10 +291,14 @@ def cmd_view(args: argparse.Namespace) -> int:
         return tensorboard_export.view_tensorboard(cfg, embedded_parts(cfg).ports.stats, dest=args.dest, port=args.port,
                                                    announce=lambda line: print(line, flush=True),
                                                    **_tensorboard_selection(args))
+    from xt_submit.cli import reports
+    from xt_submit.services import run_reports
+
     cfg = load(args)
     parts = embedded_parts(cfg)
     ws = cfg.general.workspace
     stats, storage = parts.ports.stats, parts.ports.storage
+    colour = reports.colour_on(sys.stdout)
     if args.kind == "job":
         summary = reports.job_summary(stats, ws, check_name("job", args.name, layout.JOB_PATTERN), time.time())
         if args.json:
@@ -272,7 +307,7 @@ def cmd_view(args: argparse.Namespace) -> int:
             shown = {**summary, **({"search": reports.search_line(summary["search"])} if "search" in summary else {}),
                      **({"early_stopping": reports.policy_line(summary["early_stopping"])}
                         if "early_stopping" in summary else {})}
-            print(reports.format_fields(shown))
+            print(reports.format_fields(shown, colour=colour))
         return 0
     if args.kind == "metrics":
         history = run_reports.metric_history(stats, ws, args.names, args.metric or (), storage=storage)
@@ -287,7 +322,7 @@ def cmd_view(args: argparse.Namespace) -> int:
         data = run_reports.run_json(record)
         prefix = layout.output_prefix(ws, run)
         data["outputs"] = [k[len(prefix):] for k in storage.list(prefix)]
-        print_json(data) if args.json else print(reports.format_fields(data))
+        print_json(data) if args.json else print(reports.format_fields(data, colour=colour))
     elif args.kind == "log":
         key = layout.run_log_key(ws, run)
         if not storage.exists(key):  # a run's node opens its log when it starts
@@ -330,7 +365,12 @@ def _stream_console(storage, key: str, out, head=None) -> None:
 # --- xt plot ----------------------------------------------------------------------------------
 def cmd_plot(args: argparse.Namespace) -> int:
     from xt_submit.cli import plotting
+    from xt_submit.domain import run_query
+    from xt_submit.services import run_reports
 
+    metrics = list(dict.fromkeys(name.strip() for name in args.metric.split(",") if name.strip()))
+    if not metrics:
+        raise CliError("--metric: expected a metric name (or names, comma separated)")
     cfg = load(args)
     stats = embedded_parts(cfg).ports.stats
     ws = cfg.general.workspace
@@ -345,12 +385,15 @@ def cmd_plot(args: argparse.Namespace) -> int:
         raise CliError(f"--out: expected a .png file, got {args.out!r}")
     rows = stats.query_runs(run_query.RunQuery(workspace=ws, runs=runs, jobs=jobs))
     storage = embedded_parts(cfg).ports.storage
-    series = {r["name"]: [m for m in run_reports.run_metrics(stats, storage, r) if m["name"] == args.metric]
-              for r in rows}
-    if not any(series.values()):
-        raise CliError(f"--metric: no run of {' '.join(args.names + ([args.job] if args.job else []))} logged {args.metric!r}")
-    plotted = plotting.plot_metric(rows, series, metric=args.metric, x=args.x, out=args.out,
-                                   aggregate=args.aggregate, group_by=args.group_by)
+    logged = {r["name"]: run_reports.run_metrics(stats, storage, r) for r in rows}
+    series = {metric: {name: [m for m in records if m["name"] == metric] for name, records in logged.items()}
+              for metric in metrics}
+    for metric, by_run in series.items():
+        if not any(by_run.values()):
+            raise CliError(f"--metric: no run of {' '.join(args.names + ([args.job] if args.job else []))} "
+                           f"logged {metric!r}")
+    plotted = plotting.plot_metric(rows, series, x=args.x, out=args.out, aggregate=args.aggregate,
+                                   group_by=args.group_by, smooth=args.smooth)
     print(f"wrote {args.out} ({plotted} lines)")
     return 0
 
@@ -361,6 +404,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     cfg = load(args)
     parts = embedded_parts(cfg)
+    if args.link:
+        if len(args.job) != 1 or args.names or args.experiment:
+            raise CliError("--link: expected exactly one --job JOB (a job's page is what storage keeps)")
+        job = check_name("job", args.job[0], layout.JOB_PATTERN)
+        print(html_report.job_report_link(parts.ports.stats, parts.ports.storage, cfg.general.workspace, job,
+                                          args.link_hours))
+        return 0
     written = html_report.make_report(
         cfg, parts.ports.stats, parts.ports.storage, args.out, names=args.names, jobs=args.job,
         experiment=args.experiment, status=args.status, filters=args.filter, first=args.first, last=args.last,
@@ -392,6 +442,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 # --- xt monitor -------------------------------------------------------------------------------
 def cmd_monitor(args: argparse.Namespace) -> int:
+    from xt_submit.domain import run_query
+    from xt_submit.domain.messages import TERMINAL_STATUSES
 
     cfg = load(args)
     parts = embedded_parts(cfg)

@@ -81,31 +81,89 @@ def format_time(value: float) -> str:
 
 
 def compact(data: Dict[str, Any]) -> str:
-    return " ".join(f"{k}={readable(v)}" for k, v in data.items() if not k.startswith("__"))
+    """`k=v k=v` on one line (a run log entry's data); a mapping or list value in brackets, so it stays one."""
+    return " ".join(f"{k}={_shown(k, v) or readable(v, nested=True)}" for k, v in data.items() if not k.startswith("__"))
 
 
-def readable(value: Any) -> str:
+def format_duration(seconds: float) -> str:
+    """Seconds with their unit, as a person reads them: `250ms`, `12.3s`, `4m05s`, `1h02m`, `3d04h`."""
+    if seconds < 0:
+        return "-" + format_duration(-seconds)
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 59.95:
+        return f"{seconds:.1f}s"
+    whole = int(round(seconds))
+    if whole < 3600:
+        return f"{whole // 60}m{whole % 60:02d}s"
+    if whole < 86400:
+        return f"{whole // 3600}h{whole % 3600 // 60:02d}m"
+    return f"{whole // 86400}d{whole % 86400 // 3600:02d}h"
+
+
+def readable(value: Any, nested: bool = False) -> str:
     """A value as a person reads it: mappings as `name=value, ...`, lists comma-separated, text bare
-    (never Python's `{'x': 1}`)."""
+    (never Python's `{'x': 1}`); a mapping inside another is in parentheses, so its pairs stay its own."""
     if isinstance(value, dict):
-        return ", ".join(f"{k}={readable(v)}" for k, v in value.items()) if value else "-"
+        if not value:
+            return "-"
+        text = ", ".join(f"{k}={readable(v, nested=True)}" for k, v in value.items())
+        return f"({text})" if nested else text
     if isinstance(value, (list, tuple)):
-        return ", ".join(readable(v) for v in value) if value else "-"
+        if not value:
+            return "-"
+        text = ", ".join(readable(v, nested=True) for v in value)
+        return f"[{text}]" if nested else text
     if value is None:
         return "-"
     return str(value)
 
 
+def _shown(key: str, value: Any) -> Optional[str]:
+    """The display of the fields whose meaning is a unit (times, seconds), or None for the others."""
+    if not _is_number(value):
+        return None
+    if key in TIME_COLUMNS:
+        return format_time(value)
+    if key in SECONDS_FIELDS:
+        return format_duration(value)
+    return None
+
+
 def _cell(value: Any, column: Column, precision: int) -> str:
     if value is None:
         return ""
-    if column.key in TIME_COLUMNS and isinstance(value, (int, float)):
-        return format_time(value)
-    if column.fmt and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if column.fmt and _is_number(value):
         return format(value, column.fmt)
+    shown = _shown(column.key, value)
+    if shown is not None:
+        return shown
     if isinstance(value, float):
         return f"{value:.{precision}f}"
+    if isinstance(value, (dict, list, tuple)):
+        return readable(value) if value else ""
     return str(value)
+
+
+# --- colour: status words on a terminal only ---------------------------------------------------
+STATUS_COLOURS = {"completed": "32", "error": "31", "cancelled": "33", "stopped": "33", "running": "36"}
+
+
+def colour_on(stream) -> bool:
+    """Colour for a person at a terminal; never in a pipe or a file, nor when NO_COLOR is set to
+    anything but "" (https://no-color.org) or the terminal is dumb."""
+    if os.environ.get("NO_COLOR") or os.environ.get("TERM") == "dumb":
+        return False
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a closed or fake stream
+        return False
+
+
+def paint_status(text: str, status: Any) -> str:
+    """`text` (the status, maybe padded) in the status's colour; other words unchanged."""
+    code = STATUS_COLOURS.get(status) if isinstance(status, str) else None
+    return f"\x1b[{code}m{text}\x1b[0m" if code else text
 
 
 def _is_number(value: Any) -> bool:
@@ -113,8 +171,9 @@ def _is_number(value: Any) -> bool:
 
 
 def format_table(records: Sequence[Dict[str, Any]], columns: Sequence[Column], precision: int = 4,
-                 max_width: int = 30) -> str:
-    """Aligned columns; numbers right-aligned; long cells cut to max_width."""
+                 max_width: int = 30, colour: bool = False) -> str:
+    """Aligned columns; numbers right-aligned; long cells cut to max_width; with `colour`, status
+    words in their colour (added after padding, so the columns stay aligned)."""
     def clip(text: str) -> str:
         return text if len(text) <= max_width else text[: max_width - 1] + "…"
 
@@ -124,10 +183,18 @@ def format_table(records: Sequence[Dict[str, Any]], columns: Sequence[Column], p
     headers = [clip(c.header) for c in columns]
     widths = [max([len(h)] + [len(row[i]) for row in cells]) for i, h in enumerate(headers)]
 
-    def line(values):
-        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)).rstrip()
+    painted = [colour and c.key == "status" for c in columns]
 
-    return "\n".join([line(headers), line(["-" * w for w in widths])] + [line(row) for row in cells])
+    def line(values, statuses=None):
+        padded = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric)]
+        if statuses:
+            padded = [paint_status(text, status) if paint else text
+                      for text, status, paint in zip(padded, statuses, painted)]
+        return "  ".join(padded).rstrip()
+
+    body = [line(row, [lookup(r, c.key) for c in columns] if any(painted) else None)
+            for row, r in zip(cells, records)]
+    return "\n".join([line(headers), line(["-" * w for w in widths])] + body)
 
 
 def export(rows: Sequence[Dict[str, Any]], columns: Sequence[Column], path: str) -> None:
@@ -151,16 +218,18 @@ def export(rows: Sequence[Dict[str, Any]], columns: Sequence[Column], path: str)
         raise ReportError(f"--export: {path!r}: {exc.strerror or exc}") from None
 
 
-def format_fields(record: Dict[str, Any]) -> str:
+def format_fields(record: Dict[str, Any], colour: bool = False) -> str:
+    """One `name: value` line per field; with `colour`, the status in its colour."""
     width = max(map(len, record)) if record else 0
-    return "\n".join(f"{key:>{width}}: {_field(key, value)}" for key, value in record.items())
+    return "\n".join(f"{key:>{width}}: {_field(key, value, colour)}" for key, value in record.items())
 
 
-def _field(key: str, value: Any) -> str:
-    if key in TIME_COLUMNS and value:
-        return format_time(value)
-    if key in SECONDS_FIELDS and isinstance(value, (int, float)):
-        return f"{value:g} s"
+def _field(key: str, value: Any, colour: bool = False) -> str:
+    shown = _shown(key, value)
+    if shown is not None:
+        return shown
+    if colour and key == "status":
+        return paint_status(readable(value), value)
     return readable(value)
 
 

@@ -30,8 +30,9 @@ def add_list_kinds(kinds) -> None:
 
 def add_view_kinds(kinds) -> None:
     sub = kinds.add_parser("blob", help="print one text blob")
-    sub.add_argument("path")
+    sub.add_argument("path", help="a path in the workspace (run3.1/output/x.txt, shares/data/...) or //...")
     sub.add_argument("--workspace")
+    sub.add_argument("--json", action="store_true")
 
 
 def add_export_kinds(kinds) -> None:
@@ -43,20 +44,20 @@ def add_export_kinds(kinds) -> None:
 
 def add_parsers(commands) -> None:
     upload = commands.add_parser("upload", help="copy a local file or folder into storage at PATH")
-    upload.add_argument("local")
+    upload.add_argument("local", help="the local file or folder")
     upload.add_argument("path", help="where: a path in the workspace (run3.1/..., shares/data/...) or //...")
     upload.add_argument("--workspace")
     delete = commands.add_parser("delete", help="delete a blob, or a whole workspace (asks first)")
-    delete.add_argument("kind", choices=["blob", "workspace"])
-    delete.add_argument("path", metavar="PATH|WORKSPACE")
+    delete.add_argument("kind", choices=["blob", "workspace"], help="blob: one blob; workspace: all of one")
+    delete.add_argument("path", metavar="PATH|WORKSPACE", help="the blob's path, or the workspace's name")
     delete.add_argument("--workspace")
     delete.add_argument("--yes", action="store_true", help="do not ask (needed when not at a terminal)")
     imported = commands.add_parser("import", help="put an exported workspace into storage and index it")
-    imported.add_argument("kind", choices=["workspace"])
-    imported.add_argument("archive", metavar="FILE.zip")
+    imported.add_argument("kind", choices=["workspace"], help="workspace")
+    imported.add_argument("archive", metavar="FILE.zip", help="a zip written by xt export workspace")
     extract = commands.add_parser("extract", help="a run's code and outputs in DIR, to rebuild it locally")
-    extract.add_argument("run")
-    extract.add_argument("dir")
+    extract.add_argument("run", metavar="RUN", help="run7.2")
+    extract.add_argument("dir", metavar="DIR", help="a new (or empty) folder")
     extract.add_argument("--workspace")
 
 
@@ -98,9 +99,13 @@ def cmd_view(args: argparse.Namespace) -> int:
         raise CliError(f"{args.path}: {len(data):,} bytes, more than view prints ({VIEW_MAX_BYTES:,}); "
                        f"use xt download {args.path} LOCAL")
     try:
-        sys.stdout.write(data.decode("utf-8"))
+        text = data.decode("utf-8")
     except UnicodeDecodeError:
         raise CliError(f"{args.path}: not text; use xt download {args.path} LOCAL") from None
+    if args.json:
+        print_json({"path": display_path(key, ws), "bytes": len(data), "text": text})
+    else:
+        sys.stdout.write(text)
     return 0
 
 

@@ -16,14 +16,15 @@ VIEW_KINDS = ("status",)
 
 def add_list_kinds(kinds) -> None:
     for kind in LIST_KINDS:
-        sub = kinds.add_parser(kind)
+        sub = kinds.add_parser(kind, help="the compute targets of the config (* marks the default)" if kind == "targets"
+                               else "the SSH boxes of the config and their state")
         sub.add_argument("--json", action="store_true")
         if kind == "boxes":
             sub.add_argument("--check", action="store_true", help="connect to each box now (host key, key, python3)")
 
 
 def add_view_kinds(kinds) -> None:
-    sub = kinds.add_parser("status")
+    sub = kinds.add_parser("status", help="how busy a compute target is: runs running and queued (per box)")
     sub.add_argument("target", nargs="?", help="a compute-targets name (default: xt-services.target)")
     sub.add_argument("--json", action="store_true")
 
@@ -93,7 +94,12 @@ def cmd_view(args: argparse.Namespace) -> int:
         from xt_submit.bootstrap import remote_target_status
 
         status = remote_target_status(cfg, name)
-        print_json(status) if args.json else print("\n".join(f"{k}: {v}" for k, v in status.items()))
+        if args.json:
+            print_json(status)
+        else:
+            from xt_submit.cli.reports import format_fields  # mappings as name=value, never Python's dicts
+
+            print(format_fields(status))
         return 0
     summary = targets.status(cfg, name, embedded_parts(cfg).compute)
     if args.json:

@@ -75,6 +75,11 @@ def added_run_key(workspace: str, job: str, index: int) -> str:
     return added_runs_prefix(workspace, job) + f"{index}.json"
 
 
+def job_report_key(workspace: str, job: str) -> str:
+    """The job's `xt report` page, re-rendered by a team's Functions app when the job ends."""
+    return job_prefix(workspace, job) + "report.html"
+
+
 def search_ended_key(workspace: str, job: str) -> str:
     return job_prefix(workspace, job) + "search_ended.json"
 

@@ -35,9 +35,9 @@ HP_CONFIG_KEY = "hyperparameter-distributions"
 SEARCH_TYPES = ("grid", "random")
 RANDINT_DEFAULT_HIGH = 2**31 - 1
 MAX_LINSPACE_COUNT = 1_000_000  # guards against a typo allocating millions of grid values
-# A job's runs are recorded and queued one by one: past this, a typo (a 4-parameter x100 grid is
-# 10^8 runs) would take the planner's memory and the store with it. Checked before any is planned.
-MAX_PLANNED_RUNS = 100_000
+# A job's runs are recorded and queued one by one: past MAX_PLANNED_RUNS, a typo (a 4-parameter x100
+# grid is 10^8 runs) would take the planner's memory and the store with it. Checked before any is planned.
+from xt_submit.domain.limits import MAX_PLANNED_RUNS  # noqa: E402,F401
 
 _INT_RE = re.compile(r"[+-]?[0-9]+")
 _NUMBER_RE = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")

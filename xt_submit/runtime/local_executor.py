@@ -49,6 +49,14 @@ class LocalExecutor:
                 changed = True
         return changed
 
+    def wait(self, timeout: float) -> None:
+        """Until one of this machine's runs ends (the node awaits its reaper), or timeout seconds pass."""
+        wait_for_exit = getattr(self.node, "wait_for_exit", None)  # a LocalNode's; any other node: a sleep
+        if wait_for_exit is None or not self.running:
+            time.sleep(timeout)
+        else:
+            wait_for_exit(timeout)
+
     def _launch(self, task: RunTask) -> None:
         node_dir = self.node_dir(task.workspace, task.run)
         wrapper = None

@@ -35,7 +35,9 @@ log = logging.getLogger("xt.host")
 
 class LocalHost:
     def __init__(self, parts: Parts, *, idle_exit_seconds: Optional[float] = None, poll_seconds: float = 0.2,
-                 busy_poll_seconds: float = 0.01) -> None:
+                 busy_poll_seconds: float = 0.01, busy_wait_seconds: float = 0.05) -> None:
+        """busy_poll_seconds: between passes while pool runs (supervised by polling) are in flight;
+        busy_wait_seconds: the longest wait while only local runs are (their exits wake the host at once)."""
         self.parts = parts
         self.ports = parts.ports
         self.queue = parts.queue
@@ -43,6 +45,7 @@ class LocalHost:
         self.idle_exit_seconds = idle_exit_seconds
         self.poll_seconds = poll_seconds
         self.busy_poll_seconds = busy_poll_seconds
+        self.busy_wait_seconds = busy_wait_seconds
         self._uploads_checked = 0.0
         self._heartbeats_checked = 0.0
         self._seen_uploads_path = parts.home / "uploads_seen.json"
@@ -128,7 +131,7 @@ class LocalHost:
             if self.has_work():
                 # runs in flight: their events and exits want a prompt answer (the next run starts then)
                 idle_since = time.monotonic()
-                time.sleep(self.busy_poll_seconds)
+                self.executor.wait(self.busy_poll_seconds if self.pools.running else self.busy_wait_seconds)
                 continue
             if self.idle_exit_seconds is not None and time.monotonic() - idle_since > self.idle_exit_seconds:
                 return

@@ -24,7 +24,7 @@ from xt_submit import config as xt_config
 from xt_submit.services.local_files import written_aside
 from xt_submit.domain import layout
 from xt_submit.domain.errors import NotFound, OneLineError
-from xt_submit.domain.messages import TERMINAL_STATUSES
+from xt_submit.domain.messages import TERMINAL_STATUSES, CancelRequested, RunFinished, RunPreempted
 from xt_submit.domain.run_query import QueryError, RunQuery
 from xt_submit.ports import StatsStore, Storage
 from xt_submit.services import run_reports
@@ -296,3 +296,43 @@ def make_report(cfg: xt_config.Config, stats: StatsStore, storage: Storage, out:
     write_page(path, page)
     return {"out": str(path), "runs": len(data["runs"]), "bytes": len(page.encode("utf-8")),
             "subsampled": len(data["subsampled"]), "notes": data["notes"]}
+
+
+def publish_job_report(stats: StatsStore, storage: Storage, workspace: str, job: str,
+                       limits: Limits = Limits(), now: Optional[float] = None) -> str:
+    """The job's page (all its runs, its own primary metric) written to storage beside the job;
+    returns its key. A team's Functions app calls it when a job ends; `xt report --link` when the
+    page is not there yet."""
+    record = stats.get_job(workspace, job)
+    query = RunQuery(workspace=workspace, jobs=(job,))
+    data = report_data(stats, storage, query, sort_given=False, primary_metric=record.get("primary_metric") or "loss",
+                       maximize_metric=bool(record.get("maximize_metric")), limits=limits, selection=job,
+                       title=f"{job} ({record.get('experiment') or workspace})", now=now)
+    key = layout.job_report_key(workspace, job)
+    storage.write(key, render(data).encode("utf-8"))
+    return key
+
+
+def job_report_link(stats: StatsStore, storage: Storage, workspace: str, job: str, hours: float) -> str:
+    """`xt report --job J --link`: a read-only link to the job's page in storage, valid `hours`
+    (a file:// URL on storage that is a folder here). The page is rendered now unless the job
+    ended and its page is there already (a team's Functions app wrote it at the end)."""
+    key = layout.job_report_key(workspace, job)
+    if stats.get_job(workspace, job)["status"] not in TERMINAL_STATUSES or not storage.exists(key):
+        publish_job_report(stats, storage, workspace, job)
+    url = storage.read_url(key, hours * 3600)
+    if url is None:
+        path = storage.local_path(key)
+        if path is None:
+            raise ReportError(f"--link: {type(storage).__name__} gives no links to its files")
+        url = Path(path).resolve().as_uri()
+    return url
+
+
+def publish_if_ended(stats: StatsStore, storage: Storage, event: Any) -> Optional[str]:
+    """After an event that can end a job (a run's end, a cancel): the job's page, if the job ended."""
+    if not isinstance(event, (RunFinished, CancelRequested, RunPreempted)):
+        return None
+    if stats.get_job(event.workspace, event.job)["status"] not in TERMINAL_STATUSES:
+        return None
+    return publish_job_report(stats, storage, event.workspace, event.job)

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import select
 import shutil
-import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
@@ -33,14 +35,15 @@ def process_start_time(pid: int) -> Optional[str]:
 
 
 class LocalNode(Node):
-    """This machine. `launch` keeps the Popen so the supervisor that started a run can poll it."""
+    """This machine. `launch` forks the run's reaper from this process and keeps its pid (with a pidfd,
+    where Linux has them), so the supervisor that started a run reaps it and can await its exit."""
 
     fetches_code = False
 
     def __init__(self, home: str, name: str = "local") -> None:
         self.name = name
         self.home = str(home)
-        self.processes: Dict[int, subprocess.Popen] = {}
+        self.processes: Dict[int, Optional[int]] = {}  # reaper pid -> its pidfd (None: none to wait on)
 
     def connect(self) -> None:
         pass  # always here
@@ -105,25 +108,43 @@ class LocalNode(Node):
         plus `env`: nothing else of the host's (or a Batch task's) environment reaches the run."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(exit_file)  # a stale one would say this run already ended
-        spec = os.path.join(os.path.dirname(console), reaper.SPEC_FILE)
-        with open(os.open(spec, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as f:
-            f.write(reaper.launch_spec(env))  # the reaper reads and deletes it
-        with open(console, "ab") as out:
-            # own session: the run outlives its supervisor, and a cancel can signal its whole tree
-            process = subprocess.Popen([sys.executable, "-S", "-I", REAPER, exit_file, spec, *argv], cwd=cwd,
-                                       stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
-        self.processes[process.pid] = process
-        return process.pid, process_start_time(process.pid) or "?"
+        if not os.path.isdir(cwd):  # as an exec would say (the forked reaper could tell no one)
+            raise FileNotFoundError(errno.ENOENT, "no such folder to run in", cwd)
+        # A fork, not an exec of reaper.py: no interpreter to start per run. Its own session: the run
+        # outlives its supervisor, and a cancel can signal its whole tree.
+        os.close(os.open(console, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))  # there once launch returns
+        pid = reaper.fork_reaper(argv, cwd, env, console, exit_file)
+        pidfd = None
+        with contextlib.suppress(AttributeError, OSError):
+            pidfd = os.pidfd_open(pid)  # Linux 5.3+: readable once the reaper ended (wait_for_exit)
+        self.processes[pid] = pidfd
+        return pid, process_start_time(pid) or "?"
 
     def alive(self, pid: int, start: Optional[str]) -> bool:
-        process = self.processes.get(pid)
-        if process is not None:
-            if process.poll() is None:
+        if pid in self.processes:
+            try:
+                ended, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                ended = pid  # reaped elsewhere: it is gone either way
+            if not ended:
                 return True
-            del self.processes[pid]
+            pidfd = self.processes.pop(pid)
+            if pidfd is not None:
+                os.close(pidfd)
             return False
         return process_start_time(pid) == start
+
+    def wait_for_exit(self, timeout: float) -> bool:
+        """Wait until one of the reapers this node started ends, or timeout seconds pass; True if one ended.
+        Without pidfds (not Linux, or an old kernel) it only sleeps."""
+        pidfds = [fd for fd in self.processes.values() if fd is not None]
+        if not pidfds:
+            time.sleep(timeout)
+            return False
+        poller = select.poll()
+        for fd in pidfds:
+            poller.register(fd, select.POLLIN)
+        return bool(poller.poll(timeout * 1000))
 
     def release(self, work_dir: str) -> None:
         """The run is reported: its unpacked code and outputs and the copies of its console and run log

@@ -152,6 +152,9 @@ class DirectoryStorage(Storage):
     def read_url(self, key: str, expiry_seconds: float = 3600) -> None:
         return None  # a folder has no links: nodes that fetch code by link are given the zip instead
 
+    def local_path(self, key: str) -> str:
+        return str(self._path(key))
+
     def delete(self, key: str) -> None:
         try:
             self._path(key).unlink()

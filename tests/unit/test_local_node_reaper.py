@@ -1,0 +1,68 @@
+"""The local node's reaper is a fork of its supervisor, not an exec: what that must not change.
+It holds none of the supervisor's files (the host lock, its databases), is told from a recycled
+pid, and its end wakes a supervisor waiting on it at once rather than at its next poll."""
+import fcntl
+import os
+import signal
+import sys
+import time
+
+from xt_submit.adapters.nodes.local import LocalNode
+from xt_submit.node_kit import reaper
+
+
+def launch(node, tmp_path, script):
+    code = tmp_path / "code"
+    code.mkdir(exist_ok=True)
+    console, exit_file = tmp_path / "console.log", tmp_path / "exit_code"
+    pid, start = node.launch([sys.executable, "-c", script], str(code), {"XT_LR": "0.1"}, str(console),
+                             str(exit_file))
+    return pid, start, console, exit_file
+
+
+def wait_for(condition, what, seconds=30.0):
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def test_the_reaper_and_its_run_hold_none_of_the_supervisors_files(tmp_path):
+    lock_path = tmp_path / "host.lock"
+    held = os.open(lock_path, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX)  # as the host holds its lock while it launches runs
+    node = LocalNode(str(tmp_path / "home"))
+    pid, start, console, exit_file = launch(node, tmp_path, "import time; print('ready', flush=True); time.sleep(300)")
+    try:
+        wait_for(lambda: b"ready" in console.read_bytes(), "the run started")
+        assert sorted(int(fd) for fd in os.listdir(f"/proc/{pid}/fd")) == [0, 1, 2]
+        os.close(held)  # the supervisor dies: its lock must be free for a successor although the run goes on
+        successor = os.open(lock_path, os.O_RDWR)
+        fcntl.flock(successor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.close(successor)
+        assert node.alive(pid, start) and reaper._whose(pid) == "reaper"  # a forked reaper is known as one
+    finally:
+        node.kill_group(pid, signal.SIGKILL)
+    wait_for(lambda: not node.alive(pid, start), "the killed run ended")
+
+
+def test_an_ended_run_wakes_the_waiting_supervisor_at_once_and_leaves_its_exit_code(tmp_path):
+    node = LocalNode(str(tmp_path / "home"))
+    pid, start, console, exit_file = launch(node, tmp_path,
+                                            "import os, time; time.sleep(0.3); print(os.environ['XT_LR']); raise SystemExit(4)")
+    began = time.monotonic()
+    while node.alive(pid, start):
+        assert node.wait_for_exit(30.0) or time.monotonic() - began < 30, "woken by the run's end"
+    assert time.monotonic() - began < 10  # woken by the exit, not by the 30 s timeout
+    assert exit_file.read_text() == "4" and b"0.1" in console.read_bytes()
+    assert pid not in node.processes  # reaped, its pidfd closed
+
+
+def test_a_run_in_a_missing_folder_is_refused_in_the_supervisor(tmp_path):
+    node = LocalNode(str(tmp_path / "home"))
+    try:
+        node.launch([sys.executable, "-c", "pass"], str(tmp_path / "missing"), {}, str(tmp_path / "c.log"),
+                    str(tmp_path / "exit_code"))
+    except FileNotFoundError:
+        return
+    raise AssertionError("a missing folder was not refused")
