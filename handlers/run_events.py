@@ -38,14 +38,15 @@ def run_finished(event: RunFinished, ports: Ports) -> dict:
     last_metrics = {**storable(event.metrics), **_referenced_metrics(event, ports), **logged_metrics}
 
     status, reason = event.status, event.reason
-    if status == CANCELLED:  # the cancel may have been the early-stopping policy's: the run is stopped
-        stopping = ports.stats.get_run(ws, run).get("stopping")
-        if stopping:
-            status, reason = STOPPED, stopping
+    before = ports.stats.get_run(ws, run)
+    if status == CANCELLED and before.get("stopping"):  # the cancel was the early-stopping policy's
+        status, reason = STOPPED, before["stopping"]
+    # its checked reports stay for the runs still compared with it; the live bookkeeping ends with it
+    progress = {"reports": before["progress"]["reports"]} if (before.get("progress") or {}).get("reports") else {}
     changes = {"status": status, "exit_code": event.exit_code, "node_id": event.node_id,
                "started": event.started_at, "ended": event.ended_at, "heartbeat": None,
                "duration": round(max(0.0, event.ended_at - event.started_at), 3), "reason": reason,
-               "metrics": last_metrics}
+               "metrics": last_metrics, "progress": progress}
     if hparams:
         changes["hparams"] = hparams
     ports.stats.update_run(ws, run, changes)

@@ -85,22 +85,22 @@ def test_a_bulk_update_changes_only_runs_in_the_given_statuses_and_says_which(st
 
 def test_metric_records_are_replaced_in_bulk(stats_store):
     stats_store.insert_runs([run_doc("run1.1")])
-    rows = [MetricRow(step, "loss", 1 / step, 100.0 + step) for step in range(1, 2001)]
+    rows = [MetricRow(step, "loss", 1 / step, 100.0 + step) for step in range(1, 401)]
     stats_store.replace_metrics("ws1", "run1.1", rows)
     stats_store.replace_metrics("ws1", "run1.1", rows)  # a redelivered finish
     got = stats_store.get_metrics("ws1", "run1.1")
-    assert len(got) == 2000 and got[0] == {"step": 1, "name": "loss", "value": 1.0, "time": 101.0}
-    assert [g["step"] for g in got] == list(range(1, 2001))
+    assert len(got) == 400 and got[0] == {"step": 1, "name": "loss", "value": 1.0, "time": 101.0}
+    assert [g["step"] for g in got] == list(range(1, 401))
 
 
 def test_metric_records_stream_from_a_one_pass_iterable(stats_store, monkeypatch):
     """run_finished hands over a generator over the log being read: consumed once, in batches, in order."""
     from xt_submit.adapters.stats import mongo
 
-    monkeypatch.setattr(mongo, "METRIC_BATCH", 1000)  # several batches, at a size the test peer takes quickly
+    monkeypatch.setattr(mongo, "METRIC_BATCH", 100)  # several batches, at a size the test peer takes quickly
     stats_store.insert_runs([run_doc("run1.1")])
     stats_store.replace_metrics("ws1", "run1.1", [MetricRow(1, "stale", 9.0, 1.0)] * 3)
-    count = 3_500
+    count = 350
     stats_store.replace_metrics("ws1", "run1.1", (MetricRow(step, "loss", step / 2, None) for step in range(count)))
     got = stats_store.get_metrics("ws1", "run1.1")
     assert len(got) == count and {g["name"] for g in got} == {"loss"}  # the earlier records replaced
@@ -118,6 +118,26 @@ def test_rollup_silent_runs_and_clearing(stats_store):
     assert sorted(r["name"] for r in stats_store.silent_runs(before=60.0)) == ["run1.2", "run1.3"]
     stats_store.clear_workspace("ws1")
     assert stats_store.list_runs("ws1") == []
+
+
+def test_a_live_runs_latest_metrics_reach_this_store_and_its_filters(tmp_path, stats_store):
+    """RunProgress on this store: the running run's record and the last-metrics index have the values."""
+    from support.pipeline import live_metrics
+    from xt_submit import handlers
+    from xt_submit.domain.run_query import RunQuery, parse_filter
+
+    base = embedded(tmp_path / "under-test")
+    ports = Ports(storage=base.ports.storage, stats=stats_store, compute=base.ports.compute,
+                  publisher=base.ports.publisher)
+    parts = dataclasses.replace(base, ports=ports)
+    run_steps(parts, lifecycle(parts)[:3])  # dispatched, two runs started
+    handlers.run_progress(live_metrics("run1.2", {"loss": 0.75}), ports)
+    handlers.run_progress(live_metrics("run1.2", {"acc": 0.5}, log_bytes=400), ports)  # merged with the earlier
+    handlers.run_progress(live_metrics("run1.2", {"acc": 0.1}, log_bytes=350), ports)  # older: ignored
+    record = stats_store.get_run("ws1", "run1.2")
+    assert record["status"] == "running" and record["metrics"] == {"loss": 0.75, "acc": 0.5}
+    live = stats_store.query_runs(RunQuery(workspace="ws1", filters=(parse_filter("metrics.loss<0.8"),)))
+    assert [r["name"] for r in live] == ["run1.2"]
 
 
 def test_the_whole_pipeline_records_the_same_on_every_store(tmp_path, stats_store):

@@ -42,7 +42,7 @@ def test_bayesian_search_plans_its_runs_from_results_up_to_max_runs(tmp_path):
         project.stop_host()
 
 
-def test_early_stopping_stops_the_run_behind_and_live_metrics_show_while_it_runs(tmp_path):
+def test_early_stopping_stops_the_run_behind_and_its_end_is_stopped(tmp_path):
     from support.cli_project import Project
 
     project = Project(tmp_path)
@@ -52,15 +52,6 @@ def test_early_stopping_stops_the_run_behind_and_live_metrics_show_while_it_runs
         out = project.json("run", "--concurrent", "3", "--early-policy", "median", "--delay-evaluation", "2",
                            "train.py", "--lr=[0.1,0.12,5.0]")
         slow = out["runs"][2]
-        deadline, live = time.time() + 90, None
-        while time.time() < deadline and live is None:
-            record = project.json("view", "run", slow)
-            if record["status"] == "running" and record["metrics"].get("loss") is not None:
-                live = record
-            elif record["status"] != "queued" and record["status"] != "running":
-                break
-            time.sleep(0.1)
-        assert live is not None, "the running run's metrics never showed in its record"
         job = project.wait_job(out["job"])
         runs = {r["name"]: r for r in project.json("list", "runs", "--job", out["job"])}
         stopped = runs[slow]
@@ -69,7 +60,47 @@ def test_early_stopping_stops_the_run_behind_and_live_metrics_show_while_it_runs
         assert stopped["metrics"]["loss"] > 5.0 / 60 + 1e-9  # loss = 5 / step: it ended before step 60, metrics kept
         assert [runs[n]["status"] for n in out["runs"][:2]] == ["completed", "completed"]
         assert job["status"] == "completed"
+        log = project.json("view", "log", slow)
+        assert [r["data"]["reason"] for r in log if r["event"] == "early_stopped"] == [stopped["reason"]]
     finally:
+        project.stop_host()
+
+
+WAITS = """import os, time
+from xt_submit import Run
+run = Run()
+run.log_metrics({"step": 1, "loss": 0.75})
+run.flush()
+release = os.environ["INVOCATIONS"] + ".release"
+while not os.path.exists(release):  # the test lets it end once it saw the live values
+    time.sleep(0.05)
+run.log_metrics({"step": 2, "loss": 0.5})
+"""
+
+
+def test_a_running_runs_latest_metrics_show_in_list_view_and_filters(tmp_path):
+    from support.cli_project import Project
+
+    project = Project(tmp_path)
+    project.env["XT_PROGRESS_SECONDS"] = "0.2"
+    (project.code / "train.py").write_text(WAITS)
+    try:
+        out = project.json("run", "train.py")
+        (run,) = out["runs"]
+        deadline, record = time.time() + 90, None
+        while time.time() < deadline:
+            record = project.json("view", "run", run)
+            if record["metrics"]:
+                break
+            time.sleep(0.1)
+        assert record["status"] == "running" and record["metrics"] == {"loss": 0.75}
+        assert [r["name"] for r in project.json("list", "runs", "--filter", "metrics.loss<0.8")] == [run]
+        assert [m["value"] for m in project.json("view", "metrics", run)[run]] == [0.75]  # its history so far
+        (tmp_path / "invocations.txt.release").write_text("")
+        project.wait_job(out["job"])
+        assert project.json("view", "run", run)["metrics"] == {"loss": 0.5}
+    finally:
+        (tmp_path / "invocations.txt.release").write_text("")
         project.stop_host()
 
 

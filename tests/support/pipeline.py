@@ -8,7 +8,7 @@ import pytest
 from support.faults import InjectedFault, faulty
 from xt_submit import handlers
 from xt_submit.domain import layout, run_log
-from xt_submit.domain.messages import CancelRequested, JobSubmitted, RunFinished, RunHeartbeat, RunStarted
+from xt_submit.domain.messages import CancelRequested, JobSubmitted, RunFinished, RunHeartbeat, RunProgress, RunStarted
 
 WS = "ws1"
 
@@ -94,11 +94,19 @@ def lifecycle(parts):
         ("start run1.2", lambda s: node_writes(s, "run1.2", finished=False), handlers.run_started, started("run1.2")),
         ("heartbeat run1.2", None, handlers.run_heartbeat,
          RunHeartbeat(workspace=WS, job="job1", run="run1.2", node_id="n1", at=115.0)),
+        ("progress run1.2", None, handlers.run_progress, live_metrics("run1.2", {"loss": 0.75, "acc": 0.5})),
         ("finish run1.1", lambda s: finish_node(s, "run1.1"), handlers.run_finished, finished("run1.1")),
         ("finish run1.2", lambda s: finish_node(s, "run1.2", "error", 3), handlers.run_finished,
          finished("run1.2", "error", 3)),
         ("cancel job1", None, handlers.cancel_runs, CancelRequested(workspace=WS, job="job1", requested_at=130.0)),
     ]
+
+
+def live_metrics(run, metrics, log_bytes=300):
+    """What a node sends while its run is alive: the latest metrics logged so far (log_bytes: how
+    much of its run log it had shipped; a later report has more)."""
+    return RunProgress(workspace=WS, job="job1", run=run, node_id="n1", at=116.0, log_bytes=log_bytes,
+                       metrics=metrics)
 
 
 def finish_node(storage, run, status="completed", exit_code=0):

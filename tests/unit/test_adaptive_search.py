@@ -312,3 +312,15 @@ def test_a_crash_after_any_side_effect_of_an_adaptive_job_then_redelivery_reache
             assert comparable(state_of(parts)) == expected, f"crash in step {i} after side effect {k}"
             crashes += 1
     assert crashes >= 15
+
+
+def test_a_finished_runs_reports_still_count_for_the_runs_still_running(parts):
+    policy = EarlyStopping(policy="median", delay_evaluation=1, evaluation_interval=1)
+    submit(parts, hp_space={"x": [1, 2]}, concurrent=2, early_stopping=policy)
+    for run in ("run1.1", "run1.2"):
+        handlers.run_started(RunStarted(workspace=WS, job="job1", run=run, node_id="n1", started_at=150.0),
+                             parts.ports)
+    assert handlers.run_progress(progress("run1.1", [0.5, 0.3, 0.2]), parts.ports) == ""
+    finish(parts, "run1.1", 0.2)  # ended before the other got as far
+    reason = handlers.run_progress(progress("run1.2", [0.9, 0.8, 0.8]), parts.ports)
+    assert reason.startswith("early-stopped by the median policy at report 2")
