@@ -132,6 +132,8 @@ def test_plot_writes_a_png_with_a_line_per_run(sweep40, tmp_path):
                             "--out", str(tmp_path / "mean.png"))
     assert "(5 lines)" in aggregated.stdout
     assert sweep40.xt("plot", "run1.1", "--metric", "nope", "--out", str(tmp_path / "x.png"), check=False).returncode == 2
+    default = sweep40.xt("plot", "--job", "job1", "--metric", "loss,acc")  # no --out: named after the job and metrics
+    assert "wrote plot_job1_loss_acc.png" in default.stdout and (sweep40.code / "plot_job1_loss_acc.png").stat().st_size
 
 
 def test_view_job_counts_best_run_and_duration(sweep40):

@@ -93,3 +93,11 @@ def test_aggregated_lines_per_hparam_value():
     lines = labelled(figure.axes[0])
     assert [line.get_label() for line in lines] == ["bs=16 (mean of 2 runs)", "bs=32 (mean of 2 runs)"]
     assert [list(line.get_ydata()) for line in lines] == [[1.5, 3.0], [3.5, 7.0]]
+
+
+def test_the_x_axis_is_named_by_the_scripts_step_name():
+    runs, series = sweep(2)
+    figure = plotting.metric_figure(runs, series, x="step", step_name="epoch")
+    (axes,) = figure.axes
+    assert axes.get_xlabel() == "epoch" and axes.get_title().endswith("by epoch")
+    assert plotting.metric_figure(runs, series, x="time").axes[0].get_xlabel() == "seconds since the run's first point"

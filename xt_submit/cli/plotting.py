@@ -93,9 +93,11 @@ def _colours(lines: List[Line]):
 
 
 def metric_figure(runs: Sequence[Dict[str, Any]], series_by_metric: Dict[str, Dict[str, List[Dict[str, Any]]]], *,
-                  x: str, aggregate: Optional[str] = None, group_by: Optional[str] = None, smooth: int = 1):
+                  x: str, aggregate: Optional[str] = None, group_by: Optional[str] = None, smooth: int = 1,
+                  step_name: str = "step"):
     """A matplotlib Figure: one subplot per metric, one line per run (or per group with `aggregate`);
-    with `smooth` > 1 each line is its moving average over that many points, the raw curve faint behind."""
+    with `smooth` > 1 each line is its moving average over that many points, the raw curve faint behind.
+    step_name: what the scripts call their step (general.step-name), the x axis's name for `x="step"`."""
     # a Figure on the Agg canvas, not pyplot: headless (no display on a server or in CI), no global state
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -125,9 +127,9 @@ def metric_figure(runs: Sequence[Dict[str, Any]], series_by_metric: Dict[str, Di
         if x == "step" and integer_steps:
             axes.xaxis.set_major_locator(MaxNLocator(integer=True))
         axes.set_ylabel(metric + (f" (moving average of {smooth})" if smooth > 1 else ""))
-        axes.set_title(f"{metric} by {x}")
+        axes.set_title(f"{metric} by {step_name if x == 'step' else x}")
         axes.grid(True, alpha=0.3)
-    axes_list[-1].set_xlabel("seconds since the run's first point" if x == "time" else x)
+    axes_list[-1].set_xlabel("seconds since the run's first point" if x == "time" else step_name)
     if mappable is not None:
         swept = swept_hparams(runs)
         name = group_by if aggregate else (swept[0] if len(swept) == 1 else None)  # as _run_lines colours
@@ -140,8 +142,9 @@ def metric_figure(runs: Sequence[Dict[str, Any]], series_by_metric: Dict[str, Di
 
 def plot_metric(runs: Sequence[Dict[str, Any]], series_by_metric: Dict[str, Dict[str, List[Dict[str, Any]]]], *,
                 x: str, out: str, aggregate: Optional[str] = None, group_by: Optional[str] = None,
-                smooth: int = 1) -> int:
+                smooth: int = 1, step_name: str = "step") -> int:
     """Write the PNG; returns the number of curves drawn (over every metric's subplot)."""
-    figure = metric_figure(runs, series_by_metric, x=x, aggregate=aggregate, group_by=group_by, smooth=smooth)
+    figure = metric_figure(runs, series_by_metric, x=x, aggregate=aggregate, group_by=group_by, smooth=smooth,
+                           step_name=step_name)
     figure.savefig(out)
     return sum(1 for axes in figure.axes for line in axes.get_lines() if line.get_label()[:1] != "_")

@@ -104,7 +104,7 @@ def add_parsers(commands) -> None:
     plot.add_argument("--group-by", help="the hparam that groups runs for --aggregate")
     plot.add_argument("--smooth", type=number_in(int, 1, 100_000), default=1, metavar="N",
                       help="draw the moving average of N points (the raw curve faint behind it)")
-    plot.add_argument("--out", required=True, help="the PNG to write")
+    plot.add_argument("--out", help="the PNG to write (default: plot_<job or first run>_<metrics>.png here)")
 
     page = commands.add_parser("report", help="write one self-contained HTML page of runs (no server, no network)")
     _add_run_selection(page)
@@ -381,6 +381,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
         raise CliError("--aggregate: needs --group-by HPARAM")
     if args.x not in ("step", "time"):
         raise CliError(f"--x: expected step or time, got {args.x!r}")
+    if args.out is None:
+        args.out = f"plot_{args.job or args.names[0]}_{'_'.join(metrics)}.png".replace("*", "all")
     if not args.out.lower().endswith(".png"):
         raise CliError(f"--out: expected a .png file, got {args.out!r}")
     rows = stats.query_runs(run_query.RunQuery(workspace=ws, runs=runs, jobs=jobs))
@@ -393,7 +395,7 @@ def cmd_plot(args: argparse.Namespace) -> int:
             raise CliError(f"--metric: no run of {' '.join(args.names + ([args.job] if args.job else []))} "
                            f"logged {metric!r}")
     plotted = plotting.plot_metric(rows, series, x=args.x, out=args.out, aggregate=args.aggregate,
-                                   group_by=args.group_by, smooth=args.smooth)
+                                   group_by=args.group_by, smooth=args.smooth, step_name=cfg.general.step_name)
     print(f"wrote {args.out} ({plotted} lines)")
     return 0
 
