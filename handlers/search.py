@@ -7,12 +7,13 @@ So a redelivered event, a restarted host or two Functions instances at once crea
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Dict, List
 
 import msgspec
 
 from xt_submit.domain import adaptive_search, layout, records, sweep
-from xt_submit.domain.messages import decode_manifest
+from xt_submit.domain.messages import JobManifest, decode_manifest
 from xt_submit.handlers.dispatch import run_task
 from xt_submit.ports import Ports
 
@@ -32,12 +33,18 @@ def advance_search(ports: Ports, workspace: str, job: str) -> List[str]:
         if best != search.get("best"):
             ports.stats.update_job(workspace, job, {"search": {**search, "best": best}})
         return []
-    manifest: Any = None
-    params: List[Any] = []
+
+    @functools.lru_cache(maxsize=None)
+    def manifest() -> JobManifest:  # read only when a run is due (most recounts plan nothing)
+        return decode_manifest(ports.storage.read(layout.manifest_key(workspace, job)))
+
+    @functools.lru_cache(maxsize=None)
+    def params() -> List[Any]:
+        return sweep.compile_space(manifest().hp_space)
+
     created: List[str] = []
     for plan in _plans_not_indexed(ports, record, runs):  # a crash after a plan was stored: finish it
-        manifest = manifest or decode_manifest(ports.storage.read(layout.manifest_key(workspace, job)))
-        runs.append(_add_run(ports, manifest, record, layout.run_index(plan["name"]), plan["hparams"],
+        runs.append(_add_run(ports, manifest(), record, layout.run_index(plan["name"]), plan["hparams"],
                              created_at=plan["created"]))
         created.append(plan["name"])
     runs.sort(key=lambda r: r["run_index"])
@@ -52,24 +59,20 @@ def advance_search(ports: Ports, workspace: str, job: str) -> List[str]:
         informing = runs[: index - concurrent]
         if any(records.is_live(run["status"]) for run in informing):
             break
-        if manifest is None:  # read only when a run is due (most recounts plan nothing)
-            manifest = decode_manifest(ports.storage.read(layout.manifest_key(workspace, job)))
-        if not params:
-            params = sweep.compile_space(manifest.hp_space)
         point = adaptive_search.next_point(
-            params, search_type=search["type"], index=index, seed=manifest.seed, maximize=maximize,
+            params(), search_type=search["type"], index=index, seed=manifest().seed, maximize=maximize,
             results=[_result(run, names, metric) for run in informing], planned=[_point(run, names) for run in runs])
         if point is None:
             ended = f"the grid has no untried point left after {len(runs)} runs"
             break
-        runs.append(_add_run(ports, manifest, record, index, point, created_at=max(r["ended"] or 0 for r in informing)))
+        runs.append(_add_run(ports, manifest(), record, index, point,
+                             created_at=max(r["ended"] or 0 for r in informing)))
         created.append(runs[-1]["name"])
-    changes: Dict[str, Any] = {"search": {**search, "best": _best(runs, names, metric, maximize), "ended": ended}}
-    if created:
-        changes["run_count"] = len(runs)
+    progress = {**search, "best": _best(runs, names, metric, maximize), "ended": ended}
     if ended:
         _write_search_end(ports, workspace, job, ended, max((r.get("ended") or 0) for r in runs) if runs else 0)
-    ports.stats.update_job(workspace, job, changes)
+    if created or progress != search:  # a recount that planned nothing and moved nothing writes nothing
+        ports.stats.update_job(workspace, job, {"search": progress, **({"run_count": len(runs)} if created else {})})
     return created
 
 

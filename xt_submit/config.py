@@ -17,8 +17,8 @@ import msgspec
 
 from xt_submit.domain.layout import NAME_PATTERN
 from xt_submit.domain.errors import OneLineError
-from xt_submit.domain.messages import INT64_MAX, INT64_MIN, MAX_CONCURRENT, MAX_SECONDS
-from xt_submit.domain.sweep import MAX_PLANNED_RUNS
+from xt_submit.domain.limits import (INT64_MAX, INT64_MIN, MAX_CONCURRENT, MAX_PLANNED_RUNS, MAX_RETRIES,  # noqa: F401
+                                     MAX_ROWS, MAX_SECONDS)
 
 CONFIG_FILE_NAME = "xt_config.yaml"
 CONFIG_ENV_VAR = "XT_CONFIG"
@@ -26,11 +26,9 @@ COMMAND_LINE = "command line"
 EMBEDDED = "embedded"
 
 # Every number has both ends: what the stores, the task table and the queues carry, and what makes sense.
-MAX_ROWS = 10**9  # a report's first/last
 MAX_PRECISION = 20  # decimals shown: a float has no more to show
 MAX_WIDTH = 10_000
 MAX_SIZE_MB = 1_000_000  # a code snapshot of a terabyte
-MAX_RETRIES = 100
 Concurrency = Annotated[int, msgspec.Meta(ge=1, le=MAX_CONCURRENT)]  # runs at once; nodes of a pool
 RunCount = Annotated[int, msgspec.Meta(ge=1, le=MAX_PLANNED_RUNS)]
 RowCount = Annotated[int, msgspec.Meta(ge=1, le=MAX_ROWS)]

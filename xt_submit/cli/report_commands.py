@@ -372,7 +372,8 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if not metrics:
         raise CliError("--metric: expected a metric name (or names, comma separated)")
     cfg = load(args)
-    stats = embedded_parts(cfg).ports.stats
+    parts = embedded_parts(cfg)
+    stats, storage = parts.ports.stats, parts.ports.storage
     ws = cfg.general.workspace
     runs, jobs = run_query.parse_run_list(list(args.names) + ([args.job] if args.job else []))
     if not runs and not jobs:
@@ -386,7 +387,6 @@ def cmd_plot(args: argparse.Namespace) -> int:
     if not args.out.lower().endswith(".png"):
         raise CliError(f"--out: expected a .png file, got {args.out!r}")
     rows = stats.query_runs(run_query.RunQuery(workspace=ws, runs=runs, jobs=jobs))
-    storage = embedded_parts(cfg).ports.storage
     logged = {r["name"]: run_reports.run_metrics(stats, storage, r) for r in rows}
     series = {metric: {name: [m for m in records if m["name"] == metric] for name, records in logged.items()}
               for metric in metrics}

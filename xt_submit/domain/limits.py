@@ -1,8 +1,7 @@
 """The bounds the command line checks its numbers against, in a module that imports nothing, so
 `xt --help` can name them without loading the message contracts and the config schema (msgspec).
 
-domain/messages.py takes its bounds from here; config.py keeps its own for now, and
-tests/unit/test_startup_imports.py holds the two equal.
+domain/messages.py, domain/sweep.py and config.py take their bounds from here.
 """
 
 INT64_MIN, INT64_MAX = -2**63, 2**63 - 1  # what every stats store keeps

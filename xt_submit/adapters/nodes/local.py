@@ -14,7 +14,6 @@ from typing import Dict, Iterator, List, Optional, Tuple
 from xt_submit.node_kit import code_archive, reaper
 from xt_submit.ports import Node
 
-REAPER = reaper.__file__
 RELEASED_FILES = ("console.log", "xt_run_log.jsonl")  # the run wrapper's copies, shipped before release
 
 
