@@ -231,3 +231,25 @@ def test_xt_completion_prints_the_scripts():
 def test_a_run_log_line_keeps_nested_values_in_brackets_and_durations_in_units():
     assert reports.compact({"hparams": {"lr": 0.1, "opt": "sgd"}, "duration": 65.0, "exit_code": 0, "__seq": 3}) \
         == "hparams=(lr=0.1, opt=sgd) duration=1m05s exit_code=0"
+
+
+def test_the_command_map_names_the_group_that_defines_each_command():
+    from xt_submit.cli import main
+
+    defined = {command: name for name in main.GROUP_NAMES for command in main.group(name).COMMANDS}
+    assert main.COMMAND_GROUP == {**defined, "completion": "admin_commands"}
+    every = {a.dest: a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)}["command"]
+    assert set(every.choices) == set(main.COMMAND_GROUP)
+    for command, name in main.COMMAND_GROUP.items():  # each group's parsers alone parse its commands
+        only = {a.dest: a for a in build_parser(command)._actions if isinstance(a, argparse._SubParsersAction)}
+        assert command in only["command"].choices
+
+
+@pytest.mark.parametrize("argv, command", [
+    (["list", "runs"], "list"), (["--config", "x.yaml", "view", "run"], "view"), (["--config=x.yaml", "run"], "run"),
+    (["--help"], None), (["--version"], None), ([], None), (["--config"], None),
+])
+def test_the_command_is_found_past_the_top_parsers_options(argv, command):
+    from xt_submit.cli.main import command_in
+
+    assert command_in(argv) == command

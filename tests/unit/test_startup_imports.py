@@ -57,3 +57,14 @@ def test_the_cli_bounds_are_the_contracts_bounds():
     assert (limits.INT64_MIN, limits.INT64_MAX, limits.MAX_CONCURRENT, limits.MAX_SECONDS) == (
         messages.INT64_MIN, messages.INT64_MAX, messages.MAX_CONCURRENT, messages.MAX_SECONDS)
     assert limits.MAX_ROWS == config.MAX_ROWS
+
+
+def test_a_command_builds_only_the_parsers_of_the_group_that_defines_it(tmp_path):
+    env = {**__import__("os").environ, "XT_HOME": str(tmp_path / "home")}
+    code = "import sys\nfrom xt_submit.cli import main\nmain.main(['list', 'runs', '--last', '20'])"
+    out = subprocess.run([sys.executable, "-c", code + "\nprint(sorted(m for m in sys.modules if m.startswith("
+                          "'xt_submit.cli.')))"], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    loaded = json.loads(out.stdout.strip().splitlines()[-1].replace("'", '"'))
+    groups = {m.rsplit(".", 1)[1] for m in loaded if m.endswith("_commands")}
+    assert "report_commands" in groups and not groups & {"job_commands", "admin_commands"}

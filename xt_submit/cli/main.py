@@ -3,16 +3,31 @@ with `add_parsers` and `COMMANDS`; a new group is one module plus one line in GR
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import re
 import sys
-from typing import List, Optional
+from types import ModuleType
+from typing import Dict, List, Optional
 
-from xt_submit.cli import admin_commands, job_commands, report_commands, storage_commands
 from xt_submit.cli.common import EXIT_USAGE, SHARED_HELP
 from xt_submit.domain.errors import NotFound, OneLineError
 
-GROUPS = [job_commands, report_commands, storage_commands, admin_commands]  # in the order `xt --help` lists them
+GROUP_NAMES = ["job_commands", "report_commands", "storage_commands", "admin_commands"]  # as `xt --help` lists them
+# The group that defines each command, so `xt list runs` imports and builds one group's parsers, not
+# every group's (tests/unit/test_cli_polish.py holds this equal to the groups' COMMANDS).
+COMMAND_GROUP = {"run": "job_commands", "rerun": "job_commands", "cancel": "job_commands",
+                 "list": "report_commands", "view": "report_commands", "plot": "report_commands",
+                 "report": "report_commands", "export": "report_commands", "monitor": "report_commands",
+                 "download": "report_commands", "set": "report_commands", "clear": "report_commands",
+                 "upload": "storage_commands", "delete": "storage_commands", "import": "storage_commands",
+                 "extract": "storage_commands", "serve": "admin_commands", "admin": "admin_commands",
+                 "create": "admin_commands", "config": "admin_commands", "schema": "admin_commands",
+                 "completion": "admin_commands"}
+
+
+def group(name: str) -> ModuleType:
+    return importlib.import_module(f"xt_submit.cli.{name}")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,30 +80,48 @@ def _options(parser: argparse.ArgumentParser) -> set:
     return found
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
+    """Every group's parsers, or only those of the group that defines `command` (enough to parse it)."""
     from xt_submit import __version__
 
     parser = _Parser(prog="xt", description="XT: run and track ML experiments.")
     parser.add_argument("--version", action="version", version=f"xt {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
-    for group in GROUPS:
-        group.add_parsers(commands)
+    for name in [COMMAND_GROUP[command]] if command in COMMAND_GROUP else GROUP_NAMES:
+        group(name).add_parsers(commands)
     return parser
 
 
+def command_in(argv: List[str]) -> Optional[str]:
+    """The command argv names (its first word that is not the top parser's option), else None."""
+    words = iter(argv)
+    for word in words:
+        if word == "--config":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+        elif not word.startswith("--config="):
+            return None  # --help, --version, or a mistake the whole parser should answer
+    return None
+
+
 def cmd_completion(args: argparse.Namespace) -> int:
-    sys.stdout.write(admin_commands.completion_script(build_parser(), args.shell))
+    sys.stdout.write(group("admin_commands").completion_script(build_parser(), args.shell))
     return 0
 
 
-COMMANDS = {name: command for group in GROUPS for name, command in group.COMMANDS.items()}
-COMMANDS["completion"] = cmd_completion  # its parser is admin_commands'; the script needs every group's
+def commands_of(names: List[str]) -> Dict[str, object]:
+    found = {command: function for name in names for command, function in group(name).COMMANDS.items()}
+    found["completion"] = cmd_completion  # its parser is admin_commands'; the script needs every group's
+    return found
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    command = command_in(argv)
+    args = build_parser(command).parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        return commands_of([COMMAND_GROUP.get(args.command, "admin_commands")])[args.command](args)
     except OneLineError as exc:  # every error meant for a person: config, sweep, contract, archive, query...
         print(f"xt: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -11,8 +11,10 @@ import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
-from xt_submit.node_kit import code_archive, reaper
 from xt_submit.ports import Node
+
+# node_kit's code_archive (zipfile, hashlib) and reaper are imported where a run needs them: every
+# CLI command builds this node, and most never launch or unpack anything
 
 RELEASED_FILES = ("console.log", "xt_run_log.jsonl")  # the run wrapper's copies, shipped before release
 
@@ -58,6 +60,8 @@ class LocalNode(Node):
 
     def prepare(self, local_zip: Optional[str], code_url: Optional[str], code_dir: str, output_dir: str,
                 empty_files: List[str], source: str) -> None:
+        from xt_submit.node_kit import code_archive
+
         code_archive.safe_extract(local_zip, code_dir, source=source)
         os.makedirs(output_dir, exist_ok=True)
         for path in empty_files:
@@ -112,6 +116,8 @@ class LocalNode(Node):
         # A fork, not an exec of reaper.py: no interpreter to start per run. Its own session: the run
         # outlives its supervisor, and a cancel can signal its whole tree.
         os.close(os.open(console, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))  # there once launch returns
+        from xt_submit.node_kit import reaper
+
         pid = reaper.fork_reaper(argv, cwd, env, console, exit_file)
         pidfd = None
         with contextlib.suppress(AttributeError, OSError):
@@ -155,4 +161,6 @@ class LocalNode(Node):
                 os.unlink(os.path.join(work_dir, name))
 
     def kill_group(self, pid: int, sig: int) -> None:
+        from xt_submit.node_kit import reaper
+
         reaper.kill_tree(pid, sig)  # the reaper passes it on to the run's whole tree; SIGKILL reaches all of it
