@@ -1,6 +1,8 @@
 """`xt report`'s data and page (services/html_report.py), on the embedded stores: which runs, metrics,
 groups and primary metric the page embeds, the bounds on its size, the escaping of what runs print,
-and the refusals of bad input. The page's drawing is tested in a real browser (tests/e2e)."""
+the chart libraries it inlines, and the refusals of bad input. The page's drawing is tested in a real
+browser (tests/e2e)."""
+import hashlib
 import json
 import math
 import re
@@ -152,7 +154,8 @@ def test_what_runs_print_or_log_cannot_break_out_of_the_page(parts):
     parts.ports.stats.update_run(WS, "run1.1", {"metrics": {"loss": math.nan, "acc": math.inf, "note": "</script>"}})
     data = data_of(parts, jobs=["job1"], title="a </title><b>title")
     page = html_report.render(data)
-    assert page.count("<script") == 2 and page.count("</script>") == 2  # the data block and the page's script
+    # the data block, the three chart libraries and the page's script
+    assert page.count("<script") == 5 and page.count("</script>") == 5
     assert "<title>a &lt;/title&gt;&lt;b&gt;title</title>" in page
     back = embedded_data(page)
     assert back["runs"][0]["console"]["text"] == HOSTILE
@@ -163,11 +166,70 @@ def test_what_runs_print_or_log_cannot_break_out_of_the_page(parts):
 def test_the_page_forbids_every_request_and_inlines_its_assets(parts):
     add_job(parts, 1, SWEEP[:1])
     page = html_report.render(data_of(parts, jobs=["job1"]))
+    # no 'unsafe-eval': the page has vega interpret the charts' expressions
     assert ('<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; script-src \'unsafe-inline\'; '
             'style-src \'unsafe-inline\'; img-src data:">') in page
     assert page.index("Content-Security-Policy") < page.index("<style>") < page.index("<script")
-    assert not re.search(r'\b(src|href)\s*=\s*["\']?\s*(https?:)?//', page)
-    assert not re.search(r"@import|url\(|\bfetch\(|XMLHttpRequest|WebSocket|\bimport\(", page)
+    # each library once, in the order they need each other, before the page's script that uses them
+    libraries = [html_report._vendor_script(name) for name in html_report.VENDOR_SCRIPTS]
+    places = [page.index(f"<script>\n{text}\n</script>") for text in libraries]
+    assert places == sorted(places) and places[-1] < page.index(html_report._asset("html_report.js"))
+    assert [page.count(text) for text in libraries] == [1, 1, 1] and "sourceMappingURL" not in page
+    # the libraries can fetch (data by URL, which the page never asks for); the CSP would stop them.
+    # What the page is besides them fetches nothing.
+    own = page
+    for text in libraries:
+        own = own.replace(text, "")
+    assert not re.search(r'\b(src|href)\s*=\s*["\']?\s*(https?:)?//', own)
+    assert not re.search(r"@import|url\(|\bfetch\(|XMLHttpRequest|WebSocket|\bimport\(", own)
+
+
+def test_the_vendored_libraries_are_what_origin_md_records_with_their_licences():
+    origin = (html_report.VENDOR / "ORIGIN.md").read_text()
+    files = re.findall(r"^\| (\S+) \| (\d+) \| `([0-9a-f]{64})` \|$", origin, re.M)
+    recorded = {name: (int(size), digest) for name, size, digest in files}
+    shipped = sorted(path.name for path in html_report.VENDOR.iterdir() if path.name != "ORIGIN.md")
+    assert sorted(recorded) == shipped
+    for name, (size, digest) in recorded.items():
+        data = (html_report.VENDOR / name).read_bytes()
+        assert (len(data), hashlib.sha256(data).hexdigest()) == (size, digest), name
+    for script in html_report.VENDOR_SCRIPTS:
+        licence = (html_report.VENDOR / script.replace(".min.js", ".LICENSE")).read_text()
+        assert "Redistribution and use in source and binary forms" in licence, script
+    versions = dict(re.findall(r"^\| (vega|vega-lite|vega-embed) \| (\d+\.\d+\.\d+) \| https://registry\.npmjs\.org/",
+                               origin, re.M))
+    script = (Path(__file__).parents[2] / "scripts" / "update_report_vendor.sh").read_text()
+    pinned = re.findall(r"^(VEGA|VEGA_LITE|VEGA_EMBED)=\$\{\d:-([\d.]+)\}$", script, re.M)
+    assert [version for _, version in pinned] == [versions["vega"], versions["vega-lite"], versions["vega-embed"]]
+    # every package the builds bundle, as ORIGIN.md lists them, has its notice: version, licence and text
+    builds = r"(?:vega|vega-lite|vega-embed)\.min\.js"
+    bundled = re.findall(rf"^\| ([\w.-]+) \| (\d+\.\d+\.\d+) \| ([\w.+-]+) \| ({builds}(?:, {builds})*) \|$", origin, re.M)
+    names = {name for name, *_ in bundled}
+    assert {"d3-array", "d3-scale", "topojson-client", "delaunator", "vega-tooltip", "vega-themes", "fast-json-patch",
+            "json-stringify-pretty-compact", "semver"} <= names, names
+    notices = (html_report.VENDOR / "THIRD_PARTY_NOTICES.md").read_text()
+    sections = dict(re.findall(r"^## (\S+ \d+\.\d+\.\d+)\n(.*?)(?=^## |\Z)", notices, re.M | re.S))
+    for name, version, licence, where in bundled:
+        section = sections.get(f"{name} {version}")
+        assert section, f"THIRD_PARTY_NOTICES.md has no section for {name} {version}"
+        assert f"- bundled in: {where}\n- licence: {licence}\n" in section, name
+        text = re.search(r"^```text\n(.*?)\n```$", section, re.M | re.S)
+        assert text and re.search(r"Permission|Redistribution|unencumbered", text.group(1)), f"{name}: no licence text"
+    assert set(sections) - {f"{name} {version}" for name, version, *_ in bundled} == set()  # none unlisted
+    # the script that writes them pins each one's version, but vega's own packages' (vega's versions of them)
+    for name, version, _, where in bundled:
+        pins = [re.search(rf"^{build[:-len('.min.js')]} {re.escape(name)} {re.escape(version)}$", script, re.M)
+                for build in where.split(", ")]
+        assert all(pins) or (where == "vega.min.js" and name.startswith("vega-")), name
+
+
+def test_a_library_that_would_end_its_script_element_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "lib.min.js").write_text('var end = "</SCRIPT>";\n//# sourceMappingURL=lib.min.js.map\n')
+    (tmp_path / "ok.min.js").write_text('var tag = "</div>";\n//# sourceMappingURL=ok.min.js.map\n')
+    monkeypatch.setattr(html_report, "VENDOR", tmp_path)
+    with pytest.raises(AssertionError, match="lib.min.js: holds '</script' or '<!--'"):
+        html_report._vendor_script("lib.min.js")
+    assert html_report._vendor_script("ok.min.js") == 'var tag = "</div>";'  # its source map, not shipped, dropped
 
 
 def test_make_report_writes_one_file_from_the_cli_options(parts, tmp_path):

@@ -1,21 +1,19 @@
-/* The XT report page (services/html_report.py inlines this): the runs table, metric curves, mean ± std
-   bands and parallel coordinates, drawn as SVG from the JSON `xt report` embedded in the page.
-   No library and no network. Text from the runs only ever goes in through textContent. */
+/* The XT report page (services/html_report.py inlines this after Vega, Vega-Lite and vega-embed, from
+   report_vendor/): the runs table, and Vega-Lite charts of the metric curves, mean ± std bands and
+   parallel coordinates, from the JSON `xt report` embedded in the page. No network. Text from the
+   runs only ever goes in through textContent, or to the charts as data. */
 "use strict";
 (function () {
   const DATA = JSON.parse(document.getElementById("xt-report-data").textContent);
-  const SVG_NS = "http://www.w3.org/2000/svg";
   const PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                    "#bcbd22", "#17becf"];
-  const LEGEND_MAX = 20;  // entries a legend lists before "+N more"
   const TIME_BINS = 100;  // bands over more distinct x values than this are binned
   const RUN_FIELDS = ["name", "job", "workspace", "experiment", "status", "exit_code", "duration", "target",
                       "username", "node_id", "reason", "command", "created", "started", "ended"];
   const GROUPS = ["metrics", "hparams", "tags"];
-  const W = 800, H = 380, M = {left: 70, right: 20, top: 14, bottom: 46};
 
   const runs = DATA.runs;
-  const byName = new Map(runs.map((run, i) => [run.name, run]));
+  const byName = new Map(runs.map(run => [run.name, run]));
   const colorOf = new Map(runs.map((run, i) => [run.name, PALETTE[i % PALETTE.length]]));
   const primary = DATA.primary;
   let shown = new Set(runs.map(run => run.name));  // the runs the filter keeps
@@ -33,15 +31,9 @@
     return node;
   }
 
-  function svgEl(tag, attrs, text) {
-    const node = document.createElementNS(SVG_NS, tag);
-    Object.entries(attrs || {}).forEach(([key, value]) => node.setAttribute(key, value));
-    if (text !== undefined) node.textContent = text;
-    return node;
-  }
-
   const isNum = value => typeof value === "number" && isFinite(value);
   const present = value => value !== null && value !== undefined;
+  const natural = (a, b) => a.localeCompare(b, undefined, {numeric: true});
 
   function fmt(value) {
     if (!present(value)) return "";
@@ -86,56 +78,7 @@
     return [el("label", {for: id, text: label}), select];
   }
 
-  function legend(entries) {
-    const list = el("ul", {class: "legend"});
-    entries.slice(0, LEGEND_MAX).forEach(([color, label]) => {
-      list.append(el("li", {}, [el("span", {class: "swatch", style: `background:${color}`}), label]));
-    });
-    if (entries.length > LEGEND_MAX) list.append(el("li", {class: "note", text: `+${entries.length - LEGEND_MAX} more`}));
-    return list;
-  }
-
-  // --- scales and axes -------------------------------------------------------------------------
-  function extent(values) {
-    let lo = Math.min(...values), hi = Math.max(...values);
-    if (lo === hi) { const pad = lo === 0 ? 1 : Math.abs(lo) * 0.05; lo -= pad; hi += pad; }
-    return [lo, hi];
-  }
-
-  function ticks(lo, hi, count, integer) {
-    const raw = (hi - lo) / count, magnitude = Math.pow(10, Math.floor(Math.log10(raw)));
-    let step = [1, 2, 5, 10].map(m => m * magnitude).find(s => s >= raw);
-    if (integer) step = Math.max(1, Math.round(step));
-    const out = [];
-    for (let t = Math.ceil(lo / step) * step; t <= hi + step * 1e-9; t += step) out.push(+t.toPrecision(12));
-    return out;
-  }
-
-  function linear([d0, d1], [r0, r1]) { return v => r0 + (v - d0) / (d1 - d0) * (r1 - r0); }
-
-  // an empty chart with axes for these x and y values; returns {svg, x, y}
-  function frame(xs, ys, xTitle, yTitle, integerX) {
-    const svg = svgEl("svg", {class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img"});
-    const xDomain = extent(xs), yDomain = extent(ys);
-    const x = linear(xDomain, [M.left, W - M.right]), y = linear(yDomain, [H - M.bottom, M.top]);
-    const grid = svgEl("g", {class: "grid"}), axes = svgEl("g", {class: "axis"});
-    ticks(...xDomain, 8, integerX).forEach(t => {
-      grid.append(svgEl("line", {x1: x(t), x2: x(t), y1: M.top, y2: H - M.bottom}));
-      axes.append(svgEl("text", {x: x(t), y: H - M.bottom + 16, "text-anchor": "middle"}, fmt(t)));
-    });
-    ticks(...yDomain, 6, false).forEach(t => {
-      grid.append(svgEl("line", {x1: M.left, x2: W - M.right, y1: y(t), y2: y(t)}));
-      axes.append(svgEl("text", {x: M.left - 6, y: y(t) + 4, "text-anchor": "end"}, fmt(t)));
-    });
-    axes.append(svgEl("path", {d: `M${M.left},${M.top} V${H - M.bottom} H${W - M.right}`, fill: "none"}));
-    axes.append(svgEl("text", {class: "axis-title", x: (M.left + W - M.right) / 2, y: H - 8, "text-anchor": "middle"},
-                      xTitle));
-    axes.append(svgEl("text", {class: "axis-title", transform: `translate(14,${(M.top + H - M.bottom) / 2}) rotate(-90)`,
-                               "text-anchor": "middle"}, yTitle));
-    svg.append(grid, axes);
-    return {svg, x, y};
-  }
-
+  const chosen = id => document.getElementById(id).value;
   const xTitle = name => name === "time" ? "time (s since the run started)" : name;
 
   // a run's [x, y] points of a metric (points without that x are left out)
@@ -147,15 +90,9 @@
     return out;
   }
 
-  function pathOf(pts, f) {
-    return pts.map(([px, py], i) => `${i ? "L" : "M"}${f.x(px).toFixed(1)},${f.y(py).toFixed(1)}`).join(" ");
-  }
-
   const visibleRuns = () => runs.filter(run => shown.has(run.name));
 
-  function nothingLogged(metric, xName) {
-    return el("p", {class: "empty", text: `no run shown logged ${metric || "a metric"} against ${xName}`});
-  }
+  const nothingLogged = (metric, xName) => `no run shown logged ${metric || "a metric"} against ${xName}`;
 
   // --- the runs table --------------------------------------------------------------------------
   const COLUMNS = [{key: "name", label: "run"}, {key: "status", label: "status"},
@@ -313,33 +250,135 @@
     status.textContent = errors.length ? `${errors.join("; ")} (ignored)` : `${shown.size} of ${runs.length} runs`;
     document.querySelectorAll("#runs tbody tr").forEach(tr => { tr.hidden = !shown.has(tr.dataset.run); });
     document.querySelectorAll("details.run-detail").forEach(d => { d.hidden = !shown.has(d.dataset.run); });
-    drawAll();
+    drawAllSoon();
+  }
+
+
+  // --- the charts: Vega-Lite specs that vega-embed draws as SVG --------------------------------------
+  // ast: vega evaluates the specs' expressions with its interpreter, not `new Function`, so the page's
+  // CSP needs no 'unsafe-eval'. No actions menu: its exports would open new windows.
+  const EMBED_OPTIONS = {mode: "vega-lite", renderer: "svg", actions: false, ast: true};
+  const WIDTH = 760, HEIGHT = 300;
+  const LEGEND = {symbolLimit: 20, labelLimit: 320};  // more runs than that: "…N entries"
+  const views = {curves: null, bands: null, parallel: null};  // the drawn Vega views, for tests and consoles
+  const charts = {};
+
+  // each chart is drawn again (spec and data) on every change of its controls or of the filter (once
+  // its typing pauses); one drawing at a time per chart, and the one after it uses the latest choices
+  function chart(name, spec) { charts[name] = {name, spec, busy: null, again: false, embedded: null}; }
+
+  function redraw(name) {
+    const entry = charts[name];
+    entry.again = true;
+    if (!entry.busy) {
+      entry.busy = (async () => {
+        try {
+          while (entry.again) {
+            entry.again = false;
+            await drawOnce(entry);
+          }
+        } finally {
+          entry.busy = null;
+        }
+      })();
+    }
+    return entry.busy;
+  }
+
+  async function drawOnce(entry) {
+    if (entry.embedded) entry.embedded.finalize();  // its listeners and timers go with it
+    entry.embedded = views[entry.name] = null;
+    const holder = document.getElementById(entry.name);
+    const {spec, empty, notes} = entry.spec();
+    if (!spec) {
+      holder.replaceChildren(el("p", {class: "empty", text: empty}));
+      return;
+    }
+    const target = el("div", {class: "chart"});
+    holder.replaceChildren(target, ...(notes || []));
+    try {
+      entry.embedded = await vegaEmbed(target, {width: WIDTH, height: HEIGHT, ...spec}, EMBED_OPTIONS);
+      views[entry.name] = entry.embedded.view;
+    } catch (error) {
+      holder.replaceChildren(el("p", {class: "error", text: `this chart could not be drawn: ${error.message}`}));
+      console.error(error);
+    }
+  }
+
+  function drawAll() { Object.keys(charts).forEach(redraw); }
+  const redrawing = name => () => redraw(name);  // a control's change handler
+
+  // typing in the filter redraws the charts once the typing pauses (the table follows each key at once):
+  // every key restarts the wait; `settled` resolves when the charts have been asked to draw
+  const FILTER_PAUSE_MS = 150;
+  const pendingFilter = {timer: null, settled: null, settle: null};
+
+  function drawAllSoon() {
+    clearTimeout(pendingFilter.timer);
+    if (!pendingFilter.settled) pendingFilter.settled = new Promise(resolve => { pendingFilter.settle = resolve; });
+    pendingFilter.timer = setTimeout(() => {
+      const settle = pendingFilter.settle;
+      Object.assign(pendingFilter, {timer: null, settled: null, settle: null});
+      try {
+        drawAll();
+      } finally {
+        settle();
+      }
+    }, FILTER_PAUSE_MS);
+  }
+
+  window.xtViews = views;
+  // resolves with the views once every chart has drawn the latest choices (a filter still waiting for
+  // the typing to pause included)
+  window.xtDrawn = async () => {
+    while (pendingFilter.settled) await pendingFilter.settled;
+    await Promise.all(Object.values(charts).map(entry => entry.busy));
+    return views;
+  };
+
+  // [lowest, highest]; not Math.min(...values), which runs out of stack on long curves of many runs
+  const bounds = values => values.reduce(([lo, hi], v) => [Math.min(lo, v), Math.max(hi, v)], [Infinity, -Infinity]);
+
+  // whole-number x values (steps, epochs) get whole-number ticks: at most one tick per unit
+  function integerAxis(values) {
+    if (!values.every(Number.isInteger)) return {};
+    const [lo, hi] = bounds(values);
+    return {format: "d", tickCount: Math.max(1, Math.min(8, hi - lo))};
   }
 
   // --- metric curves: one line per run ---------------------------------------------------------
-  function drawCurves() {
-    const metric = document.getElementById("curve-metric").value, xName = document.getElementById("curve-x").value;
-    const holder = document.getElementById("curves");
-    const series = visibleRuns().map(run => ({run, pts: points(run, metric, xName)})).filter(s => s.pts.length);
-    if (!series.length) {
-      holder.replaceChildren(nothingLogged(metric, xName));
-      return;
-    }
-    const all = [].concat(...series.map(s => s.pts));
-    const integerX = all.every(([px]) => Number.isInteger(px)) && xName !== "time";
-    const f = frame(all.map(p => p[0]), all.map(p => p[1]), xTitle(xName), metric, integerX);
-    series.forEach(({run, pts}) => {
-      // a lone point is drawn as a dot (a zero-length segment with a round cap)
-      const d = pts.length === 1 ? `${pathOf(pts, f)} l0,0` : pathOf(pts, f);
-      const path = svgEl("path", {class: "curve", d: d, stroke: colorOf.get(run.name), "data-run": run.name,
-                                  "data-points": pts.length});
-      path.append(svgEl("title", {}, `${runLabel(run)}: ${pts.length} points`));
-      f.svg.append(path);
+  chart("curves", () => {
+    const metric = chosen("curve-metric"), xName = chosen("curve-x");
+    const drawn = [], rows = [];
+    visibleRuns().forEach(run => {
+      const pts = points(run, metric, xName);
+      if (pts.length) drawn.push(run);
+      pts.forEach(([x, value]) => rows.push({run: run.name, label: runLabel(run), x, value, lone: pts.length === 1}));
     });
-    holder.replaceChildren(f.svg, legend(series.map(({run}) => [colorOf.get(run.name), runLabel(run)])));
-  }
+    if (!rows.length) return {empty: nothingLogged(metric, xName)};
+    const x = {field: "x", type: "quantitative", title: xTitle(xName), scale: {zero: false},
+               axis: xName === "time" ? {} : integerAxis(rows.map(row => row.x))};
+    // a run keeps its colour whatever the filter shows
+    const color = {field: "label", type: "nominal", title: "run", legend: LEGEND,
+                   scale: {domain: drawn.map(runLabel), range: drawn.map(run => colorOf.get(run.name))}};
+    return {spec: {
+      datasets: {points: rows}, data: {name: "points"},
+      encoding: {x, y: {field: "value", type: "quantitative", title: metric, scale: {zero: false}}, color},
+      layer: [
+        {mark: {type: "line", strokeWidth: 1.6}, encoding: {detail: {field: "run"}, tooltip: {field: "label"}}},
+      ].concat(rows.some(row => row.lone)  // a run with one point has no line to draw: a dot instead
+        ? [{transform: [{filter: "datum.lone"}], mark: {type: "point", filled: true, size: 40}}] : []),
+    }};
+  });
 
   // --- mean ± std bands: one per value of an hparam --------------------------------------------
+  function extent(values) {
+    let [lo, hi] = bounds(values);
+    if (lo === hi) { const pad = lo === 0 ? 1 : Math.abs(lo) * 0.05; lo -= pad; hi += pad; }
+    return [lo, hi];
+  }
+
+  // per x, the mean and the sample std over the runs of each run's mean there; one run: std 0
   function bandStats(members, metric, xName, keyOf) {
     const byX = new Map();  // x -> each run's mean there
     members.forEach(run => {
@@ -361,109 +400,120 @@
     });
   }
 
-  function drawBands() {
-    const holder = document.getElementById("bands");
-    const hparam = document.getElementById("band-group").value;
-    const metric = document.getElementById("band-metric").value, xName = document.getElementById("band-x").value;
-    if (!hparam) { holder.replaceChildren(el("p", {class: "empty", text: "no hparams to group the runs by"})); return; }
+  chart("bands", () => {
+    const hparam = chosen("band-group"), metric = chosen("band-metric"), xName = chosen("band-x");
+    if (!hparam) return {empty: "no hparams to group the runs by"};
+    const count = n => `${n} run${n === 1 ? "" : "s"}`;
     const groups = (DATA.groups[hparam] || []).map((group, i) => ({
-      label: group.label, color: PALETTE[i % PALETTE.length],
+      value: group.label, color: PALETTE[i % PALETTE.length],
       members: group.runs.filter(name => shown.has(name)).map(name => byName.get(name)),
     })).filter(group => group.members.some(run => points(run, metric, xName).length));
-    if (!groups.length) {
-      holder.replaceChildren(nothingLogged(metric, xName));
-      return;
-    }
+    if (!groups.length) return {empty: nothingLogged(metric, xName)};
     // every group on the same x values: exact ones, or bins when there are too many (times)
-    const xs = [].concat(...groups.map(g => [].concat(...g.members.map(run => points(run, metric, xName).map(p => p[0])))));
+    const xs = groups.flatMap(g => g.members.flatMap(run => points(run, metric, xName).map(p => p[0])));
     let keyOf = px => px, binned = false;
     if (new Set(xs).size > TIME_BINS) {
       const [lo, hi] = extent(xs), width = (hi - lo) / TIME_BINS;
       keyOf = px => lo + (Math.min(TIME_BINS - 1, Math.floor((px - lo) / width)) + 0.5) * width;
       binned = true;
     }
-    groups.forEach(group => { group.stats = bandStats(group.members, metric, xName, keyOf); });
-    const stats = [].concat(...groups.map(g => g.stats));
-    const integerX = !binned && xName !== "time" && stats.every(s => Number.isInteger(s.x));
-    const f = frame(stats.map(s => s.x), stats.map(s => s.mean - s.std).concat(stats.map(s => s.mean + s.std)),
-                    xTitle(xName), `${metric} (mean ± std)`, integerX);
+    const rows = [];
     groups.forEach(group => {
-      const upper = group.stats.map(s => [s.x, s.mean + s.std]), lower = group.stats.map(s => [s.x, s.mean - s.std]);
-      const outline = `${pathOf(upper, f)} ${pathOf(lower.reverse(), f).replace(/^M/, "L")} Z`;
-      const runsIn = group.members.length;
-      const band = svgEl("path", {class: "band", d: outline, fill: group.color, "data-group": group.label,
-                                  "data-runs": runsIn});
-      band.append(svgEl("title", {}, `${hparam}=${group.label}: ${runsIn} runs`));
-      const mean = group.stats.map(s => [s.x, s.mean]);
-      const line = svgEl("path", {class: "band-mean", d: mean.length === 1 ? `${pathOf(mean, f)} l0,0` : pathOf(mean, f),
-                                  stroke: group.color, "data-group": group.label});
-      f.svg.append(band, line);
+      group.label = `${hparam}=${group.value} (${count(group.members.length)})`;
+      bandStats(group.members, metric, xName, keyOf).forEach(s => rows.push(
+        {group: group.value, label: group.label, runs: group.members.length, x: s.x, mean: s.mean, std: s.std,
+         lower: s.mean - s.std, upper: s.mean + s.std, n: s.n}));
     });
-    const count = n => `${n} run${n === 1 ? "" : "s"}`;
-    const entries = groups.map(g => [g.color, `${hparam}=${g.label} (${count(g.members.length)})`]);
-    const note = binned ? [el("p", {class: "note", text: `x binned into ${TIME_BINS} intervals`})] : [];
-    holder.replaceChildren(f.svg, legend(entries), ...note);
-  }
+    const integer = !binned && xName !== "time";
+    const x = {field: "x", type: "quantitative", title: xTitle(xName), scale: {zero: false},
+               axis: integer ? integerAxis(rows.map(row => row.x)) : {}};
+    const yTitle = `${metric} (mean ± std)`;
+    const color = {field: "label", type: "nominal", title: hparam, legend: {...LEGEND, symbolOpacity: 1},
+                   scale: {domain: groups.map(g => g.label), range: groups.map(g => g.color)}};
+    const tooltip = [{field: "label", title: hparam}, {field: "x", title: xName}, {field: "mean"}, {field: "std"},
+                     {field: "n", title: "runs at x"}];
+    return {
+      spec: {
+        datasets: {bands: rows}, data: {name: "bands"}, encoding: {x, color},
+        layer: [
+          {mark: {type: "area", opacity: 0.18}, encoding: {
+            y: {field: "lower", type: "quantitative", title: yTitle, scale: {zero: false}}, y2: {field: "upper"}}},
+          {mark: {type: "line", strokeWidth: 1.8, point: rows.length === groups.length}, encoding: {
+            y: {field: "mean", type: "quantitative", title: yTitle}, tooltip}},
+        ],
+      },
+      notes: binned ? [el("p", {class: "note", text: `x binned into ${TIME_BINS} intervals`})] : [],
+    };
+  });
 
   // --- parallel coordinates: the hparams, then the metric ----------------------------------------
-  function axisOf(key, title) {
-    const values = visibleRuns().map(run => lookup(run, key)).filter(present);
-    const numeric = values.length > 0 && values.every(isNum);
-    const top = M.top + 16, bottom = H - M.bottom, missing = bottom + 22;
-    if (numeric) {
-      const domain = extent(values), y = linear(domain, [bottom, top]);
-      return {key, title, pos: v => isNum(v) ? y(v) : missing,
-              ticks: ticks(...domain, 5, values.every(Number.isInteger)).map(t => [y(t), fmt(t)])};
-    }
-    const labels = [...new Set(values.map(fmt))].sort((a, b) => a.localeCompare(b, undefined, {numeric: true}));
-    const step = labels.length > 1 ? (bottom - top) / (labels.length - 1) : 0;
-    const place = label => labels.length > 1 ? bottom - labels.indexOf(label) * step : (top + bottom) / 2;
-    return {key, title, pos: v => present(v) ? place(fmt(v)) : missing, ticks: labels.map(l => [place(l), l])};
+  const MISSING = -0.12;  // where a run without a value meets an axis: below its lowest value
+
+  // an axis per swept hparam and the metric; each run's value on it as a number: numbers as they
+  // are, other values by their place among the values shown
+  function parallelAxes(members, metric, maximize) {
+    const names = DATA.swept.length ? DATA.swept : DATA.columns.hparams;
+    const axes = names.map(name => ({key: `hparams.${name}`, title: name}))
+      .concat([{key: `metrics.${metric}`, title: `${metric} (${maximize ? "higher" : "lower"} is better)`}]);
+    axes.forEach((axis, i) => {
+      axis.field = `a${i}`;  // names of our own: an hparam's may hold dots, which Vega-Lite reads as paths
+      const values = members.map(run => lookup(run, axis.key)).filter(present);
+      const numeric = values.length > 0 && values.every(isNum);
+      const labels = numeric ? [] : [...new Set(values.map(fmt))].sort(natural);
+      axis.position = value => !present(value) ? null : numeric ? value : labels.indexOf(fmt(value));
+      const positions = values.map(axis.position);
+      const [lo, hi] = bounds(positions);
+      // the same normalisation as the chart's calculate transform, to put the labels where the lines meet
+      const norm = p => hi > lo ? (p - lo) / (hi - lo) : 0.5;
+      const marks = numeric ? [...new Set([lo, (lo + hi) / 2, hi])].map(p => [p, fmt(p)]) : labels.map((l, k) => [k, l]);
+      axis.ticks = marks.map(([p, label]) => ({title: axis.title, norm: norm(p), label}));
+      if (values.length < members.length) axis.ticks.push({title: axis.title, norm: MISSING, label: "missing"});
+    });
+    return axes;
   }
 
-  function drawParallel() {
-    const holder = document.getElementById("parallel");
-    const metric = document.getElementById("parallel-metric").value;
-    const names = DATA.swept.length ? DATA.swept : DATA.columns.hparams;
+  chart("parallel", () => {
+    const metric = chosen("parallel-metric");
     const members = visibleRuns();
-    if (!names.length || !metric || !members.length) {
-      holder.replaceChildren(el("p", {class: "empty", text: names.length ? "no run shown" : "no hparams logged"}));
-      return;
+    if (!(DATA.swept.length || DATA.columns.hparams.length) || !metric || !members.length) {
+      return {empty: DATA.columns.hparams.length ? "no run shown" : "no hparams logged"};
     }
     const maximize = metric === primary.metric ? primary.maximize : false;
-    const axes = names.map(name => axisOf(`hparams.${name}`, name))
-      .concat([axisOf(`metrics.${metric}`, `${metric} (${maximize ? "higher" : "lower"} is better)`)]);
-    const svg = svgEl("svg", {class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img"});
-    const xAt = i => M.left + i * (W - M.left - 150) / Math.max(1, axes.length - 1);  // room for the last title
-    // colour by the metric: dark for the best runs, light for the worst, grey without a value
-    const scores = members.map(run => lookup(run, `metrics.${metric}`)).filter(isNum);
-    const [lo, hi] = scores.length ? extent(scores) : [0, 1];
-    const shade = v => {
-      if (!isNum(v)) return "#b0b7bf";
-      let t = (v - lo) / (hi - lo);
-      if (!maximize) t = 1 - t;
-      const mix = (a, b) => Math.round(a + (b - a) * t);
-      return `rgb(${mix(244, 13)},${mix(162, 71)},${mix(97, 161)})`;
-    };
-    members.forEach(run => {
-      const pts = axes.map((axis, i) => `${xAt(i).toFixed(1)},${axis.pos(lookup(run, axis.key)).toFixed(1)}`).join(" ");
-      const line = svgEl("polyline", {class: "pc-line", points: pts, stroke: shade(lookup(run, `metrics.${metric}`)),
-                                      "data-run": run.name});
-      line.append(svgEl("title", {}, `${runLabel(run)}: ${metric}=${fmt(lookup(run, `metrics.${metric}`))}`));
-      svg.append(line);
+    const axes = parallelAxes(members, metric, maximize);
+    const rows = members.map(run => {
+      const row = {run: run.name, label: runLabel(run), score: lookup(run, `metrics.${metric}`)};
+      axes.forEach(axis => { row[axis.field] = axis.position(lookup(run, axis.key)); });
+      return row;
     });
-    axes.forEach((axis, i) => {
-      const g = svgEl("g", {class: "axis"});
-      g.append(svgEl("line", {class: "pc-axis", x1: xAt(i), x2: xAt(i), y1: M.top + 16, y2: H - M.bottom}));
-      g.append(svgEl("text", {class: "axis-title", x: xAt(i), y: M.top + 4, "text-anchor": "middle"}, axis.title));
-      axis.ticks.forEach(([ty, label]) => g.append(svgEl("text", {x: xAt(i) - 5, y: ty + 4, "text-anchor": "end"}, label)));
-      g.append(svgEl("text", {x: xAt(i) - 5, y: H - M.bottom + 26, "text-anchor": "end"}, "missing"));
-      svg.append(g);
-    });
-    holder.replaceChildren(svg);
-  }
-
-  function drawAll() { drawCurves(); drawBands(); drawParallel(); }
+    const x = {field: "title", type: "nominal", sort: axes.map(axis => axis.title),
+               axis: {title: null, orient: "top", labelAngle: 0, labelFontWeight: "bold", labelFontSize: 12,
+                      domain: false, ticks: false, labelLimit: 200}};
+    const y = {field: "norm", type: "quantitative", axis: null, scale: {domain: [MISSING - 0.04, 1.04]}};
+    // dark for the best runs, light for the worst, grey without a value
+    const color = {condition: {test: "!isValid(datum.score)", value: "#b0b7bf"}, field: "score", type: "quantitative",
+                   title: metric, scale: {scheme: "viridis", reverse: maximize}};
+    return {spec: {
+      config: {view: {stroke: null}},  // the axes are the frame
+      datasets: {runs: rows, axes: axes.map(axis => ({axis: axis.field, title: axis.title})),
+                 ticks: axes.flatMap(axis => axis.ticks)},
+      layer: [
+        {data: {name: "axes"}, mark: {type: "rule", color: "#57606a"}, encoding: {x}},
+        {data: {name: "runs"},
+         transform: [  // Vega-Lite's parallel-coordinates pattern: fold the axes, normalise each to [0, 1]
+           {fold: axes.map(axis => axis.field), as: ["axis", "value"]},
+           {joinaggregate: [{op: "min", field: "value", as: "min"}, {op: "max", field: "value", as: "max"}],
+            groupby: ["axis"]},
+           {calculate: "isValid(datum.value) ? (datum.max > datum.min ? (datum.value - datum.min) / " +
+                       `(datum.max - datum.min) : 0.5) : ${MISSING}`, as: "norm"},
+           {lookup: "axis", from: {data: {name: "axes"}, key: "axis", fields: ["title"]}}],
+         mark: {type: "line", strokeWidth: 1.5, opacity: 0.8},
+         encoding: {x, y, color, detail: {field: "run"},
+                    tooltip: [{field: "label", title: "run"}, {field: "score", title: metric}]}},
+        {data: {name: "ticks"}, mark: {type: "text", align: "right", dx: -5, fontSize: 11, color: "#424a53"},
+         encoding: {x, y, text: {field: "label"}}},
+      ],
+    }};
+  });
 
   // --- each run: status, reason, outputs, console tail -----------------------------------------
   function runDetail(run) {
@@ -539,14 +589,15 @@
     main.replaceChildren(...header(),
       section("Runs", "runs", [filter, el("span", {id: "filter-status", text: `${runs.length} of ${runs.length} runs`})],
               el("div", {class: "table-wrap"}, [buildTable()])),
-      section("Metric curves", "curves", [...control("metric", "curve-metric", metrics, firstMetric, drawCurves),
-                                          ...control("x", "curve-x", axes, "step", drawCurves)]),
-      section("Mean ± std by hparam", "bands", [...control("metric", "band-metric", metrics, firstMetric, drawBands),
-                                                ...control("x", "band-x", axes, "step", drawBands),
-                                                ...control("group by", "band-group", grouping, grouping[0], drawBands)]),
+      section("Metric curves", "curves", [...control("metric", "curve-metric", metrics, firstMetric, redrawing("curves")),
+                                          ...control("x", "curve-x", axes, "step", redrawing("curves"))]),
+      section("Mean ± std by hparam", "bands", [
+        ...control("metric", "band-metric", metrics, firstMetric, redrawing("bands")),
+        ...control("x", "band-x", axes, "step", redrawing("bands")),
+        ...control("group by", "band-group", grouping, grouping[0], redrawing("bands"))]),
       section("Hparams vs a metric (parallel coordinates)", "parallel",
               control("metric", "parallel-metric", scored, scored.includes(primary.metric) ? primary.metric : scored[0],
-                      drawParallel)),
+                      redrawing("parallel"))),
       section("Each run: status, outputs, console tail", "details", [], el("div", {id: "details"}, runs.map(runDetail))));
     fillTable();
     drawAll();

@@ -3,9 +3,10 @@
 The runs are the ones `xt list runs` selects (services/run_reports: the same selectors, filters and
 bare-name rules); their records, metric histories, console tails and output names are embedded as
 JSON in a `<script type="application/json">` element, and the page's own script (html_report.js,
-next to this module, with html_report.css) draws the table, the curves, the bands and the
-parallel coordinates from it. A Content-Security-Policy forbids every request, so the page is the
-same from a disk, a mail attachment or a SAS link. Sizes are bounded: each curve keeps at most
+next to this module, with html_report.css) draws the table from it, and the curves, the bands and
+the parallel coordinates as Vega-Lite charts, with Vega, Vega-Lite and vega-embed inlined in the page
+from report_vendor/ (see its ORIGIN.md). A Content-Security-Policy forbids every request, so the
+page is the same from a disk, a mail attachment or a SAS link. Sizes are bounded: each curve keeps at most
 `max_points` points (evenly subsampled, and the page says so) and each console its last
 `console_bytes` bytes.
 """
@@ -33,8 +34,12 @@ FORMAT = 1  # of the embedded data; a reader of old reports can tell
 MAX_POINTS = 500  # per run and metric
 CONSOLE_BYTES = 8192  # the tail of each run's console
 DATA_ELEMENT = "xt-report-data"  # the id of the JSON element the page's script reads
+# No 'unsafe-eval' although vega compiles expressions with `new Function`: the page has vega-embed use
+# vega's expression interpreter instead (its `ast` option).
 CSP = "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; img-src data:"
 _ASSETS = Path(__file__).resolve().parent
+VENDOR = _ASSETS / "report_vendor"
+VENDOR_SCRIPTS = ("vega.min.js", "vega-lite.min.js", "vega-embed.min.js")  # in the order they load
 
 
 class ReportError(OneLineError):
@@ -245,8 +250,22 @@ def _asset(name: str) -> str:
     return text
 
 
+def _vendor_script(name: str) -> str:
+    """A library's build as it came: its `</` are in strings and regular expressions, and only an
+    `</script` (any case) would end its element, or an `<!--` change how the rest is parsed."""
+    text = (VENDOR / name).read_text(encoding="utf-8")
+    # its source map is not shipped: a browser's devtools would ask for it in vain
+    body, _, last = text.rstrip("\n").rpartition("\n")
+    if last.startswith("//# sourceMappingURL="):
+        text = body
+    lowered = text.lower()
+    if "</script" in lowered or "<!--" in lowered:
+        raise AssertionError(f"report_vendor/{name}: holds '</script' or '<!--', which would break the page")
+    return text
+
+
 def render(data: Dict[str, Any]) -> str:
-    """The whole page: the data, the stylesheet and the script inline; nothing to fetch."""
+    """The whole page: the data, the stylesheet, the chart libraries and the script inline; nothing to fetch."""
     return "\n".join([
         "<!DOCTYPE html>",
         '<html lang="en">',
@@ -264,6 +283,7 @@ def render(data: Dict[str, Any]) -> str:
         "allow scripts for this file to see them.</p></noscript>",
         '<main id="report"></main>',
         f'<script type="application/json" id="{DATA_ELEMENT}">{embed_json(data)}</script>',
+        *(f"<script>\n{_vendor_script(name)}\n</script>" for name in VENDOR_SCRIPTS),
         f"<script>\n{_asset('html_report.js')}</script>",
         "</body>",
         "</html>",
