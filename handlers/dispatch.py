@@ -78,7 +78,8 @@ def run_task(manifest: JobManifest, job: str, run: str, command: str, hparams: d
                    after_omit=manifest.after_omit, max_time=manifest.max_time, concurrent=manifest.concurrent,
                    step_name=manifest.step_name, target=manifest.target, created_at=created,
                    primary_metric=manifest.primary_metric if manifest.early_stopping else "",
-                   maximize_metric=manifest.maximize_metric, resume_from=manifest.resume_from)
+                   maximize_metric=manifest.maximize_metric, resume_from=manifest.resume_from,
+                   data=manifest.data, model=manifest.model)
 
 
 def search_record(manifest: JobManifest) -> dict:

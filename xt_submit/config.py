@@ -15,7 +15,7 @@ from typing import Annotated, Any, Callable, Literal, get_args, get_origin
 
 import msgspec
 
-from xt_submit.domain.layout import NAME_PATTERN
+from xt_submit.domain.layout import NAME_PATTERN, check_share_path
 from xt_submit.domain.errors import OneLineError
 from xt_submit.domain.limits import (INT64_MAX, INT64_MIN, MAX_CONCURRENT, MAX_PLANNED_RUNS, MAX_RETRIES,  # noqa: F401
                                      MAX_ROWS, MAX_SECONDS)
@@ -114,6 +114,27 @@ class EarlyStopping(_Section):
     truncation_percentage: Annotated[int, msgspec.Meta(ge=1, le=99)] = 5
 
 
+ShareAction = Literal["none", "download", "mount"]  # layout.SHARE_ACTIONS
+
+
+class DataShare(_Section):
+    """XT's `data:` section: a folder of the workspace's data share that each run sees as XT_DATA_DIR."""
+
+    data_share_path: str | None = None
+    data_action: ShareAction = "none"
+    data_options: list[str] = []  # none are defined yet: validated empty
+    data_writable: bool = False
+
+
+class ModelShare(_Section):
+    """XT's `model:` section: the same for the model share and XT_MODEL_DIR."""
+
+    model_share_path: str | None = None
+    model_action: ShareAction = "none"
+    model_options: list[str] = []
+    model_writable: bool = False
+
+
 class RunReports(_Section):
     columns: list[str] = msgspec.field(
         default_factory=lambda: ["name", "job", "status", "exit_code", "duration", "hparams.*", "metrics.*"]
@@ -159,6 +180,8 @@ class Config(_Section):
     after_files: AfterFiles = msgspec.field(default_factory=AfterFiles)
     hyperparameter_search: HyperparameterSearch = msgspec.field(default_factory=HyperparameterSearch)
     early_stopping: EarlyStopping = msgspec.field(default_factory=EarlyStopping)
+    data: DataShare = msgspec.field(default_factory=DataShare)
+    model: ModelShare = msgspec.field(default_factory=ModelShare)
     run_reports: RunReports = msgspec.field(default_factory=RunReports)
     job_reports: JobReports = msgspec.field(default_factory=JobReports)
     boxes: dict[str, Box] = {}
@@ -289,8 +312,8 @@ XT_SCHEMA: dict[str, str] = {
                "primary-metric maximize-metric step-name",
     "code": "code-dirs code-upload code-zip code-omit xtlib-upload working-dir",
     "after-files": "after-dirs after-upload after-omit",
-    "data": "data-local data-upload data-share-path data-action data-omit data-writable",
-    "model": "model-local model-share-path model-action model-writable",
+    "data": "data-local data-upload data-share-path data-action data-omit data-writable data-options",
+    "model": "model-local model-share-path model-action model-writable model-options",
     "logging": "log notes mirror-files mirror-dest",
     "internal": "console stack-trace auto-start pip-freeze",
     "aml-options": "use-gpu framework fw-version user-managed distributed-training max-seconds",
@@ -564,6 +587,7 @@ def _reference_problems(cfg: Config):
             BoxAddress.parse(box.address, name)
         except BoxError as exc:
             yield str(exc)
+    yield from _share_problems(cfg)
     for section, entries in (("compute-targets", cfg.compute_targets), ("boxes", cfg.boxes)):
         for name, entry in entries.items():
             if entry.setup is not None and entry.setup not in cfg.setups:
@@ -571,6 +595,27 @@ def _reference_problems(cfg: Config):
                     f"{section}.{name}.setup: expected a setups name ({names_of(cfg.setups)}), "
                     f"got {show(entry.setup)}"
                 )
+
+
+def _share_problems(cfg: Config):
+    """data: and model: beyond their types: a share path to act on, no options, no writable copies."""
+    for share in ("data", "model"):
+        section = getattr(cfg, share)
+        path, action = getattr(section, f"{share}_share_path"), getattr(section, f"{share}_action")
+        if getattr(section, f"{share}_options"):
+            yield f"{share}.{share}-options: no options are defined for data and model shares; expected []"
+        if action == "none":
+            continue
+        if path is None:
+            yield f"{share}.{share}-share-path: required with {share}-action {action} (the folder of the {share} share)"
+            continue
+        try:
+            check_share_path(f"{share}.{share}-share-path", path)
+        except ValueError as exc:
+            yield str(exc)
+        if action == "download" and getattr(section, f"{share}_writable"):
+            yield (f"{share}.{share}-writable: true is not supported with {share}-action download (the copy is shared "
+                   f"by the node's runs and nothing is uploaded back); expected false, or {share}-action mount")
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -700,6 +745,18 @@ job-reports:                  # job listings
   precision: 4                # decimal places shown for floats
   first: null                 # show only the first N rows; null: all
   last: null                  # show only the last N rows; null: all
+
+data:                         # the data share: xt upload --share data LOCAL PATH fills it
+  data-share-path: null       # its folder each run sees as XT_DATA_DIR
+  data-action: none           # none | download (a copy cached per node) | mount (the storage itself)
+  data-options: []            # none defined yet
+  data-writable: false        # mount only: the run may write into the share
+
+model:                        # the model share, the same way: XT_MODEL_DIR
+  model-share-path: null
+  model-action: none          # none | download | mount
+  model-options: []
+  model-writable: false
 
 boxes: {}                     # name -> a machine runs can be sent to over SSH
 #  mybox:

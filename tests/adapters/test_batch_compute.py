@@ -334,3 +334,66 @@ def test_admin_batch_settings_upload_the_wheel_and_name_the_targets_for_the_app(
     assert msgspec.convert(targets["gpu"]["target"], ComputeTarget) == cfg.compute_targets["gpu"]  # as the app reads it
     with pytest.raises(TargetError, match=r"^--wheel: expected an xt-pipeline .whl file, got '/nowhere.whl'$"):
         app_settings(cfg, blob, "/nowhere.whl")
+
+
+def test_pools_mount_the_container_and_a_run_sees_its_shares_under_the_mounts_dir(fake, blob, tmp_path, monkeypatch):
+    """The pool's MountConfiguration as ARM documents it (blobfuse, by the nodes' identity, read-only),
+    and on the node: a `mount` share is a folder of that mount, a `download` one a copy in the node's
+    shared cache; XT_DATA_DIR / XT_MODEL_DIR say where, and no key travels."""
+    from support.pipeline import make_manifest
+    from xt_submit.adapters.storage.directory import DirectoryStorage
+    from xt_submit.domain.messages import ShareSpec
+    from xt_submit.entrypoints.batch_node import run_task
+
+    compute = compute_for(fake, blob, tmp_path)
+    ports = ports_for(compute, blob, tmp_path)
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "train.py").write_text(
+        "import os\n"
+        "print('data', os.environ['XT_DATA_DIR'], open(os.path.join(os.environ['XT_DATA_DIR'], 'x.txt')).read())\n"
+        "print('model', os.environ['XT_MODEL_DIR'], open(os.path.join(os.environ['XT_MODEL_DIR'], 'w.bin')).read())\n")
+    snap = code_archive.snapshot_code(["."], str(src))
+    blob.write(layout.code_key(snap.sha256), snap.data)
+    manifest = make_manifest(layout.code_key(snap.sha256), snap.sha256, hp_space={"lr": [0.1]}, target="gpu",
+                             data=ShareSpec(path="mnist", action="mount"),
+                             model=ShareSpec(path="ckpt", action="download"))
+    handlers.dispatch_job(JobSubmitted(submission_id="sub-shares", manifest=manifest, submitted_at=1.0), ports)
+
+    (put,) = [r for r in fake.requests if r[0] == "PUT"]
+    assert put[4]["properties"]["mountConfiguration"] == [{"azureBlobFileSystemConfiguration": {
+        "accountName": "xtvision", "containerName": "xtdata", "relativeMountPath": "xt-storage",
+        "blobfuseOptions": "-o ro -o allow_other -o attr_timeout=240 -o entry_timeout=240 -o negative_timeout=120",
+        "identityReference": {"resourceId": ACCOUNT["node-identity"]}}}]
+    task = fake.tasks["xt-ws1-job1"]["run1-1"]
+    run = decode_task(run_task_json(task).encode())
+    assert run.data == ShareSpec(path="mnist", action="mount") and run.model.action == "download"
+    assert run.storage_mount == "$AZ_BATCH_NODE_MOUNTS_DIR/xt-storage"
+    assert run.share_cache_dir == "$AZ_BATCH_NODE_SHARED_DIR/xt-share-cache"
+
+    # the node: Batch's mounts and shared dirs, blobfuse's view of the container, the node's storage client
+    mounts, shared = tmp_path / "mounts", tmp_path / "shared"
+    monkeypatch.setenv("AZ_BATCH_NODE_MOUNTS_DIR", str(mounts))
+    monkeypatch.setenv("AZ_BATCH_NODE_SHARED_DIR", str(shared))
+    data_dir = mounts / "xt-storage" / layout.share_prefix("ws1", "data", "mnist")
+    data_dir.mkdir(parents=True)
+    (data_dir / "x.txt").write_text("seven")
+    storage = DirectoryStorage(tmp_path / "node-storage")
+    storage.write(layout.share_prefix("ws1", "model", "ckpt") + "w.bin", b"weights")
+    work = tmp_path / "node" / "wd"
+    (work / "xt").mkdir(parents=True)
+    (work / "xt" / "code.zip").write_bytes(blob.read(run.code_key))
+    sent = []
+
+    class Publisher:
+        def send_events(self, events):
+            sent.extend(events)
+
+    env = {e["name"]: e["value"] for e in task["environmentSettings"]}
+    assert run_task(env, work, storage, Publisher()) == 0
+    assert sent[-1].status == "completed", sent[-1].reason
+    console = storage.read(layout.console_key("ws1", "run1.1")).decode()
+    assert f"data {str(data_dir).rstrip('/')} seven" in console
+    (cached,) = (shared / "xt-share-cache").glob("[0-9a-f]*")
+    assert f"model {cached} weights" in console and "model share" in console and "downloaded 1 files" in console
+    assert AZURITE_KEY not in all_text(fake) and "accountKey" not in all_text(fake) and "sasKey" not in all_text(fake)

@@ -63,3 +63,30 @@ def test_extract_rebuilds_a_run_that_runs_again_the_same(project, tmp_path):
     assert (where / "outputs" / "result.txt").read_text() == "0.5"
     again = project.xt("extract", run, str(where), check=False)
     assert again.returncode == 2 and "expected a new or empty folder" in again.stderr
+
+
+def test_upload_and_list_by_share(storage_project, tmp_path):
+    project = storage_project
+    config = project.code / "xt_config.yaml"
+    if config.exists():  # a container of its own: the other tests' blobs stay out of the listings
+        config.write_text(config.read_text().replace("xt-storage-cmds", "xt-share-cmds"))
+    data = tmp_path / "mnist"
+    (data / "sub").mkdir(parents=True)
+    (data / "a.txt").write_text("1")
+    (data / "sub" / "b.txt").write_text("2")
+    assert project.xt("upload", "--share", "data", str(data), "mnist").stdout.strip() == \
+        "uploaded 2 files to shares/data/mnist"
+    assert project.xt("upload", "--share", "model", str(data / "a.txt"), "ckpt/").stdout.strip() == \
+        "uploaded 1 file to shares/model/ckpt/a.txt"
+    assert project.json("list", "blobs", "--share", "data", "--json") == ["shares/data/mnist/a.txt",
+                                                                          "shares/data/mnist/sub/b.txt"]
+    assert project.json("list", "blobs", "--share", "data", "mnist/sub", "--json") == ["shares/data/mnist/sub/b.txt"]
+    assert project.json("list", "blobs", "--share", "model", "--json") == ["shares/model/ckpt/a.txt"]
+    # a share is the workspace's: another workspace has its own
+    assert project.xt("list", "blobs", "--share", "data", "--workspace", "other").stdout.strip() == \
+        "no blobs under shares/data/"
+    for args, expected in ((("list", "blobs", "--share", "data", "../model"), "without '.' or '..'"),
+                           (("list", "blobs", "--share", "data", "//code/"), "expected a path in the share"),
+                           (("upload", "--share", "weights", str(data), "x"), "invalid choice: 'weights'")):
+        result = project.xt(*args, check=False)
+        assert result.returncode == 2 and expected in result.stderr and "Traceback" not in result.stderr

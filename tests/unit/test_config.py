@@ -24,7 +24,7 @@ from xt_submit.config import (
 
 SECTIONS = [
     "general", "xt-services", "external-services", "compute-targets", "setups", "code",
-    "after-files", "hyperparameter-search", "early-stopping", "run-reports", "job-reports", "boxes",
+    "after-files", "hyperparameter-search", "early-stopping", "data", "model", "run-reports", "job-reports", "boxes",
 ]
 
 
@@ -254,8 +254,8 @@ def test_unknown_key_lists_the_known_ones(tmp_path):
 def test_unknown_section(tmp_path):
     assert error_of(tmp_path, "genral: {workspace: x}\n") == (
         "xt_config.yaml: genral: unknown section (expected one of after-files, boxes, code, "
-        "compute-targets, early-stopping, external-services, general, hyperparameter-search, job-reports, "
-        "run-reports, setups, xt-services)"
+        "compute-targets, data, early-stopping, external-services, general, hyperparameter-search, job-reports, "
+        "model, run-reports, setups, xt-services)"
     )
 
 

@@ -18,20 +18,22 @@ IGNORED = "ignored XT settings this pipeline does not use: "
 # What each file drops, in file order (cmdlineTest's and demo_files' are the same settings).
 _CMDLINE_TEST = (
     "general.advanced-mode, general.xt-team-name, general.remote-control, logging, internal, code.xtlib-upload, "
-    "code.code-zip, after-files.after-upload, data, model, hyperparameter-search.fn-generated-config, "
+    "code.code-zip, after-files.after-upload, data.data-local, model.model-local, "
+    "hyperparameter-search.fn-generated-config, "
     "hyperparameter-explorer, run-reports.uppercase-hdr, boxes.local.setup (XT's default setup 'local'), "
     "boxes.local.os, boxes.local.box-class, boxes.local.actions"
 )
 _QUICK_TEST = (
     "general.advanced-mode, general.xt-team-name, general.remote-control, general.monitor, internal, "
-    "code.xtlib-upload, data, model, hyperparameter-explorer, boxes.local.setup (XT's default setup 'local'), "
+    "code.xtlib-upload, data.data-local, hyperparameter-explorer, boxes.local.setup (XT's default setup 'local'), "
     "boxes.local.os, boxes.local.box-class, boxes.local.actions"
 )
 _XT_DEFAULTS = (
     "compute-targets.local-docker.docker, dockers, general.advanced-mode, general.username, "
     "general.azure-tenant-id, general.feedback, general.run-cache-dir, general.distributed, general.direct-run, "
     "general.quick-start, general.env-vars, general.xt-team-name, general.remote-control, general.monitor, "
-    "code.code-upload, code.code-zip, code.xtlib-upload, code.working-dir, after-files.after-upload, data, model, "
+    "code.code-upload, code.code-zip, code.xtlib-upload, code.working-dir, after-files.after-upload, data.data-local, "
+    "data.data-upload, data.data-omit, model.model-local, "
     "logging, internal, aml-options, hyperparameter-search.option-prefix, hyperparameter-search.aggregate-dest, "
     "hyperparameter-search.max-minutes, hyperparameter-search.fn-generated-config, "
     "hyperparameter-search.concurrent, hyperparameter-explorer, run-reports.group, run-reports.number-groups, "
@@ -248,8 +250,8 @@ def test_a_typod_section_in_an_xt_file_still_errors(tmp_path):
     text = (XT_FILES / "cmdlineTest.xt_config.yaml").read_text() + "\ngenral: {workspace: x}\n"
     assert error_of(tmp_path, text) == (
         "xt_config.yaml: genral: unknown section (expected one of after-files, boxes, code, "
-        "compute-targets, early-stopping, external-services, general, hyperparameter-search, job-reports, "
-        "run-reports, setups, xt-services)"
+        "compute-targets, data, early-stopping, external-services, general, hyperparameter-search, job-reports, "
+        "model, run-reports, setups, xt-services)"
     )
 
 

@@ -27,10 +27,10 @@ def add_parsers(commands) -> None:
     batch_parser.add_argument("--wheel", required=True, help="the xt-pipeline wheel (pip wheel --no-deps -w dist .)")
     batch_parser.add_argument("--json", action="store_true")
 
-    create_parser = commands.add_parser("create", help="create the template of a team's Azure services")
-    create_parser.add_argument("what", choices=["team"], help="team")
-    create_parser.add_argument("name", help="3-12 lowercase letters and digits")
-    create_parser.add_argument("--out", help="the template file (default: xt_team_NAME.json)")
+    create_parser = commands.add_parser("create", help="create a workspace, or the template of a team's Azure services")
+    create_parser.add_argument("what", choices=["team", "workspace"], help="team or workspace")
+    create_parser.add_argument("name", help="the workspace's name; a team's: 3-12 lowercase letters and digits")
+    create_parser.add_argument("--out", help="team: the template file (default: xt_team_NAME.json)")
 
     config_parser = commands.add_parser("config", help="write a starter xt_config.yaml")
     config_parser.add_argument("--create", action="store_true", required=True,
@@ -158,6 +158,10 @@ def cmd_admin(args: argparse.Namespace) -> int:
 def cmd_create(args: argparse.Namespace) -> int:
     import json
 
+    if args.what == "workspace":
+        from xt_submit.cli.storage_commands import cmd_create_workspace
+
+        return cmd_create_workspace(args)
     from xt_submit.services.team_template import build_template, next_steps
 
     template = build_template(args.name)

@@ -48,7 +48,8 @@ def add_parsers(commands) -> None:
 RUN_OPTIONS = frozenset({"--target", "--workspace", "--experiment", "--runs", "--max-runs", "--search-type",
                          "--hp-config", "--seed", "--concurrent", "--max-time", "--tags", "--dry-run", "--wait",
                          "--to-zip", "--json", "--config", "--resume-name", "--retries", "--early-policy", "--delay-evaluation",
-                         "--evaluation-interval", "--slack-factor", "--slack-amount", "--truncation-percentage"})
+                         "--evaluation-interval", "--slack-factor", "--slack-amount", "--truncation-percentage",
+                         "--data-action", "--data-share-path", "--model-action", "--model-share-path"})
 
 
 def _run_parser(parser: argparse.ArgumentParser) -> None:
@@ -79,6 +80,12 @@ def _run_parser(parser: argparse.ArgumentParser) -> None:
     early.add_argument("--slack-amount", type=number_in(float, 0, 1e300), help="bandit: allowed amount behind the best")
     early.add_argument("--truncation-percentage", type=number_in(int, 1, 99),
                        help="truncation: stop the lowest N percent at each check")
+    shares = parser.add_argument_group("data and model shares (config data: and model:)")
+    for share, env in (("data", "XT_DATA_DIR"), ("model", "XT_MODEL_DIR")):
+        shares.add_argument(f"--{share}-action", help=f"none, download (a copy cached on each node) or mount (the "
+                                                      f"storage itself, where the target can): the run sees {env}")
+        shares.add_argument(f"--{share}-share-path", metavar="PATH", help=f"the folder of the {share} share "
+                                                                         f"(xt upload --share {share} LOCAL PATH)")
     instead = parser.add_mutually_exclusive_group()
     instead.add_argument("--dry-run", action="store_true", help="print the planned runs, submit nothing")
     instead.add_argument("--wait", action="store_true",
@@ -105,6 +112,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         **{f"early-stopping.{option}": getattr(args, option.replace("-", "_")) for option in (
             "early-policy", "delay-evaluation", "evaluation-interval", "slack-factor", "slack-amount",
             "truncation-percentage")},
+        **{f"{share}.{share}-{option}": getattr(args, f"{share}_{option.replace('-', '_')}")
+           for share in ("data", "model") for option in ("action", "share-path")},
     })
     manifest = _manifest_from(args, cfg)
     check_manifest_size(manifest, "xt run")
@@ -128,6 +137,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     parts = embedded_parts(cfg)
     if manifest.resume_from:
         parts.ports.stats.get_run(manifest.workspace, manifest.resume_from)  # NotFound: one line naming it
+    submit.check_shares_filled(parts.ports.storage, manifest)
     with transfer_progress(parts.ports.storage, "uploading code", enabled=not args.json):
         key, sha256 = upload_code(parts.ports.storage, parts.home, cfg.code.code_dirs, os.getcwd(), cfg.code.code_omit,
                                   max_bytes=cfg.code.max_size_mb * 1024**2)
@@ -193,7 +203,7 @@ def _manifest_from(args: argparse.Namespace, cfg):
         file_space = sweep.load_hp_config(search.hp_config)
         space = {**file_space, **space}  # the command line wins over the file
     base = ["python", script] if script.endswith(".py") else [script]
-    return JobManifest(
+    manifest = JobManifest(
         workspace=cfg.general.workspace, experiment=cfg.general.experiment, username=getpass.getuser(),
         script=script, command=shlex.join(base + fixed_args), hp_space=space, search_type=search.search_type,
         runs=search.runs, max_runs=search.max_runs,
@@ -204,7 +214,22 @@ def _manifest_from(args: argparse.Namespace, cfg):
         primary_metric=cfg.general.primary_metric, maximize_metric=cfg.general.maximize_metric,
         step_name=cfg.general.step_name, early_stopping=_early_stopping(cfg.early_stopping),
         resume_from=check_name("--resume-name", args.resume_name, layout.RUN_PATTERN) if args.resume_name else "",
-        retries=args.retries)
+        retries=args.retries, data=_share(cfg.data, "data"), model=_share(cfg.model, "model"))
+    from xt_submit.services import submit
+
+    submit.check_shares(cfg, manifest)  # a mount the target cannot make, before any upload
+    return manifest
+
+
+def _share(section, share: str):
+    """The manifest's view of a data: or model: section (None when its action is none)."""
+    from xt_submit.domain.messages import ShareSpec
+
+    action = getattr(section, f"{share}_action")
+    if action == "none":
+        return None
+    return ShareSpec(path=getattr(section, f"{share}_share_path").strip("/"), action=action,
+                     writable=getattr(section, f"{share}_writable"))
 
 
 def _early_stopping(section) -> Optional[EarlyStopping]:

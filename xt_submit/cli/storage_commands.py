@@ -1,8 +1,9 @@
 """Experiment storage by XT's paths, on whichever storage the config selects (a directory or Blob
 Storage): `xt list blobs [PATH]`, `xt view blob PATH`, `xt upload LOCAL PATH`, `xt download PATH
 LOCAL` (see report_commands.cmd_download for a run's outputs), `xt delete blob PATH`, `xt extract
-RUN DIR`, and whole workspaces: `xt export workspace`, `xt import workspace`, `xt delete workspace`.
-Paths: domain/storage_paths.py."""
+RUN DIR`, and whole workspaces: `xt create workspace`, `xt list workspaces`, `xt export workspace`,
+`xt import workspace`, `xt delete workspace`. Paths: domain/storage_paths.py; `--share data|model`
+puts a path in that share (workspaces/<ws>/shares/<share>/...)."""
 from __future__ import annotations
 
 import argparse
@@ -13,9 +14,9 @@ from typing import List, Tuple
 
 from xt_submit.cli.common import CliError, check_name, embedded_parts, load, print_json
 from xt_submit.domain import layout
-from xt_submit.domain.storage_paths import display_path, storage_key
+from xt_submit.domain.storage_paths import ROOT_MARK, display_path, storage_key
 
-LIST_KINDS = ("blobs",)
+LIST_KINDS = ("blobs", "workspaces")  # report_commands registers `workspaces`' parser and hands it here
 VIEW_KINDS = ("blob",)
 EXPORT_KINDS = ("workspace",)
 VIEW_MAX_BYTES = 1024**2  # `xt view blob` prints text; anything bigger is for `xt download`
@@ -24,6 +25,7 @@ VIEW_MAX_BYTES = 1024**2  # `xt view blob` prints text; anything bigger is for `
 def add_list_kinds(kinds) -> None:
     sub = kinds.add_parser("blobs", help="the blobs under a path (run3.1/, job3/, //code/, ...)")
     sub.add_argument("path", nargs="?", default="", help="a path in the workspace (default: all of it); //: the root")
+    sub.add_argument("--share", choices=layout.SHARES, help="PATH is in this share (default: all of it)")
     sub.add_argument("--workspace")
     sub.add_argument("--json", action="store_true")
 
@@ -45,7 +47,10 @@ def add_export_kinds(kinds) -> None:
 def add_parsers(commands) -> None:
     upload = commands.add_parser("upload", help="copy a local file or folder into storage at PATH")
     upload.add_argument("local", help="the local file or folder")
-    upload.add_argument("path", help="where: a path in the workspace (run3.1/..., shares/data/...) or //...")
+    upload.add_argument("path", help="where: a path in the workspace (run3.1/..., shares/data/...) or //...; "
+                                     "with --share, in that share")
+    upload.add_argument("--share", choices=layout.SHARES, help="PATH is in the data or model share (what a job's "
+                                                                "data-share-path / model-share-path names)")
     upload.add_argument("--workspace")
     delete = commands.add_parser("delete", help="delete a blob, or a whole workspace (asks first)")
     delete.add_argument("kind", choices=["blob", "workspace"], help="blob: one blob; workspace: all of one")
@@ -75,8 +80,20 @@ def inside(root: Path, relative: str, key: str) -> Path:
     return target
 
 
+def _in_share(args: argparse.Namespace) -> str:
+    """PATH as a workspace path: with --share, inside that share (never climbing out of it)."""
+    if not args.share:
+        return args.path
+    if args.path.startswith(ROOT_MARK):
+        raise CliError(f"--share {args.share}: expected a path in the share, got {args.path!r}")
+    return f"shares/{args.share}/{args.path}"
+
+
 def cmd_list(args: argparse.Namespace) -> int:
+    if args.kind == "workspaces":
+        return cmd_list_workspaces(args)
     ws, ports = _storage(args)
+    args.path = _in_share(args)
     prefix = storage_key(args.path, ws, prefix=True)
     keys = ports.storage.list(prefix)
     if args.json:
@@ -120,6 +137,7 @@ def _local_files(local: Path) -> List[Tuple[Path, str]]:
 
 def cmd_upload(args: argparse.Namespace) -> int:
     ws, ports = _storage(args)
+    args.path = _in_share(args)
     local = Path(args.local)
     files = _local_files(local)
     if local.is_file() and not args.path.endswith("/"):
@@ -181,6 +199,51 @@ def cmd_delete(args: argparse.Namespace) -> int:
         return 1
     ports.storage.delete(key)
     print(f"deleted {args.path}")
+    return 0
+
+
+def storage_workspaces(storage) -> List[str]:
+    """The workspaces storage holds a job or a `xt create workspace` marker of. Lists every key under
+    workspaces/: the Storage port has no listing by folder yet."""
+    names = set()
+    for key in storage.list(layout.WORKSPACES_PREFIX):
+        name, _, rest = key[len(layout.WORKSPACES_PREFIX):].partition("/")
+        if rest == "workspace.json" or rest.startswith("jobs/"):
+            names.add(name)
+    return sorted(names)
+
+
+def cmd_list_workspaces(args: argparse.Namespace) -> int:
+    """The index's workspaces and storage's (the source of truth: a created one has no job yet)."""
+    cfg = load(args)
+    ports = embedded_parts(cfg).ports
+    names = sorted(set(ports.stats.workspaces()) | set(storage_workspaces(ports.storage)))
+    print_json(names) if args.json else print("\n".join(names) or "no workspaces")
+    return 0
+
+
+def create_workspace(ports, name: str) -> None:
+    """The workspace's marker in storage, written only if nothing of a workspace of that name exists
+    (`xt delete workspace` deletes it with the rest: the two are each other's undo)."""
+    import json
+    import time
+
+    try:
+        layout.check_name("workspace", name)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if name in ports.stats.workspaces() or ports.storage.list(f"{layout.WORKSPACES_PREFIX}{name}/"):
+        raise CliError(f"workspace {name!r}: exists (xt list workspaces shows them)")
+    marker = json.dumps({"workspace": name, "created": time.time()}).encode()
+    if not ports.storage.write(layout.workspace_marker_key(name), marker, overwrite=False):
+        raise CliError(f"workspace {name!r}: exists (created meanwhile)")
+
+
+def cmd_create_workspace(args: argparse.Namespace) -> int:
+    """`xt create workspace NAME` (its parser is admin_commands' `create`)."""
+    _, ports = _storage(args)
+    create_workspace(ports, args.name)
+    print(f"created workspace {args.name}")
     return 0
 
 

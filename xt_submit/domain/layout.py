@@ -12,6 +12,8 @@
     workspaces/<ws>/runs/<run>/checkpoint.json         the last Run.set_checkpoint()
     workspaces/<ws>/runs/<run>/run_stats.json          final status, hparams, last metrics, output list
     workspaces/<ws>/{jobs,runs}/<name>/tags.json       tags set after submission (xt set tags)
+    workspaces/<ws>/shares/data/<path>/...             the data share (xt upload --share data; a job's
+    workspaces/<ws>/shares/model/<path>/...            data-share-path / model-share-path names a folder of it)
 """
 from __future__ import annotations
 
@@ -156,3 +158,34 @@ def check_name(kind: str, value: str) -> str:
     if not isinstance(value, str) or not NAME_PATTERN.match(value):
         raise ValueError(f"{kind}: expected a name of letters, digits, '_' or '-' starting with a letter, got {value!r}")
     return value
+
+
+# The data and model shares (XT's): folders of the workspace that runs see as XT_DATA_DIR and
+# XT_MODEL_DIR. Per workspace, so a workspace's export, import and delete carry its shares too.
+SHARES = ("data", "model")
+SHARE_ACTIONS = ("none", "download", "mount")
+SHARE_DIR_ENV = {"data": "XT_DATA_DIR", "model": "XT_MODEL_DIR"}
+
+
+def share_prefix(workspace: str, share: str, path: str = "") -> str:
+    """workspaces/<ws>/shares/<share>/<path>/ (path: '/'-separated names, '' for the whole share)."""
+    inner = path.strip("/")
+    return f"workspaces/{workspace}/shares/{share}/" + (inner + "/" if inner else "")
+
+
+def check_share_path(field: str, path: str) -> str:
+    """A share path is '/'-separated names inside the share: no '..', '.', empty parts or backslashes."""
+    parts = path.strip("/").split("/") if isinstance(path, str) else []
+    if not parts or not path.strip("/") or "\\" in path or "\x00" in path \
+            or any(part in ("", ".", "..") for part in parts):
+        raise ValueError(f"{field}: expected a folder of the share as names separated by '/' "
+                         f"(e.g. mnist or images/train), without '.' or '..', got {path!r}")
+    return path.strip("/")
+
+
+WORKSPACES_PREFIX = "workspaces/"
+
+
+def workspace_marker_key(workspace: str) -> str:
+    """Written by `xt create workspace`: a workspace exists in storage before its first job."""
+    return f"{WORKSPACES_PREFIX}{workspace}/workspace.json"

@@ -59,6 +59,16 @@ class EarlyStopping(_Strict, kw_only=True):
                                                "check (1 to 99)")] = 5
 
 
+class ShareSpec(_Strict, kw_only=True):
+    """A folder of the workspace's data or model share, and how each run sees it (XT's data: / model:)."""
+
+    path: Annotated[str, _doc("the folder of the share (workspaces/<ws>/shares/<data|model>/<path>/ in storage), "
+                              "'/'-separated names without '.' or '..'")]
+    action: Annotated[str, _doc("download: a copy in the node's cache, fetched once per content; mount: the "
+                                "storage itself, where the target can mount it")]
+    writable: Annotated[bool, _doc("the run may write there (mount only, where the mount is writable)")] = False
+
+
 class JobManifest(_Strict, kw_only=True):
     """What `xt run` (or an uploaded zip's xt_manifest.json) asks for. No secrets, ever."""
 
@@ -103,6 +113,10 @@ class JobManifest(_Strict, kw_only=True):
     retries: Annotated[int, _doc(f"a run that ends in error runs again, as a new run of the job with the same "
                                  f"command and hparams, up to this many times (0 to {MAX_RETRIES}; not with "
                                  "bayesian or dgd search); separate from a Batch target's preemption-retries")] = 0
+    data: Annotated[Optional[ShareSpec], _doc("the data share folder each run sees as XT_DATA_DIR "
+                                              "(none: no XT_DATA_DIR)")] = None
+    model: Annotated[Optional[ShareSpec], _doc("the model share folder each run sees as XT_MODEL_DIR "
+                                               "(none: no XT_MODEL_DIR)")] = None
 
 
 class JobSubmitted(_Strict, tag="job_submitted", kw_only=True):
@@ -369,6 +383,13 @@ class RunTask(_Strict, kw_only=True):
     primary_metric: str = ""
     maximize_metric: bool = False
     resume_from: str = ""  # the run whose last checkpoint this run starts from, until it saves its own
+    data: Optional[ShareSpec] = None  # the job's data share: XT_DATA_DIR
+    model: Optional[ShareSpec] = None  # the job's model share: XT_MODEL_DIR
+    # Set by compute that knows its nodes ($VARS are expanded on the node): where downloaded shares are
+    # cached for every run of the node (default: the node's XT folder), and where the storage container
+    # is mounted ('' : not mounted; a mount then needs storage that is a folder on the node).
+    share_cache_dir: str = ""
+    storage_mount: str = ""
 
 
 class TasksQueued(_Strict, tag="tasks_queued", kw_only=True):

@@ -25,6 +25,7 @@ from typing import Callable, Dict, List, Optional
 
 
 from xt_submit.node_kit import code_archive, reaper
+from xt_submit.runtime import shares
 from xt_submit.domain import layout, run_log
 from xt_submit.domain.messages import (CANCELLED, COMPLETED, ERROR, FINAL_METRICS_FILE, FINISH_METRICS_BYTES,
                                        FINISH_REASON_CHARS, RunFinished, RunHeartbeat, RunStarted, RunTask, encode)
@@ -95,9 +96,10 @@ class RunWrapper:
                                                started_at=started_at)])
         try:
             self._prepare()
+            self.state["share_env"] = self._share_environment()
             self._restore_checkpoint()
             self._launch()
-        except (code_archive.ArchiveError, NotFound, OSError) as exc:
+        except (code_archive.ArchiveError, shares.ShareError, NotFound, OSError) as exc:
             self.state["failure"] = f"run wrapper: {exc}"
             try:
                 self.node.append(self.console, f"[xt] {self.state['failure']}\n".encode())
@@ -244,11 +246,20 @@ class RunWrapper:
             "XT_RUN_LOG": self.local_log, "XT_CHECKPOINT": self.checkpoint, "XT_STEP_NAME": task.step_name,
             "PYTHONUNBUFFERED": "1",  # console lines reach the log as they are printed
         }
+        env.update(self.state.get("share_env") or {})  # XT_DATA_DIR, XT_MODEL_DIR: paths, never a credential
         passed = (name.strip() for name in os.environ.get(PASS_ENV, "").split(","))
         env.update({name: os.environ[name] for name in passed if name in os.environ})
         if task.setup:
             env.update(task.setup.environment)
         return env
+
+    def _share_environment(self) -> Dict[str, str]:
+        """XT_DATA_DIR / XT_MODEL_DIR, once the shares are in place (noted in the run's console)."""
+        placement = shares.SharePlacement(
+            self.storage, self.node, self.node_id, self.node_dir,
+            on_this_machine=self.work_dir == str(self.node_dir),  # a box's run folder is on the box
+            note=lambda line: self.node.append(self.console, f"[xt] {line}\n".encode()))
+        return placement.environment(self.task)
 
     def _argv(self) -> List[str]:
         """The command as argv (no shell needed), or a bash script when a setup must run first."""

@@ -18,7 +18,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import msgspec
 
-from xt_submit.config import Config
+from xt_submit.config import EMBEDDED, Config
 from xt_submit.domain import layout, run_log, sweep
 from xt_submit.domain.errors import NotFound, OneLineError
 from xt_submit.domain.manifest import MANIFEST_NAME, check_manifest, compile_manifest
@@ -52,12 +52,44 @@ def submit(parts: Parts, manifest: JobManifest, cfg: Config, keep_served: Callab
            where_to_look: str = "", timeout: float = DISPATCH_TIMEOUT_SECONDS) -> Submission:
     """Queue the job (JobSubmitted) and wait until it is dispatched; returns its name and runs."""
     if manifest.target in cfg.compute_targets:  # the host learns the target's boxes from here, never from a message
+        check_shares(cfg, manifest)
         targets.register(parts.compute, cfg, manifest.target)
     submission_id = uuid.uuid4().hex
     parts.ports.publisher.send_job(JobSubmitted(submission_id=submission_id, manifest=manifest, submitted_at=time.time()))
     keep_served()
     return await_dispatch(parts, manifest.workspace, submission_id, keep_served, where_to_look=where_to_look,
                           timeout=timeout)
+
+
+def check_shares(cfg: Config, manifest: JobManifest) -> None:
+    """Refuse, as one line naming the target, a share mount the target cannot make. A batch pool mounts
+    the storage container (read-only); the local target on the embedded storage sees its folder; a
+    pool's boxes, or a local run on a team's storage, have nothing to mount: they download."""
+    target, service = manifest.target, cfg.compute_targets[manifest.target].service
+    for share in layout.SHARES:
+        spec = getattr(manifest, share)
+        if spec is None or spec.action != "mount":
+            continue
+        if service == "batch":
+            if spec.writable:
+                raise SubmitError(f"{share}.{share}-writable: target {target} (batch) mounts storage read-only; "
+                                  "expected false")
+            continue
+        if service == "local" and cfg.xt_services.storage == EMBEDDED:
+            continue
+        why = ("its boxes cannot mount this storage" if service == "pool"
+               else f"storage {cfg.xt_services.storage} is not a folder on this machine")
+        raise SubmitError(f"{share}-action mount: target {target} ({service}) cannot mount the {share} share "
+                          f"({why}); use {share}-action download")
+
+
+def check_shares_filled(storage, manifest: JobManifest) -> None:
+    """A share folder with nothing in it is a typo or a missing upload: refused before anything is sent."""
+    for share in layout.SHARES:
+        spec = getattr(manifest, share)
+        if spec is not None and not storage.list(layout.share_prefix(manifest.workspace, share, spec.path)):
+            raise SubmitError(f"{share}-share-path {spec.path}: nothing in the {share} share of workspace "
+                              f"{manifest.workspace} there; fill it with xt upload --share {share} LOCAL {spec.path}")
 
 
 def write_drop_zip(path: Path, manifest: JobManifest, cfg: Config, base: str, exclude: Sequence[Path] = ()) -> int:

@@ -37,6 +37,13 @@ CODE_URL_SECONDS = 7 * 24 * 3600 - 3600  # a user delegation key lives at most 7
 TASKS_PER_REQUEST = 100  # addtaskcollection's limit
 VENV = "$AZ_BATCH_NODE_SHARED_DIR/xt-venv"  # the shared dir is readable and writable by every task on the node
 NODE_COMMAND = f'/bin/bash -c "{VENV}/bin/python -m xt_submit.entrypoints.batch_node"'
+# Every pool mounts the storage container read-only with blobfuse, signed in as the nodes' identity, at
+# $AZ_BATCH_NODE_MOUNTS_DIR/<STORAGE_MOUNT_PATH>: a job's `mount` share is a folder of it. Batch sets
+# mounts only when it creates a pool, so a pool made before this has none (its runs say so).
+STORAGE_MOUNT_PATH = "xt-storage"
+STORAGE_MOUNT = f"$AZ_BATCH_NODE_MOUNTS_DIR/{STORAGE_MOUNT_PATH}"
+BLOBFUSE_OPTIONS = "-o ro -o allow_other -o attr_timeout=240 -o entry_timeout=240 -o negative_timeout=120"
+SHARE_CACHE = "$AZ_BATCH_NODE_SHARED_DIR/xt-share-cache"  # downloaded shares, for every task of the node
 
 
 class BatchSetupError(OneLineError):
@@ -269,6 +276,7 @@ class BatchCompute(Compute):
                     "imageReference": image, "nodeAgentSkuId": self.account.node_agent}},
                 "scaleSettings": {"autoScale": {"formula": formula, "evaluationInterval": AUTOSCALE_INTERVAL}},
                 "startTask": arm_start,
+                "mountConfiguration": [self._storage_mount()],
                 "metadata": metadata,
             },
         }
@@ -280,6 +288,19 @@ class BatchCompute(Compute):
         if response.status_code >= 400:
             raise HttpResponseError(response=response)
         log.info("created batch pool %s for target %s", self.pool_id, self.target_name)
+
+    def _storage_mount(self) -> Dict[str, Any]:
+        """The pool's blobfuse mount of the storage container (ARM's MountConfiguration), by identity: no key."""
+        from urllib.parse import urlsplit
+
+        url = urlsplit(self.services.storage_account_url)
+        host = url.hostname or ""
+        # https://<account>.blob.core.windows.net, or an emulator's http://127.0.0.1:10000/<account>
+        account_name = host.split(".", 1)[0] if ".blob." in host else url.path.strip("/").split("/", 1)[0]
+        return {"azureBlobFileSystemConfiguration": {
+            "accountName": account_name, "containerName": self.services.container,
+            "relativeMountPath": STORAGE_MOUNT_PATH, "blobfuseOptions": BLOBFUSE_OPTIONS,
+            "identityReference": {"resourceId": self.account.node_identity}}}
 
     # --- jobs and tasks ------------------------------------------------------------------------
     def _submit_job(self, tasks: List[RunTask]) -> None:
@@ -326,7 +347,7 @@ class BatchCompute(Compute):
         # The start task installed the setup's activate + pip packages into the node's venv; a run
         # keeps only its environment (installing per run would race the other runs on the node).
         setup = task.setup and SetupSpec(environment=dict(task.setup.environment))
-        node_task = msgspec.structs.replace(task, setup=setup)
+        node_task = msgspec.structs.replace(task, setup=setup, share_cache_dir=SHARE_CACHE, storage_mount=STORAGE_MOUNT)
         return {
             "id": batch_task_id(task.run), "displayName": task.run,
             "commandLine": NODE_COMMAND,
