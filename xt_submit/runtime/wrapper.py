@@ -230,6 +230,10 @@ class RunWrapper:
         if code_url is not None:
             self.node.prepare(None, code_url, *layout_args, source=self.task.code_key)
             return
+        stored = self.storage.local_path(self.task.code_key)
+        if stored is not None and os.path.isfile(stored):  # a folder here, or a Batch node's fetched file
+            self.node.prepare(stored, None, *layout_args, source=self.task.code_key)  # no copy to make first
+            return
         with tempfile.TemporaryDirectory(dir=self.node_dir) as scratch:
             zip_path = os.path.join(scratch, "code.zip")
             self.storage.download_file(self.task.code_key, zip_path)
@@ -364,13 +368,17 @@ class RunWrapper:
     def _restore_checkpoint(self) -> None:
         """The run's own last checkpoint (a run started again), else the one it resumes from."""
         task = self.task
+        keys = [layout.checkpoint_key(task.workspace, run) for run in filter(None, (task.run, task.resume_from))]
+        keys = [key for key in keys if self.storage.exists(key)]  # most runs have none: no scratch folder
+        if not keys:
+            return
         with tempfile.TemporaryDirectory(dir=self.node_dir) as scratch:
             local = os.path.join(scratch, "checkpoint.json")
-            for run in filter(None, (task.run, task.resume_from)):
+            for key in keys:
                 try:
-                    self.storage.download_file(layout.checkpoint_key(task.workspace, run), local)
+                    self.storage.download_file(key, local)
                 except NotFound:
-                    continue
+                    continue  # deleted since
                 self.node.put(local, self.checkpoint)
                 return
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 from xt_submit.ports import Storage
 
@@ -21,8 +21,16 @@ class PrefetchedCode(Storage):
         else:
             self._storage.download_file(key, path)
 
+    def local_path(self, key: str) -> Optional[str]:
+        if key == self._code_key and self._code_file.exists():
+            return str(self._code_file)
+        return self._storage.local_path(key)
+
     def read(self, key: str) -> bytes:
         return self._storage.read(key)
+
+    def read_chunks(self, key: str) -> Iterator[bytes]:
+        return self._storage.read_chunks(key)
 
     def write(self, key: str, data: bytes, *, overwrite: bool = True) -> bool:
         return self._storage.write(key, data, overwrite=overwrite)
