@@ -26,9 +26,7 @@ import posixpath
 import shutil
 import tempfile
 import threading
-import urllib.request
 import uuid
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -160,6 +158,8 @@ def entry_signature(storage: Storage, key: str) -> str:
         return f"size={stat.st_size};mtime={stat.st_mtime_ns}"
     url = storage.read_url(key, SIGNATURE_LINK_SECONDS)
     if url is not None:
+        import urllib.request  # here: every run's wrapper imports this module, few runs have shares
+
         request = urllib.request.Request(url, method="HEAD")
         with urllib.request.urlopen(request, timeout=HEAD_TIMEOUT_SECONDS) as response:
             headers = response.headers
@@ -221,6 +221,8 @@ def zip_folder(folder: str, zip_path: str) -> str:
     """The folder's files in a zip (stored, not compressed: shares are mostly compressed data already),
     for a node reached only through its Node port's prepare."""
     base = Path(folder)
+    import zipfile
+
     with zipfile.ZipFile(zip_path, "w", zipfile.ZIP_STORED) as archive:
         for path in sorted(base.rglob("*")):
             if path.is_file():
