@@ -4,7 +4,9 @@ boxes (paramiko, one connection per box, 2 at a time per box), with nothing ship
 the connections already open and the script already on the boxes; and against a second limit that
 pays that setup too, once per box, inside its time (connect, authenticate, copy the script), as ours
 pays its own. The three run in turn (ours, limit, limit with setup, ...), medians; the peak RSS is
-the `xt run` process's own (os.wait4).
+the `xt run` process's own (os.wait4). `--compare-with DIR` times a fourth case in the same turns:
+the same sweep with the xt_submit package of another checkout (DIR holds its xt_submit/), so a
+change is measured against what it changed, under the same load.
 
 The boxes are real sshd servers on loopback (tests/peers/ssh_boxes.py), so this needs root and
 Debian's openssh-server, as the pool tests do.
@@ -31,6 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--compare-with", metavar="DIR", help="also time the sweep with DIR's xt_submit package")
     args = parser.parse_args()
     why_not = ssh_boxes.available()
     if why_not:
@@ -48,12 +51,15 @@ def main() -> None:
             for b in pool))
         counter = {"n": 0}
 
-        def ours():
+        def ours(code_from: str = ""):
             counter["n"] += 1
             env = user_env(root, XT_HOME=str(root / f"home{counter['n']}"), XT_HOST_IDLE_EXIT="1")
+            if code_from:  # its xt_submit first on the path (the project folder, the cwd, has none)
+                env["PYTHONPATH"] = code_from
             done = run_child([sys.executable, "-m", "xt_submit.cli", "run", "--wait", "--json", "--target", "pool",
                               "trivial.py", f"--i=[$linspace(1,{args.runs},{args.runs})]"], cwd=project, env=env)
-            peaks.append(done.peak_rss_mb)
+            if not code_from:
+                peaks.append(done.peak_rss_mb)
             return done.seconds
 
         import paramiko
@@ -89,13 +95,20 @@ def main() -> None:
             return seconds
 
         peaks: list = []
-        samples = interleaved({"ours": ours, "limit": limit, "limit_with_setup": lambda: limit(setup=True)},
-                              args.repeat, warmup=0)
+        cases = {"ours": ours, "limit": limit, "limit_with_setup": lambda: limit(setup=True)}
+        if args.compare_with:
+            cases["compared"] = lambda: ours(str(Path(args.compare_with).resolve()))
+        samples = interleaved(cases, args.repeat, warmup=0)
         for client in clients.values():
             client.close()
         ours_s, limit_s, setup_s = (median(samples[k]) for k in ("ours", "limit", "limit_with_setup"))
-        emit({"id": "P7", "runs": args.runs, "ours_s": ours_s, "limit_s": limit_s, "x_limit": ours_s / limit_s,
-              "limit_with_setup_s": setup_s, "x_limit_with_setup": ours_s / setup_s, "peak_rss_mb": max(peaks)})
+        result = {"id": "P7", "runs": args.runs, "ours_s": ours_s, "limit_s": limit_s, "x_limit": ours_s / limit_s,
+                  "limit_with_setup_s": setup_s, "x_limit_with_setup": ours_s / setup_s, "peak_rss_mb": max(peaks)}
+        if args.compare_with:
+            compared_s = median(samples["compared"])
+            result.update(compared_s=compared_s, compared_x_limit=compared_s / limit_s,
+                          compared_x_limit_with_setup=compared_s / setup_s)
+        emit(result)
     finally:
         boxes.stop()
         shutil.rmtree(root, ignore_errors=True)

@@ -1,6 +1,7 @@
 """A box's connection (host keys, keys, no prompts) against real sshd, and setups as shell text."""
 import shlex
 import subprocess
+import time
 
 import pytest
 
@@ -127,4 +128,180 @@ def test_a_box_fetches_the_code_itself_from_a_read_only_link(ssh_boxes, azurite_
         node.prepare(None, link, f"{work}/c2", f"{work}/c2/output", [], source="code/missing.zip")
     assert "sig=" not in str(error.value)  # the link (a credential) is never echoed
     node.release(work)
+    node.close()
+
+
+def snapshot_zip(folder, text="print('hi')\n"):
+    """A code zip as `xt run` makes it (a snapshot no other test has), and its name in storage (its sha256)."""
+    import hashlib
+    import uuid
+
+    from xt_submit.node_kit import code_archive
+
+    src = folder / "src"
+    src.mkdir(parents=True, exist_ok=True)
+    (src / "train.py").write_text(text)
+    (src / "unique.txt").write_text(uuid.uuid4().hex)
+    zip_path = folder / "code.zip"
+    zip_path.write_bytes(code_archive.snapshot_code(["."], str(src)).data)
+    return zip_path, f"code/{hashlib.sha256(zip_path.read_bytes()).hexdigest()}.zip"
+
+
+def prepare_run(node, zip_path, source, run):
+    work = f"{node.runs_root}/cache-test/{run}"
+    node.prepare(str(zip_path), None, f"{work}/code", f"{work}/code/output", [f"{work}/log.jsonl"], source=source)
+    return work
+
+
+def cached_trees(node):
+    return node.run(f"ls -A {node.home}/code")[1].split()
+
+
+def test_a_snapshot_is_unpacked_once_per_box_and_later_runs_copy_the_unpacked_tree(ssh_boxes, tmp_path):
+    node = node_for(ssh_boxes)
+    zip_path, source = snapshot_zip(tmp_path)
+    digest = source[len("code/"):-len(".zip")]
+    node.connect()
+    before = set(cached_trees(node))
+    first = prepare_run(node, zip_path, source, "run1")
+    assert set(cached_trees(node)) - before == {digest}
+    # marked on the box, in the cached tree: a run unpacked from the zip again would not have it
+    node.append(f"{node.home}/code/{digest}/unpacked-once", b"1")
+    later = [prepare_run(node, zip_path, source, f"run{k}") for k in (2, 3, 4)]
+    for work in later:
+        assert node.exists(f"{work}/code/unpacked-once") and node.read_from(f"{work}/code/train.py") == b"print('hi')\n"
+        assert node.exists(f"{work}/code/output") and node.exists(f"{work}/log.jsonl")
+    assert not node.exists(f"{first}/code/unpacked-once")  # copied before the mark: each run has its own tree
+    fresh = node_for(ssh_boxes)  # another host's node (nothing known about the box) finds the tree too
+    assert fresh.exists(f"{prepare_run(fresh, zip_path, source, 'run5')}/code/unpacked-once")
+    assert set(cached_trees(node)) - before == {digest}
+    for node_ in (node, fresh):
+        node_.run(f"rm -rf {node_.runs_root}/cache-test")
+        node_.close()
+
+
+def test_runs_starting_together_unpack_a_new_snapshot_once(ssh_boxes, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    node = node_for(ssh_boxes)
+    zip_path, source = snapshot_zip(tmp_path, "print('together')\n")
+    unpacks = []
+    exec_on_box = node._exec
+
+    def counting_exec(command, *args, **kwargs):
+        if "safe_extract" in command:  # the unpacking script, sent to the box
+            unpacks.append(command)
+        return exec_on_box(command, *args, **kwargs)
+
+    node._exec = counting_exec
+    with ThreadPoolExecutor(4) as threads:
+        works = list(threads.map(lambda k: prepare_run(node, zip_path, source, f"together{k}"), range(4)))
+    assert len(unpacks) == 1
+    for work in works:
+        assert node.read_from(f"{work}/code/train.py") == b"print('together')\n"
+    assert not [name for name in cached_trees(node) if ".tmp-" in name]  # nothing half-unpacked left behind
+    node.run(f"rm -rf {node.runs_root}/cache-test")
+    node.close()
+
+
+def test_a_runs_write_into_its_code_is_seen_by_no_other_run(ssh_boxes, tmp_path):
+    node = node_for(ssh_boxes)
+    zip_path, source = snapshot_zip(tmp_path, "original\n")
+    one, two = (prepare_run(node, zip_path, source, run) for run in ("writer", "reader"))
+    # in place (the same inode), as a script that rewrites its own file does: a shared link would pass it on
+    assert node.run(f"echo changed > {one}/code/train.py && echo more >> {one}/code/train.py")[0] == 0
+    assert node.read_from(f"{one}/code/train.py") == b"changed\nmore\n"
+    three = prepare_run(node, zip_path, source, "later")
+    assert node.read_from(f"{two}/code/train.py") == b"original\n"
+    assert node.read_from(f"{three}/code/train.py") == b"original\n"
+    node.run(f"rm -rf {node.runs_root}/cache-test")
+    node.close()
+
+
+def test_a_cached_tree_removed_on_the_box_is_unpacked_again(ssh_boxes, tmp_path):
+    node = node_for(ssh_boxes)
+    zip_path, source = snapshot_zip(tmp_path, "again\n")
+    prepare_run(node, zip_path, source, "before")
+    node.run(f"rm -rf {node.home}/code/{source[len('code/'):-len('.zip')]}")  # as the box's clean-up would
+    after = prepare_run(node, zip_path, source, "after")
+    assert node.read_from(f"{after}/code/train.py") == b"again\n"
+    node.run(f"rm -rf {node.runs_root}/cache-test")
+    node.close()
+
+
+def test_a_zip_that_is_not_the_snapshot_it_is_named_for_is_refused(ssh_boxes, tmp_path):
+    from xt_submit.node_kit.code_archive import ArchiveError
+
+    node = node_for(ssh_boxes)
+    zip_path, _ = snapshot_zip(tmp_path, "tampered\n")
+    node.connect()
+    on_box = f"{node.home}/incoming/fetched.zip"
+    node.put(str(zip_path), on_box)
+    work = f"{node.runs_root}/cache-test/named"
+    with pytest.raises(ArchiveError, match="^box box1: code/0{64}.zip: the code zip's sha256 is [0-9a-f]{64}, not the 0{64}"):
+        node.prepare(None, f"file://{on_box}", f"{work}/code", f"{work}/code/output", [], source=f"code/{'0' * 64}.zip")
+    assert not node.exists(f"{work}/code") and not [name for name in cached_trees(node) if name.startswith("0" * 8)]
+    node.close()
+
+
+def test_one_node_serves_several_threads_at_once(ssh_boxes, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    node = node_for(ssh_boxes)
+    work = f"{node.runs_root}/threads-test"
+    node.run(f"mkdir -p {work}")
+
+    def use(k):
+        path = f"{work}/file{k}"
+        node.append(path, f"line {k}\n".encode())
+        code, out, _ = node.run(f"cat {path}")
+        return node.read_from(path), node.exists(path), out, code
+
+    with ThreadPoolExecutor(8) as threads:
+        results = list(threads.map(use, range(24)))
+    assert results == [(f"line {k}\n".encode(), True, f"line {k}\n", 0) for k in range(24)]
+    node.run(f"rm -rf {work}")
+    node.close()
+
+
+def test_a_later_runs_copy_goes_with_its_launch_and_survives_the_cache_being_cleared(ssh_boxes, tmp_path):
+    node = node_for(ssh_boxes)
+    zip_path, source = snapshot_zip(tmp_path, "import sys; print('ran', sys.argv[1]); sys.exit(4)\n")
+    prepare_run(node, zip_path, source, "first")  # unpacked into the cache
+    commands = []
+    exec_on_box = node._exec
+    node._exec = lambda command, *args, **kwargs: commands.append(command) or exec_on_box(command, *args, **kwargs)
+    work = prepare_run(node, zip_path, source, "second")
+    other = node_for(ssh_boxes)  # another host on the box clears the cache before the launch
+    other.run(f"rm -rf {node.home}/code/*")
+    other.close()
+    del commands[:]
+    console, exit_file = f"{work}/console.log", f"{work}/exit_code"
+    node.launch(["python3", "train.py", "x"], f"{work}/code", {}, console, exit_file)
+    deadline = time.monotonic() + 60  # a bound, not a deadline: a loaded machine takes long, a broken node forever
+    while not node.exists(exit_file):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert node.read_from(exit_file).strip() == b"4" and b"ran x" in node.read_from(console)
+    assert any("safe_extract" in command for command in commands)  # unpacked again, from the host's copy of the zip
+    node.run(f"rm -rf {node.runs_root}/cache-test")
+    node.close()
+
+
+def test_a_later_runs_code_is_copied_in_the_same_command_as_its_launch(ssh_boxes, tmp_path):
+    node = node_for(ssh_boxes)
+    zip_path, source = snapshot_zip(tmp_path, "print('one command')\n")
+    prepare_run(node, zip_path, source, "first")
+    commands = []
+    exec_on_box = node._exec
+    node._exec = lambda command, *args, **kwargs: commands.append(command) or exec_on_box(command, *args, **kwargs)
+    work = prepare_run(node, zip_path, source, "second")
+    node.launch(["python3", "train.py"], f"{work}/code", {}, f"{work}/console.log", f"{work}/exit_code")
+    assert len(commands) == 1 and "cp -a" in commands[0] and "setsid" in commands[0]
+    deadline = time.monotonic() + 60
+    while not node.exists(f"{work}/exit_code"):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert b"one command" in node.read_from(f"{work}/console.log")
+    node.run(f"rm -rf {node.runs_root}/cache-test")
     node.close()

@@ -322,3 +322,57 @@ def test_a_box_gone_silent_stalls_nothing_and_its_run_carries_on_when_it_answers
     assert sorted(m["step"] for m in history if m["name"] == "loss") == list(range(1, 16))
     assert '"event": "BoxUnreachable", "box": "box1"' in (pool_project.home / "host.log").read_text()  # it was noticed
     reliability.add("pool: box silent for 4 s (partition), then back", runs=1, metrics_logged=15, lost=0)
+
+
+def test_the_slots_of_a_box_start_their_runs_at_the_same_time(tmp_path):
+    """Each run has a thread of its own: a box's second slot does not wait while the first one
+    prepares (here: neither may finish preparing until both have begun)."""
+    import threading
+
+    from xt_submit.adapters.compute.tasks import LocalCompute
+    from xt_submit.adapters.nodes.local import LocalNode
+    from xt_submit.adapters.storage.directory import DirectoryStorage
+    from xt_submit.domain import layout
+    from xt_submit.domain.messages import RunFinished, RunTask
+    from xt_submit.node_kit import code_archive
+    from xt_submit.runtime.pool_executor import PoolExecutor
+
+    both_preparing = threading.Barrier(2, timeout=60)  # a bound: one start at a time never gets both here
+
+    class SlowToPrepare(LocalNode):
+        def prepare(self, *args, **kwargs):
+            both_preparing.wait()
+            super().prepare(*args, **kwargs)
+
+    class Events:
+        jobs_queue, events_queue = "jobs", "events"
+
+        def __init__(self):
+            self.sent = []
+
+        def send_job(self, message):
+            self.sent.append(message)
+
+        def send_events(self, messages):
+            self.sent.extend(messages)
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "train.py").write_text("print('trained')\n")
+    snapshot = code_archive.snapshot_code(["."], str(src))
+    storage = DirectoryStorage(tmp_path / "storage")
+    storage.write(layout.code_key(snapshot.sha256), snapshot.data)
+    compute = LocalCompute(str(tmp_path / "compute.db"))
+    compute.register_target("pool", {"service": "pool", "boxes": {"here": {"address": "localhost", "max_runs": 2}}})
+    events = Events()
+    executor = PoolExecutor(compute, tmp_path / "home", storage, events,
+                            lambda box, settings, runs_folder: SlowToPrepare(str(tmp_path / "home" / "nodes" / box), box))
+    compute.submit([RunTask(workspace="ws1", experiment="e", job="job1", run=f"run1.{k}", command="python train.py",
+                            code_key=layout.code_key(snapshot.sha256), target="pool") for k in (1, 2)])
+    deadline = time.monotonic() + 120  # a bound, not a deadline
+    while compute.active_count():
+        assert time.monotonic() < deadline, "the two runs never finished"
+        if not executor.poll():
+            time.sleep(0.01)
+    finished = {e.run: e.status for e in events.sent if isinstance(e, RunFinished)}
+    assert finished == {"run1.1": "completed", "run1.2": "completed"}, [e for e in events.sent if isinstance(e, RunFinished)]

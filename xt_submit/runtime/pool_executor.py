@@ -6,54 +6,140 @@ and the job's log) and its share goes to the others; it is tried again later. Th
 logic is the one local runs use, on the box's Node: the code goes over SFTP (or the box fetches it
 with a read-only link), events come back through this process, and a dropped connection only
 pauses the shipping of what the run wrote.
+
+Each run on a box is driven by a thread of its own (start, supervise, finish), so the boxes, and
+the slots of one box, wait on their round trips at the same time rather than in turn; a box gone
+silent holds only its own runs' threads. The task table, the host's queue client and the box
+health records belong to the thread that polls: the run threads hand it what to write there.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
+import queue
 import shutil
 import socket
+import threading
 import time
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
 import msgspec
 
 from xt_submit.domain import layout, run_log
 from xt_submit.domain.boxes import BoxError
 from xt_submit.domain.messages import ERROR, RunFinished, RunTask, SetupSpec, decode_task, encode
-from xt_submit.ports import Node, NodeFactory, NodeUnreachable, Publisher, Storage, TaskTable
+from xt_submit.ports import NodeFactory, NodeUnreachable, Publisher, Storage, TaskTable
 from xt_submit.runtime.local_executor import SPAWN_TIMEOUT_SECONDS
 from xt_submit.runtime.wrapper import RunWrapper
 
-# A run on a box is looked at (a few round trips) soon after it starts, then less often: a short
+# A run on a box is looked at (an SFTP read or two) soon after it starts, then less often: a short
 # run's end is seen at once, a long run costs at most one look per TICK_SECONDS.
 TICK_SECONDS = 0.5
 FIRST_LOOK_SECONDS = 0.02
+# The task table is read (for new tasks, cancels, runs to adopt) at once after a run ended or was
+# placed, else at most this often: the host polls every few ms while runs are in flight.
+SCAN_SECONDS = 0.1
 
 log = logging.getLogger("xt.pool")
 
 
 class Backoff:
-    """When to try an unreachable box again: soon after a drop, then less and less often."""
+    """When to try an unreachable box again: soon after a drop, then less and less often. Shared by
+    a box's run threads: a drop that several of them see at once counts once."""
 
     def __init__(self, first: float = 1.0, most: float = 60.0) -> None:
         self.first, self.most = first, most
         self._delay: Dict[str, float] = {}
         self._until: Dict[str, float] = {}
+        self._lock = threading.Lock()
 
     def ready(self, box: str) -> bool:
         return time.monotonic() >= self._until.get(box, 0.0)
 
     def failed(self, box: str) -> None:
-        delay = min(self.most, self._delay.get(box, self.first / 2) * 2)
-        self._delay[box] = delay
-        self._until[box] = time.monotonic() + delay
+        with self._lock:
+            if not self.ready(box):
+                return  # already waiting out this drop
+            delay = min(self.most, self._delay.get(box, self.first / 2) * 2)
+            self._delay[box] = delay
+            self._until[box] = time.monotonic() + delay
 
     def succeeded(self, box: str) -> None:
-        self._delay.pop(box, None)
-        self._until.pop(box, None)
+        with self._lock:
+            self._delay.pop(box, None)
+            self._until.pop(box, None)
+
+
+class MainThreadCalls:
+    """Calls that run threads hand to the polling thread (the owner of the task table and the
+    queue client: an embedded SQLite connection must not be shared mid-transaction)."""
+
+    def __init__(self) -> None:
+        self._pending: "queue.SimpleQueue[tuple]" = queue.SimpleQueue()
+
+    def later(self, call: Callable[[], Any]) -> None:
+        self._pending.put((call, None))
+
+    def wait_for(self, call: Callable[[], Any]) -> Any:
+        """Run `call` on the polling thread and return its result (or raise its error) here."""
+        done: Dict[str, Any] = {"event": threading.Event()}
+        self._pending.put((call, done))
+        done["event"].wait()
+        if "error" in done:
+            raise done["error"]
+        return done.get("result")
+
+    def run_pending(self) -> bool:
+        ran = False
+        while True:
+            try:
+                call, done = self._pending.get_nowait()
+            except queue.Empty:
+                return ran
+            ran = True
+            try:
+                result = call()
+                if done is not None:
+                    done["result"] = result
+            except Exception as exc:
+                if done is None:
+                    log.exception("pool executor")
+                else:
+                    done["error"] = exc
+            finally:
+                if done is not None:
+                    done["event"].set()
+
+
+class EventsThroughMainThread(Publisher):
+    """The run threads' publisher: each send happens on the polling thread, and the run's thread
+    waits until it did, as on a direct send (a run's finished marker follows its RunFinished out)."""
+
+    def __init__(self, publisher: Publisher, calls: MainThreadCalls) -> None:
+        self.publisher = publisher
+        self.calls = calls
+        self.jobs_queue = publisher.jobs_queue
+        self.events_queue = publisher.events_queue
+
+    def send_job(self, message: Any) -> None:
+        self.calls.wait_for(lambda: self.publisher.send_job(message))
+
+    def send_events(self, messages: Sequence[Any]) -> None:
+        messages = list(messages)
+        self.calls.wait_for(lambda: self.publisher.send_events(messages))
+
+
+class BoxRun:
+    """A run in flight on a box, as its thread and the polling thread share it."""
+
+    def __init__(self, key: tuple, box: str, node) -> None:
+        self.key = key
+        self.box = box
+        self.node = node
+        self.cancel_requested = False
+        self.wake = threading.Event()  # a cancel is passed on at once, not at the next look
 
 
 class PoolExecutor:
@@ -65,23 +151,29 @@ class PoolExecutor:
         self.home = Path(home)
         self.storage = storage
         self.publisher = publisher
+        self.calls = MainThreadCalls()
+        self.events = EventsThroughMainThread(publisher, self.calls)
         self.nodes: Dict[str, tuple] = {}  # box -> ((address, key, host key), node)
-        self.running: Dict[tuple, RunWrapper] = {}
+        self.running: Dict[tuple, BoxRun] = {}  # the runs with a thread driving them
         self.backoff = Backoff()
-        self._next_look: Dict[tuple, float] = {}
-        self._first_seen: Dict[tuple, float] = {}
+        self._answered: Dict[str, bool] = {}  # box -> connected since its last drop (runs may go there)
+        self._connecting: set = set()  # boxes a thread is connecting to
         self._health: Dict[str, str] = {}  # box -> "" (reachable) or the error last recorded
         self._reported: set = set()  # (workspace, job, box) already told in a job log
+        self._scanned = 0.0  # when the task table was last read
         # two hosts (or two XT homes) using one box account keep their runs apart
         self._runs_folder = "runs/" + hashlib.sha256(f"{socket.gethostname()}:{self.home}".encode()).hexdigest()[:12]
 
     def poll(self) -> bool:
-        changed = False
+        changed = self.calls.run_pending()
+        if not changed and time.monotonic() - self._scanned < SCAN_SECONDS:
+            return False
+        self._scanned = time.monotonic()
         for entry in self.compute.launched(pooled=True):
-            changed |= self._supervise(entry)
+            changed |= self._watch(entry)
         for pool in self.compute.pools_with_queued():
             changed |= self._place(pool)
-        return changed
+        return changed | self.calls.run_pending()
 
     # --- placing runs on boxes ---------------------------------------------------------------
     def _place(self, pool: str) -> bool:
@@ -99,7 +191,8 @@ class PoolExecutor:
                 break
             node = self._reachable(box, settings)
             if node is None:
-                self._report_unreachable(box, tasks)
+                if self._health.get(box):
+                    self._report_unreachable(box, tasks)
                 continue
             for task in tasks:
                 if self.compute.claim(task, node=box):
@@ -126,28 +219,44 @@ class PoolExecutor:
         if known is None or known[0] != how:
             if known is not None:
                 known[1].close()
+            self._answered.pop(box, None)
             self.nodes[box] = (how, self.make_node(box, settings, self._runs_folder))
         return self.nodes[box][1]
 
     def _reachable(self, box: str, settings: dict):
-        if not self.backoff.ready(box):
-            return None
+        """The box's node if it answered since its last drop; else None, and (when due) a thread
+        connects to it meanwhile: the polling thread never waits on a box."""
         node = self._node(box, settings)
+        if self._answered.get(box):
+            return node
+        if box not in self._connecting and self.backoff.ready(box):
+            self._connecting.add(box)
+            threading.Thread(target=self._connect, args=(box, node), name=f"xt-connect-{box}", daemon=True).start()
+        return None
+
+    def _connect(self, box: str, node) -> None:
         try:
             node.connect()
         except BoxError as exc:
-            self._box_down(box, str(exc))
-            return None
-        self._back(box)
-        return node
+            self.backoff.failed(box)
+            error = str(exc)
+            self.calls.later(lambda: self._box_down(box, error))
+        except Exception:
+            log.exception("connecting to box %s", box)
+            self.backoff.failed(box)
+        else:
+            self.backoff.succeeded(box)
+            self.calls.later(lambda: self._box_up(box, node))
+        finally:
+            self.calls.later(lambda: self._connecting.discard(box))
 
-    def _back(self, box: str) -> None:
-        """The box answered: it is tried at once after its next drop again."""
-        self.backoff.succeeded(box)
+    def _box_up(self, box: str, node) -> None:
+        if self.nodes.get(box, (None, None))[1] is node:  # not a node since replaced by a config change
+            self._answered[box] = True
         self._set_health(box, "")
 
     def _box_down(self, box: str, error: str) -> None:
-        self.backoff.failed(box)
+        self._answered[box] = False
         if self._health.get(box) != error:
             log.warning(json.dumps({"event": "BoxUnreachable", "box": box, "error": error}))
         self._set_health(box, error)
@@ -165,75 +274,113 @@ class PoolExecutor:
                 self.storage.append(layout.job_log_key(task.workspace, task.job), run_log.record(
                     time.time(), "box-unreachable", {"box": box, "error": error, "runs go to": "the other boxes"}))
 
-    def _launch(self, task: RunTask, box: str, settings: dict, node: Node) -> None:
+    def _launch(self, task: RunTask, box: str, settings: dict, node) -> None:
         if settings.get("setup") is not None:  # a box's own setup (its paths, its environment) wins
             task = msgspec.structs.replace(task, setup=msgspec.convert(settings["setup"], SetupSpec))
+        run = BoxRun((task.workspace, task.run), box, node)
+        self.running[run.key] = run
+        self._start_thread(run, lambda: self._start(run, task, settings))
+
+    # --- a run's thread ----------------------------------------------------------------------
+    def _start_thread(self, run: BoxRun, first: Callable[[], Optional[RunWrapper]]) -> None:
+        threading.Thread(target=self._drive, args=(run, first), name=f"xt-run-{run.box}-{run.key[1]}",
+                         daemon=True).start()
+
+    def _drive(self, run: BoxRun, first: Callable[[], Optional[RunWrapper]]) -> None:
+        """Start (or adopt) the run, then look at it until it has ended and is reported."""
+        try:
+            wrapper = first()
+            if wrapper is not None:
+                self._supervise(run, wrapper)
+        except Exception:
+            log.exception("pool run %s on box %s", run.key[1], run.box)
+        finally:  # whatever happened, the polling thread may adopt the run again (if it is not done)
+            self.calls.later(lambda: self._forget(run))
+
+    def _forget(self, run: BoxRun) -> None:
+        if self.running.get(run.key) is run:  # not a later start of the same run (requeued, placed again)
+            del self.running[run.key]
+
+    def _start(self, run: BoxRun, task: RunTask, settings: dict) -> Optional[RunWrapper]:
+        box, node = run.box, run.node
         node_dir = self.home / "nodes" / box / task.workspace / task.run
         node_dir.mkdir(parents=True, exist_ok=True)
         try:
             work_dir = node.work_dir(str(node_dir), task.workspace, task.run)
         except NodeUnreachable as exc:
-            self._box_down(box, str(exc))
-            self.compute.requeue(task.workspace, task.run)
-            return
+            self._unreachable(box, str(exc))
+            self.calls.later(lambda: self.compute.requeue(*run.key))
+            return None
         (node_dir / "task.json").write_bytes(encode(task))
         (node_dir / "placement.json").write_text(json.dumps({"box": box, "settings": settings, "work_dir": work_dir}))
-        wrapper = RunWrapper(task, node_dir, self.storage, self.publisher, node_id=box, node=node, work_dir=work_dir)
+        wrapper = RunWrapper(task, node_dir, self.storage, self.events, node_id=box, node=node, work_dir=work_dir)
         try:
             wrapper.start()
         except NodeUnreachable as exc:
-            self._box_down(box, str(exc))
+            self._unreachable(box, str(exc))
             if wrapper.state["pid"] is None:  # nothing runs on the box: the run goes back in line
                 shutil.rmtree(node_dir, ignore_errors=True)
-                self.compute.requeue(task.workspace, task.run)
+                self.calls.later(lambda: self.compute.requeue(*run.key))
+                return None
+        self.calls.later(lambda: self.compute.set_launched(*run.key))
+        return wrapper
+
+    def _supervise(self, run: BoxRun, wrapper: RunWrapper) -> None:
+        first_seen = time.monotonic()
+        while True:
+            age = time.monotonic() - first_seen
+            run.wake.wait(min(TICK_SECONDS, max(FIRST_LOOK_SECONDS, age / 4)))
+            run.wake.clear()
+            if not self.backoff.ready(run.box):
+                continue  # a box that just dropped is not hammered (a connect can take CONNECT_TIMEOUT_SECONDS)
+            try:
+                ended = wrapper.supervise(run.cancel_requested)
+            except NodeUnreachable as exc:
+                self._unreachable(run.box, str(exc))
+                continue
+            except Exception:  # a surprise (storage, say) is logged, and the run looked at again later
+                log.exception("pool run %s on box %s", run.key[1], run.box)
+                continue
+            self.backoff.succeeded(run.box)
+            if self._health.get(run.box) != "":
+                self.calls.later(lambda: self._set_health(run.box, ""))
+            if ended:
+                self.calls.later(lambda: self.compute.mark(*run.key, state="done"))
                 return
-        self.running[(task.workspace, task.run)] = wrapper
-        self.compute.set_launched(task.workspace, task.run)
 
-    # --- supervising runs on boxes -----------------------------------------------------------
-    def _supervise(self, entry: dict) -> bool:
+    def _unreachable(self, box: str, error: str) -> None:
+        self.backoff.failed(box)
+        self.calls.later(lambda: self._box_down(box, error))
+
+    # --- the runs in flight, as the task table has them --------------------------------------
+    def _watch(self, entry: dict) -> bool:
+        """Pass a cancel on to the run's thread; adopt a run no thread drives (a previous host's)."""
         key = (entry["workspace"], entry["run"])
-        now = time.monotonic()
-        if now < self._next_look.get(key, 0.0):
+        run = self.running.get(key)
+        if run is not None:
+            if entry["cancel_requested"] and not run.cancel_requested:
+                run.cancel_requested = True
+                run.wake.set()
             return False
-        age = now - self._first_seen.setdefault(key, now)
-        self._next_look[key] = now + min(TICK_SECONDS, max(FIRST_LOOK_SECONDS, age / 4))
-        box = entry["node"]
-        if not self.backoff.ready(box):
-            return False  # a box that just dropped is not hammered (a connect can take CONNECT_TIMEOUT_SECONDS)
-        try:
-            wrapper = self.running.get(key) or self._resume(entry, box)
-            if wrapper is None:
-                if time.time() - (entry["launched_at"] or 0) > SPAWN_TIMEOUT_SECONDS:
-                    self.compute.requeue(*key)  # a host died between claiming the task and starting it
-                    return True
-                return False
-            ended = wrapper.supervise(entry["cancel_requested"])
-            self._back(box)
-            if not ended:
-                return False
-        except NodeUnreachable as exc:
-            self._box_down(box, str(exc))
-            return False
-        self.compute.mark(*key, state="done")
-        self.running.pop(key, None)
-        self._next_look.pop(key, None)
-        self._first_seen.pop(key, None)
-        return True
+        return self._adopt(entry)
 
-    def _resume(self, entry: dict, box: str) -> Optional[RunWrapper]:
-        """Adopt a run a previous host started (its state is in the node dir, on this machine)."""
+    def _adopt(self, entry: dict) -> bool:
+        """A run a previous host started (its state is in the node dir, on this machine) gets a thread."""
+        box = entry["node"]
         node_dir = self.home / "nodes" / box / entry["workspace"] / entry["run"]
         try:
             task = decode_task((node_dir / "task.json").read_bytes())
             placement = json.loads((node_dir / "placement.json").read_text())
             json.loads((node_dir / "wrapper_state.json").read_text())
         except (OSError, ValueError):
-            return None
-        node = self._reachable(box, placement["settings"])
-        if node is None:
-            raise NodeUnreachable(self._health.get(box) or f"box {box} is not reachable")
-        wrapper = RunWrapper.resume(task, node_dir, self.storage, self.publisher, node_id=box, node=node,
-                                    work_dir=placement["work_dir"])
-        self.running[(entry["workspace"], entry["run"])] = wrapper
-        return wrapper
+            if time.time() - (entry["launched_at"] or 0) > SPAWN_TIMEOUT_SECONDS:
+                self.compute.requeue(entry["workspace"], entry["run"])  # a host died between claiming the task and starting it
+                return True
+            return False
+        node = self._node(box, placement["settings"])
+        run = BoxRun((entry["workspace"], entry["run"]), box, node)
+        run.cancel_requested = bool(entry["cancel_requested"])
+        self.running[run.key] = run
+        self._start_thread(run, lambda: RunWrapper.resume(task, node_dir, self.storage, self.events, node_id=box,
+                                                          node=node, work_dir=placement["work_dir"]))
+        return True

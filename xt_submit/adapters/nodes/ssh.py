@@ -4,6 +4,11 @@ needs (files over SFTP, processes over exec channels).
 Runs on a box are started in their own session with their output in files on the box, so a
 dropped connection loses nothing: the supervisor reconnects and carries on from its offsets.
 No password is ever asked for: a key (the box's `key`, the agent, or ~/.ssh) or nothing.
+
+A box unpacks each code snapshot once, into a cache named by the zip's sha256, and each run gets
+its own copy of that tree. One node may be used by several threads at once (the pool executor
+drives each run on a thread of its own): commands go over channels of their own, in parallel;
+SFTP requests, which share one session, take turns.
 """
 from __future__ import annotations
 
@@ -11,15 +16,21 @@ import base64
 import contextlib
 import hashlib
 import os
+import functools
 import posixpath
+import re
 import shlex
+import shutil
 import socket
 import stat
+import sys
 import tempfile
 import threading
+import time
 import uuid
+import weakref
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from xt_submit.domain.boxes import BoxAddress, BoxError
 from xt_submit.node_kit import code_archive, reaper
@@ -40,11 +51,24 @@ _SHIPPED_MODULES = ("__init__.py", "domain/__init__.py", "domain/errors.py", "no
 _PACKAGE_DIR = Path(__file__).resolve().parents[2]  # xt_submit/
 
 
-# Run on the box: the link (if any) arrives on stdin; an error names what failed, never the link.
-_FETCH_AND_UNPACK = """
-import sys
-from xt_submit.node_kit.code_archive import safe_extract
-zip_path, code_dir, source = sys.argv[1:]
+CODE_CACHE = "code"  # below the box's XT folder: one unpacked tree per snapshot, named by its zip's sha256
+CACHE_DAYS = 14  # a cached tree unused this long is removed when a host next connects
+CACHE_MISSING = 75  # the exit status of a copy whose cached tree is gone (removed on the box meanwhile)
+PREPARE_FAILED = 76  # the exit status of a launch whose copy of the code failed
+# Channels one connection keeps open at once: OpenSSH lets a connection have MaxSessions (10 by
+# default) at a time. SFTP sessions (each serves one thread's requests at a time) and commands.
+SFTP_SESSIONS = 3
+COMMAND_CHANNELS = 6
+_SHA256_ZIP = re.compile(r"code/([0-9a-f]{64})\.zip")  # storage's name of a snapshot (domain/layout.code_key)
+
+# Run on the box, once per snapshot: the link (if any) arrives on stdin; an error names what failed,
+# never the link. The zip's sha256 is checked against the one it was named by; the tree is unpacked
+# aside and renamed into place, so a tree under its final name is whole, and of two unpacks at once
+# (two hosts on one box account) one rename wins and the other's tree is dropped. Prints the tree.
+_UNPACK_INTO_CACHE = """
+import hashlib, os, shutil, sys, uuid
+from xt_submit.node_kit.code_archive import ArchiveError, safe_extract
+zip_path, cache_root, expected, source = sys.argv[1:]
 url = sys.stdin.readline().strip()
 if url:
     import urllib.request
@@ -52,7 +76,27 @@ if url:
         urllib.request.urlretrieve(url, zip_path)
     except Exception as exc:
         sys.exit(f"cannot fetch the code from storage: {type(exc).__name__}: {getattr(exc, 'reason', '')}")
-safe_extract(zip_path, code_dir, source)
+digest = hashlib.sha256()
+with open(zip_path, "rb") as f:
+    for chunk in iter(lambda: f.read(1 << 20), b""):
+        digest.update(chunk)
+digest = digest.hexdigest()
+if expected and digest != expected:
+    sys.exit(f"{source}: the code zip's sha256 is {digest}, not the {expected} it was sent as")
+final = os.path.join(cache_root, digest)
+if not os.path.isdir(final):
+    temp = f"{final}.tmp-{uuid.uuid4().hex}"
+    try:
+        safe_extract(zip_path, temp, source)
+        os.rename(temp, final)
+    except ArchiveError as exc:
+        sys.exit(str(exc))
+    except OSError:
+        if not os.path.isdir(final):  # not another unpack that won the rename
+            raise
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
+print(final)
 """
 
 
@@ -61,6 +105,25 @@ def shipped_digest() -> str:
     for name in _SHIPPED_MODULES:
         digest.update(name.encode() + b"\0" + (_PACKAGE_DIR / name).read_bytes())
     return digest.hexdigest()[:16]
+
+
+_import_lock = threading.Lock()
+
+
+def _paramiko():
+    """paramiko, imported without invoke: paramiko.config imports it only for an ssh_config's
+    `Match exec`, which XT never reads, and it is a third of paramiko's import time (every host
+    that starts pays it). A later `import invoke` elsewhere works as usual."""
+    with _import_lock:
+        if "paramiko" not in sys.modules and "invoke" not in sys.modules:
+            sys.modules["invoke"] = None  # type: ignore[assignment]  # `import invoke` raises ImportError
+            try:
+                import paramiko
+            finally:
+                if "invoke" in sys.modules and sys.modules["invoke"] is None:
+                    del sys.modules["invoke"]
+        import paramiko
+    return paramiko
 
 
 class SshNode(Node):
@@ -78,17 +141,41 @@ class SshNode(Node):
         self.runs_folder = runs_folder
         self.home = ""  # the box's XT folder (~/.xt), known once connected
         self._client = None
-        self._sftp = None
+        self._sftp = None  # the connection's first SFTP session (the others are opened as threads need them)
         self._lib = ""
+        self._lock = threading.RLock()  # connecting, closing, and this node's own records
+        self._sessions = threading.Condition(threading.Lock())  # SFTP sessions, lent to one thread at a time
+        self._idle_sessions: list = []
+        self._session_count = 0
+        self._generation = 0  # a connection's number: a session of an earlier one is never lent again
+        self._command_channels = threading.BoundedSemaphore(COMMAND_CHANNELS)
+        self._cached_codes: set = set()  # snapshots (sha256) known to be unpacked in the box's cache
+        self._code_locks: Dict[str, threading.Lock] = {}  # one unpack per snapshot, however many runs start
+        # run folder -> (the command making its copy of the code, sent with its launch; what to do if
+        # the cached tree is gone by then)
+        self._deferred: Dict[str, Tuple[str, Callable[[], None]]] = {}
+        self._zips: Dict[str, str] = {}  # snapshot -> this node's copy of its zip (see _scratch)
+        self._scratch_dir: Optional[str] = None
+        self._releasing: Dict[str, object] = {}  # run folder -> the channel removing it
 
     # --- the connection ----------------------------------------------------------------------
     def connect(self) -> None:
         """Connect, verify the host key, and make sure the box has what runs need. BoxError says why not."""
-        if self._client is not None and self._client.get_transport() is not None and self._client.get_transport().is_active():
+        if self._connected():  # the common case, without waiting for a thread's SFTP request
             return
-        self.close()
-        import paramiko
+        with self._lock:
+            if self._connected():
+                return
+            self.close()
+            self._connect()
 
+    def _connected(self) -> bool:
+        client = self._client
+        transport = client.get_transport() if client is not None else None
+        return transport is not None and transport.is_active()
+
+    def _connect(self) -> None:
+        paramiko = _paramiko()
         where = f"box {self.name} ({self.address})"
         client = paramiko.SSHClient()
         if self.host_key:
@@ -125,11 +212,13 @@ class SshNode(Node):
             # small requests (a stat, an exec) must not wait on Nagle's algorithm and delayed ACKs
             transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             transport.set_keepalive(max(1, int(SILENT_SECONDS / 2)))  # a box that vanished is noticed
-            with self._answer_within(CONNECT_TIMEOUT_SECONDS):
+            with self._answer_within(CONNECT_TIMEOUT_SECONDS, client):
                 self._sftp = client.open_sftp()
             self._sftp.get_channel().settimeout(COMMAND_TIMEOUT_SECONDS)
             self.home = posixpath.join(self._sftp.normalize("."), ".xt")
             self._prepare()
+            with self._sessions:
+                self._idle_sessions, self._session_count = [(self._generation, self._sftp)], 1
         except (paramiko.SSHException, EOFError, OSError) as exc:
             self.close()
             raise BoxError(f"{where}: connection lost while preparing the box ({type(exc).__name__})") from None
@@ -138,15 +227,22 @@ class SshNode(Node):
             raise
 
     def close(self) -> None:
-        for part in (self._sftp, self._client):
-            if part is not None:
-                with contextlib.suppress(Exception):
-                    part.close()
-        self._client = self._sftp = None
+        with self._lock:
+            for part in (self._sftp, self._client):
+                if part is not None:
+                    with contextlib.suppress(Exception):
+                        part.close()  # the client's other sessions close with it
+            self._client = self._sftp = None
+            for _ in self._releasing:  # their channels are gone with the connection
+                self._command_channels.release()
+            self._releasing.clear()
+            with self._sessions:
+                self._generation += 1
+                self._idle_sessions, self._session_count = [], 0
+                self._sessions.notify_all()
 
     def _parse_host_key(self):
-        import paramiko
-
+        paramiko = _paramiko()
         try:
             key_type, data = self.host_key.split()[:2]
             return key_type, paramiko.PKey.from_type_string(key_type, base64.b64decode(data))
@@ -155,8 +251,15 @@ class SshNode(Node):
                            "e.g. 'ssh-ed25519 AAAA...'") from None
 
     def _prepare(self) -> None:
-        """Once per connection: a recent enough python3, and XT's run-side modules for this version."""
-        _, out, _ = self._exec("python3 -c 'import sys; print(sys.version_info[:2] >= (%d, %d))'" % MIN_PYTHON)
+        """Once per connection, in one command: a recent enough python3, XT's folders, a `python`, and
+        cached snapshots unused for CACHE_DAYS gone; then XT's run-side modules for this version."""
+        bin_dir, cache = posixpath.join(self.home, "bin"), posixpath.join(self.home, CODE_CACHE)
+        # `python train.py` on a box that only has python3: a fallback at the end of PATH
+        _, out, _ = self._exec(
+            "python3 -c 'import sys; print(sys.version_info[:2] >= (%d, %d))' && " % MIN_PYTHON
+            + f"mkdir -p {q(bin_dir)} {q(posixpath.join(self.home, 'incoming'))} {q(cache)} && "
+            f"(command -v python >/dev/null || ln -sf \"$(command -v python3)\" {q(bin_dir + '/python')}); "
+            f"find {q(cache)} -mindepth 1 -maxdepth 1 -mtime +{CACHE_DAYS} -exec rm -rf {{}} + 2>/dev/null; true")
         if out.strip() != "True":
             raise BoxError(f"box {self.name} ({self.address}): expected python3 {MIN_PYTHON[0]}.{MIN_PYTHON[1]} or "
                            "newer on the box's PATH")
@@ -170,9 +273,6 @@ class SshNode(Node):
             for name in _SHIPPED_MODULES:
                 self._sftp.put(str(_PACKAGE_DIR / name), posixpath.join(lib, "xt_submit", name))
             self._sftp.open(complete, "w").close()
-        bin_dir = posixpath.join(self.home, "bin")
-        # `python train.py` on a box that only has python3: a fallback at the end of PATH
-        self._exec(f"mkdir -p {q(bin_dir)} {q(posixpath.join(self.home, 'incoming'))} && (command -v python >/dev/null || ln -sf \"$(command -v python3)\" {q(bin_dir + '/python')})")
         self._lib = lib
 
     @contextlib.contextmanager
@@ -185,41 +285,56 @@ class SshNode(Node):
         try:
             yield
         except Exception as exc:
-            transport = self._client.get_transport() if self._client is not None else None
+            client = self._client
+            transport = client.get_transport() if client is not None else None
             if transport is None or not transport.is_active() or isinstance(exc, TimeoutError):
                 self.close()
                 why = "silent too long" if isinstance(exc, TimeoutError) else "connection lost"
                 raise NodeUnreachable(f"box {self.name} ({self.address}): {why}") from None
             if isinstance(exc, (OSError, code_archive.ArchiveError)):
                 raise
-            import paramiko
-
+            paramiko = _paramiko()
             if isinstance(exc, (paramiko.SSHException, EOFError)):
                 self.close()
                 raise NodeUnreachable(f"box {self.name} ({self.address}): {exc}") from None
             raise
 
-    def run(self, command: str, timeout: float = COMMAND_TIMEOUT_SECONDS) -> Tuple[int, str, str]:
-        """Run a command on the box (already connected or not); returns (exit status, stdout, stderr)."""
-        with self._connection():
-            return self._exec(command, timeout)
-
     def _exec(self, command: str, timeout: float = COMMAND_TIMEOUT_SECONDS, stdin_text: str = "") -> Tuple[int, str, str]:
-        """stdin_text reaches the command on its stdin, never on a command line the box's `ps` shows."""
-        with self._answer_within(timeout):
-            stdin, stdout, stderr = self._client.exec_command(command, timeout=timeout)
-        if stdin_text:
-            stdin.write(stdin_text)
-        stdin.channel.shutdown_write()
-        out, err = stdout.read().decode(errors="replace"), stderr.read().decode(errors="replace")
-        # recv_exit_status() waits with no bound: a box that goes silent between the output and
-        # the exit status would hold this process until the connection dies
-        if not stdout.channel.status_event.wait(timeout):
-            raise TimeoutError(f"no exit status within {timeout:g}s")
-        return stdout.channel.exit_status, out, err
+        """stdin_text reaches the command on its stdin, never on a command line the box's `ps` shows.
+        Threads exec at once, each on a channel of its own."""
+        self._take_command_channel()
+        try:
+            client = self._client
+            if client is None:  # closed by another thread since
+                raise EOFError("the connection was closed")
+            with self._answer_within(timeout, client):
+                stdin, stdout, stderr = client.exec_command(command, timeout=timeout)
+            if stdin_text:
+                stdin.write(stdin_text)
+            stdin.channel.shutdown_write()
+            out, err = stdout.read().decode(errors="replace"), stderr.read().decode(errors="replace")
+            # recv_exit_status() waits with no bound: a box that goes silent between the output and
+            # the exit status would hold this process until the connection dies
+            if not stdout.channel.status_event.wait(timeout):
+                raise TimeoutError(f"no exit status within {timeout:g}s")
+            return stdout.channel.exit_status, out, err
+        finally:
+            self._command_channels.release()
+
+    def _take_command_channel(self) -> None:
+        """One of COMMAND_CHANNELS; a removal that is done gives its back first."""
+        deadline = time.monotonic() + COMMAND_TIMEOUT_SECONDS
+        while not self._command_channels.acquire(timeout=0.05):
+            with self._lock:
+                done = [folder for folder, channel in self._releasing.items() if _finished(channel)]
+                for folder in done:
+                    del self._releasing[folder]
+                    self._command_channels.release()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no command channel free within {COMMAND_TIMEOUT_SECONDS:g}s")
 
     @contextlib.contextmanager
-    def _answer_within(self, seconds: float) -> Iterator[None]:
+    def _answer_within(self, seconds: float, client) -> Iterator[None]:
         """paramiko waits for the box's answer to a channel request (an exec, the sftp subsystem)
         with no bound, so a box gone silent mid-request would hold this process until the TCP
         connection dies: past `seconds`, the connection is closed under the waiter, which then
@@ -228,7 +343,7 @@ class SshNode(Node):
 
         def expire() -> None:
             expired.set()
-            transport = self._client.get_transport() if self._client is not None else None
+            transport = client.get_transport()
             if transport is not None:
                 transport.close()
 
@@ -259,14 +374,14 @@ class SshNode(Node):
         return out.strip()
 
     def append(self, path: str, data: bytes) -> None:
-        with self._connection():
-            with self._sftp.open(path, "a") as f:
+        with self._sftp_session(path) as sftp:
+            with sftp.open(path, "a") as f:
                 f.write(data)
 
     def read_from(self, path: str, offset: int = 0, limit: Optional[int] = None) -> bytes:
-        with self._connection():
+        with self._sftp_session(path) as sftp:
             try:
-                with self._sftp.open(path, "rb") as f:
+                with sftp.open(path, "rb") as f:
                     f.seek(offset)
                     size = f.stat().st_size
                     f.prefetch(size if limit is None else min(size, offset + limit))  # only what is asked for
@@ -275,21 +390,21 @@ class SshNode(Node):
                 return b""
 
     def exists(self, path: str) -> bool:
-        with self._connection():
+        with self._sftp_session(path) as sftp:
             try:
-                self._sftp.stat(path)
+                sftp.stat(path)
                 return True
             except FileNotFoundError:
                 return False
 
     def walk(self, root: str) -> Iterator[Tuple[str, tuple]]:
-        with self._connection():
+        with self._sftp_session(root) as sftp:
             found: List[Tuple[str, tuple]] = []
             pending = [""]
             while pending:
                 rel_dir = pending.pop()
                 try:
-                    entries = self._sftp.listdir_attr(posixpath.join(root, rel_dir) if rel_dir else root)
+                    entries = sftp.listdir_attr(posixpath.join(root, rel_dir) if rel_dir else root)
                 except FileNotFoundError:
                     continue
                 for entry in entries:
@@ -304,32 +419,175 @@ class SshNode(Node):
     def local_copy(self, path: str) -> Iterator[str]:
         with tempfile.TemporaryDirectory(prefix="xt-box-") as scratch:
             local = os.path.join(scratch, posixpath.basename(path))
-            with self._connection():
-                self._sftp.get(path, local)
+            with self._sftp_session(path) as sftp:
+                sftp.get(path, local)
             yield local
 
     def put(self, local_path: str, path: str) -> None:
-        with self._connection():
-            self._sftp.put(local_path, path)
+        with self._sftp_session(path) as sftp:
+            sftp.put(local_path, path)
 
+    @contextlib.contextmanager
+    def _sftp_session(self, path: str):
+        """An SFTP session of the connection, lent to this thread alone, once `path` is as the calls
+        before left it: its run's copy of the code made, or its removal done."""
+        self._settle(path)
+        with self._connection():
+            generation, session = self._borrow_session()
+            try:
+                yield session
+            finally:
+                with self._sessions:
+                    if generation == self._generation:
+                        self._idle_sessions.append((generation, session))
+                    self._sessions.notify()
+
+    def _borrow_session(self) -> tuple:
+        """An idle SFTP session, or a new one while there are fewer than SFTP_SESSIONS."""
+        deadline = time.monotonic() + COMMAND_TIMEOUT_SECONDS
+        with self._sessions:
+            while not self._idle_sessions and self._session_count >= SFTP_SESSIONS:
+                if not self._sessions.wait(max(0.0, deadline - time.monotonic())):
+                    raise TimeoutError(f"no SFTP session free within {COMMAND_TIMEOUT_SECONDS:g}s")
+            if self._idle_sessions:
+                return self._idle_sessions.pop()
+            self._session_count += 1
+            generation, client = self._generation, self._client
+        try:
+            if client is None:  # closed by another thread since
+                raise EOFError("the connection was closed")
+            with self._answer_within(CONNECT_TIMEOUT_SECONDS, client):
+                session = client.open_sftp()
+            session.get_channel().settimeout(COMMAND_TIMEOUT_SECONDS)
+            return generation, session
+        except BaseException:
+            with self._sessions:
+                if generation == self._generation:
+                    self._session_count -= 1
+                self._sessions.notify()
+            raise
+
+    # --- a run's code, start and removal ---------------------------------------------------------
     def prepare(self, local_zip: Optional[str], code_url: Optional[str], code_dir: str, output_dir: str,
                 empty_files: List[str], source: str) -> None:
-        """The code zip comes over SFTP, or (code_url: a read-only link to its blob) the box fetches
-        it itself; either way it is unpacked on the box by the same checks as anywhere, and the
-        run's folders and files are made in the same command (one round trip, not five)."""
-        remote_zip = posixpath.join(self.home, "incoming", f"{uuid.uuid4().hex}.zip")
-        if code_url is None:
-            with self._connection():
-                self._sftp.put(local_zip, remote_zip, confirm=False)
+        """The run's own copy of its code, with its folders and files. The box unpacks each snapshot
+        once, into its cache (the zip over SFTP, or, given code_url, a read-only link to its blob,
+        fetched by the box itself), checked as anywhere; a run's copy is `cp -a` (reflinked where
+        the file system can), never links to the cached files: a run that writes into its code
+        changes only its own copy, never another run's or the cache's. Once a snapshot is known to
+        be cached, the copy is not made at once but sent with the run's launch, in one command; any
+        other call about the run's folder sends it first."""
+        digest = _sha256_of(local_zip) if local_zip is not None else _named_sha256(source)
+        copy = _copy_tree(code_dir, output_dir, empty_files)
+        if digest is not None and digest in self._cached_codes and (code_url or digest in self._zips):
+            # what to do if the cached tree is gone by then: unpack it again, from this node's copy of the zip
+            again = functools.partial(self._prepare_now, self._zips.get(digest) if code_url is None else None,
+                                      code_url, digest, source, copy)
+            with self._lock:
+                self._deferred[posixpath.dirname(code_dir)] = (self._copy_cached_command(digest, copy), again)
+            return
+        self._prepare_now(local_zip, code_url, digest, source, copy)
+
+    def _prepare_now(self, local_zip: Optional[str], code_url: Optional[str], digest: Optional[str], source: str,
+                     copy: str) -> None:
+        with self._code_lock(digest):  # a second run of a snapshot being unpacked waits for that unpack
+            if digest is not None and self._cached(digest):
+                with self._connection():
+                    code, _, err = self._exec(self._copy_cached_command(digest, copy))
+                if code != CACHE_MISSING:
+                    self._check_prepared(code, err)
+                    self._keep_zip(local_zip, digest)
+                    return
+                self._cached_codes.discard(digest)  # removed on the box since: unpacked again
+            self._unpack(local_zip, code_url, digest, source, copy)
+            if digest is not None:
+                self._keep_zip(local_zip, digest)
+                self._cached_codes.add(digest)
+
+    def _keep_zip(self, local_zip: Optional[str], digest: str) -> None:
+        if local_zip is not None and digest not in self._zips:
+            kept = os.path.join(self._scratch(), f"{digest}.zip")
+            shutil.copyfile(local_zip, kept)
+            self._zips[digest] = kept
+
+    def _scratch(self) -> str:
+        """This node's own folder on this machine (removed with the node): a copy of each zip it
+        unpacked, to unpack again should the box's cached tree be removed."""
+        with self._lock:
+            if self._scratch_dir is None:
+                self._scratch_dir = tempfile.mkdtemp(prefix="xt-box-zips-")
+                weakref.finalize(self, shutil.rmtree, self._scratch_dir, True)
+            return self._scratch_dir
+
+    def _copy_cached_command(self, digest: str, copy: str) -> str:
+        cached = q(posixpath.join(self.home, CODE_CACHE, digest))
+        return f"{{ cached={cached}; test -d \"$cached\" || exit {CACHE_MISSING}; {copy} || exit {PREPARE_FAILED}; }}"
+
+    def _send_deferred(self, command: str, again: Callable[[], None]) -> None:
         with self._connection():
-            code, _, err = self._exec(
-                f"mkdir -p {q(posixpath.dirname(code_dir))} && PYTHONPATH={q(self._lib)} python3 -S -c {q(_FETCH_AND_UNPACK)} "
-                f"{q(remote_zip)} {q(code_dir)} {q(source)}; status=$?; rm -f {q(remote_zip)}; [ $status = 0 ] && "
-                f"mkdir -p {q(output_dir)} && touch {' '.join(q(path) for path in empty_files)}",
-                timeout=PREPARE_TIMEOUT_SECONDS, stdin_text=(code_url or "") + "\n")
+            code, _, err = self._exec(command)
+        if code == CACHE_MISSING:
+            self._cached_codes.clear()  # the box's cache was cleared: unpacked again
+            again()
+            return
+        self._check_prepared(code, err)
+
+    def _check_prepared(self, code: int, err: str) -> None:
         if code:
             lines = err.strip().splitlines()
             raise code_archive.ArchiveError(f"box {self.name}: {lines[-1] if lines else 'preparing the run failed'}")
+
+    def _cached(self, digest: str) -> bool:
+        if digest in self._cached_codes:
+            return True
+        if self.exists(posixpath.join(self.home, CODE_CACHE, digest)):  # an SFTP stat: no process on the box
+            self._cached_codes.add(digest)
+            return True
+        return False
+
+    def _unpack(self, local_zip: Optional[str], code_url: Optional[str], digest: Optional[str], source: str,
+                copy: str) -> None:
+        remote_zip = posixpath.join(self.home, "incoming", f"{uuid.uuid4().hex}.zip")
+        if code_url is None:
+            with self._sftp_session(remote_zip) as sftp:
+                sftp.put(local_zip, remote_zip, confirm=False)
+        with self._connection():
+            cache = posixpath.join(self.home, CODE_CACHE)
+            code, _, err = self._exec(
+                f"mkdir -p {q(cache)} && cached=$(PYTHONPATH={q(self._lib)} python3 -S -c {q(_UNPACK_INTO_CACHE)} "
+                f"{q(remote_zip)} {q(cache)} {q(digest or '')} {q(source)}); status=$?; rm -f {q(remote_zip)}; "
+                f"[ $status = 0 ] && {copy}",
+                timeout=PREPARE_TIMEOUT_SECONDS, stdin_text=(code_url or "") + "\n")
+        self._check_prepared(code, err)
+
+    def _code_lock(self, digest: Optional[str]):
+        if digest is None:
+            return contextlib.nullcontext()
+        with self._lock:
+            return self._code_locks.setdefault(digest, threading.Lock())
+
+    def _settle(self, path: Optional[str] = None) -> None:
+        """Before a call about `path` (None: about anything): a copy of the code deferred for its
+        run is made, and a removal under way below it is waited for."""
+        with self._lock:
+            under = [folder for folder in self._deferred if path is None or _below(path, folder)]
+            commands = [self._deferred.pop(folder) for folder in under]
+            removals = [(folder, self._releasing.pop(folder)) for folder in list(self._releasing)
+                        if path is None or _below(path, folder) or _below(folder, path)]
+        for command, again in commands:
+            self._send_deferred(command, again)
+        for folder, channel in removals:
+            finished = channel.status_event.wait(COMMAND_TIMEOUT_SECONDS) or channel.closed
+            self._command_channels.release()
+            if not finished:
+                with self._connection():
+                    raise TimeoutError(f"removing {folder} took longer than {COMMAND_TIMEOUT_SECONDS:g}s")
+
+    def run(self, command: str, timeout: float = COMMAND_TIMEOUT_SECONDS) -> Tuple[int, str, str]:
+        """Run a command on the box (already connected or not); returns (exit status, stdout, stderr)."""
+        self._settle()  # it may look anywhere
+        with self._connection():
+            return self._exec(command, timeout)
 
     def python_argv(self, argv: List[str]) -> List[str]:
         return argv  # the box's own python (an activated environment's, or python3 as a fallback)
@@ -337,11 +595,16 @@ class SshNode(Node):
     def launch(self, argv: List[str], cwd: str, env: Dict[str, str], console: str, exit_file: str) -> Tuple[int, str]:
         """Through a script file written from the channel's stdin (the environment never appears on
         a command line the box's `ps` shows), in its own session under the reaper, with all output
-        in files on the box: one round trip. The run's environment is the box's base
-        (reaper.BASE_ENV of its login environment, PATH ending with XT's bin) plus `env` and
-        PYTHONPATH=XT's run-side modules: nothing else of the login (SSH_CONNECTION...) reaches it."""
+        in files on the box: one round trip, with the run's copy of its code if that was deferred,
+        and shell builtins where they do (each program started on the box costs it a few ms). The
+        run's environment is the box's base (reaper.BASE_ENV of its login environment, PATH ending
+        with XT's bin) plus `env` and PYTHONPATH=XT's run-side modules: nothing else of the login
+        (SSH_CONNECTION...) reaches it."""
         work = posixpath.dirname(console)
         spec = posixpath.join(work, reaper.SPEC_FILE)
+        with self._lock:
+            prepared, again = self._deferred.pop(work, ("", None))
+        self._settle(work)
         with self._connection():
             own = {**env, "PYTHONPATH": self._lib + (f":{env['PYTHONPATH']}" if env.get("PYTHONPATH") else "")}
             lines = ["#!/bin/bash",
@@ -349,19 +612,27 @@ class SshNode(Node):
                      f"export PATH=\"$PATH:{self.home}/bin\"",
                      f"cd {q(cwd)} || exit 1",
                      "exec python3 -S -I " + shlex.join([self._reaper(), exit_file, spec, *argv])]
-            command = (f"cd {q(work)} || exit 1; rm -f {q(exit_file)}; (umask 077 && cat > launch.sh) || exit 1; "
-                       f"setsid /bin/bash launch.sh </dev/null >>{q(console)} 2>&1 & pid=$!; echo $pid; "
-                       f"sed 's/.*) //' /proc/$pid/stat | cut -d' ' -f20")
+            command = ((f"{prepared}; " if prepared else "")
+                       + f"cd {q(work)} || exit 1; [ ! -e {q(exit_file)} ] || rm -f {q(exit_file)}; "
+                       "(umask 077 && IFS= read -r -d '' script; printf '%s' \"$script\" > launch.sh) || exit 1; "
+                       f"setsid /bin/bash launch.sh </dev/null >>{q(console)} 2>&1 & pid=$!; "
+                       "read -r stat < /proc/$pid/stat; set -f -- ${stat##*) }; echo $pid ${20}")
             code, out, err = self._exec(command, stdin_text="\n".join(lines) + "\n")
+        if code == CACHE_MISSING and again is not None:  # the cached tree was removed since: unpacked again
+            self._cached_codes.clear()
+            again()
+            return self.launch(argv, cwd, env, console, exit_file)
+        if code == PREPARE_FAILED:
+            self._check_prepared(code, err)
         parts = out.split()
         if code or len(parts) != 2:
             raise OSError(f"box {self.name}: the run did not start: {err.strip() or out.strip()}")
         return int(parts[0]), parts[1]
 
     def alive(self, pid: int, start: Optional[str]) -> bool:
-        _, out, _ = self.run(f"sed 's/.*) //' /proc/{int(pid)}/stat 2>/dev/null | cut -d' ' -f1,20")
-        parts = out.split()
-        return len(parts) == 2 and parts[0] not in ("Z", "X") and parts[1] == start
+        """The kernel's record of the process, read over SFTP: no process started on the box to look."""
+        fields = self.read_from(f"/proc/{int(pid)}/stat").rsplit(b")", 1)[-1].split()
+        return len(fields) > 19 and fields[0] not in (b"Z", b"X") and fields[19].decode() == start
 
     def kill_group(self, pid: int, sig: int) -> None:
         """The run's whole tree on the box, found by the box's copy of the reaper (node_kit/reaper.py)."""
@@ -372,7 +643,56 @@ class SshNode(Node):
         return posixpath.join(self._lib, "xt_submit", "node_kit", "reaper.py")
 
     def release(self, work_dir: str) -> None:
-        self.run(f"rm -rf {q(work_dir)}")
+        """The removal starts, and this returns (the run's slot is free at once); a later call about
+        the folder waits for it to be done."""
+        with self._lock:
+            self._deferred.pop(work_dir, None)  # never made: nothing to copy
+        self._settle(work_dir)
+        with self._connection():
+            self._take_command_channel()  # given back once the removal is done (_settle, _take_command_channel)
+            try:
+                client = self._client
+                if client is None:  # closed by another thread since
+                    raise EOFError("the connection was closed")
+                with self._answer_within(COMMAND_TIMEOUT_SECONDS, client):
+                    _, stdout, _ = client.exec_command(f"rm -rf {q(work_dir)}", timeout=COMMAND_TIMEOUT_SECONDS)
+                stdout.channel.shutdown_write()
+            except BaseException:
+                self._command_channels.release()
+                raise
+            with self._lock:
+                self._releasing[work_dir] = stdout.channel
+
+
+def _finished(channel) -> bool:
+    return channel.status_event.is_set() or channel.closed
+
+
+def _below(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def _sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _named_sha256(source: str) -> Optional[str]:
+    """The sha256 a snapshot in storage is named by; None for any other name (the box learns it)."""
+    found = _SHA256_ZIP.fullmatch(source)
+    return found.group(1) if found else None
+
+
+def _copy_tree(code_dir: str, output_dir: str, empty_files: List[str]) -> str:
+    """Shell text: the run's own copy of the cached tree "$cached", with its folders and files.
+    `touch` first: a tree in use is never one unused for CACHE_DAYS. GNU cp, else any POSIX cp."""
+    into = q(code_dir)
+    return (f"touch -c \"$cached\" && mkdir -p {q(output_dir)} && "
+            f"(cp -a --reflink=auto \"$cached\"/. {into} 2>/dev/null || cp -pR \"$cached\"/. {into})"
+            + "".join(f" && : >> {q(path)}" for path in empty_files))
 
 
 def q(text: str) -> str:
