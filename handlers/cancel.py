@@ -6,10 +6,11 @@ from typing import List
 import msgspec
 
 from xt_submit.domain import layout, records
-from xt_submit.domain.messages import CANCELLED, TERMINAL_STATUSES, CancelRequested
+from xt_submit.domain.messages import CANCELLED, RUNNING, TERMINAL_STATUSES, CancelRequested
 from xt_submit.ports import Ports
 
 from xt_submit.handlers.jobs import roll_job
+from xt_submit.handlers.run_events import ingest_run_log
 from xt_submit.handlers.search import end_search
 
 CANCEL_REASON = "cancelled by request"
@@ -35,6 +36,11 @@ def cancel_runs(event: CancelRequested, ports: Ports) -> List[str]:
         ports.compute.cancel(ws, live)
         ports.storage.write(layout.cancel_key(ws, event.job, event.requested_at), msgspec.json.encode(
             {"at": event.requested_at, "reason": CANCEL_REASON, "runs": live}), overwrite=False)
+        # a started run's metric history, before it ends here: its node may never report (Batch's
+        # terminate kills a task outright); one that does replaces it with the whole log
+        for run in candidates:
+            if run["status"] == RUNNING:
+                ingest_run_log(ports, ws, run["name"])
         cancelled = ports.stats.update_runs(ws, live, {"status": CANCELLED, "ended": event.requested_at,
                                                        "reason": CANCEL_REASON, "heartbeat": None},
                                             only_if_status_in=records.may_become(CANCELLED))

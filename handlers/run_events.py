@@ -19,20 +19,14 @@ def run_started(event: RunStarted, ports: Ports) -> bool:
     moved = ports.stats.update_run(event.workspace, event.run,
                                    {"status": RUNNING, "started": event.started_at, "node_id": event.node_id},
                                    only_if_status_in=records.may_become(RUNNING))
-    roll_job(ports, event.workspace, event.job)
+    roll_job(ports, event.workspace, event.job, moved=moved)
     return moved
 
 
 def run_finished(event: RunFinished, ports: Ports) -> dict:
     """The node's report is authoritative: whatever came before, the run ends as it says."""
     ws, run = event.workspace, event.run
-    try:
-        chunks = ports.storage.read_chunks(layout.run_log_key(ws, run))
-    except NotFound:
-        chunks = iter(())
-    # streamed: the log is read, parsed and written in pieces, never whole in memory
-    summary = run_log.LogSummary(run_log.iter_records_from_chunks(chunks))
-    ports.stats.replace_metrics(ws, run, summary.metric_rows())
+    summary = ingest_run_log(ports, ws, run)
     hparams, logged_metrics = summary.hparams, summary.last_metrics
     # the stored log wins; the event (or, past its budget, the file it names) covers a lost upload
     last_metrics = {**storable(event.metrics), **_referenced_metrics(event, ports), **logged_metrics}
@@ -54,8 +48,21 @@ def run_finished(event: RunFinished, ports: Ports) -> dict:
     record = ports.stats.get_run(ws, run)
     write_run_stats(ports, record, outputs)
     retry_if_failed(ports, record)
-    roll_job(ports, ws, event.job)
+    # the same status again (a redelivery, perhaps after a crash before the job counted it): recounted
+    roll_job(ports, ws, event.job, moved=before["status"] != status)
     return changes
+
+
+def ingest_run_log(ports: Ports, ws: str, run: str) -> run_log.LogSummary:
+    """The run's stored log into the index's metric history; the summary has its hparams and last metrics.
+    Streamed: the log is read, parsed and written in pieces, never whole in memory."""
+    try:
+        chunks = ports.storage.read_chunks(layout.run_log_key(ws, run))
+    except NotFound:
+        chunks = iter(())
+    summary = run_log.LogSummary(run_log.iter_records_from_chunks(chunks))
+    ports.stats.replace_metrics(ws, run, summary.metric_rows())
+    return summary
 
 
 def _referenced_metrics(event: RunFinished, ports: Ports) -> dict:
@@ -77,6 +84,9 @@ def run_progress(event: RunProgress, ports: Ports) -> str:
     changes no metrics; a repeated one makes the same decision, and a stop is asked for once."""
     ws, run = event.workspace, event.run
     record = ports.stats.get_run(ws, run)
+    if record.get("stopping"):
+        _finish_stop(ports, event, record)
+        return ""
     if not records.is_live(record["status"]):
         return ""
     progress = dict(record.get("progress") or {})
@@ -91,7 +101,7 @@ def run_progress(event: RunProgress, ports: Ports) -> str:
         progress["reports"] = early_stopping.merged(progress.get("reports") or {}, checked)
     changes["progress"] = progress
     ports.stats.update_run(ws, run, changes, only_if_status_in=records.LIVE_STATUSES)
-    if not checked or not policy or job is None or record.get("stopping"):
+    if not checked or not policy or job is None:
         return ""
     others = [(r.get("progress") or {}).get("reports") or {} for r in ports.stats.list_runs(ws, job=event.job)
               if r["name"] != run]
@@ -106,11 +116,26 @@ def run_progress(event: RunProgress, ports: Ports) -> str:
 
 
 def _stop_early(ports: Ports, event: RunProgress, reason: str) -> None:
-    """Storage first (the reason in the run's log), then the index, then compute: the node stops the
-    run as for a cancel, and its report ends it as stopped (run_finished reads `stopping`)."""
+    """Storage first (the reason in the run's log), then the index, then compute. The run ends as
+    stopped here, as a cancel ends a run: its node may never report, since Batch's terminate kills a
+    task without a signal it documents. A node that does report (local, pools: the wrapper stops the
+    run as for a cancel) still has the last word, and run_finished keeps it stopped (`stopping`)."""
     ws, run = event.workspace, event.run
     ports.storage.append(layout.run_log_key(ws, run), run_log.record(event.at, "early_stopped", {"reason": reason}))
     if ports.stats.update_run(ws, run, {"stopping": reason}, only_if_status_in=records.LIVE_STATUSES):
+        _finish_stop(ports, event, ports.stats.get_run(ws, run))
+
+
+def _finish_stop(ports: Ports, event: RunProgress, record: Dict[str, Any]) -> None:
+    """The rest of a stop once `stopping` is recorded; a redelivery after a crash part-way does what
+    was left (a later report of the stopped run, still in flight, asks compute again: idempotent)."""
+    ws, run = event.workspace, event.run
+    if records.is_live(record["status"]):
+        ingest_run_log(ports, ws, run)  # its metric history, which a node killed outright never sends
+        if end_run(ports, ws, run, {"status": STOPPED, "ended": event.at, "reason": record["stopping"],
+                                    "heartbeat": None}):
+            roll_job(ports, ws, event.job, moved=True)
+    if record["exit_code"] is None:  # its node has not reported yet
         ports.compute.cancel(ws, [run])
 
 
@@ -127,6 +152,8 @@ def run_preempted(event: RunPreempted, ports: Ports) -> bool:
     ws, run = event.workspace, event.run
     record = ports.stats.get_run(ws, run)
     if record["status"] in TERMINAL_STATUSES or (record["started"] or 0) > event.requeued_at:
+        if record["status"] in TERMINAL_STATUSES and record["ended"] == event.requeued_at:
+            roll_job(ports, ws, event.job)  # this report ended it, then crashed: the recount repairs the job
         return False
     node = event.node_id or "?"
     if event.preemptions > event.retries:
@@ -135,14 +162,14 @@ def run_preempted(event: RunPreempted, ports: Ports) -> bool:
         ended = end_run(ports, ws, run, {"status": ERROR, "ended": event.requeued_at, "reason": reason,
                                          "heartbeat": None})
         if ended:
-            roll_job(ports, ws, event.job)
+            roll_job(ports, ws, event.job, moved=True)
         return ended
     reason = f"node {node} preempted: requeued ({event.preemptions} of {event.retries} preemption-retries)"
     if record["status"] == PREEMPTED and record["reason"] == reason:
         return False  # the periodic check repeats itself while the run waits for a node
     moved = ports.stats.update_run(ws, run, {"status": PREEMPTED, "reason": reason, "heartbeat": None},
                                    only_if_status_in=records.may_become(PREEMPTED))
-    roll_job(ports, ws, event.job)
+    roll_job(ports, ws, event.job, moved=moved)
     return moved
 
 
@@ -154,6 +181,6 @@ def mark_silent_runs(now: float, timeout: float, ports: Ports) -> list:
         reason = f"node {run['node_id'] or '?'} stopped sending heartbeats (none for {timeout:g}s)"
         if end_run(ports, run["workspace"], run["name"], {"status": ERROR, "ended": now, "reason": reason,
                                                           "heartbeat": None}):
-            roll_job(ports, run["workspace"], run["job"])
+            roll_job(ports, run["workspace"], run["job"], moved=True)
             marked.append(run["name"])
     return marked

@@ -222,7 +222,10 @@ def test_early_stopping_stops_the_run_behind_and_its_end_is_stopped(parts):
     reason = handlers.run_progress(progress("run1.3", [0.9, 0.8, 0.8]), parts.ports)
     assert reason.startswith("early-stopped by the median policy at report 2: best loss so far 0.8")
     assert handlers.run_progress(progress("run1.3", [0.9, 0.8, 0.8], log_bytes=150), parts.ports) == ""  # once
-    assert parts.ports.stats.get_run(WS, "run1.3")["stopping"] == reason
+    stopped = parts.ports.stats.get_run(WS, "run1.3")
+    assert stopped["stopping"] == reason
+    # ended now, as a cancel ends a run: a node killed outright (Batch) may never report
+    assert (stopped["status"], stopped["reason"], stopped["ended"], stopped["exit_code"]) == (STOPPED, reason, 160.0, None)
     assert [t["run"] for t in parts.compute.launched() if t.get("cancel_requested")] == ["run1.3"]
     log = run_log.parse(parts.ports.storage.read(layout.run_log_key(WS, "run1.3")))
     assert log[-1]["event"] == "early_stopped" and log[-1]["data"]["reason"] == reason
@@ -231,6 +234,7 @@ def test_early_stopping_stops_the_run_behind_and_its_end_is_stopped(parts):
         finish(parts, run, 0.2)
     record = parts.ports.stats.get_run(WS, "run1.3")
     assert record["status"] == STOPPED and record["reason"] == reason and record["metrics"] == {"loss": 0.8}
+    assert record["exit_code"] is not None  # the node's report, after the stop, still filled in its end
     job = parts.ports.stats.get_job(WS, "job1")
     assert job["status"] == COMPLETED and job["counts"] == {STOPPED: 1, COMPLETED: 2}
 
