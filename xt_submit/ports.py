@@ -80,6 +80,12 @@ class StatsStore(ABC):
 
     Rebuildable from storage: it is an index, not the source of truth. Records are dicts with the
     fields of `domain.records` (a missing value is None, a missing mapping is {}).
+
+    A job's `counts` (runs per status) and `started` (its first run's start) are the store's: every
+    write that records a run or moves its status (insert_runs, update_run, update_runs) moves them
+    too, once per move that happened (a repeated or refused move counts nothing), so a run's event
+    costs the same in a job of any size. insert_job's record starts them empty; recount_job counts
+    them again from the runs (where a store writes a run and its job apart, it repairs a crash between).
     """
 
     @abstractmethod
@@ -146,6 +152,13 @@ class StatsStore(ABC):
     @abstractmethod
     def job_rollup(self, workspace: str, job: str) -> Dict[str, Any]:
         """{"counts": {status: number of runs}, "started": first run start, "ended": last run end}."""
+
+    def recount_job(self, workspace: str, job: str) -> Dict[str, Any]:
+        """job_rollup, with its counts and start written to the job's record. Stores override it so that
+        no run moving meanwhile is lost from the counts (this default reads, then writes)."""
+        rollup = self.job_rollup(workspace, job)
+        self.update_job(workspace, job, {"counts": rollup["counts"], "started": rollup["started"]})
+        return rollup
 
     @abstractmethod
     def list_runs(self, workspace: str, *, job: Optional[str] = None,

@@ -113,12 +113,20 @@ def test_walk_names_every_file_below_a_folder_and_sees_a_change(node, work, tmp_
             assert f.read() == b"w" * 10
 
 
+def exit_record(node, exit_file):
+    """The reaper's exit file: the exit code, then when the command ended (unix seconds)."""
+    code, ended = node.read_from(exit_file).split(b"\n")
+    return int(code), float(ended)
+
+
 def test_a_launched_command_writes_its_console_and_its_exit_code(node, work):
     console, exit_file = posixpath.join(work, "console.log"), posixpath.join(work, "exit_code")
     argv = node.python_argv(["python", "-c", "import os; print('lr is', os.environ['XT_LR']); raise SystemExit(3)"])
+    launched_at = time.time()
     pid, start = node.launch(argv, posixpath.join(work, "code"), {"XT_LR": "0.1"}, console, exit_file)
     wait_until(lambda: node.exists(exit_file), "the command ended")
-    assert node.read_from(exit_file).strip() == b"3"
+    code, ended = exit_record(node, exit_file)
+    assert code == 3 and launched_at <= ended <= time.time()  # the boxes in these tests share this clock
     assert b"lr is 0.1" in node.read_from(console)
     wait_until(lambda: not node.alive(pid, start), "the ended command is no longer alive")
 
@@ -130,9 +138,11 @@ def test_a_signal_to_the_group_stops_the_command(node, work):
                              exit_file)
     wait_until(lambda: b"ready" in node.read_from(console), "the command started")
     assert node.alive(pid, start)
+    signalled_at = time.time()
     node.kill_group(pid, signal.SIGTERM)
     wait_until(lambda: node.exists(exit_file), "the stopped command's exit code")
-    assert node.read_from(exit_file).strip() == str(-signal.SIGTERM).encode()
+    code, ended = exit_record(node, exit_file)
+    assert code == -signal.SIGTERM and signalled_at <= ended <= time.time()
     wait_until(lambda: not node.alive(pid, start), "the stopped command is no longer alive")
 
 

@@ -159,3 +159,63 @@ def test_the_whole_pipeline_records_the_same_on_every_store(tmp_path, stats_stor
     assert stats_store.get_job("ws1", "job1") == reference.ports.stats.get_job("ws1", "job1")
     for run in ("run1.1", "run1.2"):
         assert stats_store.get_metrics("ws1", run) == reference.ports.stats.get_metrics("ws1", run)
+
+
+def test_a_jobs_counts_and_start_move_with_its_runs_once_per_move(stats_store):
+    """The store keeps the job's counts with its runs (a run's event must not recount the job): a
+    repeated insert, a refused or repeated move counts nothing; recount_job finds the same."""
+    stats_store.insert_job({"workspace": "ws1", "name": "job1", "number": 1, "status": "queued", "run_count": 3,
+                            "counts": {"queued": 3}})  # the dispatch's guess: the store counts for itself
+    assert stats_store.get_job("ws1", "job1")["counts"] == {}
+    stats_store.insert_runs([run_doc(f"run1.{k}") for k in (1, 2, 3)])
+    stats_store.insert_runs([run_doc("run1.1")])  # redelivered dispatch
+    assert stats_store.get_job("ws1", "job1")["counts"] == {"queued": 3}
+    for _ in range(2):  # the second is a redelivered RunStarted: refused
+        stats_store.update_run("ws1", "run1.1", {"status": "running", "started": 7.0}, only_if_status_in=["queued"])
+    stats_store.update_run("ws1", "run1.2", {"status": "running", "started": 5.0})
+    stats_store.update_run("ws1", "run1.2", {"status": "running", "started": 6.0})  # same status again: no move
+    job = stats_store.get_job("ws1", "job1")
+    assert (job["counts"], job["started"]) == ({"queued": 1, "running": 2}, 5.0)
+    stats_store.update_run("ws1", "run1.1", {"status": "completed", "ended": 9.0})
+    assert stats_store.update_runs("ws1", ["run1.1", "run1.2", "run1.3"], {"status": "cancelled", "ended": 9.0},
+                                   only_if_status_in=["queued", "running"]) == ["run1.2", "run1.3"]
+    assert stats_store.get_job("ws1", "job1")["counts"] == {"cancelled": 2, "completed": 1}
+    assert stats_store.recount_job("ws1", "job1") == {"counts": {"cancelled": 2, "completed": 1}, "started": 6.0,
+                                                      "ended": 9.0}
+    job = stats_store.get_job("ws1", "job1")  # the recount's start: run1.2's start as it is now
+    assert (job["counts"], job["started"]) == ({"cancelled": 2, "completed": 1}, 6.0)
+
+
+def test_a_crash_between_a_runs_move_and_its_jobs_count_is_repaired_by_the_redelivery(tmp_path, stats_store,
+                                                                                       monkeypatch, reliability):
+    """MongoDB writes the run, then $incs its job: a crash in between, on the job's last run, must not
+    leave the job running for ever (SQLite: one transaction, the crash undoes both)."""
+    from support.pipeline import node_writes, finished, started
+    from xt_submit import handlers
+    from xt_submit.adapters.stats import sqlite
+
+    def run_job(parts, crash_on_last_count):
+        run_steps(parts, lifecycle(parts)[:3])  # dispatched, run1.1 and run1.2 started
+        node_writes(parts.ports.storage, "run1.3", finished=True)
+        handlers.run_started(started("run1.3"), parts.ports)
+        for run in ("run1.1", "run1.2"):
+            handlers.run_finished(finished(run), parts.ports)
+        if crash_on_last_count:
+            target = (sqlite, "_move_counts") if isinstance(parts.ports.stats, sqlite.SqliteStats) \
+                else (parts.ports.stats, "_move_counts")
+            with monkeypatch.context() as patched:
+                patched.setattr(*target, lambda *a, **k: (_ for _ in ()).throw(RuntimeError("crash")))
+                with pytest.raises(RuntimeError, match="crash"):
+                    handlers.run_finished(finished("run1.3"), parts.ports)
+        handlers.run_finished(finished("run1.3"), parts.ports)  # the (re)delivery
+        return parts.ports.stats.get_job("ws1", "job1")
+
+    reference = run_job(embedded(tmp_path / "reference"), crash_on_last_count=False)
+    base = embedded(tmp_path / "under-test")
+    parts = dataclasses.replace(base, ports=Ports(storage=base.ports.storage, stats=stats_store,
+                                                  compute=base.ports.compute, publisher=base.ports.publisher))
+    job = run_job(parts, crash_on_last_count=True)
+    assert (job["status"], job["counts"], job["ended"]) == ("completed", {"completed": 3}, 120.0)
+    assert job == reference
+    reliability.add("stats store (SQLite and MongoDB): crash between a run's move and its job's count, on the "
+                    "job's last run, then redelivery", faults_injected=1, jobs_stuck=0)

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from xt_submit.runtime.host_control import HostLock
+
 from support.cli_project import SCRIPT
 
 
@@ -180,9 +182,14 @@ def test_config_create_writes_a_loadable_starter(project):
 def test_admin_reindex_rebuilds_what_list_shows(project):
     out = project.json("run", "--wait", "train.py", "--lr=[0.1,0.2]")
     before = project.json("list", "runs")
-    assert project.xt("admin", "reindex", check=False).returncode == 2  # refuses while a host serves this home
-    os.kill(project.host_pid(), signal.SIGKILL)
-    time.sleep(0.2)
+    project.stop_host()  # however long its idle exit: a host of the test's own serves the home now
+    serving = HostLock(project.home)
+    assert serving.acquire()
+    try:
+        assert project.xt("admin", "reindex", check=False).returncode == 2  # refuses while a host serves this home
+    finally:
+        serving.release()
+        serving.close()
     for suffix in ("", "-wal", "-shm"):  # the index is lost entirely
         path = project.home / f"stats.db{suffix}"
         if path.exists():

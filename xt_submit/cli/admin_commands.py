@@ -123,7 +123,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_admin(args: argparse.Namespace) -> int:
     from xt_submit import config as xt_config
     from xt_submit.handlers.reindex import rebuild_workspace, workspaces_in_storage
-    from xt_submit.runtime.local_host import host_running
+    from xt_submit.runtime.host_control import host_running
 
     cfg = xt_config.load_config(args.config)
     if args.kind == "batch-settings":

@@ -72,11 +72,17 @@ def check_name(kind: str, value: str, pattern) -> str:
     return value
 
 
-def ensure_local_host(parts) -> None:
-    """With the embedded queue, a local host must be serving it; with Service Bus, Functions do."""
-    from xt_submit.runtime.local_host import ensure_host
+def ensure_local_host(parts, *, only_if_unfinished: bool = False) -> None:
+    """With the embedded queue, a local host must be serving it; with Service Bus, Functions do.
+    only_if_unfinished: for a command that reads run state, a host only when there is work waiting
+    for one (its host was killed), so that a read after a host's death does not show stale states for ever."""
+    from xt_submit.runtime.host_control import ensure_host, ensure_host_for_unfinished_work
 
-    if parts.served_here:
+    if not parts.served_here:
+        return
+    if only_if_unfinished:
+        ensure_host_for_unfinished_work(parts)
+    else:
         ensure_host(parts.home)
 
 

@@ -61,7 +61,7 @@ def add_parsers(commands) -> None:
         sub.add_argument("--group", help="a table per value of this column")
         sub.add_argument("--export", metavar="FILE", help="also write the rows to FILE.csv or FILE.tsv")
         sub.add_argument("--json", action="store_true")
-    sub = kinds.add_parser("workspaces", help="the workspaces the stats index knows")
+    sub = kinds.add_parser("workspaces", help="the workspaces in storage: created ones and those with jobs")
     sub.add_argument("--workspace", help=argparse.SUPPRESS)  # accepted as before; it changes nothing here
     sub.add_argument("--json", action="store_true")
     sub = kinds.add_parser("experiments", help="the experiments of a workspace")
@@ -216,7 +216,10 @@ def cmd_list(args: argparse.Namespace) -> int:
     from xt_submit.services import run_reports
 
     cfg = load(args)
-    stats = embedded_parts(cfg).ports.stats
+    parts = embedded_parts(cfg)
+    stats = parts.ports.stats
+    if args.kind in ("runs", "jobs"):
+        ensure_local_host(parts, only_if_unfinished=True)  # what they show moves on only while a host serves
     if args.kind == "workspaces":
         return _print_names(stats.workspaces(), args.json, "no workspaces")
     ws = cfg.general.workspace
@@ -296,6 +299,7 @@ def cmd_view(args: argparse.Namespace) -> int:
 
     cfg = load(args)
     parts = embedded_parts(cfg)
+    ensure_local_host(parts, only_if_unfinished=True)  # what it shows moves on only while a host serves
     ws = cfg.general.workspace
     stats, storage = parts.ports.stats, parts.ports.storage
     colour = reports.colour_on(sys.stdout)
@@ -450,6 +454,7 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     cfg = load(args)
     parts = embedded_parts(cfg)
     ws, stats, storage = cfg.general.workspace, parts.ports.stats, parts.ports.storage
+    ensure_local_host(parts, only_if_unfinished=True)  # before the first poll: it may show the runs' last lines
     if layout.JOB_PATTERN.match(args.name):
         stats.get_job(ws, args.name)
         query = run_query.RunQuery(workspace=ws, jobs=(args.name,))
@@ -461,13 +466,8 @@ def cmd_monitor(args: argparse.Namespace) -> int:
         while True:
             runs = stats.query_runs(query)
             for run in runs:
-                key = layout.console_key(ws, run["name"])
-                if storage.exists(key):
-                    data = storage.read(key)
-                    fresh = data[offsets.get(run["name"], 0):]
-                    offsets[run["name"]] = len(data)
-                    for line in fresh.decode("utf-8", "replace").splitlines():
-                        print(f"[{run['name']}] {line}", flush=True)
+                follow_console(storage, layout.console_key(ws, run["name"]), run["name"], offsets,
+                               ended=run["status"] in TERMINAL_STATUSES, out=sys.stdout)
             if all(r["status"] in TERMINAL_STATUSES for r in runs):
                 counts: Dict[str, int] = {}
                 for r in runs:
@@ -479,6 +479,55 @@ def cmd_monitor(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print(f"\nstopped following {args.name}; it keeps running", file=sys.stderr)
         return 0
+
+
+FOLLOW_PIECE_BYTES = 1 << 20
+
+
+def follow_console(storage, key: str, run: str, offsets: Dict[str, int], *, ended: bool, out) -> None:
+    """Print the lines the run's console gained since the last call, read from where that call stopped
+    (offsets[run]), never the whole console again. A line still being written waits for its end,
+    unless the run has ended (then it is its last line)."""
+    start = offsets.get(run, 0)
+    read, carry = 0, b""
+    for piece in _console_from(storage, key, start):
+        read += len(piece)
+        data = carry + piece
+        cut = data.rfind(b"\n") + 1
+        for line in data[:cut].decode("utf-8", "replace").splitlines():
+            out.write(f"[{run}] {line}\n")
+        carry = data[cut:]
+        if len(carry) > FOLLOW_PIECE_BYTES:  # a line without end (a progress bar's \r): shown in pieces
+            out.write(f"[{run}] {carry.decode('utf-8', 'replace')}\n")
+            carry = b""
+    if ended and carry:
+        out.write(f"[{run}] {carry.decode('utf-8', 'replace')}\n")
+        carry = b""
+    out.flush()
+    offsets[run] = start + read - len(carry)
+
+
+def _console_from(storage, key: str, offset: int):
+    """The key's bytes from `offset` on, in pieces: a seek where storage is a folder on this machine;
+    elsewhere the pieces before it are passed over (the Storage port has no ranged read)."""
+    path = storage.local_path(key)
+    if path is not None:
+        try:
+            console = open(path, "rb")
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return
+        with console:
+            console.seek(offset)
+            while piece := console.read(FOLLOW_PIECE_BYTES):
+                yield piece
+        return
+    if not storage.exists(key):
+        return
+    passed = 0
+    for piece in storage.read_chunks(key):
+        if passed + len(piece) > offset:
+            yield piece[max(0, offset - passed):]
+        passed += len(piece)
 
 
 # --- xt download ------------------------------------------------------------------------------

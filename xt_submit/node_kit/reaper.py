@@ -251,9 +251,11 @@ def _end_leftovers(me, grace, termed, subreaper):
 
 
 def _write_exit(exit_file, code):
+    """The exit code, then when it ended: a supervisor that notices later (a host restarted after the
+    run ended) still records the run's own end, not the moment it looked."""
     tmp = exit_file + ".tmp"
     with open(tmp, "w") as f:
-        f.write(str(code))
+        f.write(f"{code}\n{time.time():.3f}")
     os.replace(tmp, exit_file)
 
 

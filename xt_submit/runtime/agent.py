@@ -18,7 +18,7 @@ from xt_submit.domain import layout
 from xt_submit.services import targets
 from xt_submit.domain.messages import CANCELLED, ContractError, RunFinished, TasksQueued, decode_task_message
 from xt_submit.runtime.executors import executors_for
-from xt_submit.runtime.local_host import HostLock
+from xt_submit.runtime.host_control import HostLock
 from xt_submit.ports import AgentParts
 
 log = logging.getLogger("xt.agent")

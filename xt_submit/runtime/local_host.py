@@ -6,12 +6,9 @@ exits after a while with nothing to do; `xt serve` runs it in the foreground.
 """
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional
@@ -24,8 +21,9 @@ from xt_submit.handlers.routing import audit_fields, handle
 from xt_submit.ports import ReceivedMessage
 from xt_submit.runtime.executors import executors_for
 from xt_submit.ports import Parts
+from xt_submit.runtime.host_control import (LOCK_FILE, HostLock, ensure_host,  # noqa: F401 (their old home)
+                                            ensure_host_for_unfinished_work, host_running, unfinished_work)
 
-LOCK_FILE = "host.lock"
 HEARTBEAT_TIMEOUT_SECONDS = float(os.environ.get("XT_HEARTBEAT_TIMEOUT", "300"))
 HEARTBEAT_CHECK_SECONDS = min(30.0, HEARTBEAT_TIMEOUT_SECONDS / 4)
 HANDLERS: Dict[type, Callable] = {**handlers.ON_JOBS_QUEUE, **handlers.ON_EVENTS_QUEUE}
@@ -49,6 +47,7 @@ class LocalHost:
         self._uploads_checked = 0.0
         self._heartbeats_checked = 0.0
         self._seen_uploads_path = parts.home / "uploads_seen.json"
+        self.passes = 0  # of serve's loop (a test counts them: a waiting retry must not make them many)
 
     def process(self, message: ReceivedMessage) -> None:
         started = time.monotonic()
@@ -119,51 +118,36 @@ class LocalHost:
         return bool(new)
 
     def has_work(self) -> bool:
-        return (self.queue.count(JOBS_QUEUE) + self.queue.count(EVENTS_QUEUE) > 0
-                or self.parts.compute.active_count() > 0)
+        return unfinished_work(self.parts)
 
     def serve(self, should_stop: Callable[[], bool] = lambda: False) -> None:
         idle_since = time.monotonic()
         while not should_stop():
+            self.passes += 1
             if self.step():
                 idle_since = time.monotonic()
                 continue
-            if self.has_work():
+            if self.parts.compute.active_count() > 0:
                 # runs in flight: their events and exits want a prompt answer (the next run starts then)
                 idle_since = time.monotonic()
                 self.executor.wait(self.busy_poll_seconds if self.pools.running else self.busy_wait_seconds)
+                continue
+            waiting = self._seconds_until_a_message()
+            if waiting is not None:
+                # a retry held back (or a message just sent): not idle, but nothing to do before it is due,
+                # except what a client may send meanwhile, looked for at the idle pace
+                idle_since = time.monotonic()
+                time.sleep(min(waiting, self.poll_seconds))
                 continue
             if self.idle_exit_seconds is not None and time.monotonic() - idle_since > self.idle_exit_seconds:
                 return
             time.sleep(self.poll_seconds)
 
-
-class HostLock:
-    """An exclusive flock on XT_HOME/host.lock, held for the host's life."""
-
-    def __init__(self, home: Path) -> None:
-        home.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(home / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
-
-    def acquire(self) -> bool:
-        try:
-            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return False
-        os.ftruncate(self._fd, 0)
-        os.pwrite(self._fd, str(os.getpid()).encode(), 0)  # who holds it, for `kill` and for tests
-        return True
-
-    def release(self) -> None:
-        fcntl.flock(self._fd, fcntl.LOCK_UN)
-
-
-def host_running(home: Path) -> bool:
-    lock = HostLock(home)
-    if lock.acquire():
-        lock.release()
-        return False
-    return True
+    def _seconds_until_a_message(self) -> Optional[float]:
+        until = getattr(self.queue, "seconds_until_receivable", None)  # the embedded queue's (the one a host serves)
+        if until is None:  # a queue that cannot say: look again soon
+            return self.busy_wait_seconds if self.queue.count(JOBS_QUEUE) + self.queue.count(EVENTS_QUEUE) else None
+        return until((JOBS_QUEUE, EVENTS_QUEUE))
 
 
 def run_host(home: Path, build: Callable[[], Parts], *, idle_exit_seconds: Optional[float]) -> int:
@@ -183,18 +167,3 @@ def run_host(home: Path, build: Callable[[], Parts], *, idle_exit_seconds: Optio
         lock.release()
         if not host.has_work() or not lock.acquire():
             return 0
-
-
-def ensure_host(home: Path, idle_exit_seconds: Optional[float] = None) -> None:
-    """Start a background host for this XT_HOME unless one is running."""
-    if host_running(home):
-        return
-    if idle_exit_seconds is None:
-        idle_exit_seconds = float(os.environ.get("XT_HOST_IDLE_EXIT", "10"))
-    log_file = open(home / "host.out", "ab")
-    # cwd: XT_HOME, not the user's project (`-m` puts the cwd first on sys.path: a project's own
-    # msgspec.py or yaml.py would be imported in place of the real ones)
-    subprocess.Popen([sys.executable, "-m", "xt_submit.entrypoints.host", str(home), str(idle_exit_seconds)],
-                     cwd=str(home), stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                     start_new_session=True, env=dict(os.environ, XT_HOME=str(home)))
-    log_file.close()

@@ -21,7 +21,7 @@ import signal
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 
 from xt_submit.node_kit import code_archive, reaper
@@ -181,8 +181,11 @@ class RunWrapper:
     def finish(self) -> RunFinished:
         """After the command ended: final sync, capture outputs, report RunFinished."""
         task, ws = self.task, self.task.workspace
-        ended_at = time.time()
-        exit_code = self._exit_code()
+        now = time.time()
+        exit_code, exited_at = self._exit_record()
+        # when the command ended, if the reaper says (kept within the run's start and now: a box's
+        # clock may differ from this one's); a run adopted after its host's downtime ended back then
+        ended_at = min(now, max(self.state["started_at"] or now, exited_at)) if exited_at is not None else now
         stopping, failure = self.state["stopping"], self.state["failure"]
         if stopping == "cancelled":
             status, reason = CANCELLED, "cancelled by request"
@@ -278,10 +281,20 @@ class RunWrapper:
         self._save_state()  # at once: a supervisor that dies now must find this run, not start it again
 
     def _exit_code(self) -> Optional[int]:
+        return self._exit_record()[0]
+
+    def _exit_record(self) -> Tuple[Optional[int], Optional[float]]:
+        """(exit code, when the command ended) from the reaper's exit file; (None, None) if it wrote none
+        (the reaper itself was killed, or the command never started)."""
+        lines = self.node.read_from(self.exit_file).split(b"\n")
         try:
-            return int(self.node.read_from(self.exit_file))
+            code = int(lines[0])
         except ValueError:
-            return None  # the reaper itself was killed, or the command never started
+            return None, None
+        try:
+            return code, float(lines[1])
+        except (IndexError, ValueError):
+            return code, None  # written by an older reaper: its code only
 
     def _signal(self, sig: int) -> None:
         pid = self.state["pid"]

@@ -121,6 +121,15 @@ class SqliteQueue(MessageQueue):
     def count(self, queue: str) -> int:
         return self._db.execute("SELECT count(*) FROM messages WHERE queue = ?", (queue,)).fetchone()[0]
 
+    def seconds_until_receivable(self, queues: Sequence[str]) -> Optional[float]:
+        """How long until the first message of `queues` can be received (0: one can now; a retry held
+        back, or one locked, counts from when it is visible again); None when they hold no message.
+        The local host sleeps this long rather than polling while a retry waits."""
+        placeholders = ",".join("?" * len(queues))
+        (first,) = self._db.execute(f"SELECT min(visible_at) FROM messages WHERE queue IN ({placeholders})",
+                                    list(queues)).fetchone()
+        return None if first is None else max(0.0, first - time.time())
+
     def peek(self, queue: str, limit: int = 100) -> List[dict]:
         rows = self._db.execute(
             "SELECT id, body, delivery_count, dead_letter_reason FROM messages WHERE queue = ? ORDER BY id LIMIT ?",

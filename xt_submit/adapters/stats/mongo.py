@@ -252,7 +252,14 @@ def _run(doc):
 
 
 def _job(doc):
-    return _record(doc, JOB_FIELDS)
+    job = _record(doc, JOB_FIELDS)
+    if job is not None:  # a status whose runs all moved on keeps its $inc'ed 0 in the document
+        job["counts"] = {status: n for status, n in (job["counts"] or {}).items() if n}
+    return job
+
+
+COUNTS_VERSION = "counts_version"  # in a job document: moved by every $inc of its counts (recount_job's guard)
+RECOUNT_ATTEMPTS = 5
 
 
 def _field(group: Optional[str], name: str) -> str:
@@ -429,6 +436,9 @@ class MongoStats(StatsStore):
 
     # --- writes ------------------------------------------------------------------------------
     def insert_job(self, job: Dict[str, Any]) -> None:
+        job = {**job, "counts": {}}  # the store's: counted as its runs are inserted and move
+        if job.get("started") is None:
+            job.pop("started", None)  # absent, not null: the $min of its first run's start sets it
         doc_id = _key(job["workspace"], job["name"])
         inline, refs = self._set_aside(self.jobs, doc_id, job["workspace"], job)
         result = _retrying(self.jobs, lambda: self.jobs.update_one({"_id": doc_id}, {"$setOnInsert": _with_refs(inline, refs)},
@@ -449,6 +459,16 @@ class MongoStats(StatsStore):
             for index, (doc_id, refs) in set_aside.items():
                 if index not in inserted:  # the run was there already: its first record stands
                     self._delete_unreferenced(self.runs, doc_id, refs)
+            chunk = runs[start:start + METRIC_BATCH]
+            moves: Dict[Tuple[str, str], Dict[Tuple[Optional[str], str], int]] = {}
+            for index in inserted:
+                run = chunk[index]
+                job_moves = moves.setdefault((run["workspace"], run["job"]), {})
+                job_moves[(None, run["status"])] = job_moves.get((None, run["status"]), 0) + 1
+            for (workspace, job), job_moves in moves.items():
+                starts = [chunk[i]["started"] for i in inserted if chunk[i]["job"] == job
+                          and chunk[i]["workspace"] == workspace and chunk[i].get("started") is not None]
+                self._move_counts(workspace, job, job_moves, min(starts) if starts else None)
 
     def update_job(self, workspace: str, job: str, changes: Dict[str, Any],
                    *, only_if_status_in: Optional[Iterable[str]] = None) -> bool:
@@ -470,11 +490,19 @@ class MongoStats(StatsStore):
         for start in range(0, len(runs), _BULK_NAMES):
             chunk = list(runs[start:start + _BULK_NAMES])
             query = {"_id": {"$in": [_key(workspace, name) for name in chunk]}, **status}
-            docs = _retrying(self.runs, lambda: list(self.runs.find(query, {"name": 1, OVERFLOW: 1})))
+            docs = _retrying(self.runs, lambda: list(self.runs.find(query, {"name": 1, "job": 1, "status": 1, OVERFLOW: 1})))
             aside = {d["name"] for d in docs if set(d.get(OVERFLOW) or {}) & set(changes)}
             plain = [_key(workspace, d["name"]) for d in docs if d["name"] not in aside]
             if plain:
                 _retrying(self.runs, lambda: self.runs.update_many({"_id": {"$in": plain}, **status}, {"$set": changes}))
+                if "status" in changes:  # as they were read: a run moved meanwhile is set right by the job's recount
+                    moves: Dict[str, Dict[Tuple[Optional[str], str], int]] = {}
+                    for d in docs:
+                        if d["name"] not in aside:
+                            job_moves = moves.setdefault(d["job"], {})
+                            job_moves[(d["status"], changes["status"])] = job_moves.get((d["status"], changes["status"]), 0) + 1
+                    for job, job_moves in moves.items():
+                        self._move_counts(workspace, job, job_moves)
             done = {d["name"] for d in docs if d["name"] not in aside}
             done |= {name for name in aside if self._update(self.runs, "run", workspace, name, changes, statuses)}
             changed += [name for name in chunk if name in done]
@@ -494,7 +522,8 @@ class MongoStats(StatsStore):
             update["$unset"] = dict.fromkeys(replaced, "")
         # the document as it was says which values set aside these changes replace
         before = _retrying(collection, lambda: collection.find_one_and_update(
-            query, update, projection={OVERFLOW: 1}, return_document=pymongo.ReturnDocument.BEFORE))
+            query, update, projection={OVERFLOW: 1, "status": 1, "job": 1},
+            return_document=pymongo.ReturnDocument.BEFORE))
         if before is None:
             if refs:
                 self._delete_unreferenced(collection, doc_id, refs)
@@ -504,7 +533,48 @@ class MongoStats(StatsStore):
         old = before.get(OVERFLOW) or {}
         self._delete_parts(collection, doc_id, {field: ref for field, ref in old.items()
                                                 if field in changes and ref != refs.get(field)})
+        if kind == "run" and ("status" in changes or changes.get("started") is not None):
+            # the run's write decided the move (its status before): the job counts it once. A crash
+            # before this write loses it; the job's recount (roll_job's repair) puts it back
+            self._move_counts(workspace, before["job"], {(before["status"], changes.get("status", before["status"])): 1},
+                              changes.get("started"))
         return True
+
+    def _move_counts(self, workspace: str, job: str, moves: Dict[Tuple[Optional[str], str], int],
+                     started: Optional[float] = None) -> None:
+        """One write to the job: moves is {(status before or None for a new run, status after): runs};
+        started: a run's start, so the job's stays its first run's."""
+        inc: Dict[str, int] = {}
+        for (before, after), number in moves.items():
+            if before == after or not number:
+                continue
+            if before is not None:
+                inc[f"counts.{before}"] = inc.get(f"counts.{before}", 0) - number
+            inc[f"counts.{after}"] = inc.get(f"counts.{after}", 0) + number
+        update: Dict[str, Any] = {}
+        if inc:
+            update["$inc"] = {**inc, COUNTS_VERSION: 1}
+        if started is not None:
+            update["$min"] = {"started": started}  # recount_job never leaves a null here ($min keeps a null)
+        if update:
+            _retrying(self.jobs, lambda: self.jobs.update_one({"_id": _key(workspace, job)}, update))
+
+    def recount_job(self, workspace: str, job: str) -> Dict[str, Any]:
+        """The count is written only if no move was counted meanwhile (COUNTS_VERSION unchanged), else done again."""
+        doc_id = _key(workspace, job)
+        for attempt in range(RECOUNT_ATTEMPTS):
+            seen = _retrying(self.jobs, lambda: self.jobs.find_one({"_id": doc_id}, {COUNTS_VERSION: 1})) or {}
+            rollup = self.job_rollup(workspace, job)
+            update: Dict[str, Any] = {"$set": {"counts": rollup["counts"]}}
+            if rollup["started"] is None:
+                update["$unset"] = {"started": ""}
+            else:
+                update["$set"]["started"] = rollup["started"]
+            guard = {"_id": doc_id} if attempt == RECOUNT_ATTEMPTS - 1 else \
+                {"_id": doc_id, COUNTS_VERSION: seen.get(COUNTS_VERSION)}  # moves without end: the last count stands
+            if _retrying(self.jobs, lambda: self.jobs.update_one(guard, update)).matched_count:
+                break
+        return rollup
 
     def replace_metrics(self, workspace: str, run: str, rows: Iterable[Any]) -> None:
         parent = f"{self.metrics.name}/{_key(workspace, run)}"  # the run's metric values set aside

@@ -93,6 +93,38 @@ def _index_last_metrics(db, workspace: str, run: str, metrics: Dict[str, Any]) -
         for name, value in metrics.items() if value is None or isinstance(value, (int, float, str))])
 
 
+def _move_counts(db, workspace: str, moves: Dict[Tuple[str, Optional[str], str], int],
+                 started: Optional[Tuple[str, float]] = None) -> None:
+    """Keep each job's counts with its runs, in the transaction that moved them: moves is
+    {(job, status before or None for a new run, status after): runs}; started: (job, a run's start),
+    so the job's start stays its first run's."""
+    by_job: Dict[str, List[Tuple[Optional[str], str, int]]] = {}
+    for (job, before, after), number in moves.items():
+        if before != after and number:
+            by_job.setdefault(job, []).append((before, after, number))
+    if started is not None:
+        by_job.setdefault(started[0], [])
+    for job, job_moves in by_job.items():
+        row = db.execute("SELECT counts, started FROM jobs WHERE workspace = ? AND name = ?", (workspace, job)).fetchone()
+        if row is None:
+            continue  # runs without a job record (the pipeline records the job first): nothing to keep
+        counts = _decode(row[0])
+        for before, after, number in job_moves:
+            if before is not None:
+                counts[before] = counts.get(before, 0) - number
+            counts[after] = counts.get(after, 0) + number
+        first = row[1]
+        if started is not None and started[0] == job and started[1] is not None:
+            first = started[1] if first is None else min(first, started[1])
+        db.execute("UPDATE jobs SET counts = ?, started = ? WHERE workspace = ? AND name = ?",
+                   (_counts_json(counts), first, workspace, job))
+
+
+def _counts_json(counts: Dict[str, int]) -> str:
+    """Sorted and without zeros, as a recount's GROUP BY gives them."""
+    return _encode({status: n for status, n in sorted(counts.items()) if n}).decode()
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -232,6 +264,7 @@ class SqliteStats(StatsStore):
     # --- writes ------------------------------------------------------------------------------
     def insert_job(self, job: Dict[str, Any]) -> None:
         _check_columns("job", job, JOB_COLUMNS)
+        job = {**job, "counts": {}}  # the store's: counted as its runs are inserted and move
         columns = [c for c in JOB_COLUMNS if c in job]
         with transaction(self._db) as db:
             db.execute(f"INSERT OR IGNORE INTO jobs ({','.join(columns)}) VALUES ({','.join('?' * len(columns))})",
@@ -245,10 +278,17 @@ class SqliteStats(StatsStore):
         columns = [c for c in RUN_COLUMNS if c in present]
         sql = f"INSERT OR IGNORE INTO runs ({','.join(columns)}) VALUES ({','.join('?' * len(columns))})"
         json_columns = [c in _JSON_COLUMNS for c in columns]
-        rows = ([_encode(run.get(c) or {}).decode() if is_json else run.get(c) for c, is_json in zip(columns, json_columns)]
-                for run in runs)
+        groups: Dict[Tuple[str, str, str], List[Dict[str, Any]]] = {}
+        for run in runs:  # one executemany per job and status: the rows it inserted are that job's new runs
+            groups.setdefault((run["workspace"], run["job"], run["status"]), []).append(run)
         with transaction(self._db) as db:
-            db.executemany(sql, rows)
+            for (workspace, job, status), group in groups.items():
+                before = db.total_changes
+                db.executemany(sql, ([_encode(run.get(c) or {}).decode() if is_json else run.get(c)
+                                      for c, is_json in zip(columns, json_columns)] for run in group))
+                started = [run["started"] for run in group if run.get("started") is not None]
+                _move_counts(db, workspace, {(job, None, status): db.total_changes - before},
+                             (job, min(started)) if started else None)
 
     def update_job(self, workspace: str, job: str, changes: Dict[str, Any],
                    *, only_if_status_in: Optional[Iterable[str]] = None) -> bool:
@@ -269,12 +309,19 @@ class SqliteStats(StatsStore):
             statuses = list(only_if_status_in)
             sql += f" AND status IN ({','.join('?' * len(statuses))})"
             params += statuses
+        key = "job, status" if table == "runs" else "1"
         with transaction(self._db) as db:
-            if db.execute(f"SELECT 1 FROM {table} WHERE workspace = ? AND name = ?", (workspace, name)).fetchone() is None:
+            found = db.execute(f"SELECT {key} FROM {table} WHERE workspace = ? AND name = ?", (workspace, name)).fetchone()
+            if found is None:
                 raise NotFound(f"{table[:-1]} {name} not found in workspace {workspace}")
             changed = db.execute(sql, params).rowcount > 0
-            if changed and table == "runs" and "metrics" in changes:
-                _index_last_metrics(db, workspace, name, changes["metrics"] or {})
+            if changed and table == "runs":
+                if "metrics" in changes:
+                    _index_last_metrics(db, workspace, name, changes["metrics"] or {})
+                if "status" in changes or changes.get("started") is not None:
+                    job, status = found
+                    _move_counts(db, workspace, {(job, status, changes.get("status", status)): 1},
+                                 (job, changes["started"]) if changes.get("started") is not None else None)
             return changed
 
     def update_runs(self, workspace: str, runs: Sequence[str], changes: Dict[str, Any],
@@ -292,7 +339,13 @@ class SqliteStats(StatsStore):
         with transaction(self._db) as db:
             for start in range(0, len(runs), _BULK_NAMES):
                 chunk = list(runs[start:start + _BULK_NAMES])
-                done = {name for (name,) in db.execute(sql.format(names=",".join("?" * len(chunk))) + " RETURNING name",
+                names = ",".join("?" * len(chunk))
+                if "status" in changes:  # what the update below moves (the same transaction): the jobs' counts move with it
+                    where = f" AND status IN ({','.join('?' * len(statuses))})" if only_if_status_in is not None else ""
+                    _move_counts(db, workspace, {(job, status, changes["status"]): n for job, status, n in db.execute(
+                        f"SELECT job, status, count(*) FROM runs WHERE workspace = ? AND name IN ({names}){where}"
+                        " GROUP BY job, status", [workspace, *chunk, *statuses])})
+                done = {name for (name,) in db.execute(sql.format(names=names) + " RETURNING name",
                                                        [*values, workspace, *chunk, *statuses])}
                 changed += [name for name in chunk if name in done]
         return changed
@@ -324,12 +377,23 @@ class SqliteStats(StatsStore):
         return [{"step": r[0], "name": r[1], "value": r[2], "time": r[3]} for r in rows]
 
     def job_rollup(self, workspace: str, job: str) -> Dict[str, Any]:
-        rows = self._db.execute("SELECT status, count(*), min(started), max(ended) FROM runs"
-                                " WHERE workspace = ? AND job_number = ? GROUP BY status", (workspace, layout.job_number(job))).fetchall()
+        return self._rollup(self._db, workspace, job)
+
+    @staticmethod
+    def _rollup(db, workspace: str, job: str) -> Dict[str, Any]:
+        rows = db.execute("SELECT status, count(*), min(started), max(ended) FROM runs"
+                          " WHERE workspace = ? AND job_number = ? GROUP BY status", (workspace, layout.job_number(job))).fetchall()
         starts = [r[2] for r in rows if r[2] is not None]
         ends = [r[3] for r in rows if r[3] is not None]
         return {"counts": {r[0]: r[1] for r in rows}, "started": min(starts) if starts else None,
                 "ended": max(ends) if ends else None}
+
+    def recount_job(self, workspace: str, job: str) -> Dict[str, Any]:
+        with transaction(self._db) as db:  # no run moves between the count and its write
+            rollup = self._rollup(db, workspace, job)
+            db.execute("UPDATE jobs SET counts = ?, started = ? WHERE workspace = ? AND name = ?",
+                       (_counts_json(rollup["counts"]), rollup["started"], workspace, job))
+        return rollup
 
     def list_runs(self, workspace: str, *, job: Optional[str] = None, status: Optional[str] = None) -> List[Dict[str, Any]]:
         return self.query_runs(RunQuery(workspace=workspace, job=job, status=status))

@@ -1,0 +1,50 @@
+"""While a retry waits its delay, the local host sleeps towards it at its idle pace instead of polling
+the queue every few milliseconds (issue 16): the passes of its loop are counted on a fake clock."""
+from types import SimpleNamespace
+
+from xt_submit.adapters.queue import sqlite as sqlite_queue
+from xt_submit.domain.messages import EVENTS_QUEUE, JOBS_QUEUE, RunStarted, encode
+from xt_submit.runtime import local_host
+
+DELAY = 30.0
+
+
+def test_a_message_held_back_for_a_delay_costs_a_bounded_number_of_host_passes(parts, monkeypatch):
+    clock = SimpleNamespace(now=1_000_000.0)
+
+    def sleep(seconds):
+        assert seconds >= 0
+        clock.now += seconds
+
+    fake_time = SimpleNamespace(time=lambda: clock.now, monotonic=lambda: clock.now, sleep=sleep)
+    monkeypatch.setattr(sqlite_queue, "time", fake_time)
+    monkeypatch.setattr(local_host, "time", fake_time)
+    handled = []
+    monkeypatch.setitem(local_host.HANDLERS, RunStarted, lambda event, ports: handled.append(clock.now))
+    host = local_host.LocalHost(parts, idle_exit_seconds=60.0)
+    parts.queue.send(EVENTS_QUEUE, [encode(RunStarted(workspace="ws1", job="job1", run="run1.1", node_id="local",
+                                                      started_at=1.0))])
+    (message,) = parts.queue.receive(EVENTS_QUEUE)
+    held_back_at = clock.now
+    parts.queue.abandon(message, "transient", delay_seconds=DELAY)  # a retry, due DELAY seconds from now
+
+    bound = DELAY / host.poll_seconds + 3  # one pass per idle wait: a client's new message is still looked for
+    host.serve(should_stop=lambda: bool(handled) or host.passes > 10 * bound)  # a busy loop is stopped, and fails
+
+    assert host.passes <= bound, host.passes
+    (at,) = handled
+    assert held_back_at + DELAY <= at <= held_back_at + DELAY + host.poll_seconds  # on time, not early
+
+
+def test_the_queue_says_how_long_until_its_first_message_can_be_received(parts, monkeypatch):
+    clock = SimpleNamespace(now=5_000.0)
+    monkeypatch.setattr(sqlite_queue, "time", SimpleNamespace(time=lambda: clock.now))
+    queues = (JOBS_QUEUE, EVENTS_QUEUE)
+    assert parts.queue.seconds_until_receivable(queues) is None
+    parts.queue.send(EVENTS_QUEUE, [b"a", b"b"])
+    assert parts.queue.seconds_until_receivable(queues) == 0.0
+    first, second = parts.queue.receive(EVENTS_QUEUE, max_messages=2)
+    parts.queue.abandon(first, "later", delay_seconds=40.0)
+    parts.queue.abandon(second, "sooner", delay_seconds=12.5)
+    assert parts.queue.seconds_until_receivable(queues) == 12.5
+    assert parts.queue.seconds_until_receivable((JOBS_QUEUE,)) is None
