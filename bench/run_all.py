@@ -28,6 +28,7 @@ RUNS = [
     ("P6", "p6_ingest.py", ["--records", "1000000"], "1,000,000 records"),
     ("P6", "p6_ingest.py", ["--records", "10000000", "--repeat", "1"], "10,000,000 records (10x)"),
     ("P7", "p7_pool.py", [], "20 runs on 2 SSH boxes"),
+    ("P8", "p8_cloud_cost.py", ["--runs", "10000"], "10,000 runs (and 1,000) through the Functions app on the peers"),
 ]
 
 
@@ -77,6 +78,20 @@ def figure(r: dict) -> tuple:
         return (f"{r['ours_s']:.2f} s", f"{r['limit_s']:.2f} s ({r['x_limit']:.2f}x); with connection setup once per box"
                 f" {r['limit_with_setup_s']:.2f} s ({r['x_limit_with_setup']:.2f}x)", "-", ok,
                 "<= 4x limit at 20 runs, <= 2x at 200")
+    if i == "P8":  # issue 17: ops per run must not grow with the job, and the stack must beat an idle server
+        ratios = r["ratio_large_to_small"]
+        same_per_run = all(v is not None and abs(v - 1) <= 0.10 for v in ratios.values())
+        idle = r["idle_month_usd"]
+        at_10k_a_month = idle["ours_month"] + 10 * r["cost_per_1000_runs_total_usd"]
+        h = r["headline_per_run"]
+        return (f"per run: {h['blob_ops']:.1f} blob ops, {h['bus_ops']:.1f} Service Bus ops, {h['mongo_commands']:.1f}"
+                f" Mongo commands ({h['ru']:.0f} RU); ${r['cost_per_1000_runs_total_usd']:.3f} per 1,000 runs;"
+                f" ${at_10k_a_month:.2f}/month at 10,000 runs/month (idle ${idle['ours_month']:.2f})",
+                f"at {r['small_runs']:,} runs: per-run ratios " + ", ".join(f"{k} {v:.3f}" for k, v in ratios.items()),
+                f"always-on MLflow server ${idle['mlflow_server_month']:.2f}/month; break-even"
+                f" {r['break_even_runs_per_month'] or 0:,} runs/month",
+                same_per_run and at_10k_a_month < idle["mlflow_server_month"],
+                "per-run ops at N within 10% of N/10's; 10,000 runs/month cost less than the idle server")
     raise ValueError(i)
 
 

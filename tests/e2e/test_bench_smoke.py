@@ -25,3 +25,23 @@ def test_benchmark_runs(script, args, keys):
     assert out.returncode == 0, out.stderr[-2000:]
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert all(result[key] > 0 for key in keys) and result["peak_rss_mb"] > 0
+
+
+def test_cloud_cost_counts_every_service_the_same_per_run_at_two_sizes():
+    """P8 starts its own peers (Azurite, the AMQP broker, its Mongo wire peer) and drives a sweep
+    through the Functions app at two sizes: every service is used, per run alike at both."""
+    out = subprocess.run([sys.executable, str(BENCH / "p8_cloud_cost.py"), "--runs", "20", "--small", "10"], cwd=BENCH,
+                         capture_output=True, text=True, timeout=240)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    large, small = result["headline_per_run"], result["headline_per_run_small"]
+    assert set(large) == {"blob_ops", "bus_ops", "mongo_commands", "ru"}
+    assert all(large[key] > 0 and small[key] > 0 for key in large), (large, small)
+    # the job's own handful of operations spread over 10 or 20 runs is the only difference
+    assert all(abs(ratio - 1) <= 0.1 for ratio in result["ratio_large_to_small"].values()), result["ratio_large_to_small"]
+    per_run = result["per_run"]
+    assert per_run["blob"]["write"] > 0 and per_run["bus"]["completes"] > 0 and per_run["mongo_by_class"]["write"] > 0
+    costs = result["cost_per_1000_runs_usd"]
+    assert set(costs) == {"blob", "service_bus", "cosmos_serverless", "functions"} and all(v > 0 for v in costs.values())
+    idle = result["idle_month_usd"]
+    assert idle["ours_month"] > 0 and idle["mlflow_server_month"] > 0 and result["functions"]["invocations_per_run"] >= 2
