@@ -74,6 +74,11 @@ class Storage(ABC):
         """Where the key's file is on this machine, for storage that is a folder here (else None)."""
         return None
 
+    def list_signatures(self, prefix: str) -> Optional[Dict[str, str]]:
+        """Each key under prefix with what identifies its content without reading it (its size, ETag
+        and MD5), from one listing; None where the listing carries none (then ask per key)."""
+        return None
+
 
 class StatsStore(ABC):
     """Job and run properties, hparams and metrics, indexed for reports.

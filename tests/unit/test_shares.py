@@ -1,6 +1,7 @@
 """Data and model shares below the CLI: the content key of a share's listing, the node cache (once per
 content, whole or not at all), where the run wrapper points XT_DATA_DIR / XT_MODEL_DIR on each kind of
 node, and the config's data: and model: sections."""
+import hashlib
 import os
 import uuid
 
@@ -72,14 +73,20 @@ def test_signatures_follow_the_content_on_each_kind_of_storage(tmp_path):
     assert shares.listing(linkless, PREFIX)[0][1].startswith("sha256=")  # read, as nothing else says
 
 
-def test_a_blob_signature_is_its_etag_and_md5_from_a_read_only_link(azurite_connection_string, tmp_path):
+def test_a_blob_signature_is_its_etag_and_md5_from_the_listing(azurite_connection_string, tmp_path, monkeypatch):
     from xt_submit.adapters.storage.blob import BlobStorage
 
     storage = BlobStorage(f"xt-shares-{uuid.uuid4().hex[:8]}", connection_string=azurite_connection_string)
     storage.ensure_container()
     storage.write(PREFIX + "a.txt", b"1")
-    (name, first), = shares.listing(storage, PREFIX)
-    assert name == "a.txt" and "size=1;etag=" in first and "md5=" in first
+    storage.write(PREFIX + "b.txt", b"22")
+    asked = []
+    monkeypatch.setattr(storage, "read_url", lambda *a, **k: asked.append(a))  # no request per file
+    (name, first), (_, second) = shares.listing(storage, PREFIX)
+    assert asked == [] and name == "a.txt" and first.startswith("size=1;etag=") and second.startswith("size=2;")
+    assert "md5=" + hashlib.md5(b"1").hexdigest() in first  # what the service keeps of the content
+    storage.delete(PREFIX + "b.txt")
+    monkeypatch.undo()
     assert shares.listing(storage, PREFIX) == [(name, first)]
     storage.write(PREFIX + "a.txt", b"2")  # the same size, new content
     assert shares.listing(storage, PREFIX) != [(name, first)]

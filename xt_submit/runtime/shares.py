@@ -3,8 +3,8 @@ copy in the node's cache), the content key of a share folder's listing, and the 
 
 The content key hashes the folder's listing: each file's name below the folder and its signature,
 what the storage tells of its content without reading it (storage that is a folder here: size and
-modification time; storage with read-only links, Blob Storage: size, ETag and Content-MD5 from a
-HEAD of the link), else the sha256 of its bytes. An unchanged folder has the same key, so a node's
+modification time; Blob Storage: size, ETag and Content-MD5, from the listing itself; other storage
+with read-only links: the same from a HEAD of each link), else the sha256 of its bytes. An unchanged folder has the same key, so a node's
 next run downloads nothing; a changed, added or removed file makes a new key, so a new entry.
 
 An entry is downloaded into a temp folder beside it and renamed into place whole, under a lock
@@ -172,7 +172,11 @@ def entry_signature(storage: Storage, key: str) -> str:
 
 
 def listing(storage: Storage, prefix: str) -> Listing:
-    """The folder's files (prefix ends with '/') and their signatures."""
+    """The folder's files (prefix ends with '/') and their signatures: from the listing itself where
+    it carries them (Blob Storage), else asked per file."""
+    signed = storage.list_signatures(prefix)
+    if signed is not None:
+        return sorted((key[len(prefix):], signature) for key, signature in signed.items())
     return [(key[len(prefix):], entry_signature(storage, key)) for key in sorted(storage.list(prefix))]
 
 

@@ -7,7 +7,7 @@ Authenticates with a connection string or an azure-identity credential.
 from __future__ import annotations
 
 import os
-from typing import Callable, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 from xt_submit.ports import NotFound, Storage
 
@@ -120,6 +120,15 @@ class BlobStorage(Storage):
 
     def list(self, prefix: str) -> List[str]:
         return sorted(self.container.list_blob_names(name_starts_with=prefix or None))
+
+    def list_signatures(self, prefix: str) -> Dict[str, str]:
+        """List Blobs returns each blob's properties: a share of many files costs its listing's pages,
+        not a request per file."""
+        signed = {}
+        for blob in self.container.list_blobs(name_starts_with=prefix or None):
+            md5 = blob.content_settings.content_md5 if blob.content_settings else None
+            signed[blob.name] = f"size={blob.size};etag={blob.etag};md5={bytes(md5).hex() if md5 else ''}"
+        return signed
 
     def upload_file(self, key: str, path: str) -> None:
         with open(path, "rb") as f:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Iterator, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 from xt_submit.ports import Storage
 
@@ -46,6 +46,9 @@ class PrefetchedCode(Storage):
 
     def list(self, prefix: str) -> List[str]:
         return self._storage.list(prefix)
+
+    def list_signatures(self, prefix: str) -> Optional[Dict[str, str]]:
+        return self._storage.list_signatures(prefix)
 
     def upload_file(self, key: str, path: str) -> None:
         self._storage.upload_file(key, path)
