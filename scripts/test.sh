@@ -19,4 +19,6 @@ if [ -n "$missing" ]; then
     { $as_root apt-get update -qq && DEBIAN_FRONTEND=noninteractive $as_root apt-get install -y -qq $missing >/dev/null; } \
         || echo "test.sh: could not install$missing; the pool and browser tests will be skipped or fail" >&2
 fi
-exec .venv/bin/python -m pytest tests "$@"
+# Three workers (pytest-xdist), each with its own peers: the tests wait on processes far more than they
+# compute, so this halves the suite on two cores. XT_TEST_WORKERS=0 runs it in one process.
+exec .venv/bin/python -m pytest tests -n "${XT_TEST_WORKERS:-3}" "$@"

@@ -93,8 +93,10 @@ def ssh_boxes():
     if why_not:
         pytest.skip(why_not)
     boxes = ssh_boxes.SshBoxes()
-    boxes.start("box1", "xtbox1")
-    boxes.start("box2", "xtbox2")
+    # pytest-xdist's workers each get their own pair of users: a box's home is its user's
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    boxes.start("box1", f"xtbox1{worker}")
+    boxes.start("box2", f"xtbox2{worker}")
     yield boxes
     boxes.stop()
 

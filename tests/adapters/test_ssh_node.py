@@ -21,10 +21,10 @@ def node_for(ssh_boxes, **overrides):
 def test_an_explicit_host_key_is_checked(ssh_boxes):
     node = node_for(ssh_boxes)
     node.connect()
-    assert node.run("whoami")[1].strip() == "xtbox1"
+    assert node.run("whoami")[1].strip() == ssh_boxes.boxes["box1"].user
     node.close()
     other = ssh_boxes.boxes["box2"].host_key  # a real key, but not this box's
-    with pytest.raises(BoxError, match=r"^box box1 \(xtbox1@127\.0\.0\.1:\d+\): its host key does not match"):
+    with pytest.raises(BoxError, match=rf"^box box1 \({ssh_boxes.boxes['box1'].user}@127\.0\.0\.1:\d+\): its host key does not match"):
         node_for(ssh_boxes, host_key=other).connect()
 
 

@@ -68,11 +68,12 @@ def test_sweep_spreads_over_two_boxes_and_skips_an_unreachable_one(pool_project,
     runs = pool_project.json("list", "runs", "--job", result["job"], "--all")
     assert len(runs) == 6 and {r["status"] for r in runs} == {"completed"}
     where = {r["name"]: outputs(pool_project, r["name"], tmp_path) for r in runs}
-    assert {w["user"] for w in where.values()} == {"xtbox1", "xtbox2"}  # both boxes worked
+    box_of_user = {ssh_boxes.boxes[name].user: name for name in ("box1", "box2")}
+    assert {w["user"] for w in where.values()} == set(box_of_user)  # both boxes worked
     for run in runs:
         assert run["metrics"]["loss"] == pytest.approx(where[run["name"]]["lr"] * 10 / 3)
-        assert run["node_id"] == {"xtbox1": "box1", "xtbox2": "box2"}[where[run["name"]]["user"]]
-    for user in ("xtbox1", "xtbox2"):  # never more than max-runs at once on a box
+        assert run["node_id"] == box_of_user[where[run["name"]]["user"]]
+    for user in box_of_user:  # never more than max-runs at once on a box
         spans = [(w["started"], w["ended"]) for w in where.values() if w["user"] == user]
         for start, _ in spans:
             assert sum(1 for s, e in spans if s <= start < e) <= 2
