@@ -7,6 +7,8 @@ Each case is a whole process, run in turn with the others (A B C A B C ...), med
   import     `python -c "from xt_submit import Run"`
   first_log  the same plus Run() and one log_metrics call and close (what a logging script pays)
 and, measured inside the process, the import of Run alone (the figure a training run adds).
+A second limit, the stack's floor: `python -c "import argparse, msgspec, sqlite3"`, what any command
+that reads the config must load (the config's schema is msgspec's; the embedded store is SQLite).
 `--tree DIR` measures another checkout of the source (PYTHONPATH), e.g. `git archive HEAD` unpacked.
 """
 from __future__ import annotations
@@ -58,6 +60,8 @@ def main() -> None:
 
         cases = {
             "python_pass": lambda: run_child([sys.executable, "-c", "pass"], own_peak=False, **run).seconds,
+            "stack_floor": lambda: run_child([sys.executable, "-c", "import argparse, msgspec, sqlite3"], own_peak=False,
+                                             **run).seconds,
             "help": lambda: run_child([*xt, "--help"], own_peak=False, **run).seconds,
             "list": lambda: run_child([*xt, "list", "runs", "--last", "20"], own_peak=False, **run).seconds,
             "import": import_run,
@@ -68,7 +72,9 @@ def main() -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     limit = median(samples["python_pass"])
-    result = {"id": "startup", "runs": args.runs, "limit_s": limit, "peak_rss_mb": peak}
+    floor = median(samples["stack_floor"])
+    result = {"id": "startup", "runs": args.runs, "limit_s": limit, "stack_floor_s": floor, "peak_rss_mb": peak,
+              "list_x_stack_floor": median(samples["list"]) / floor}
     for name in ("help", "list", "import", "first_log"):
         result[f"{name}_s"] = median(samples[name])
         result[f"{name}_x_limit"] = median(samples[name]) / limit

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import subprocess
 import sys
 from pathlib import Path
 from typing import Optional
@@ -84,6 +83,8 @@ def ensure_host(home: Path, idle_exit_seconds: Optional[float] = None) -> None:
         return
     if idle_exit_seconds is None:
         idle_exit_seconds = float(os.environ.get("XT_HOST_IDLE_EXIT", "10"))
+    import subprocess  # only to start one: a read command that finds a host running never loads it
+
     log_file = open(home / "host.out", "ab")
     # cwd: XT_HOME, not the user's project (`-m` puts the cwd first on sys.path: a project's own
     # msgspec.py or yaml.py would be imported in place of the real ones)
