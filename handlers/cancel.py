@@ -20,9 +20,11 @@ def cancel_runs(event: CancelRequested, ports: Ports) -> List[str]:
     """Returns the runs this cancel ended. A run that already ended keeps its status; a running
     one is marked cancelled now and its node's RunFinished (cancelled, with exit code) follows.
 
-    A whole job is a few bulk writes, whatever its size: one file naming the runs in storage (first:
-    a crash before the index is repaired by the redelivery, which writes the same file; reindex
-    reads it), one batched update of the index, one batched cancel on compute."""
+    A whole job costs one listing of its runs, one file naming the live ones in storage (first: a
+    crash before the index is repaired by the redelivery, which writes the same file; reindex reads
+    it), one batched update of the index and one batched cancel on compute; and, per running run,
+    a read of its run log and a rewrite of its metric history (below), so that part grows with the
+    runs running, not with the job."""
     ws = event.workspace
     if event.runs:
         candidates = [ports.stats.get_run(ws, name) for name in event.runs]

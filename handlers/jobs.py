@@ -17,10 +17,12 @@ def roll_job(ports: Ports, workspace: str, job: str, *, moved: bool = False) -> 
 
     moved: the caller's run has just changed status, and the store counted the move with it
     (StatsStore: a job's counts are kept with its runs), so the job's record is read, not recounted:
-    an event costs the same in a job of any size. Otherwise (a repeated or reordered event, a cancel,
-    a reindex), and whenever the counts say the job has ended, its runs are recounted. So a job never
-    ends on counts alone, and a crash between a run's move and its job's count (two writes on MongoDB)
-    is repaired by the redelivery, which moves nothing and so recounts."""
+    in a job without an adaptive search, an event costs the same whatever the job's size (a search,
+    open or ended, lists the job's runs on every call, to plan and to keep its best). Otherwise (a
+    repeated or reordered event, a cancel, a reindex), and whenever the counts say the job has ended,
+    its runs are recounted. So a job never ends on counts alone, and a crash between a run's move and
+    its job's count (two writes on MongoDB) is repaired by the redelivery, which moves nothing and so
+    recounts."""
     advance_search(ports, workspace, job)
     record = ports.stats.get_job(workspace, job)
     if moved:

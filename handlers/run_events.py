@@ -13,6 +13,10 @@ from xt_submit.handlers.jobs import end_run, roll_job, write_run_stats
 from xt_submit.handlers.retries import retry_if_failed
 from xt_submit.ports import NotFound, Ports
 
+# A stopped run's node reports every few seconds until it ends; compute is asked again only this
+# long after the last ask (by the reports' own clock), not on every report: a Batch terminate each.
+STOP_RESEND_SECONDS = 60.0
+
 
 def run_started(event: RunStarted, ports: Ports) -> bool:
     """Queued (or preempted and requeued) -> running. A start that arrives after the finish changes nothing."""
@@ -81,7 +85,8 @@ def run_progress(event: RunProgress, ports: Ports) -> str:
     """A live run's latest metrics into its record (so lists, filters and reports see them while it
     runs), then the job's early-stopping policy on its new reports. Returns why the run was
     stopped ('' when it goes on). A report older than the one recorded, or one after the run ended,
-    changes no metrics; a repeated one makes the same decision, and a stop is asked for once."""
+    changes no metrics; a repeated one makes the same decision, and a stop is asked for once.
+    A report the policy checks is compared with the job's other runs: one listing of them."""
     ws, run = event.workspace, event.run
     record = ports.stats.get_run(ws, run)
     if record.get("stopping"):
@@ -128,15 +133,23 @@ def _stop_early(ports: Ports, event: RunProgress, reason: str) -> None:
 
 def _finish_stop(ports: Ports, event: RunProgress, record: Dict[str, Any]) -> None:
     """The rest of a stop once `stopping` is recorded; a redelivery after a crash part-way does what
-    was left (a later report of the stopped run, still in flight, asks compute again: idempotent)."""
+    was left. A later report of the stopped run asks compute again (idempotent) once
+    STOP_RESEND_SECONDS have passed since the last ask, which the run's `progress` keeps (`stop_sent`)."""
     ws, run = event.workspace, event.run
     if records.is_live(record["status"]):
         ingest_run_log(ports, ws, run)  # its metric history, which a node killed outright never sends
         if end_run(ports, ws, run, {"status": STOPPED, "ended": event.at, "reason": record["stopping"],
                                     "heartbeat": None}):
             roll_job(ports, ws, event.job, moved=True)
-    if record["exit_code"] is None:  # its node has not reported yet
-        ports.compute.cancel(ws, [run])
+    if record["exit_code"] is not None:  # its node has reported: nothing to stop
+        return
+    progress = record.get("progress") or {}
+    sent = progress.get("stop_sent")
+    if sent is not None and event.at - sent < STOP_RESEND_SECONDS:
+        return
+    ports.compute.cancel(ws, [run])
+    # after the ask: a crash in between asks again on the redelivery rather than never
+    ports.stats.update_run(ws, run, {"progress": {**progress, "stop_sent": event.at}})
 
 
 def run_heartbeat(event: RunHeartbeat, ports: Ports) -> bool:

@@ -1,6 +1,7 @@
 """An adaptive job's next runs, planned as its runs end (domain/adaptive_search.py has the rule).
 
-Called whenever a job is recounted. Every step is repeatable: run k's hparams follow from runs
+Called on every run event of a job (roll_job): a job without a search costs one read of its
+record, no listing; an adaptive one lists its runs each time. Every step is repeatable: run k's hparams follow from runs
 1 .. k - concurrent alone, its plan is written to storage first (create-if-absent: a repeat writes
 the same file; reindex reads it), its record is insert-if-absent and compute ignores a task it has.
 So a redelivered event, a restarted host or two Functions instances at once create each run once.
@@ -20,7 +21,8 @@ from xt_submit.ports import Ports
 
 
 def advance_search(ports: Ports, workspace: str, job: str) -> List[str]:
-    """Plan and queue the runs the job's search may start now; returns their names."""
+    """Plan and queue the runs the job's search may start now; returns their names. A job with no
+    search returns before its runs are listed (its events stay the same cost at any size)."""
     record = ports.stats.get_job(workspace, job)
     search = record.get("search") or {}
     if not search.get("type"):

@@ -1,15 +1,12 @@
 """What starting up loads, by module name (never by timing): a training script's `from xt_submit
 import Run`, building the CLI's parser (`xt --help`, and the first step of every command) and a
-whole `xt list runs` leave the heavy libraries alone. The start-up times themselves are measured
-by bench/startup.py against `python -c pass`."""
+whole `xt list runs` (msgspec aside: it reads the records) leave the heavy libraries alone. The
+start-up times themselves are measured by bench/startup.py against `python -c pass`."""
 from __future__ import annotations
 
 import json
 import subprocess
 import sys
-
-from xt_submit import config
-from xt_submit.domain import limits, messages
 
 HEAVY = {"yaml", "msgspec", "pymongo", "azure", "matplotlib", "tqdm", "paramiko", "regex", "optuna", "bson"}
 
@@ -50,13 +47,6 @@ def test_listing_runs_loads_no_sdk_yaml_or_progress_bar(tmp_path):
     env = {**__import__("os").environ, "XT_HOME": str(tmp_path / "home")}
     code = "import sys\nfrom xt_submit.cli import main\nmain.main(['list', 'runs', '--last', '20'])"
     assert heavy_loaded_by(code, env=env, cwd=tmp_path) - {"msgspec"} == set()
-
-
-def test_the_cli_bounds_are_the_contracts_bounds():
-    """domain/limits.py repeats these so the parser can name them without loading msgspec."""
-    assert (limits.INT64_MIN, limits.INT64_MAX, limits.MAX_CONCURRENT, limits.MAX_SECONDS) == (
-        messages.INT64_MIN, messages.INT64_MAX, messages.MAX_CONCURRENT, messages.MAX_SECONDS)
-    assert limits.MAX_ROWS == config.MAX_ROWS
 
 
 def test_a_command_builds_only_the_parsers_of_the_group_that_defines_it(tmp_path):

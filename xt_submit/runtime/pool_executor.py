@@ -14,11 +14,13 @@ health records belong to the thread that polls: the run threads hand it what to 
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import queue
 import shutil
+import signal
 import socket
 import threading
 import time
@@ -29,7 +31,7 @@ import msgspec
 
 from xt_submit.domain import layout, run_log
 from xt_submit.domain.boxes import BoxError
-from xt_submit.domain.messages import ERROR, RunFinished, RunTask, SetupSpec, decode_task, encode
+from xt_submit.domain.messages import ERROR, FINISH_REASON_CHARS, RunFinished, RunTask, SetupSpec, decode_task, encode
 from xt_submit.ports import NodeFactory, NodeUnreachable, Publisher, Storage, TaskTable
 from xt_submit.runtime.local_executor import SPAWN_TIMEOUT_SECONDS
 from xt_submit.runtime.wrapper import RunWrapper
@@ -41,8 +43,18 @@ FIRST_LOOK_SECONDS = 0.02
 # The task table is read (for new tasks, cancels, runs to adopt) at once after a run ended or was
 # placed, else at most this often: the host polls every few ms while runs are in flight.
 SCAN_SECONDS = 0.1
+# A surprise while looking at a run (not a dropped box: storage, say) is tried again after a
+# growing pause (TICK_SECONDS, doubled each time, at most SURPRISE_MOST_SECONDS); after
+# SURPRISE_LIMIT in a row (about a minute) the run ends as an error saying what failed.
+SURPRISE_LIMIT = 8
+SURPRISE_MOST_SECONDS = 30.0
 
 log = logging.getLogger("xt.pool")
+
+
+def surprise_pause(surprises: int) -> float:
+    """The pause before the next look at a run after `surprises` failed looks in a row."""
+    return min(SURPRISE_MOST_SECONDS, TICK_SECONDS * 2 ** (surprises - 1)) if surprises else 0.0
 
 
 class Backoff:
@@ -327,9 +339,10 @@ class PoolExecutor:
 
     def _supervise(self, run: BoxRun, wrapper: RunWrapper) -> None:
         first_seen = time.monotonic()
+        surprises = 0  # in a row
         while True:
             age = time.monotonic() - first_seen
-            run.wake.wait(min(TICK_SECONDS, max(FIRST_LOOK_SECONDS, age / 4)))
+            run.wake.wait(max(min(TICK_SECONDS, max(FIRST_LOOK_SECONDS, age / 4)), surprise_pause(surprises)))
             run.wake.clear()
             if not self.backoff.ready(run.box):
                 continue  # a box that just dropped is not hammered (a connect can take CONNECT_TIMEOUT_SECONDS)
@@ -338,15 +351,44 @@ class PoolExecutor:
             except NodeUnreachable as exc:
                 self._unreachable(run.box, str(exc))
                 continue
-            except Exception:  # a surprise (storage, say) is logged, and the run looked at again later
-                log.exception("pool run %s on box %s", run.key[1], run.box)
+            except Exception as exc:  # a surprise (storage, say): looked at again later, up to a limit
+                surprises += 1
+                what = f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}".rstrip(": ")
+                if surprises == 1:  # the traceback once, then a line per try: host.log is not flooded
+                    log.exception("pool run %s on box %s", run.key[1], run.box)
+                else:
+                    log.warning("pool run %s on box %s: %s (%d in a row)", run.key[1], run.box, what, surprises)
+                if surprises >= SURPRISE_LIMIT:
+                    self._end_as_error(run, wrapper, f"supervising the run on box {run.box} failed "
+                                                     f"{surprises} times in a row: {what}")
+                    return
                 continue
+            surprises = 0
             self.backoff.succeeded(run.box)
             if self._health.get(run.box) != "":
                 self.calls.later(lambda: self._set_health(run.box, ""))
             if ended:
                 self.calls.later(lambda: self.compute.mark(*run.key, state="done"))
                 return
+
+    def _end_as_error(self, run: BoxRun, wrapper: RunWrapper, reason: str) -> None:
+        """A run that cannot be supervised ends as an error with `reason`, as a local run on a full
+        disk does: its process is killed, and the report goes by the wrapper's finish or, when that
+        fails too, straight out. If even that fails, the run stays launched and is adopted again."""
+        log.warning("%s %s: %s", run.key[0], run.key[1], reason)
+        pid = wrapper.state["pid"]
+        if pid is not None:
+            with contextlib.suppress(Exception):  # the box may be part of the fault
+                run.node.kill_group(pid, signal.SIGKILL)
+        wrapper.state["failure"] = wrapper.state["failure"] or reason
+        try:
+            wrapper.finish()
+        except Exception:
+            task, now = wrapper.task, time.time()
+            self.events.send_events([RunFinished(
+                workspace=task.workspace, job=task.job, run=task.run, node_id=run.box, status=ERROR, exit_code=None,
+                started_at=wrapper.state["started_at"] or now, ended_at=now, reason=reason[:FINISH_REASON_CHARS])])
+        self.calls.later(lambda: self.compute.mark(*run.key, state="done"))
 
     def _unreachable(self, box: str, error: str) -> None:
         self.backoff.failed(box)
