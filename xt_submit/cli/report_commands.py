@@ -220,8 +220,6 @@ def cmd_list(args: argparse.Namespace) -> int:
     stats = parts.ports.stats
     if args.kind in ("runs", "jobs"):
         ensure_local_host(parts, only_if_unfinished=True)  # what they show moves on only while a host serves
-    if args.kind == "workspaces":
-        return _print_names(stats.workspaces(), args.json, "no workspaces")
     ws = cfg.general.workspace
     if args.kind == "experiments":
         return _print_names(stats.experiments(ws), args.json, "no experiments")

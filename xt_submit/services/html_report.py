@@ -12,6 +12,7 @@ page is the same from a disk, a mail attachment or a SAS link. Sizes are bounded
 """
 from __future__ import annotations
 
+import functools
 import html
 import itertools
 import json
@@ -250,6 +251,7 @@ def _asset(name: str) -> str:
     return text
 
 
+@functools.cache  # read once per process: the Functions app renders a page at every job's end
 def _vendor_script(name: str) -> str:
     """A library's build as it came: its `</` are in strings and regular expressions, and only an
     `</script` (any case) would end its element, or an `<!--` change how the rest is parsed."""
@@ -260,7 +262,8 @@ def _vendor_script(name: str) -> str:
         text = body
     lowered = text.lower()
     if "</script" in lowered or "<!--" in lowered:
-        raise AssertionError(f"report_vendor/{name}: holds '</script' or '<!--', which would break the page")
+        raise RuntimeError(f"report_vendor/{name}: holds '</script' or '<!--', which would break the page "
+                           "(scripts/update_report_vendor.sh checks a new build)")
     return text
 
 
