@@ -107,3 +107,49 @@ def emit(result: dict) -> None:
     result.setdefault("peak_rss_mb", result["bench_rss_mb"])  # a bench measuring in a child sets its own
     sys.stdout.write(json.dumps(result) + "\n")
     sys.stdout.flush()
+
+
+def sweep_breakdown(cli_argv: Sequence[str], *, home: str, cwd, env: Dict[str, str], runs: int) -> Dict[str, float]:
+    """Where one sweep's time goes, per run: the host started here first (so its CPU can be read from
+    /proc before it exits), then `cli_argv` (an `xt run --wait`), which finds it serving. Returns the
+    host's own CPU per run, its children's (the runs: reapers and scripts, when they are this machine's),
+    the CLI's CPU, and the fixed cost around the runs: CLI start to the first run's start, and the
+    last run's end to the CLI's exit (the runs' records' times)."""
+    from xt_submit.runtime.host_control import host_running
+
+    tick = os.sysconf("SC_CLK_TCK")
+    host = subprocess.Popen([sys.executable, "-m", "xt_submit.entrypoints.host", home, "60"], cwd=home, env=env,
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while not host_running(__import__("pathlib").Path(home)):
+            if host.poll() is not None:
+                raise RuntimeError(f"the host exited {host.returncode} before serving")
+            time.sleep(0.02)
+        begun = time.time()
+        cli = subprocess.Popen(list(cli_argv), cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(cli.pid, 0)
+        finished = time.time()
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(f"{' '.join(cli_argv)} failed: {cli.stderr.read().decode()[-2000:]}")
+        cli.stderr.close()
+        with open(f"/proc/{host.pid}/stat") as f:  # utime stime cutime cstime: fields 14-17
+            fields = f.read().rsplit(")", 1)[1].split()
+        host_cpu, children_cpu = (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
+    finally:
+        host.terminate()
+        host.wait()
+    listed = subprocess.run([sys.executable, "-m", "xt_submit.cli", "list", "runs", "--all", "--json"], cwd=cwd,
+                            env=env, capture_output=True, text=True, check=True)
+    records = json.loads(listed.stdout)
+    starts = [r["started"] for r in records if r.get("started")]
+    ends = [r["ended"] for r in records if r.get("ended")]
+    return {"host_cpu_ms_per_run": 1000 * host_cpu / runs, "runs_cpu_ms_per_run": 1000 * children_cpu / runs,
+            "cli_cpu_ms": 1000 * (usage.ru_utime + usage.ru_stime),
+            "cli_start_to_first_run_s": min(starts) - begun if starts else float("nan"),
+            "last_run_end_to_cli_exit_s": finished - max(ends) if ends else float("nan")}
+
+
+def children_cpu_seconds() -> float:
+    """CPU time of this process's ended and waited-for children so far (user + system)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime

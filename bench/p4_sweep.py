@@ -13,7 +13,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import emit, interleaved, median, run_child, user_env
+from common import children_cpu_seconds, emit, interleaved, median, run_child, sweep_breakdown, user_env
 
 TRIVIAL = "import sys\nprint('run', sys.argv[1:])\n"
 
@@ -39,21 +39,32 @@ def main() -> None:
         peaks.append(done.peak_rss_mb)
         return done.seconds
 
+    bare_cpu = []
+
     def limit() -> float:
         def launch(i):
             subprocess.run([sys.executable, "trivial.py", f"--i={i}"], cwd=project, env=env, check=True,
                            capture_output=True)
 
+        cpu = children_cpu_seconds()
         start = time.perf_counter()
         with ThreadPoolExecutor(2) as pool:
             list(pool.map(launch, range(1, args.runs + 1)))
-        return time.perf_counter() - start
+        seconds = time.perf_counter() - start
+        bare_cpu.append(1000 * (children_cpu_seconds() - cpu) / args.runs)
+        return seconds
 
     samples = interleaved({"ours": ours, "limit": limit}, args.repeat, warmup=0)
+    home = root / "home_breakdown"
+    home.mkdir()
+    breakdown = sweep_breakdown([sys.executable, "-m", "xt_submit.cli", "run", "--wait", "--json", "--concurrent", "2",
+                                 "trivial.py", f"--i=[$linspace(1,{args.runs},{args.runs})]"],
+                                home=str(home), cwd=project, env=dict(env, XT_HOME=str(home)), runs=args.runs)
+    breakdown["bare_cpu_ms_per_run"] = median(bare_cpu)
     shutil.rmtree(root, ignore_errors=True)
     ours_s, limit_s = median(samples["ours"]), median(samples["limit"])
     emit({"id": "P4", "runs": args.runs, "ours_s": ours_s, "limit_s": limit_s, "x_limit": ours_s / limit_s,
-          "peak_rss_mb": max(peaks)})
+          "peak_rss_mb": max(peaks), "breakdown": breakdown})
 
 
 if __name__ == "__main__":

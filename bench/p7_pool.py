@@ -21,7 +21,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import emit, interleaved, median, run_child, user_env
+from common import emit, interleaved, median, run_child, sweep_breakdown, user_env
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from peers import ssh_boxes  # noqa: E402  (the test peers: real sshd boxes on loopback)
@@ -101,9 +101,16 @@ def main() -> None:
         samples = interleaved(cases, args.repeat, warmup=0)
         for client in clients.values():
             client.close()
+        home = root / "home_breakdown"
+        home.mkdir()
+        breakdown = sweep_breakdown([sys.executable, "-m", "xt_submit.cli", "run", "--wait", "--json", "--target", "pool",
+                                     "trivial.py", f"--i=[$linspace(1,{args.runs},{args.runs})]"], home=str(home),
+                                    cwd=project, env=user_env(root, XT_HOME=str(home)), runs=args.runs)
+        del breakdown["runs_cpu_ms_per_run"]  # the runs are the boxes' (sshd's children), not the host's
         ours_s, limit_s, setup_s = (median(samples[k]) for k in ("ours", "limit", "limit_with_setup"))
         result = {"id": "P7", "runs": args.runs, "ours_s": ours_s, "limit_s": limit_s, "x_limit": ours_s / limit_s,
-                  "limit_with_setup_s": setup_s, "x_limit_with_setup": ours_s / setup_s, "peak_rss_mb": max(peaks)}
+                  "limit_with_setup_s": setup_s, "x_limit_with_setup": ours_s / setup_s, "peak_rss_mb": max(peaks),
+                  "breakdown": breakdown}
         if args.compare_with:
             compared_s = median(samples["compared"])
             result.update(compared_s=compared_s, compared_x_limit=compared_s / limit_s,

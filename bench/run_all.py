@@ -28,6 +28,7 @@ RUNS = [
     ("P6", "p6_ingest.py", ["--records", "1000000"], "1,000,000 records"),
     ("P6", "p6_ingest.py", ["--records", "10000000", "--repeat", "1"], "10,000,000 records (10x)"),
     ("P7", "p7_pool.py", [], "20 runs on 2 SSH boxes"),
+    ("P7", "p7_pool.py", ["--runs", "200", "--repeat", "3"], "200 runs on 2 SSH boxes (10x)"),
     ("P8", "p8_cloud_cost.py", ["--runs", "10000"], "10,000 runs (and 1,000) through the Functions app on the peers"),
 ]
 
@@ -125,6 +126,13 @@ def main() -> int:
         lines.append(f"| {r['id']} | {r['size']} | {ours} | {limit} | {peer} | {r['peak_rss_mb']:.0f} MB | {target} |"
                      f" {'-' if ok is None else 'yes' if ok else 'NO'} |")
     table = "\n".join(lines)
+    breakdowns = [f"- **{r['id']}** ({r['size']}): " + ", ".join(f"{name} {value:,.3g}" for name, value in r["breakdown"].items())
+                  for r in results if "breakdown" in r]
+    if breakdowns:
+        table += ("\n\n## Per-run breakdowns\n\nOne more sweep each, with the host started by the bench so its CPU"
+                  " can be read (`bench/common.sweep_breakdown`): the host's own CPU per run, its children's (the"
+                  " runs, when they are this machine's), the CLI's, and the fixed cost before the first run and after"
+                  " the last.\n\n" + "\n".join(breakdowns))
     (HERE / "results.json").write_text(json.dumps({"total_s": round(total, 1), "results": results}, indent=2))
     (HERE / "results.md").write_text(
         f"# Benchmark results\n\nAll figures are medians of ours and its limit measured in turn (A B A B) in the same"
