@@ -9,7 +9,7 @@ So a redelivered event, a restarted host or two Functions instances at once crea
 from __future__ import annotations
 
 import functools
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 import msgspec
 
@@ -20,10 +20,11 @@ from xt_submit.ports import Ports
 
 
 
-def advance_search(ports: Ports, workspace: str, job: str) -> List[str]:
+def advance_search(ports: Ports, workspace: str, job: str, record: Optional[Dict[str, Any]] = None) -> List[str]:
     """Plan and queue the runs the job's search may start now; returns their names. A job with no
-    search returns before its runs are listed (its events stay the same cost at any size)."""
-    record = ports.stats.get_job(workspace, job)
+    search returns before its runs are listed (its events stay the same cost at any size).
+    record: the job's, if the caller has just read it (one read per event, not two)."""
+    record = record if record is not None else ports.stats.get_job(workspace, job)
     search = record.get("search") or {}
     if not search.get("type"):
         return []
