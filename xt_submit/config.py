@@ -15,7 +15,7 @@ from typing import Annotated, Any, Callable, Literal, get_args, get_origin
 
 import msgspec
 
-from xt_submit.domain.layout import NAME_PATTERN, check_share_path
+from xt_submit.domain.layout import NAME_PATTERN, NO_SHARE, ShareAction, share_problems
 from xt_submit.domain.errors import OneLineError
 from xt_submit.domain.limits import (INT64_MAX, INT64_MIN, MAX_CONCURRENT, MAX_PLANNED_RUNS, MAX_RETRIES,  # noqa: F401
                                      MAX_ROWS, MAX_SECONDS)
@@ -76,6 +76,9 @@ class ComputeTarget(_Section):
     low_pri: bool = False
     account: str | None = None  # batch only: the external-services entry (type batch) of the Batch account
     preemption_retries: Annotated[int, msgspec.Meta(ge=0, le=MAX_RETRIES)] = 3  # batch only: requeues after preemptions
+    # batch only: the pool mounts the storage container (blobfuse), so jobs may use share action mount;
+    # off by default, as a mount that fails (no role, no blobfuse on the image) leaves nodes unusable
+    mount_shares: bool = False
     max_time: Seconds | None = None
 
 
@@ -112,9 +115,6 @@ class EarlyStopping(_Section):
     slack_factor: Annotated[float, msgspec.Meta(ge=0, le=1e300)] = 0.05
     slack_amount: Annotated[float, msgspec.Meta(ge=0, le=1e300)] = 0.0
     truncation_percentage: Annotated[int, msgspec.Meta(ge=1, le=99)] = 5
-
-
-ShareAction = Literal["none", "download", "mount"]  # layout.SHARE_ACTIONS
 
 
 class DataShare(_Section):
@@ -598,24 +598,18 @@ def _reference_problems(cfg: Config):
 
 
 def _share_problems(cfg: Config):
-    """data: and model: beyond their types: a share path to act on, no options, no writable copies."""
+    """data: and model: beyond their types: no options, then layout's share rules (a manifest's too)."""
     for share in ("data", "model"):
         section = getattr(cfg, share)
-        path, action = getattr(section, f"{share}_share_path"), getattr(section, f"{share}_action")
         if getattr(section, f"{share}_options"):
             yield f"{share}.{share}-options: no options are defined for data and model shares; expected []"
-        if action == "none":
+        action = getattr(section, f"{share}_action")
+        if action == NO_SHARE:
             continue
-        if path is None:
-            yield f"{share}.{share}-share-path: required with {share}-action {action} (the folder of the {share} share)"
-            continue
-        try:
-            check_share_path(f"{share}.{share}-share-path", path)
-        except ValueError as exc:
-            yield str(exc)
-        if action == "download" and getattr(section, f"{share}_writable"):
-            yield (f"{share}.{share}-writable: true is not supported with {share}-action download (the copy is shared "
-                   f"by the node's runs and nothing is uploaded back); expected false, or {share}-action mount")
+        fields = {"action": f"{share}.{share}-action", "path": f"{share}.{share}-share-path",
+                  "writable": f"{share}.{share}-writable"}
+        yield from share_problems(share, action, getattr(section, f"{share}_share_path"),
+                                  getattr(section, f"{share}_writable"), fields)
 
 
 # ----------------------------------------------------------------------------- small helpers
@@ -691,6 +685,7 @@ compute-targets:              # name -> where runs execute
 #    low-pri: true            # use cheaper, preemptible nodes
 #    account: team-batch      # external-services entry (type: batch) of the Batch account
 #    preemption-retries: 3    # times a preempted run is requeued before it ends as an error
+#    mount-shares: false      # true: the pool mounts storage, so data-/model-action mount works
 #    max-time: 3600           # seconds a run may take before it is stopped
 #    boxes: [mybox]           # pool only: boxes to run on
 

@@ -112,6 +112,8 @@ def test_a_sweep_becomes_one_job_of_tasks_on_a_pool_reused_by_the_next_job(fake,
     (package,) = start["resourceFiles"]
     assert package["identityReference"] == {"resourceId": ACCOUNT["node-identity"]} and "?" not in package["httpUrl"]
     assert "xt-venv" in start["commandLine"] and "[azure]" in start["commandLine"] and start["waitForSuccess"]
+    # no mount-shares: no blobfuse mount (one that fails leaves the node unusable), no mount for the runs
+    assert "mountConfiguration" not in props
 
     # one Batch job per XT job (created after one 429), its tasks in one collection (after one 503)
     assert len(fake.calls("POST", "/jobs")) == 2 and len(fake.calls("POST", r"/jobs/[^/]+/addtaskcollection")) == 2
@@ -131,6 +133,7 @@ def test_a_sweep_becomes_one_job_of_tasks_on_a_pool_reused_by_the_next_job(fake,
     assert urllib.parse.parse_qs(url.query)["sp"] == ["r"]  # read-only, this one blob
     run_task = decode_task({e["name"]: e["value"] for e in task["environmentSettings"]}["XT_TASK"].encode())
     assert run_task.run == "run1.2" and run_task.command.endswith("--lr=0.2") and run_task.target == "gpu"
+    assert run_task.storage_mount == "" and run_task.share_cache_dir == "$AZ_BATCH_NODE_SHARED_DIR/xt-share-cache"
 
     # the second job reuses the pool: no second create, no resize while the target is unchanged
     dispatch(ports, tmp_path, "sub-2", {"lr": [0.5, 0.6]})
@@ -336,16 +339,17 @@ def test_admin_batch_settings_upload_the_wheel_and_name_the_targets_for_the_app(
         app_settings(cfg, blob, "/nowhere.whl")
 
 
-def test_pools_mount_the_container_and_a_run_sees_its_shares_under_the_mounts_dir(fake, blob, tmp_path, monkeypatch):
-    """The pool's MountConfiguration as ARM documents it (blobfuse, by the nodes' identity, read-only),
-    and on the node: a `mount` share is a folder of that mount, a `download` one a copy in the node's
-    shared cache; XT_DATA_DIR / XT_MODEL_DIR say where, and no key travels."""
+def test_a_mount_shares_pool_mounts_the_container_and_a_run_sees_its_shares_under_the_mounts_dir(
+        fake, blob, tmp_path, monkeypatch):
+    """With mount-shares: true, the pool's MountConfiguration as ARM documents it (blobfuse, by the nodes'
+    identity, read-only), and on the node: a `mount` share is a folder of that mount, a `download` one a
+    copy in the node's shared cache; XT_DATA_DIR / XT_MODEL_DIR say where, and no key travels."""
     from support.pipeline import make_manifest
     from xt_submit.adapters.storage.directory import DirectoryStorage
     from xt_submit.domain.messages import ShareSpec
     from xt_submit.entrypoints.batch_node import run_task
 
-    compute = compute_for(fake, blob, tmp_path)
+    compute = compute_for(fake, blob, tmp_path, mount_shares=True)
     ports = ports_for(compute, blob, tmp_path)
     src = tmp_path / "src"
     src.mkdir()

@@ -156,6 +156,10 @@ def test_create_workspace_then_list_run_on_and_delete_it(project):
     assert project.json("list", "workspaces") == []
     project.xt("create", "workspace", "fresh")  # deleted: the name is free again
     assert project.json("list", "workspaces") == ["fresh"]
+    project.xt("create", "workspace", "wsdata")  # a share filled first stays the new workspace's
+    assert project.json("list", "workspaces") == ["fresh", "wsdata"]
+    (shared,) = project.json("list", "blobs", "--share", "data", "--workspace", "wsdata")
+    assert shared.endswith("x/train.py")
 
 
 def test_a_pool_box_downloads_the_share_once_into_its_own_cache(reader, ssh_boxes):
@@ -168,8 +172,9 @@ def test_a_pool_box_downloads_the_share_once_into_its_own_cache(reader, ssh_boxe
         f"boxes: {{box1: {{address: \"{box.address}\", max-runs: 2, key: \"{ssh_boxes.client_key}\", "
         f"host-key: \"{box.host_key}\"}}}}\n")
     project.xt("upload", "--share", "data", str(data), "mnist")
-    cache = box.home / ".xt" / "share_cache"
+    cache, code_cache = box.home / ".xt" / "share_cache", box.home / ".xt" / "code"
     before = set(os.listdir(cache)) if cache.is_dir() else set()
+    code_before = set(os.listdir(code_cache)) if code_cache.is_dir() else set()
     job = project.json("run", "--target", "lab", "--data-action", "download", "--data-share-path", "mnist",
                        "train.py", "--lr=[0.5,2]")["job"]
     runs = finished(project, job)
@@ -177,6 +182,8 @@ def test_a_pool_box_downloads_the_share_once_into_its_own_cache(reader, ssh_boxe
     (key,) = set(os.listdir(cache)) - before
     ready = (cache / key / "ready").read_text().splitlines()
     assert len(ready) == 1 and sorted(p.name for p in (cache / key / ready[0]).rglob("*")) == ["a.txt", "b.txt", "sub"]
+    assert sorted(os.listdir(cache / key)) == sorted([ready[0], "ready"])  # placed as data: no marker, no zip
+    assert not [name for name in set(os.listdir(code_cache)) - code_before if (code_cache / name / "a.txt").exists()]
     texts = consoles(project, [r["name"] for r in runs.values()])
     assert sum("downloaded 2 files" in t for t in texts) == 1 and all(str(cache / key / ready[0]) in t for t in texts)
     again = project.json("run", "--target", "lab", "--data-action", "download", "--data-share-path", "mnist",

@@ -270,7 +270,7 @@ def test_snake_case_keys_are_unknown(tmp_path):
     [
         ("compute-targets: {gpu: {service: pool, colour: red}}",
          "compute-targets.gpu.colour: unknown key (expected one of account, boxes, concurrent, image, low-pri, "
-         "max-time, nodes, preemption-retries, service, setup, vm-size)"),
+         "max-time, mount-shares, nodes, preemption-retries, service, setup, vm-size)"),
         ("compute-targets: {gpu: {nodes: 2}}", "compute-targets.gpu.service: required key missing"),
         ("compute-targets: {gpu: {service: cloud}}",
          "compute-targets.gpu.service: expected one of local, pool, batch, got 'cloud'"),
@@ -450,7 +450,7 @@ def test_starter_text_mentions_every_section_and_key():
             continue  # named entries; their keys are covered below
         for key in keys:
             assert re.search(rf"^\s+{re.escape(key)}:", text, re.MULTILINE), f"{section}.{key}"
-    entry_keys = ["service", "concurrent", "setup", "vm-size", "image", "nodes", "low-pri", "max-time",
+    entry_keys = ["service", "concurrent", "setup", "vm-size", "image", "nodes", "low-pri", "max-time", "mount-shares",
                   "boxes", "activate", "pip-packages", "conda-packages", "environment", "address",
                   "max-runs", "key", "host-key", "type"]
     for key in entry_keys:

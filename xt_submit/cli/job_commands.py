@@ -81,7 +81,7 @@ def _run_parser(parser: argparse.ArgumentParser) -> None:
     early.add_argument("--truncation-percentage", type=number_in(int, 1, 99),
                        help="truncation: stop the lowest N percent at each check")
     shares = parser.add_argument_group("data and model shares (config data: and model:)")
-    for share, env in (("data", "XT_DATA_DIR"), ("model", "XT_MODEL_DIR")):
+    for share, env in layout.SHARE_DIR_ENV.items():
         shares.add_argument(f"--{share}-action", help=f"none, download (a copy cached on each node) or mount (the "
                                                       f"storage itself, where the target can): the run sees {env}")
         shares.add_argument(f"--{share}-share-path", metavar="PATH", help=f"the folder of the {share} share "
@@ -101,6 +101,7 @@ def _run_parser(parser: argparse.ArgumentParser) -> None:
 def cmd_run(args: argparse.Namespace) -> int:
     import msgspec
 
+    from xt_submit.domain.manifest import search_budget
     from xt_submit.domain.messages import check_manifest_size
     from xt_submit.services import submit
 
@@ -117,14 +118,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     })
     manifest = _manifest_from(args, cfg)
     check_manifest_size(manifest, "xt run")
-    planned = submit.plan(manifest, "xt run")
+    planned = submit.plan(manifest, cfg, "xt run")  # and whether the target can make its share mounts
     if args.dry_run:
         if args.json:
             print_json({"job": None, "runs": planned})
         else:
             print(f"dry run: {len(planned)} runs planned ({manifest.search_type} search), nothing submitted")
             if manifest.search_type in ("bayesian", "dgd"):
-                print(f"  (the first runs: the search plans the rest, up to {submit.search_budget(manifest)}, "
+                print(f"  (the first runs: the search plans the rest, up to {search_budget(manifest)}, "
                       "from their results)")
             for entry in planned:
                 print(f"  {entry['index']:>4}  {entry['command']}")
@@ -180,7 +181,8 @@ def _write_drop(args: argparse.Namespace, cfg, manifest, planned) -> int:
 
 
 def _manifest_from(args: argparse.Namespace, cfg):
-    """The job manifest the command line and the config ask for (not yet checked, no code yet)."""
+    """The job manifest the command line and the config ask for (no code yet): its target checked,
+    the manifest itself not (submit.plan checks it)."""
     from xt_submit.domain.messages import JobManifest
     from xt_submit.services import targets
 
@@ -215,9 +217,6 @@ def _manifest_from(args: argparse.Namespace, cfg):
         step_name=cfg.general.step_name, early_stopping=_early_stopping(cfg.early_stopping),
         resume_from=check_name("--resume-name", args.resume_name, layout.RUN_PATTERN) if args.resume_name else "",
         retries=args.retries, data=_share(cfg.data, "data"), model=_share(cfg.model, "model"))
-    from xt_submit.services import submit
-
-    submit.check_shares(cfg, manifest)  # a mount the target cannot make, before any upload
     return manifest
 
 
@@ -226,7 +225,7 @@ def _share(section, share: str):
     from xt_submit.domain.messages import ShareSpec
 
     action = getattr(section, f"{share}_action")
-    if action == "none":
+    if action == layout.NO_SHARE:
         return None
     return ShareSpec(path=getattr(section, f"{share}_share_path").strip("/"), action=action,
                      writable=getattr(section, f"{share}_writable"))
@@ -304,7 +303,7 @@ def cmd_rerun(args: argparse.Namespace) -> int:
             raise CliError(f"{job}: no runs ended {' or '.join(statuses)}: nothing to rerun")
     else:
         runs = [check_name("run", args.name, layout.RUN_PATTERN)]
-    manifest, commands = submit.rerun_manifest(parts, ws, runs, changes)
+    manifest, commands = submit.rerun_manifest(parts, cfg, ws, runs, changes)
     job, new_runs = _submit(parts, manifest, cfg)
     if args.json:
         print_json({"job": job, "runs": new_runs, "rerun_of": runs if len(runs) > 1 else runs[0]})

@@ -202,45 +202,18 @@ def cmd_delete(args: argparse.Namespace) -> int:
     return 0
 
 
-def storage_workspaces(storage) -> List[str]:
-    """The workspaces storage holds a job or a `xt create workspace` marker of. Lists every key under
-    workspaces/: the Storage port has no listing by folder yet."""
-    names = set()
-    for key in storage.list(layout.WORKSPACES_PREFIX):
-        name, _, rest = key[len(layout.WORKSPACES_PREFIX):].partition("/")
-        if rest == "workspace.json" or rest.startswith("jobs/"):
-            names.add(name)
-    return sorted(names)
-
-
 def cmd_list_workspaces(args: argparse.Namespace) -> int:
-    """The index's workspaces and storage's (the source of truth: a created one has no job yet)."""
-    cfg = load(args)
-    ports = embedded_parts(cfg).ports
-    names = sorted(set(ports.stats.workspaces()) | set(storage_workspaces(ports.storage)))
+    from xt_submit.services.workspaces import list_workspaces
+
+    names = list_workspaces(embedded_parts(load(args)).ports)
     print_json(names) if args.json else print("\n".join(names) or "no workspaces")
     return 0
 
 
-def create_workspace(ports, name: str) -> None:
-    """The workspace's marker in storage, written only if nothing of a workspace of that name exists
-    (`xt delete workspace` deletes it with the rest: the two are each other's undo)."""
-    import json
-    import time
-
-    try:
-        layout.check_name("workspace", name)
-    except ValueError as exc:
-        raise CliError(str(exc)) from None
-    if name in ports.stats.workspaces() or ports.storage.list(f"{layout.WORKSPACES_PREFIX}{name}/"):
-        raise CliError(f"workspace {name!r}: exists (xt list workspaces shows them)")
-    marker = json.dumps({"workspace": name, "created": time.time()}).encode()
-    if not ports.storage.write(layout.workspace_marker_key(name), marker, overwrite=False):
-        raise CliError(f"workspace {name!r}: exists (created meanwhile)")
-
-
 def cmd_create_workspace(args: argparse.Namespace) -> int:
     """`xt create workspace NAME` (its parser is admin_commands' `create`)."""
+    from xt_submit.services.workspaces import create_workspace
+
     _, ports = _storage(args)
     create_workspace(ports, args.name)
     print(f"created workspace {args.name}")

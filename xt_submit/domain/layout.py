@@ -18,7 +18,7 @@
 from __future__ import annotations
 
 import re
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable, Iterator, Literal, Mapping, Optional, Tuple, get_args
 
 from xt_submit.domain.errors import OneLineError
 
@@ -163,7 +163,9 @@ def check_name(kind: str, value: str) -> str:
 # The data and model shares (XT's): folders of the workspace that runs see as XT_DATA_DIR and
 # XT_MODEL_DIR. Per workspace, so a workspace's export, import and delete carry its shares too.
 SHARES = ("data", "model")
-SHARE_ACTIONS = ("none", "download", "mount")
+ShareAction = Literal["none", "download", "mount"]  # config's data-action / model-action
+SHARE_ACTIONS: Tuple[str, ...] = get_args(ShareAction)
+NO_SHARE = "none"  # the config's way to say no share; a manifest leaves the field out instead
 SHARE_DIR_ENV = {"data": "XT_DATA_DIR", "model": "XT_MODEL_DIR"}
 
 
@@ -183,9 +185,41 @@ def check_share_path(field: str, path: str) -> str:
     return path.strip("/")
 
 
+def share_problems(share: str, action: str, path: Optional[str], writable: bool,
+                   fields: Mapping[str, str]) -> Iterator[str]:
+    """The rules of a share runs will see, for the config's data:/model: sections and a manifest's
+    data/model alike: one line each, naming the field as `fields` spells it (keys action, path, writable)."""
+    used = [a for a in SHARE_ACTIONS if a != NO_SHARE]
+    action_field = fields["action"]
+    if action not in used:
+        yield f"{action_field}: expected one of {', '.join(used)}, got {action!r}"
+        return
+    said = action_field.rsplit(".", 1)[-1]  # data-action (config), action (manifest)
+    if path is None:
+        yield f"{fields['path']}: required with {said} {action} (the folder of the {share} share)"
+        return
+    try:
+        check_share_path(fields["path"], path)
+    except ValueError as exc:
+        yield str(exc)
+    if writable and action == "download":
+        # Uploading a run's changes back would race the job's other runs over the same files.
+        yield (f"{fields['writable']}: true is not supported with {said} download (the copy is shared by the "
+               f"node's runs and nothing is uploaded back); expected false, or {said} mount")
+
+
 WORKSPACES_PREFIX = "workspaces/"
 
 
 def workspace_marker_key(workspace: str) -> str:
     """Written by `xt create workspace`: a workspace exists in storage before its first job."""
     return f"{WORKSPACES_PREFIX}{workspace}/workspace.json"
+
+
+def workspace_shown_by(key: str) -> Optional[str]:
+    """The workspace a storage key shows to exist: its `xt create workspace` marker or a job's file.
+    A share or a run alone makes none (shares may be filled before the workspace is created)."""
+    if not key.startswith(WORKSPACES_PREFIX):
+        return None
+    name, _, rest = key[len(WORKSPACES_PREFIX):].partition("/")
+    return name if rest == "workspace.json" or rest.startswith("jobs/") else None

@@ -175,25 +175,15 @@ def _check_fields(manifest: JobManifest, source: str) -> None:
     _check_shares(manifest, source)
 
 
-SHARE_RUN_ACTIONS = ("download", "mount")  # "none" is no share at all: the field is left out
-
-
 def _check_shares(manifest: JobManifest, source: str) -> None:
+    """layout's share rules (the config's too): a manifest dropped into uploads/ never passed the config."""
     for share in layout.SHARES:
         spec = getattr(manifest, share)
         if spec is None:
             continue
-        if spec.action not in SHARE_RUN_ACTIONS:
-            raise ContractError(f"{source}: {share}.action: expected one of {', '.join(SHARE_RUN_ACTIONS)}, "
-                                f"got {spec.action!r}")
-        try:
-            layout.check_share_path(f"{share}.path", spec.path)
-        except ValueError as exc:
-            raise ContractError(f"{source}: {exc}") from None
-        if spec.writable and spec.action == "download":
-            # Uploading a run's changes back would race the job's other runs over the same files.
-            raise ContractError(f"{source}: {share}.writable: a downloaded share is a read-only copy shared by the "
-                                "node's runs; expected writable false with download (or action mount)")
+        fields = {name: f"{share}.{name}" for name in ("action", "path", "writable")}
+        for problem in layout.share_problems(share, spec.action, spec.path, spec.writable, fields):
+            raise ContractError(f"{source}: {problem}")
 
 
 def _check_ranges(manifest: JobManifest, source: str) -> None:

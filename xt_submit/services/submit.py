@@ -18,10 +18,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import msgspec
 
-from xt_submit.config import EMBEDDED, Config
+from xt_submit.config import Config
 from xt_submit.domain import layout, run_log, sweep
 from xt_submit.domain.errors import NotFound, OneLineError
-from xt_submit.domain.manifest import MANIFEST_NAME, check_manifest, compile_manifest
+from xt_submit.domain.manifest import MANIFEST_NAME, compile_manifest
 from xt_submit.domain.messages import (TERMINAL_STATUSES, CancelRequested, ContractError, JobManifest, JobSubmitted,
                                        decode_event, decode_manifest, encode)
 from xt_submit.node_kit import code_archive
@@ -42,17 +42,21 @@ class Submission:
     runs: List[str]
 
 
-def plan(manifest: JobManifest, source: str = "xt run") -> List[Dict[str, Any]]:
-    """The runs a manifest asks for, checked and compiled once: [{index, hparams, command}]."""
-    return [{"index": k, "hparams": hp, "command": manifest.command + sweep.format_hparam_args(hp)}
-            for k, hp in enumerate(compile_manifest(manifest, source), start=1)]
+def plan(manifest: JobManifest, cfg: Config, source: str = "xt run") -> List[Dict[str, Any]]:
+    """The runs a manifest asks for, checked and compiled once: [{index, hparams, command}]. A target
+    of this config is asked, too, whether it can make the job's share mounts (before any upload)."""
+    planned = [{"index": k, "hparams": hp, "command": manifest.command + sweep.format_hparam_args(hp)}
+               for k, hp in enumerate(compile_manifest(manifest, source), start=1)]
+    if manifest.target in cfg.compute_targets:
+        check_shares(cfg, manifest)
+    return planned
 
 
 def submit(parts: Parts, manifest: JobManifest, cfg: Config, keep_served: Callable[[], None], *,
            where_to_look: str = "", timeout: float = DISPATCH_TIMEOUT_SECONDS) -> Submission:
-    """Queue the job (JobSubmitted) and wait until it is dispatched; returns its name and runs."""
+    """Queue the job (JobSubmitted) and wait until it is dispatched; returns its name and runs.
+    `manifest` has passed `plan` (which checks it and its share mounts)."""
     if manifest.target in cfg.compute_targets:  # the host learns the target's boxes from here, never from a message
-        check_shares(cfg, manifest)
         targets.register(parts.compute, cfg, manifest.target)
     submission_id = uuid.uuid4().hex
     parts.ports.publisher.send_job(JobSubmitted(submission_id=submission_id, manifest=manifest, submitted_at=time.time()))
@@ -62,25 +66,14 @@ def submit(parts: Parts, manifest: JobManifest, cfg: Config, keep_served: Callab
 
 
 def check_shares(cfg: Config, manifest: JobManifest) -> None:
-    """Refuse, as one line naming the target, a share mount the target cannot make. A batch pool mounts
-    the storage container (read-only); the local target on the embedded storage sees its folder; a
-    pool's boxes, or a local run on a team's storage, have nothing to mount: they download."""
-    target, service = manifest.target, cfg.compute_targets[manifest.target].service
+    """Refuse, as one line naming the target, a share mount the target's kind cannot make."""
+    kind = targets.kind_of(cfg, manifest.target)
     for share in layout.SHARES:
         spec = getattr(manifest, share)
-        if spec is None or spec.action != "mount":
-            continue
-        if service == "batch":
-            if spec.writable:
-                raise SubmitError(f"{share}.{share}-writable: target {target} (batch) mounts storage read-only; "
-                                  "expected false")
-            continue
-        if service == "local" and cfg.xt_services.storage == EMBEDDED:
-            continue
-        why = ("its boxes cannot mount this storage" if service == "pool"
-               else f"storage {cfg.xt_services.storage} is not a folder on this machine")
-        raise SubmitError(f"{share}-action mount: target {target} ({service}) cannot mount the {share} share "
-                          f"({why}); use {share}-action download")
+        if spec is not None and spec.action == "mount":
+            problem = kind.mount_problem(cfg, manifest.target, share, spec.writable)
+            if problem:
+                raise SubmitError(problem)
 
 
 def check_shares_filled(storage, manifest: JobManifest) -> None:
@@ -188,7 +181,7 @@ def finished_runs(record: Dict[str, Any]) -> int:
     return sum(n for status, n in record["counts"].items() if status in TERMINAL_STATUSES)
 
 
-def rerun_manifest(parts: Parts, workspace: str, runs: Sequence[str],
+def rerun_manifest(parts: Parts, cfg: Config, workspace: str, runs: Sequence[str],
                    changes: Optional[Dict[str, Any]] = None) -> Tuple[JobManifest, List[str]]:
     """A manifest for these runs of one job again: the same code snapshot and base command, each
     run's own hparams (with `changes` applied to every run), one new run per old one in order; and
@@ -208,8 +201,7 @@ def rerun_manifest(parts: Parts, workspace: str, runs: Sequence[str],
     rerun_of = runs[0] if len(runs) == 1 else job
     manifest = msgspec.structs.replace(manifest, hp_space={}, hp_points=points, search_type="grid", runs=None,
                                        max_runs=None, tags={**manifest.tags, "rerun_of": rerun_of})
-    check_manifest(manifest, "rerun")
-    return manifest, [manifest.command + sweep.format_hparam_args(point) for point in points]
+    return manifest, [entry["command"] for entry in plan(manifest, cfg, "rerun")]
 
 
 def failed_runs(parts: Parts, workspace: str, job: str, statuses: Sequence[str]) -> List[str]:

@@ -37,9 +37,11 @@ CODE_URL_SECONDS = 7 * 24 * 3600 - 3600  # a user delegation key lives at most 7
 TASKS_PER_REQUEST = 100  # addtaskcollection's limit
 VENV = "$AZ_BATCH_NODE_SHARED_DIR/xt-venv"  # the shared dir is readable and writable by every task on the node
 NODE_COMMAND = f'/bin/bash -c "{VENV}/bin/python -m xt_submit.entrypoints.batch_node"'
-# Every pool mounts the storage container read-only with blobfuse, signed in as the nodes' identity, at
-# $AZ_BATCH_NODE_MOUNTS_DIR/<STORAGE_MOUNT_PATH>: a job's `mount` share is a folder of it. Batch sets
-# mounts only when it creates a pool, so a pool made before this has none (its runs say so).
+# A target with mount-shares: true gets a pool that mounts the storage container read-only with
+# blobfuse, signed in as the nodes' identity, at $AZ_BATCH_NODE_MOUNTS_DIR/<STORAGE_MOUNT_PATH>: a job's
+# `mount` share is a folder of it. Opt-in: a mount that fails (no role on the container, no blobfuse on
+# the image) makes the node unusable, jobs without shares too. Batch sets mounts only when it creates a
+# pool, so turning it on later needs the pool deleted (XT recreates it; its runs say so meanwhile).
 STORAGE_MOUNT_PATH = "xt-storage"
 STORAGE_MOUNT = f"$AZ_BATCH_NODE_MOUNTS_DIR/{STORAGE_MOUNT_PATH}"
 BLOBFUSE_OPTIONS = "-o ro -o allow_other -o attr_timeout=240 -o entry_timeout=240 -o negative_timeout=120"
@@ -265,21 +267,21 @@ class BatchCompute(Compute):
         image = parse_image(self.target.image)
         arm_start = json.loads(json.dumps(start_task).replace('"scope": "pool"', '"scope": "Pool"')
                                .replace('"elevationLevel": "admin"', '"elevationLevel": "Admin"'))
-        body = {
-            "identity": {"type": "UserAssigned", "userAssignedIdentities": {self.account.node_identity: {}}},
-            "properties": {
-                "displayName": f"xt target {self.target_name}",
-                "vmSize": self.target.vm_size,
-                "taskSlotsPerNode": self.slots,
-                "taskSchedulingPolicy": {"nodeFillType": "Spread"},
-                "deploymentConfiguration": {"virtualMachineConfiguration": {
-                    "imageReference": image, "nodeAgentSkuId": self.account.node_agent}},
-                "scaleSettings": {"autoScale": {"formula": formula, "evaluationInterval": AUTOSCALE_INTERVAL}},
-                "startTask": arm_start,
-                "mountConfiguration": [self._storage_mount()],
-                "metadata": metadata,
-            },
+        properties: Dict[str, Any] = {
+            "displayName": f"xt target {self.target_name}",
+            "vmSize": self.target.vm_size,
+            "taskSlotsPerNode": self.slots,
+            "taskSchedulingPolicy": {"nodeFillType": "Spread"},
+            "deploymentConfiguration": {"virtualMachineConfiguration": {
+                "imageReference": image, "nodeAgentSkuId": self.account.node_agent}},
+            "scaleSettings": {"autoScale": {"formula": formula, "evaluationInterval": AUTOSCALE_INTERVAL}},
+            "startTask": arm_start,
+            "metadata": metadata,
         }
+        if self.target.mount_shares:
+            properties["mountConfiguration"] = [self._storage_mount()]
+        body = {"identity": {"type": "UserAssigned", "userAssignedIdentities": {self.account.node_identity: {}}},
+                "properties": properties}
         url = f"{ARM_ENDPOINT}{self.account.resource_id}/pools/{self.pool_id}?api-version={ARM_POOL_API_VERSION}"
         request = HttpRequest("PUT", url, json=body, headers={"If-None-Match": "*"})
         response = self.arm.send_request(request)
@@ -347,7 +349,8 @@ class BatchCompute(Compute):
         # The start task installed the setup's activate + pip packages into the node's venv; a run
         # keeps only its environment (installing per run would race the other runs on the node).
         setup = task.setup and SetupSpec(environment=dict(task.setup.environment))
-        node_task = msgspec.structs.replace(task, setup=setup, share_cache_dir=SHARE_CACHE, storage_mount=STORAGE_MOUNT)
+        node_task = msgspec.structs.replace(task, setup=setup, share_cache_dir=SHARE_CACHE,
+                                            storage_mount=STORAGE_MOUNT if self.target.mount_shares else "")
         return {
             "id": batch_task_id(task.run), "displayName": task.run,
             "commandLine": NODE_COMMAND,

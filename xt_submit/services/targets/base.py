@@ -25,6 +25,11 @@ class TargetKind(ABC):
     def check_submittable(self, cfg: Config, name: str) -> None:
         """Raise TargetError when a job for the target cannot reach it from this config's services."""
 
+    def mount_problem(self, cfg: Config, name: str, share: str, writable: bool) -> Optional[str]:
+        """Why a run on the target cannot see the share as a mount of storage (one line naming the
+        field), or None when it can. A kind mounts nothing unless it says so."""
+        return cannot_mount(cfg, name, share, "it has no mount of storage")
+
     @abstractmethod
     def where(self, cfg: Config, name: str) -> str:
         """Where its runs go, for `xt list targets`."""
@@ -40,3 +45,8 @@ class TargetKind(ABC):
     def details(self, cfg: Config, name: str, compute: TaskTable) -> dict:
         """What `xt view status` adds to the counts for the target."""
         return {}
+
+
+def cannot_mount(cfg: Config, name: str, share: str, why: str) -> str:
+    return (f"{share}-action mount: target {name} ({cfg.compute_targets[name].service}) cannot mount the {share} "
+            f"share ({why}); use {share}-action download")

@@ -1,7 +1,7 @@
 """`service: batch`: Azure Batch pools of the team's account; the Functions app dispatches them."""
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterator, Optional
 
 from xt_submit.config import Config, names_of, show
 from xt_submit.services.targets.base import TargetError, TargetKind
@@ -26,6 +26,15 @@ class BatchTarget(TargetKind):
             if getattr(cfg.xt_services, role) == EMBEDDED:
                 raise TargetError(f"xt-services.{role}: {name} is a batch target, whose runs report to the team's "
                                   f"services; expected an external-services name here, got 'embedded'")
+
+    def mount_problem(self, cfg: Config, name: str, share: str, writable: bool) -> Optional[str]:
+        """A pool mounts the storage container only when its target asks (mount-shares), read-only."""
+        if not cfg.compute_targets[name].mount_shares:
+            return (f"{share}-action mount: target {name} (batch) mounts no storage; expected "
+                    f"compute-targets.{name}.mount-shares: true, or {share}-action download")
+        if writable:
+            return f"{share}.{share}-writable: target {name} (batch) mounts storage read-only; expected false"
+        return None
 
     def where(self, cfg: Config, name: str) -> str:
         target = cfg.compute_targets[name]

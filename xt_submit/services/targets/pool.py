@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 import time
-from typing import Dict, Iterator
+from typing import Dict, Iterator, Optional
 
 import msgspec
 
 from xt_submit.config import Config, names_of, show
 from xt_submit.ports import TaskTable
-from xt_submit.services.targets.base import TargetKind
+from xt_submit.services.targets.base import TargetKind, cannot_mount
 
 
 class PoolTarget(TargetKind):
@@ -23,6 +23,9 @@ class PoolTarget(TargetKind):
     def where(self, cfg: Config, name: str) -> str:
         target = cfg.compute_targets[name]
         return "boxes: " + (", ".join(target.boxes) if target.boxes else "all (" + ", ".join(cfg.boxes) + ")")
+
+    def mount_problem(self, cfg: Config, name: str, share: str, writable: bool) -> Optional[str]:
+        return cannot_mount(cfg, name, share, "its boxes cannot mount this storage")
 
     def definition(self, cfg: Config, name: str) -> dict:
         from xt_submit.services.targets import setup_spec
