@@ -362,6 +362,12 @@ class Node(ABC):
                 empty_files: List[str], source: str) -> None: ...
 
     @abstractmethod
+    def place_data(self, local_zip: str, folder: str, source: str) -> None:
+        """A data folder (a share's files, zipped here) unpacked into `folder` on the node, which does
+        not exist yet: none of the code's size or count limits, but no name or link that escapes the
+        folder; nothing is cached or kept of the zip. On failure no part of `folder` is left."""
+
+    @abstractmethod
     def append(self, path: str, data: bytes) -> None: ...
 
     @abstractmethod

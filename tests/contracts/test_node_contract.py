@@ -2,11 +2,14 @@
 against a real OpenSSH server on loopback), each made by bootstrap's node factory as the pool
 executor makes them. What the run wrapper relies on: the code unpacked where it says, files
 appended and read from an offset, changes seen by walk, a launched command's console and exit
-code, liveness, and a signal that reaches the whole process group."""
+code, liveness, a signal that reaches the whole process group, and a share's data folder placed
+with none of the code's limits yet nothing that escapes it."""
 import posixpath
 import signal
+import stat
 import time
 import uuid
+import zipfile
 
 import pytest
 
@@ -64,6 +67,36 @@ def test_prepare_unpacks_the_code_and_makes_the_runs_folders_and_files(node, wor
     assert node.read_from(posixpath.join(code, "pkg", "data.txt")) == b"d" * 100
     assert node.exists(posixpath.join(code, "output"))
     assert node.exists(posixpath.join(work, "run.log")) and node.read_from(posixpath.join(work, "run.log")) == b""
+
+
+def data_zip(path, entries):
+    """A zip of (name, bytes) entries, deflated; a name ending in '@' is a symbolic link to its bytes."""
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries:
+            info = zipfile.ZipInfo(name.rstrip("@"))
+            info.compress_type = zipfile.ZIP_DEFLATED
+            info.external_attr = ((stat.S_IFLNK | 0o777) if name.endswith("@") else (stat.S_IFREG | 0o644)) << 16
+            archive.writestr(info, data)
+    return str(path)
+
+
+def test_place_data_unpacks_a_share_with_none_of_the_codes_limits_and_nothing_that_escapes(node, work, tmp_path):
+    zeros = 4 * 1024**2  # deflates far past the 200:1 a code zip may have
+    shared = data_zip(tmp_path / "share.zip", [("a.txt", b"1"), ("sub/zeros.bin", bytes(zeros))])
+    with pytest.raises(code_archive.ArchiveError, match=r"compression ratio above 200:1"):
+        node.prepare(shared, None, posixpath.join(work, "as-code"), posixpath.join(work, "as-code", "output"), [],
+                     source="share.zip")
+    folder = posixpath.join(work, "share_cache", "k1", "f1")
+    node.place_data(shared, folder, source="shares/data/d/")
+    assert node.read_from(posixpath.join(folder, "a.txt")) == b"1"
+    assert {name: signature[1] for name, signature in node.walk(folder)} == {"a.txt": 1, "sub/zeros.bin": zeros}
+
+    for entries, refused in (([("ok.txt", b"x"), ("../escaped.txt", b"x")], "path escapes the target directory"),
+                             ([("ok.txt", b"x"), ("link@", b"/etc/passwd")], "symbolic links are not allowed")):
+        bad = posixpath.join(work, "share_cache", "k2", "f2")
+        with pytest.raises(code_archive.ArchiveError, match=rf"shares/data/d/: .*{refused}"):
+            node.place_data(data_zip(tmp_path / "bad.zip", entries), bad, source="shares/data/d/")
+        assert not node.exists(bad) and not node.exists(posixpath.join(work, "share_cache", "k2", "escaped.txt"))
 
 
 def test_append_and_read_from_an_offset(node, work):

@@ -3,6 +3,7 @@ content, whole or not at all), where the run wrapper points XT_DATA_DIR / XT_MOD
 node, and the config's data: and model: sections."""
 import hashlib
 import os
+import re
 import uuid
 
 import pytest
@@ -184,6 +185,58 @@ def test_a_box_gets_its_copy_through_the_node_port_once_per_content(tmp_path):
     assert os.path.dirname(third) != key_dir and open(os.path.join(third, "a.txt")).read() == "5"
 
 
+def test_a_box_s_copy_is_a_data_folder_without_the_code_limits_and_never_a_code_snapshot(tmp_path, monkeypatch):
+    """Placed with Node.place_data: a share far past the code's limits (here 1 entry, 1 byte) goes
+    through, and the code path (prepare: limits, code cache, a kept zip) is never taken."""
+    from xt_submit.node_kit import code_archive
+
+    monkeypatch.setattr(code_archive, "MAX_ENTRIES", 1)
+    monkeypatch.setattr(code_archive, "MAX_UNPACKED_BYTES", 1)
+    monkeypatch.setattr(LocalNode, "prepare", lambda *args, **kwargs: pytest.fail("a share went the code's way"))
+    storage = filled(tmp_path)
+    folder = placed(tmp_path, storage, task(data=ShareSpec(path="mnist", action="download")), remote=True)["XT_DATA_DIR"]
+    assert open(os.path.join(folder, "a.txt")).read() == "1" and open(os.path.join(folder, "sub", "b.txt")).read() == "2"
+    assert sorted(os.listdir(os.path.dirname(folder))) == sorted([os.path.basename(folder), "ready"])  # no zip, no marker
+
+
+class ChangingStorage(CountingStorage):
+    """Storage a writer changes while it is downloaded: a.txt is rewritten during the first `changes` downloads of it."""
+
+    def __init__(self, root, changes):
+        super().__init__(root)
+        self.changes = changes
+
+    def download_file(self, key, path):
+        super().download_file(key, path)
+        if key.endswith("a.txt") and self.changes:
+            self.changes -= 1
+            self.write(key, f"changed {self.changes}".encode())
+
+
+@pytest.mark.parametrize("remote", [False, True])
+def test_a_file_changed_during_the_download_is_never_kept_under_the_old_content_s_key(tmp_path, remote):
+    storage = filled(tmp_path, cls=ChangingStorage, changes=1)
+    spec = ShareSpec(path="mnist", action="download")
+    folder = placed(tmp_path, storage, task(data=spec), remote=remote)["XT_DATA_DIR"]
+    assert open(os.path.join(folder, "a.txt")).read() == "changed 0"  # downloaded again, once
+    key = shares.content_key(shares.listing(storage, PREFIX))
+    assert key in folder.split(os.sep)  # under the key of what it holds
+    storage.changes = 2  # a writer that keeps changing it: refused, one line
+    storage.write(PREFIX + "sub/b.txt", b"3")
+    with pytest.raises(shares.ShareError, match=rf"^{re.escape(PREFIX)}: its files changed in storage while being "
+                                                r"downloaded, twice; try again once nothing writes to it$"):
+        placed(tmp_path, storage, task(data=spec), remote=remote)
+
+
+def test_box_locks_last_only_while_in_use():
+    lock = shares._box_lock("box\0key")
+    assert shares._box_lock("box\0key") is lock  # a thread that arrives meanwhile waits on the same lock
+    for k in range(1000):
+        with shares._box_lock(f"box\0content-{k}"):
+            pass
+    assert len(shares._BOX_LOCKS) <= 2  # a long-lived host keeps none per content it once placed
+
+
 def test_a_mount_is_compute_s_mount_else_a_storage_folder_on_this_machine_else_refused(tmp_path, monkeypatch):
     storage = filled(tmp_path)
     mounted = task(data=ShareSpec(path="mnist", action="mount"), model=None)
@@ -237,7 +290,9 @@ def test_xt_s_data_and_model_sections_are_honoured_and_its_other_keys_named(tmp_
     ({"path": "mnist", "action": "copy"}, "data.action: expected one of download, mount, got 'copy'"),
     ({"path": "../secrets", "action": "download"}, "data.path: expected a folder of the share"),
     ({"path": "", "action": "mount"}, "data.path: expected a folder of the share"),
-    ({"path": "mnist", "action": "download", "writable": True}, "data.writable: a downloaded share is a read-only"),
+    ({"path": "mnist", "action": "none"}, "data.action: expected one of download, mount, got 'none'"),
+    ({"path": "mnist", "action": "download", "writable": True},
+     "data.writable: true is not supported with action download (the copy is shared by the node's runs"),
 ])
 def test_a_manifest_s_share_is_checked_as_a_dropped_zip_s_would_be(spec, expected):
     """A manifest dropped into uploads/ never passed the config: dispatch checks its shares itself."""
@@ -253,3 +308,61 @@ def test_a_manifest_s_share_is_checked_as_a_dropped_zip_s_would_be(spec, expecte
     assert f"xt_manifest.json: {expected}" in str(caught.value)
     check_manifest(decode_manifest(msgspec.json.encode(
         {**msgspec.to_builtins(make_manifest("code/x.zip", "x")), "model": {"path": "ckpt/v2", "action": "mount"}})))
+
+
+BATCH_CONFIG = (
+    "external-services:\n"
+    "  team-batch: {type: batch}\n"
+    "compute-targets:\n"
+    "  gpu: {service: batch, account: team-batch, vm-size: Standard_NC6}\n"
+    "  gpu-mounts: {service: batch, account: team-batch, vm-size: Standard_NC6, mount-shares: true}\n"
+    "  lab: {service: pool}\n")
+
+
+@pytest.mark.parametrize("target, spec, expected", [
+    ("gpu", {"path": "mnist", "action": "mount"},
+     "data-action mount: target gpu (batch) mounts no storage; expected compute-targets.gpu.mount-shares: true, "
+     "or data-action download"),
+    ("gpu-mounts", {"path": "mnist", "action": "mount", "writable": True},
+     "data.data-writable: target gpu-mounts (batch) mounts storage read-only; expected false"),
+    ("lab", {"path": "mnist", "action": "mount"},
+     "data-action mount: target lab (pool) cannot mount the data share (its boxes cannot mount this storage); "
+     "use data-action download"),
+    ("gpu-mounts", {"path": "mnist", "action": "mount"}, None),
+    ("gpu", {"path": "mnist", "action": "download"}, None),
+    ("local", {"path": "mnist", "action": "mount", "writable": True}, None),  # the embedded storage's folder
+])
+def test_the_target_kind_says_whether_it_mounts_a_share_when_the_job_is_planned(tmp_path, target, spec, expected):
+    from support.pipeline import make_manifest
+    from xt_submit.services import submit
+
+    (tmp_path / "xt_config.yaml").write_text(BATCH_CONFIG)
+    cfg = load_config(cwd=tmp_path)
+    manifest = make_manifest("code/x.zip", "x", hp_space={"lr": [1]}, target=target, data=ShareSpec(**spec))
+    if expected is None:
+        assert [run["hparams"] for run in submit.plan(manifest, cfg)] == [{"lr": 1}]
+        return
+    with pytest.raises(submit.SubmitError) as caught:
+        submit.plan(manifest, cfg)
+    assert str(caught.value) == expected
+
+
+def test_the_batch_mount_is_off_unless_the_target_asks(tmp_path):
+    (tmp_path / "xt_config.yaml").write_text(BATCH_CONFIG)
+    cfg = load_config(cwd=tmp_path)
+    assert not cfg.compute_targets["gpu"].mount_shares and cfg.compute_targets["gpu-mounts"].mount_shares
+
+
+def test_a_mount_from_a_local_run_on_a_team_s_storage_is_refused(tmp_path):
+    from support.pipeline import make_manifest
+    from xt_submit.services import submit
+
+    (tmp_path / "xt_config.yaml").write_text(
+        "external-services: {team-store: {type: blob, account-url: 'https://t.blob.core.windows.net'}}\n"
+        "xt-services: {storage: team-store}\n")
+    cfg = load_config(cwd=tmp_path)
+    manifest = make_manifest("code/x.zip", "x", hp_space={"lr": [1]}, target="local",
+                             model=ShareSpec(path="ckpt", action="mount"))
+    with pytest.raises(submit.SubmitError, match=r"^model-action mount: target local \(local\) cannot mount the "
+                                                 r"model share \(storage team-store is not a folder on this machine\)"):
+        submit.plan(manifest, cfg)

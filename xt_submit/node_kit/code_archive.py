@@ -2,7 +2,8 @@
 
 The zip is reproducible (sorted entries, fixed timestamps), so its sha256 names the content and
 an unchanged tree is never uploaded twice. Unpacking refuses anything that could escape the
-target dir or exhaust the disk.
+target dir or exhaust the disk; a data folder (a share's files, extract_data) has no size or count
+limits, but escapes are refused all the same.
 """
 from __future__ import annotations
 
@@ -99,10 +100,12 @@ def snapshot_code(code_dirs: Sequence[str], base: str, omit: Sequence[str] = (),
     return Snapshot(data, hashlib.sha256(data).hexdigest(), len(entries))
 
 
-def check_zip(archive: zipfile.ZipFile, source: str, *, max_bytes: int = MAX_UNPACKED_BYTES) -> List[zipfile.ZipInfo]:
-    """The archive's file entries, or ArchiveError naming the first dangerous one."""
+def check_zip(archive: zipfile.ZipFile, source: str, *, max_bytes: int = MAX_UNPACKED_BYTES,
+              code_limits: bool = True) -> List[zipfile.ZipInfo]:
+    """The archive's file entries, or ArchiveError naming the first dangerous one. code_limits=False
+    (a data folder): no size, count or ratio limits, which are there for code; escapes still refused."""
     infos = archive.infolist()
-    if len(infos) > MAX_ENTRIES:
+    if code_limits and len(infos) > MAX_ENTRIES:
         raise ArchiveError(f"{source}: {len(infos)} entries, more than the limit of {MAX_ENTRIES}")
     total = 0
     files = []
@@ -116,9 +119,9 @@ def check_zip(archive: zipfile.ZipFile, source: str, *, max_bytes: int = MAX_UNP
         if info.is_dir():
             continue
         total += info.file_size
-        if total > max_bytes:
+        if code_limits and total > max_bytes:
             raise ArchiveError(f"{source}: unpacks to more than {max_bytes // 1024**2} MB")
-        if info.file_size > 1024 * 1024 and info.file_size > MAX_RATIO * max(info.compress_size, 1):
+        if code_limits and info.file_size > 1024 * 1024 and info.file_size > MAX_RATIO * max(info.compress_size, 1):
             raise ArchiveError(f"{source}: {name!r}: compression ratio above {MAX_RATIO}:1 (zip bomb?)")
         files.append(info)
     return files
@@ -131,12 +134,12 @@ def open_zip(path_or_file, source: str) -> zipfile.ZipFile:
         raise ArchiveError(f"{source}: not a zip file ({exc})") from None
 
 
-def safe_extract(zip_path: str, dest: str, source: str = "code zip") -> int:
+def safe_extract(zip_path: str, dest: str, source: str = "code zip", *, code_limits: bool = True) -> int:
     """Unpack after check_zip; sizes are enforced again while writing (headers can lie)."""
     dest_root = Path(dest).resolve()
     dest_root.mkdir(parents=True, exist_ok=True)
     with open_zip(zip_path, source) as archive:
-        files = check_zip(archive, source)
+        files = check_zip(archive, source, code_limits=code_limits)
         for info in files:
             target = (dest_root / info.filename).resolve()
             if dest_root != target and dest_root not in target.parents:
@@ -152,3 +155,9 @@ def safe_extract(zip_path: str, dest: str, source: str = "code zip") -> int:
             if (info.external_attr >> 16) & stat.S_IXUSR:
                 os.chmod(target, 0o755)
     return len(files)
+
+
+def extract_data(zip_path: str, dest: str, source: str) -> int:
+    """A data folder's zip (a share: any size, any number of files) unpacked into dest, as safely as
+    code (no absolute or `..` names, no links, no file larger than its header says)."""
+    return safe_extract(zip_path, dest, source, code_limits=False)

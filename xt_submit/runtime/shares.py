@@ -9,13 +9,16 @@ next run downloads nothing; a changed, added or removed file makes a new key, so
 
 An entry is downloaded into a temp folder beside it and renamed into place whole, under a lock
 per key: a crash never leaves a half entry that is reused, and runs starting together on a node
-download it once. Entries are never changed after the rename (runs only read them) and never
-evicted here: delete the cache folder to reclaim the space.
+download it once. The folder is listed again once downloaded: a file changed meanwhile would be
+kept under the old content's key, so that download is dropped and made again (a second change is
+refused). Entries are never changed after the rename (runs only read them) and never evicted
+here: delete the cache folder to reclaim the space.
 
 It runs where the run wrapper runs: on this machine (local targets, and the host that drives a
 pool's boxes) and on a Batch node. A box is reached only through its Node port, which has no rename:
-there each download is unpacked into a folder of its own, and a `ready` file lists the complete ones
-in order; the first listed is every run's, and a crash leaves a folder `ready` never names.
+there each download is placed (Node.place_data: a data folder, not code) into a folder of its own,
+and a `ready` file lists the complete ones in order; the first listed is every run's, and a crash
+leaves a folder `ready` never names.
 """
 from __future__ import annotations
 
@@ -27,9 +30,10 @@ import shutil
 import tempfile
 import threading
 import uuid
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 from xt_submit.domain import layout
 from xt_submit.domain.errors import OneLineError
@@ -46,6 +50,10 @@ Listing = List[Tuple[str, str]]  # (name below the folder, signature), sorted by
 
 class ShareError(OneLineError):
     """A share a run cannot have (nothing there, no mount on the node): the run ends with this reason."""
+
+
+class _Changed(Exception):
+    """The share's listing after a download is not the one it was downloaded by."""
 
 
 @dataclass(frozen=True)
@@ -117,7 +125,9 @@ class SharePlacement:
     def _downloaded_to_box(self, prefix: str) -> Fetched:
         """The box's cache. Runs this host starts together on the box take turns; two hosts serving the
         same box (there should be one) may each download once."""
-        entries = listing(self.storage, prefix)
+        return _twice(prefix, lambda: self._downloaded_to_box_once(prefix, listing(self.storage, prefix)))
+
+    def _downloaded_to_box_once(self, prefix: str, entries: Listing) -> Fetched:
         if not entries:
             raise ShareError(f"{prefix}: nothing in storage there")
         key = content_key(entries)
@@ -129,9 +139,9 @@ class SharePlacement:
                 return Fetched(posixpath.join(key_dir, found), key, len(entries), downloaded=False)
             folder = posixpath.join(key_dir, uuid.uuid4().hex)
             with tempfile.TemporaryDirectory(dir=self.supervisor_dir) as scratch:
-                local = fetch(self.storage, prefix, os.path.join(scratch, "cache"), entries)
+                local = _fetch_once(self.storage, prefix, os.path.join(scratch, "cache"), entries)
                 zip_path = zip_folder(local.path, os.path.join(scratch, "share.zip"))
-                self.node.prepare(zip_path, None, folder, folder, [folder + ".unpacked"], source=prefix)
+                self.node.place_data(zip_path, folder, source=prefix)
             self.node.append(ready, f"{posixpath.basename(folder)}\n".encode())
             return Fetched(posixpath.join(key_dir, self._first_ready(ready)), key, len(entries), downloaded=True)
 
@@ -140,14 +150,34 @@ class SharePlacement:
         return first.decode() if newline else ""
 
 
-_BOX_LOCKS: Dict[str, threading.Lock] = {}
+# A lock lives while a thread holds or awaits it, so a long-lived host keeps none per content it saw.
+_BOX_LOCKS: "weakref.WeakValueDictionary[str, threading.Lock]" = weakref.WeakValueDictionary()
 _BOX_LOCKS_GUARD = threading.Lock()
 
 
 def _box_lock(name: str) -> threading.Lock:
     """One lock per box and content in this process: a pool's runs start in threads of one host."""
     with _BOX_LOCKS_GUARD:
-        return _BOX_LOCKS.setdefault(name, threading.Lock())
+        lock = _BOX_LOCKS.get(name)
+        if lock is None:
+            lock = _BOX_LOCKS[name] = threading.Lock()
+        return lock
+
+
+_T = TypeVar("_T")
+
+
+def _twice(prefix: str, attempt: Callable[[], _T]) -> _T:
+    """attempt() again (listing afresh) if the share changed while it was downloaded; not a third time."""
+    try:
+        return attempt()
+    except _Changed:
+        pass
+    try:
+        return attempt()
+    except _Changed:
+        raise ShareError(f"{prefix}: its files changed in storage while being downloaded, twice; "
+                         f"try again once nothing writes to it") from None
 
 
 def entry_signature(storage: Storage, key: str) -> str:
@@ -188,9 +218,13 @@ def content_key(entries: Sequence[Tuple[str, str]]) -> str:
     return digest.hexdigest()[:KEY_CHARS]
 
 
-def fetch(storage: Storage, prefix: str, cache_root: str, entries: Optional[Listing] = None) -> Fetched:
+def fetch(storage: Storage, prefix: str, cache_root: str) -> Fetched:
     """The folder `prefix` of storage as an entry of cache_root, downloaded unless already there."""
-    entries = listing(storage, prefix) if entries is None else entries
+    return _twice(prefix, lambda: _fetch_once(storage, prefix, cache_root, listing(storage, prefix)))
+
+
+def _fetch_once(storage: Storage, prefix: str, cache_root: str, entries: Listing) -> Fetched:
+    """fetch, for the content `entries` lists; _Changed if the folder's listing is another one after."""
     if not entries:
         raise ShareError(f"{prefix}: nothing in storage there")
     key = content_key(entries)
@@ -208,6 +242,8 @@ def fetch(storage: Storage, prefix: str, cache_root: str, entries: Optional[List
                 target = _inside(staging, name, prefix)
                 target.parent.mkdir(parents=True, exist_ok=True)
                 storage.download_file(prefix + name, str(target))
+            if listing(storage, prefix) != entries:  # a file changed meanwhile: not this key's content
+                raise _Changed()
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise
@@ -223,7 +259,7 @@ def fetch(storage: Storage, prefix: str, cache_root: str, entries: Optional[List
 
 def zip_folder(folder: str, zip_path: str) -> str:
     """The folder's files in a zip (stored, not compressed: shares are mostly compressed data already),
-    for a node reached only through its Node port's prepare."""
+    for a node reached only through its Node port (place_data)."""
     base = Path(folder)
     import zipfile
 

@@ -8,13 +8,15 @@ No password is ever asked for: a key (the box's `key`, the agent, or ~/.ssh) or 
 A box unpacks each code snapshot once, into a cache named by the zip's sha256, and each run gets
 its own copy of that tree. One node may be used by several threads at once (the pool executor
 drives each run on a thread of its own): commands go over channels of their own, in parallel;
-SFTP requests, which share one session, take turns.
+SFTP requests, which share one session, take turns. A share's data folder is unpacked straight
+where it goes (place_data), with none of the code's limits and no cache.
 """
 from __future__ import annotations
 
 import base64
 import contextlib
 import hashlib
+import logging
 import os
 import functools
 import posixpath
@@ -35,6 +37,8 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 from xt_submit.domain.boxes import BoxAddress, BoxError
 from xt_submit.node_kit import code_archive, reaper
 from xt_submit.ports import Node, NodeUnreachable
+
+log = logging.getLogger("xt.pool")  # the host's log says why a box's connection was dropped
 
 # How long a box may stay silent (a connect, a command, a file transfer) before it counts as
 # unreachable: the host serves everything else meanwhile, so this bounds how long it can stall.
@@ -57,8 +61,14 @@ CACHE_MISSING = 75  # the exit status of a copy whose cached tree is gone (remov
 PREPARE_FAILED = 76  # the exit status of a launch whose copy of the code failed
 # Channels one connection keeps open at once: OpenSSH lets a connection have MaxSessions (10 by
 # default) at a time. SFTP sessions (each serves one thread's requests at a time) and commands.
+# sshd counts a channel until it has processed our close of it, which may be after its slot here is
+# free again: 8 of 10 leaves room for those, and an open the box refuses anyway is tried again.
 SFTP_SESSIONS = 3
-COMMAND_CHANNELS = 6
+COMMAND_CHANNELS = 5
+# A thread waiting for a slot (held by this process's own calls, each bounded by its own timeouts)
+# waits as long as that takes, looking this often whether the connection is still up.
+SLOT_CHECK_SECONDS = 0.05
+OPEN_ATTEMPTS = 30  # a channel open the box refuses, tried again after pauses of 0.05 s doubling to 1 s (~26 s)
 _SHA256_ZIP = re.compile(r"code/([0-9a-f]{64})\.zip")  # storage's name of a snapshot (domain/layout.code_key)
 
 # Run on the box, once per snapshot: the link (if any) arrives on stdin; an error names what failed,
@@ -97,6 +107,18 @@ if not os.path.isdir(final):
     finally:
         shutil.rmtree(temp, ignore_errors=True)
 print(final)
+"""
+
+# Run on the box for a share's data folder: unpacked straight into its folder, none of it left on failure.
+_UNPACK_DATA = """
+import shutil, sys
+from xt_submit.node_kit.code_archive import ArchiveError, extract_data
+zip_path, folder, source = sys.argv[1:]
+try:
+    extract_data(zip_path, folder, source)
+except BaseException as exc:
+    shutil.rmtree(folder, ignore_errors=True)
+    sys.exit(str(exc) if isinstance(exc, ArchiveError) else f"{source}: unpacking failed: {type(exc).__name__}: {exc}")
 """
 
 
@@ -157,6 +179,8 @@ class SshNode(Node):
         self._zips: Dict[str, str] = {}  # snapshot -> this node's copy of its zip (see _scratch)
         self._scratch_dir: Optional[str] = None
         self._releasing: Dict[str, object] = {}  # run folder -> the channel removing it
+        self._lost_removals: set = set()  # run folders whose removal's connection dropped: removed again
+        self._failed_removals: Dict[str, str] = {}  # run folder -> why its removal failed (told once)
 
     # --- the connection ----------------------------------------------------------------------
     def connect(self) -> None:
@@ -212,9 +236,7 @@ class SshNode(Node):
             # small requests (a stat, an exec) must not wait on Nagle's algorithm and delayed ACKs
             transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             transport.set_keepalive(max(1, int(SILENT_SECONDS / 2)))  # a box that vanished is noticed
-            with self._answer_within(CONNECT_TIMEOUT_SECONDS, client):
-                self._sftp = client.open_sftp()
-            self._sftp.get_channel().settimeout(COMMAND_TIMEOUT_SECONDS)
+            self._sftp = self._open_sftp(client)
             self.home = posixpath.join(self._sftp.normalize("."), ".xt")
             self._prepare()
             with self._sessions:
@@ -222,6 +244,9 @@ class SshNode(Node):
         except (paramiko.SSHException, EOFError, OSError) as exc:
             self.close()
             raise BoxError(f"{where}: connection lost while preparing the box ({type(exc).__name__})") from None
+        except NodeUnreachable as exc:  # it refused our sessions (_open_session)
+            self.close()
+            raise BoxError(str(exc)) from None
         except BoxError:
             self.close()
             raise
@@ -233,8 +258,9 @@ class SshNode(Node):
                     with contextlib.suppress(Exception):
                         part.close()  # the client's other sessions close with it
             self._client = self._sftp = None
-            for _ in self._releasing:  # their channels are gone with the connection
+            for folder in self._releasing:  # their channels are gone with the connection: removed again later
                 self._command_channels.release()
+                self._lost_removals.add(folder)
             self._releasing.clear()
             with self._sessions:
                 self._generation += 1
@@ -277,17 +303,22 @@ class SshNode(Node):
 
     @contextlib.contextmanager
     def _connection(self):
-        """Connection failures become NodeUnreachable; file errors (a missing file) stay what they are."""
+        """Connection failures become NodeUnreachable; file errors (a missing file) stay what they are.
+        A TimeoutError is always the box's silence (no wait for a slot of this process has a deadline)."""
         try:
             self.connect()
         except BoxError as exc:
             raise NodeUnreachable(str(exc)) from None
+        generation = self._generation
         try:
             yield
         except Exception as exc:
+            if generation != self._generation:  # closed by another thread meanwhile: whatever failed, failed with it
+                raise NodeUnreachable(f"box {self.name} ({self.address}): connection lost") from None
             client = self._client
             transport = client.get_transport() if client is not None else None
             if transport is None or not transport.is_active() or isinstance(exc, TimeoutError):
+                log.warning("box %s (%s): closing its connection after %r", self.name, self.address, exc)
                 self.close()
                 why = "silent too long" if isinstance(exc, TimeoutError) else "connection lost"
                 raise NodeUnreachable(f"box {self.name} ({self.address}): {why}") from None
@@ -295,43 +326,99 @@ class SshNode(Node):
                 raise
             paramiko = _paramiko()
             if isinstance(exc, (paramiko.SSHException, EOFError)):
+                log.warning("box %s (%s): closing its connection after %r", self.name, self.address, exc)
                 self.close()
                 raise NodeUnreachable(f"box {self.name} ({self.address}): {exc}") from None
             raise
 
-    def _exec(self, command: str, timeout: float = COMMAND_TIMEOUT_SECONDS, stdin_text: str = "") -> Tuple[int, str, str]:
+    def _exec(self, command: str, timeout: float = COMMAND_TIMEOUT_SECONDS, stdin_text: str = "",
+              patient: bool = False) -> Tuple[int, str, str]:
         """stdin_text reaches the command on its stdin, never on a command line the box's `ps` shows.
-        Threads exec at once, each on a channel of its own."""
+        Threads exec at once, each on a channel of its own. patient: the command may take as long as
+        it takes while the box answers (asked every `timeout` s); it must print little, read at the end."""
         self._take_command_channel()
+        channel = None
         try:
             client = self._client
             if client is None:  # closed by another thread since
                 raise EOFError("the connection was closed")
+            channel = self._open_session(client, timeout)
+            channel.settimeout(timeout)
+            if not stdin_text:
+                # Stdin ends on the box, not by our EOF: a command that exits at once has the box close
+                # its channel, and paramiko may then send our EOF after our CLOSE, which OpenSSH answers
+                # by dropping the whole connection ("ieof packet referred to nonexistent channel").
+                # A command fed stdin_text reads it to its end, so it cannot end before our EOF.
+                command = f"exec </dev/null; {command}"
             with self._answer_within(timeout, client):
-                stdin, stdout, stderr = client.exec_command(command, timeout=timeout)
+                channel.exec_command(command)
             if stdin_text:
-                stdin.write(stdin_text)
-            stdin.channel.shutdown_write()
+                channel.sendall(stdin_text.encode())
+                channel.shutdown_write()
+            if patient:
+                self._wait_while_box_answers(channel, timeout)
+            stdout, stderr = channel.makefile("rb"), channel.makefile_stderr("rb")
             out, err = stdout.read().decode(errors="replace"), stderr.read().decode(errors="replace")
             # recv_exit_status() waits with no bound: a box that goes silent between the output and
             # the exit status would hold this process until the connection dies
-            if not stdout.channel.status_event.wait(timeout):
+            if not channel.status_event.wait(timeout):
                 raise TimeoutError(f"no exit status within {timeout:g}s")
-            return stdout.channel.exit_status, out, err
+            if channel.exit_status == -1 and not _active(client):  # no status: the connection ended it
+                raise EOFError("the connection was closed")
+            return channel.exit_status, out, err
         finally:
+            if channel is not None:
+                channel.close()  # before the slot is free: the box counts the channel until it has this
             self._command_channels.release()
 
     def _take_command_channel(self) -> None:
-        """One of COMMAND_CHANNELS; a removal that is done gives its back first."""
-        deadline = time.monotonic() + COMMAND_TIMEOUT_SECONDS
-        while not self._command_channels.acquire(timeout=0.05):
-            with self._lock:
-                done = [folder for folder, channel in self._releasing.items() if _finished(channel)]
-                for folder in done:
-                    del self._releasing[folder]
-                    self._command_channels.release()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no command channel free within {COMMAND_TIMEOUT_SECONDS:g}s")
+        """One of COMMAND_CHANNELS, however long that takes while the connection is up; a removal that
+        is done gives its back first."""
+        while not self._command_channels.acquire(timeout=SLOT_CHECK_SECONDS):
+            self._reclaim_removals()
+            if not self._connected():
+                raise EOFError("the connection was closed")
+
+    def _open_session(self, client, seconds: float):
+        """A new session channel. One the box refuses while the connection is up is its sshd's
+        MaxSessions, reached by channels of ours it has not yet finished closing: tried again."""
+        paramiko = _paramiko()
+        pause = SLOT_CHECK_SECONDS
+        for _ in range(OPEN_ATTEMPTS):
+            transport = client.get_transport()
+            if transport is None or not transport.is_active():
+                raise EOFError("the connection was closed")
+            try:
+                # paramiko's own bound is longer: a silent box is _answer_within's (the connection closed)
+                with self._answer_within(seconds, client):
+                    return transport.open_session(timeout=seconds + CONNECT_TIMEOUT_SECONDS)
+            except paramiko.SSHException:  # a refusal (ChannelException, or another thread took its reason)
+                if not _active(client):
+                    raise
+            time.sleep(pause)
+            pause = min(2 * pause, 1.0)
+        raise NodeUnreachable(f"box {self.name} ({self.address}): refuses new sessions on the connection "
+                              f"(XT uses {SFTP_SESSIONS + COMMAND_CHANNELS}: is the box's sshd MaxSessions lower?)")
+
+    def _open_sftp(self, client):
+        paramiko = _paramiko()
+        channel = self._open_session(client, CONNECT_TIMEOUT_SECONDS)
+        try:
+            with self._answer_within(CONNECT_TIMEOUT_SECONDS, client):
+                channel.invoke_subsystem("sftp")
+            session = paramiko.SFTPClient(channel)
+        except BaseException:
+            channel.close()
+            raise
+        channel.settimeout(COMMAND_TIMEOUT_SECONDS)
+        return session
+
+    def _wait_while_box_answers(self, channel, seconds: float) -> None:
+        """Until the channel's command has ended, however long that takes, as long as the box answers
+        an SFTP stat within `seconds` every `seconds`: a busy box is not taken for a silent one."""
+        while not channel.status_event.wait(seconds):
+            with self._lent_session() as sftp:
+                sftp.stat(self.home)  # the session's timeout: a box gone silent raises TimeoutError
 
     @contextlib.contextmanager
     def _answer_within(self, seconds: float, client) -> Iterator[None]:
@@ -433,22 +520,27 @@ class SshNode(Node):
         before left it: its run's copy of the code made, or its removal done."""
         self._settle(path)
         with self._connection():
-            generation, session = self._borrow_session()
-            try:
+            with self._lent_session() as session:
                 yield session
-            finally:
-                with self._sessions:
-                    if generation == self._generation:
-                        self._idle_sessions.append((generation, session))
-                    self._sessions.notify()
+
+    @contextlib.contextmanager
+    def _lent_session(self):
+        generation, session = self._borrow_session()
+        try:
+            yield session
+        finally:
+            with self._sessions:
+                if generation == self._generation:
+                    self._idle_sessions.append((generation, session))
+                self._sessions.notify()
 
     def _borrow_session(self) -> tuple:
-        """An idle SFTP session, or a new one while there are fewer than SFTP_SESSIONS."""
-        deadline = time.monotonic() + COMMAND_TIMEOUT_SECONDS
+        """An idle SFTP session, or a new one while there are fewer than SFTP_SESSIONS; waited for as
+        long as the other threads' calls take while the connection is up."""
         with self._sessions:
             while not self._idle_sessions and self._session_count >= SFTP_SESSIONS:
-                if not self._sessions.wait(max(0.0, deadline - time.monotonic())):
-                    raise TimeoutError(f"no SFTP session free within {COMMAND_TIMEOUT_SECONDS:g}s")
+                if not self._sessions.wait(SLOT_CHECK_SECONDS) and not self._connected():
+                    raise EOFError("the connection was closed")
             if self._idle_sessions:
                 return self._idle_sessions.pop()
             self._session_count += 1
@@ -456,10 +548,7 @@ class SshNode(Node):
         try:
             if client is None:  # closed by another thread since
                 raise EOFError("the connection was closed")
-            with self._answer_within(CONNECT_TIMEOUT_SECONDS, client):
-                session = client.open_sftp()
-            session.get_channel().settimeout(COMMAND_TIMEOUT_SECONDS)
-            return generation, session
+            return generation, self._open_sftp(client)
         except BaseException:
             with self._sessions:
                 if generation == self._generation:
@@ -560,6 +649,20 @@ class SshNode(Node):
                 timeout=PREPARE_TIMEOUT_SECONDS, stdin_text=(code_url or "") + "\n")
         self._check_prepared(code, err)
 
+    def place_data(self, local_zip: str, folder: str, source: str) -> None:
+        """Over SFTP, then unpacked by the box straight into `folder` (no code cache, no code limits)
+        and removed there; nothing of it is kept here. Waited for while the box answers: a big share
+        takes a while to unpack."""
+        with self._connection():
+            remote_zip = posixpath.join(self.home, "incoming", f"{uuid.uuid4().hex}.zip")
+        with self._sftp_session(remote_zip) as sftp:
+            sftp.put(local_zip, remote_zip, confirm=False)
+        with self._connection():
+            code, _, err = self._exec(
+                f"PYTHONPATH={q(self._lib)} python3 -S -c {q(_UNPACK_DATA)} {q(remote_zip)} {q(folder)} {q(source)}; "
+                f"status=$?; rm -f {q(remote_zip)}; exit $status", patient=True)
+        self._check_prepared(code, err)
+
     def _code_lock(self, digest: Optional[str]):
         if digest is None:
             return contextlib.nullcontext()
@@ -568,20 +671,73 @@ class SshNode(Node):
 
     def _settle(self, path: Optional[str] = None) -> None:
         """Before a call about `path` (None: about anything): a copy of the code deferred for its
-        run is made, and a removal under way below it is waited for."""
+        run is made, and a removal under way below or above it is waited for (however long it takes
+        while the box answers), made again if its connection dropped, and a failed one is told."""
+        def about(folder: str) -> bool:
+            return path is None or _below(path, folder) or _below(folder, path)
+
         with self._lock:
             under = [folder for folder in self._deferred if path is None or _below(path, folder)]
             commands = [self._deferred.pop(folder) for folder in under]
-            removals = [(folder, self._releasing.pop(folder)) for folder in list(self._releasing)
-                        if path is None or _below(path, folder) or _below(folder, path)]
+            removals = [(folder, self._releasing.pop(folder)) for folder in list(self._releasing) if about(folder)]
+            lost = [folder for folder in self._lost_removals if about(folder)]
+            self._lost_removals.difference_update(lost)
+            failed = [self._failed_removals.pop(folder) for folder in list(self._failed_removals) if about(folder)]
         for command, again in commands:
             self._send_deferred(command, again)
-        for folder, channel in removals:
-            finished = channel.status_event.wait(COMMAND_TIMEOUT_SECONDS) or channel.closed
-            self._command_channels.release()
-            if not finished:
+        unsettled = {folder for folder, _ in removals} | set(lost)  # removed again later if this fails
+        try:
+            for folder, channel in removals:
                 with self._connection():
-                    raise TimeoutError(f"removing {folder} took longer than {COMMAND_TIMEOUT_SECONDS:g}s")
+                    self._wait_while_box_answers(channel, COMMAND_TIMEOUT_SECONDS)
+                    err = channel.makefile_stderr("rb").read()  # to its end: the whole reason, if any
+                outcome = self._removal_outcome(folder, channel, err)
+                if outcome is None:
+                    lost.append(folder)
+                    continue
+                unsettled.discard(folder)
+                if outcome:
+                    failed.append(outcome)
+            for folder in lost:
+                with self._connection():
+                    code, _, err = self._exec(_removal_command(folder), patient=True)
+                unsettled.discard(folder)
+                if code:
+                    failed.append(f"box {self.name}: removing {folder} failed: {err.strip() or f'exit status {code}'}")
+        finally:
+            for _, channel in removals:
+                channel.close()  # before the slot is free (see SFTP_SESSIONS)
+                self._command_channels.release()
+            if unsettled:
+                with self._lock:
+                    self._lost_removals.update(unsettled)
+        if failed:
+            raise OSError(failed[0])
+
+    def _removal_outcome(self, folder: str, channel, err: bytes) -> Optional[str]:
+        """Of an ended removal: "" done, why it failed, or None when the connection ended it first."""
+        if channel.exit_status == -1:
+            return None
+        if channel.exit_status == 0:
+            return ""
+        why = err.decode(errors="replace").strip() or f"exit status {channel.exit_status}"
+        return f"box {self.name}: removing {folder} failed: {why}"
+
+    def _reclaim_removals(self) -> None:
+        """The slots of removals that are done go back; a failed one is kept to be told."""
+        with self._lock:
+            for folder, channel in list(self._releasing.items()):
+                if channel.closed:  # its exit status and all it printed are in
+                    del self._releasing[folder]
+                    self._command_channels.release()
+                    err = b""
+                    while channel.recv_stderr_ready():  # all in already: this never waits
+                        err += channel.recv_stderr(4096)
+                    outcome = self._removal_outcome(folder, channel, err)
+                    if outcome is None:
+                        self._lost_removals.add(folder)
+                    elif outcome:
+                        self._failed_removals[folder] = outcome
 
     def run(self, command: str, timeout: float = COMMAND_TIMEOUT_SECONDS) -> Tuple[int, str, str]:
         """Run a command on the box (already connected or not); returns (exit status, stdout, stderr)."""
@@ -649,23 +805,34 @@ class SshNode(Node):
             self._deferred.pop(work_dir, None)  # never made: nothing to copy
         self._settle(work_dir)
         with self._connection():
-            self._take_command_channel()  # given back once the removal is done (_settle, _take_command_channel)
+            self._take_command_channel()  # given back once the removal is done (_settle, _reclaim_removals)
+            channel = None
             try:
                 client = self._client
                 if client is None:  # closed by another thread since
                     raise EOFError("the connection was closed")
+                channel = self._open_session(client, COMMAND_TIMEOUT_SECONDS)
+                channel.settimeout(COMMAND_TIMEOUT_SECONDS)
                 with self._answer_within(COMMAND_TIMEOUT_SECONDS, client):
-                    _, stdout, _ = client.exec_command(f"rm -rf {q(work_dir)}", timeout=COMMAND_TIMEOUT_SECONDS)
-                stdout.channel.shutdown_write()
+                    channel.exec_command(_removal_command(work_dir))
+                channel.shutdown_write()
             except BaseException:
+                if channel is not None:
+                    channel.close()
                 self._command_channels.release()
                 raise
             with self._lock:
-                self._releasing[work_dir] = stdout.channel
+                self._releasing[work_dir] = channel
 
 
-def _finished(channel) -> bool:
-    return channel.status_event.is_set() or channel.closed
+def _removal_command(folder: str) -> str:
+    """rm -rf, telling only its last complaint: a flood of them would fill the channel's window unread."""
+    return f"err=$(rm -rf -- {q(folder)} 2>&1); status=$?; [ -z \"$err\" ] || printf '%s\\n' \"$err\" | tail -n 1 >&2; exit $status"
+
+
+def _active(client) -> bool:
+    transport = client.get_transport()
+    return transport is not None and transport.is_active()
 
 
 def _below(path: str, folder: str) -> bool:
