@@ -349,7 +349,7 @@ class SshNode(Node):
                 # its channel, and paramiko may then send our EOF after our CLOSE, which OpenSSH answers
                 # by dropping the whole connection ("ieof packet referred to nonexistent channel").
                 # A command fed stdin_text reads it to its end, so it cannot end before our EOF.
-                command = f"exec </dev/null; {command}"
+                command = _without_stdin(command)
             with self._answer_within(timeout, client):
                 channel.exec_command(command)
             if stdin_text:
@@ -814,8 +814,7 @@ class SshNode(Node):
                 channel = self._open_session(client, COMMAND_TIMEOUT_SECONDS)
                 channel.settimeout(COMMAND_TIMEOUT_SECONDS)
                 with self._answer_within(COMMAND_TIMEOUT_SECONDS, client):
-                    channel.exec_command(_removal_command(work_dir))
-                channel.shutdown_write()
+                    channel.exec_command(_without_stdin(_removal_command(work_dir)))  # no EOF to send (see _exec)
             except BaseException:
                 if channel is not None:
                     channel.close()
@@ -823,6 +822,11 @@ class SshNode(Node):
                 raise
             with self._lock:
                 self._releasing[work_dir] = channel
+
+
+def _without_stdin(command: str) -> str:
+    """The command with its stdin read from /dev/null on the box (why: _exec)."""
+    return f"exec </dev/null; {command}"
 
 
 def _removal_command(folder: str) -> str:
