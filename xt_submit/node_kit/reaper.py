@@ -183,15 +183,32 @@ def kill_tree(root, sig):
 def _prctl(option, value):
     """Linux only; False where it is not available (the fallback: no subreaper, no death signal).
     value: a number, or bytes (PR_SET_NAME's name)."""
-    if not sys.platform.startswith("linux"):
+    call = _libc_prctl()
+    if call is None:
         return False
-    try:
-        import ctypes
+    import ctypes  # loaded by _libc_prctl
 
-        arg = ctypes.c_char_p(value) if isinstance(value, bytes) else ctypes.c_ulong(value)
-        return ctypes.CDLL(None, use_errno=True).prctl(option, arg, 0, 0, 0) == 0
-    except (ImportError, OSError, AttributeError):
-        return False
+    arg = ctypes.c_char_p(value) if isinstance(value, bytes) else ctypes.c_ulong(value)
+    return call(option, arg, 0, 0, 0) == 0
+
+
+_PRCTL: list = []  # [libc's prctl, or None]: looked up once per process (a local node: once, before its forks)
+
+
+def _libc_prctl():
+    """ctypes and libc's prctl, loaded once: importing ctypes in every forked reaper cost each run
+    ~10 ms of CPU (bench/p4_reaper_cost.py)."""
+    if not _PRCTL:
+        found = None
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                found = ctypes.CDLL(None, use_errno=True).prctl
+            except (ImportError, OSError, AttributeError):
+                found = None
+        _PRCTL.append(found)
+    return _PRCTL[0]
 
 
 def _spawn(argv, env, parent):
@@ -264,6 +281,7 @@ def fork_reaper(argv, cwd, own, console, exit_file, grace=None):
     local node does, ~1 ms instead of ~20). The child leaves the caller's session, drops every file
     the caller has open (its locks, its databases) but the console, and then is the reaper exactly as
     `main` is; it never returns to the caller's code. Returns the reaper's pid."""
+    _libc_prctl()  # here, once: not in each child
     pid = os.fork()
     if pid:
         return pid
