@@ -1,11 +1,12 @@
 """Steps of a job on the embedded stores for handler tests: submit one, end its runs as their
 nodes would, and read what was queued."""
+import math
 import sqlite3
 
 from support.pipeline import make_code_zip, make_manifest
 from xt_submit import handlers
 from xt_submit.domain import layout, run_log
-from xt_submit.domain.messages import COMPLETED, JobSubmitted, RunFinished
+from xt_submit.domain.messages import COMPLETED, JobSubmitted, RunFinished, RunProgress
 
 WS = "ws1"
 
@@ -43,3 +44,14 @@ def task_runs(parts):
 
 def names(parts, job="job1"):
     return [r["name"] for r in sorted(parts.ports.stats.list_runs(WS, job=job), key=lambda r: r["run_index"])]
+
+
+def progress(run, reports, first=1, log_bytes=100, at=160.0):
+    """A RunProgress carrying `reports` primary values (with their running means and bests)."""
+    rows, total, best = [], 0.0, math.inf
+    for i, value in enumerate(reports, start=1):
+        total += value
+        best = min(best, value)
+        rows.append([value, total / i, best])
+    return RunProgress(workspace=WS, job="job1", run=run, node_id="n1", at=at, log_bytes=log_bytes,
+                       metrics={"loss": reports[-1]}, first_report=first, primary=rows[first - 1:])

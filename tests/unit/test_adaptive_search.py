@@ -4,13 +4,13 @@ import math
 
 import pytest
 
-from support.job_steps import WS, finish, names, score, submit, task_runs
+from support.job_steps import WS, finish, names, progress, score, submit, task_runs
 from support.pipeline import make_code_zip, make_manifest
 from xt_submit import handlers
 from xt_submit.domain import adaptive_search, early_stopping, layout, run_log, sweep
 from xt_submit.domain.manifest import check_manifest
 from xt_submit.domain.messages import (CANCELLED, COMPLETED, STOPPED, CancelRequested, ContractError, EarlyStopping,
-                                       JobSubmitted, RunProgress, RunStarted)
+                                       JobSubmitted, RunStarted)
 from xt_submit.domain.run_query import RunQuery, parse_filter
 
 
@@ -183,17 +183,6 @@ def test_cancelling_an_adaptive_job_ends_its_search(parts):
     job = parts.ports.stats.get_job(WS, "job1")
     assert names(parts) == ["run1.1", "run1.2"] and job["status"] == CANCELLED
     assert job["search"]["ended"] == "cancelled by request"
-
-
-def progress(run, reports, first=1, log_bytes=100, at=160.0):
-    """A RunProgress carrying `reports` primary values (with their running means and bests)."""
-    rows, total, best = [], 0.0, math.inf
-    for i, value in enumerate(reports, start=1):
-        total += value
-        best = min(best, value)
-        rows.append([value, total / i, best])
-    return RunProgress(workspace=WS, job="job1", run=run, node_id="n1", at=at, log_bytes=log_bytes,
-                       metrics={"loss": reports[-1]}, first_report=first, primary=rows[first - 1:])
 
 
 def test_live_metrics_reach_the_run_record_and_an_older_report_does_not_replace_them(parts):

@@ -1,21 +1,10 @@
 """A run the early-stopping policy stopped keeps reporting until its node ends it: compute is asked
 to stop it once, then again only after the resend grace period, not on every report."""
-import math
 
-from support.job_steps import WS, finish, submit
+from support.job_steps import WS, finish, progress, submit
 from xt_submit import handlers
-from xt_submit.domain.messages import CANCELLED, STOPPED, EarlyStopping, RunProgress, RunStarted
+from xt_submit.domain.messages import CANCELLED, STOPPED, EarlyStopping, RunStarted
 from xt_submit.handlers.run_events import STOP_RESEND_SECONDS
-
-
-def progress(run, reports, log_bytes, at):
-    rows, total, best = [], 0.0, math.inf
-    for i, value in enumerate(reports, start=1):
-        total += value
-        best = min(best, value)
-        rows.append([value, total / i, best])
-    return RunProgress(workspace=WS, job="job1", run=run, node_id="n1", at=at, log_bytes=log_bytes,
-                       metrics={"loss": reports[-1]}, primary=rows)
 
 
 def counting_cancels(parts):
@@ -37,10 +26,10 @@ def test_a_stopped_run_is_cancelled_once_per_grace_period_until_its_node_reports
     for run in ("run1.1", "run1.2", "run1.3"):
         handlers.run_started(RunStarted(workspace=WS, job="job1", run=run, node_id="n1", started_at=150.0),
                              parts.ports)
-    handlers.run_progress(progress("run1.1", [0.5, 0.3, 0.2], 100, 160.0), parts.ports)
-    handlers.run_progress(progress("run1.2", [0.5, 0.35, 0.25], 100, 160.0), parts.ports)
+    handlers.run_progress(progress("run1.1", [0.5, 0.3, 0.2], log_bytes=100, at=160.0), parts.ports)
+    handlers.run_progress(progress("run1.2", [0.5, 0.35, 0.25], log_bytes=100, at=160.0), parts.ports)
     asked = counting_cancels(parts)
-    assert handlers.run_progress(progress("run1.3", [0.9, 0.8, 0.8], 100, 160.0), parts.ports)
+    assert handlers.run_progress(progress("run1.3", [0.9, 0.8, 0.8], log_bytes=100, at=160.0), parts.ports)
     assert asked == ["run1.3"]
     assert parts.ports.stats.get_run(WS, "run1.3")["status"] == STOPPED
 
@@ -48,18 +37,18 @@ def test_a_stopped_run_is_cancelled_once_per_grace_period_until_its_node_reports
     at, log_bytes = 160.0, 100
     while at + 5 < 160.0 + STOP_RESEND_SECONDS:
         at, log_bytes = at + 5, log_bytes + 10
-        handlers.run_progress(progress("run1.3", [0.9, 0.8, 0.8, 0.8], log_bytes, at), parts.ports)
+        handlers.run_progress(progress("run1.3", [0.9, 0.8, 0.8, 0.8], log_bytes=log_bytes, at=at), parts.ports)
     assert asked == ["run1.3"]
-    handlers.run_progress(progress("run1.3", [0.9, 0.8, 0.8, 0.8], log_bytes + 10, 160.0 + STOP_RESEND_SECONDS),
+    handlers.run_progress(progress("run1.3", [0.9, 0.8, 0.8, 0.8], log_bytes=log_bytes + 10, at=160.0 + STOP_RESEND_SECONDS),
                           parts.ports)
     assert asked == ["run1.3"] * 2  # the grace period passed: asked again (the first ask may have been lost)
-    handlers.run_progress(progress("run1.3", [0.9, 0.8, 0.8, 0.8], log_bytes + 20, 165.0 + STOP_RESEND_SECONDS),
+    handlers.run_progress(progress("run1.3", [0.9, 0.8, 0.8, 0.8], log_bytes=log_bytes + 20, at=165.0 + STOP_RESEND_SECONDS),
                           parts.ports)
-    handlers.run_progress(progress("run1.3", [0.9, 0.8], 50, 150.0), parts.ports)  # a late, older report
+    handlers.run_progress(progress("run1.3", [0.9, 0.8], log_bytes=50, at=150.0), parts.ports)  # a late, older report
     assert asked == ["run1.3"] * 2
 
     finish(parts, "run1.3", 0.8, status=CANCELLED, at=300.0)  # its node ends it: no more asks, ever
-    handlers.run_progress(progress("run1.3", [0.9, 0.8, 0.8, 0.8], log_bytes + 30, 400.0), parts.ports)
+    handlers.run_progress(progress("run1.3", [0.9, 0.8, 0.8, 0.8], log_bytes=log_bytes + 30, at=400.0), parts.ports)
     assert asked == ["run1.3"] * 2
     record = parts.ports.stats.get_run(WS, "run1.3")
     assert record["status"] == STOPPED and "stop_sent" not in record["progress"]
