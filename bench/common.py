@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 from typing import Callable, Dict, List, Sequence, Tuple
 
 OWN_PEAK = os.path.join(os.path.dirname(os.path.abspath(__file__)), "own_peak.py")
@@ -121,7 +122,7 @@ def sweep_breakdown(cli_argv: Sequence[str], *, home: str, cwd, env: Dict[str, s
     host = subprocess.Popen([sys.executable, "-m", "xt_submit.entrypoints.host", home, "60"], cwd=home, env=env,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        while not host_running(__import__("pathlib").Path(home)):
+        while not host_running(Path(home)):
             if host.poll() is not None:
                 raise RuntimeError(f"the host exited {host.returncode} before serving")
             time.sleep(0.02)
