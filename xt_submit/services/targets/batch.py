@@ -3,10 +3,8 @@ from __future__ import annotations
 
 from typing import Iterator, Optional
 
-from xt_submit.config import Config, names_of, show
+from xt_submit.config import EMBEDDED, Config, names_of, show
 from xt_submit.services.targets.base import TargetError, TargetKind
-
-EMBEDDED = "embedded"
 
 
 class BatchTarget(TargetKind):
