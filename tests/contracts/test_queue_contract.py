@@ -94,3 +94,16 @@ def test_an_expired_lock_redelivers_and_renewal_keeps_it(queue, name):
         queue.complete(slow)
     queue.complete(renewed)
     queue.complete(back)
+
+
+def test_a_wait_shorter_than_opening_a_link_still_receives(request, tmp_path):
+    """The first receive on a queue opens its link; the SDK bounds that by the receive's wait, so
+    a short wait on a loaded machine raised OperationTimeoutError instead of receiving."""
+    bus = ServiceBusQueue(request.getfixturevalue("servicebus_connection_string"), max_wait_time=0.001)
+    try:
+        queue = f"q{next(_names)}"
+        bus.send(queue, [b"job"])
+        got = receive_all(bus, queue, 1, rounds=200)
+        assert [m.body for m in got] == [b"job"]
+    finally:
+        bus.close()

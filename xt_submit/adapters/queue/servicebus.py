@@ -58,8 +58,12 @@ class ServiceBusQueue(MessageQueue):
 
         if queue not in self._receivers:
             name, dead = (queue[: -len(DEAD_LETTER_SUFFIX)], True) if queue.endswith(DEAD_LETTER_SUFFIX) else (queue, False)
-            self._receivers[queue] = self.client.get_queue_receiver(
+            receiver = self.client.get_queue_receiver(
                 name, sub_queue=ServiceBusSubQueue.DEAD_LETTER if dead else None, max_wait_time=self.max_wait_time)
+            # Open the link now, under the client's retry policy: a first receive would open it within
+            # its own wait (newer SDKs bound it so), and a wait shorter than a link's opening would fail.
+            receiver.__enter__()
+            self._receivers[queue] = receiver
         return self._receivers[queue]
 
     def send(self, queue: str, bodies: Sequence[bytes]) -> None:
