@@ -74,6 +74,12 @@ class Storage(ABC):
         """Where the key's file is on this machine, for storage that is a folder here (else None)."""
         return None
 
+    def signature(self, key: str) -> Optional[str]:
+        """What changes whenever the key is written, read without reading its content (here a file's
+        size, inode and mtime; on Blob Storage its ETag); None when the key is absent or the storage
+        cannot say."""
+        return None
+
     def list_signatures(self, prefix: str) -> Optional[Dict[str, str]]:
         """Each key under prefix with what identifies its content without reading it (its size, ETag
         and MD5), from one listing; None where the listing carries none (then ask per key)."""

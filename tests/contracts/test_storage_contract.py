@@ -35,6 +35,21 @@ def test_write_read_overwrite_and_create_if_absent(storage):
     assert not storage.exists("a/b.txt")
 
 
+def test_a_signature_changes_with_every_write_and_not_with_reads(storage):
+    assert storage.signature("code/none.zip") is None
+    storage.write("code/a.zip", b"snapshot")
+    first = storage.signature("code/a.zip")
+    assert first and storage.read("code/a.zip") == b"snapshot"
+    assert storage.signature("code/a.zip") == first
+    storage.write("code/a.zip", b"snapshot")  # the same bytes again: still another write
+    second = storage.signature("code/a.zip")
+    assert second and second != first
+    storage.create_log("runs/r/log.jsonl", b"opening\n")
+    opened = storage.signature("runs/r/log.jsonl")
+    storage.append("runs/r/log.jsonl", b"more\n")
+    assert storage.signature("runs/r/log.jsonl") not in (None, opened)
+
+
 def test_a_key_reads_in_pieces_as_it_reads_whole(storage):
     data = bytes(range(256)) * 20_000  # 5 MB: more than one piece of any storage
     storage.write("runs/r/big.bin", data)

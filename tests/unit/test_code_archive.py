@@ -1,4 +1,5 @@
 """Code snapshots (what ships, reproducibly, once) and safe unpacking on the node."""
+import hashlib
 import io
 import os
 import stat
@@ -69,6 +70,33 @@ def test_unchanged_tree_is_not_zipped_or_uploaded_twice(tmp_path, monkeypatch):
     (tree / "train.py").write_text("print(3)\n")
     changed_key, _ = upload_code(storage, tmp_path, ["."], str(tree), [], 10**9)
     assert changed_key != key and storage.exists(changed_key)
+
+
+def test_an_unchanged_resubmit_does_not_read_the_stored_snapshot_back(tmp_path):
+    """The stored zip's bytes were hashed when it was uploaded; while its signature stands, a resubmit
+    trusts them (reading a 200 MB zip back was most of an unchanged resubmit's time)."""
+    class CountingReads(DirectoryStorage):
+        reads = 0
+
+        def read_chunks(self, key):
+            CountingReads.reads += 1
+            return super().read_chunks(key)
+
+        def read(self, key):
+            CountingReads.reads += 1
+            return super().read(key)
+
+    tree = make_tree(tmp_path / "proj")
+    storage = CountingReads(tmp_path / "storage")
+    key, sha = upload_code(storage, tmp_path, ["."], str(tree), [], 10**9)
+    before = CountingReads.reads
+    assert upload_code(storage, tmp_path, ["."], str(tree), [], 10**9) == (key, sha)
+    assert upload_code(storage, tmp_path, ["."], str(tree), [], 10**9) == (key, sha)
+    assert CountingReads.reads == before
+    storage.append(key, b"damage")  # written in place: the signature moves, the bytes are checked again
+    assert upload_code(storage, tmp_path, ["."], str(tree), [], 10**9) == (key, sha)
+    assert CountingReads.reads == before + 1
+    assert hashlib.sha256(storage.read(key)).hexdigest() == sha
 
 
 def zip_with(entries):

@@ -121,6 +121,16 @@ class BlobStorage(Storage):
     def list(self, prefix: str) -> List[str]:
         return sorted(self.container.list_blob_names(name_starts_with=prefix or None))
 
+    def signature(self, key: str) -> Optional[str]:
+        """One Get Blob Properties: Blob Storage gives a blob a new ETag on every write."""
+        from azure.core.exceptions import ResourceNotFoundError
+
+        try:
+            properties = self._blob(key).get_blob_properties()
+        except ResourceNotFoundError:
+            return None
+        return f"size={properties.size};etag={properties.etag}"
+
     def list_signatures(self, prefix: str) -> Dict[str, str]:
         """List Blobs returns each blob's properties: a share of many files costs its listing's pages,
         not a request per file."""

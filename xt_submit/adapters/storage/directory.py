@@ -7,7 +7,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import BinaryIO, Iterator, List
+from typing import BinaryIO, Iterator, List, Optional
 
 from xt_submit.ports import NotFound, Storage
 from xt_submit.domain.errors import OneLineError
@@ -119,6 +119,14 @@ class DirectoryStorage(Storage):
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    def signature(self, key: str) -> Optional[str]:
+        try:
+            stat = os.stat(self._path(key))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        # every write is a new file renamed into place (a new inode), an append moves size and mtime
+        return f"size={stat.st_size};ino={stat.st_ino};mtime={stat.st_mtime_ns}"
 
     def list(self, prefix: str) -> List[str]:
         base = self.root / prefix.rstrip("/") if prefix else self.root

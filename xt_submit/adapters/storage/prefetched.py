@@ -47,6 +47,9 @@ class PrefetchedCode(Storage):
     def list(self, prefix: str) -> List[str]:
         return self._storage.list(prefix)
 
+    def signature(self, key: str) -> Optional[str]:
+        return self._storage.signature(key)
+
     def list_signatures(self, prefix: str) -> Optional[Dict[str, str]]:
         return self._storage.list_signatures(prefix)
 
