@@ -403,6 +403,11 @@ class Node(ABC):
     @abstractmethod
     def alive(self, pid: int, start: Optional[str]) -> bool: ...
 
+    def ended(self, pid: int, start: Optional[str], exit_file: str) -> bool:
+        """Whether the run's reaper (launched with exit_file) is gone; a node where looking at the
+        process costs more than looking for the file the reaper writes last may look there first."""
+        return not self.alive(pid, start)
+
     @abstractmethod
     def kill_group(self, pid: int, sig: int) -> None: ...
 

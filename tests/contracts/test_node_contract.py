@@ -4,6 +4,7 @@ executor makes them. What the run wrapper relies on: the code unpacked where it 
 appended and read from an offset, changes seen by walk, a launched command's console and exit
 code, liveness, a signal that reaches the whole process group, and a share's data folder placed
 with none of the code's limits yet nothing that escapes it."""
+import os
 import posixpath
 import signal
 import stat
@@ -117,6 +118,9 @@ def test_read_from_gives_at_most_limit_bytes(node, work):
     assert node.read_from(log, offset=99990, limit=50) == b"0123456789"  # fewer where the file ends
     assert node.read_from(log, offset=3, limit=40000) == (b"0123456789" * 10000)[3:40003]
     assert node.read_from(posixpath.join(work, "missing"), limit=5) == b""
+    assert node.read_from(log) == b"0123456789" * 10000  # more than one request's worth, to its end
+    assert node.read_from(log, offset=40003) == (b"0123456789" * 10000)[40003:]
+    assert node.read_from(log, offset=32768, limit=32768) == (b"0123456789" * 10000)[32768:65536]
 
 
 def test_release_removes_the_runs_unpacked_code_and_its_copies(node, work):
@@ -177,6 +181,29 @@ def test_a_signal_to_the_group_stops_the_command(node, work):
     code, ended = exit_record(node, exit_file)
     assert code == -signal.SIGTERM and signalled_at <= ended <= time.time()
     wait_until(lambda: not node.alive(pid, start), "the stopped command is no longer alive")
+
+
+def kill_on_node(node, pid, sig):
+    """A signal to one process of the node (not its group, not through its reaper)."""
+    if hasattr(node, "run"):
+        node.run(f"kill -{int(sig)} {int(pid)}")
+    else:
+        os.kill(pid, sig)
+
+
+def test_a_run_has_ended_once_its_reaper_wrote_the_exit_file_or_was_killed_without(node, work):
+    console, exit_file = posixpath.join(work, "console.log"), posixpath.join(work, "exit_code")
+    argv = node.python_argv(["python", "-c", "import time; print('ready', flush=True); time.sleep(300)"])
+    pid, start = node.launch(argv, posixpath.join(work, "code"), {}, console, exit_file)
+    wait_until(lambda: b"ready" in node.read_from(console), "the command started")
+    assert not node.ended(pid, start, exit_file) and not node.ended(pid, start, exit_file)
+    kill_on_node(node, pid, signal.SIGKILL)  # the reaper, killed before it could write its exit file
+    wait_until(lambda: node.ended(pid, start, exit_file), "a killed reaper's run is seen as ended")
+    assert not node.exists(exit_file)
+    quick = node.python_argv(["python", "-c", "pass"])
+    pid, start = node.launch(quick, posixpath.join(work, "code"), {}, console, exit_file)
+    wait_until(lambda: node.ended(pid, start, exit_file), "a run that exited is seen as ended")
+    assert exit_record(node, exit_file)[0] == 0
 
 
 def test_probe_says_what_python_the_node_has(node):

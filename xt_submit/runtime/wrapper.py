@@ -118,7 +118,7 @@ class RunWrapper:
 
     def ended(self) -> bool:
         pid = self.state["pid"]
-        return pid is None or not self.node.alive(pid, self.state["pid_start"])
+        return pid is None or self.node.ended(pid, self.state["pid_start"], self.exit_file)
 
     def stop(self, why: str) -> None:
         """Ask the run to end (why: 'cancelled' or 'max-time'); SIGKILL follows if it lingers."""

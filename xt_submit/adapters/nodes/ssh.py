@@ -57,6 +57,9 @@ _PACKAGE_DIR = Path(__file__).resolve().parents[2]  # xt_submit/
 
 CODE_CACHE = "code"  # below the box's XT folder: one unpacked tree per snapshot, named by its zip's sha256
 CACHE_DAYS = 14  # a cached tree unused this long is removed when a host next connects
+SFTP_READ_BYTES = 32768  # paramiko's largest READ request (SFTPFile.MAX_REQUEST_SIZE)
+# How often a running reaper's process is looked at, besides its exit file at every look.
+ALIVE_CHECK_SECONDS = 2.0
 CACHE_MISSING = 75  # the exit status of a copy whose cached tree is gone (removed on the box meanwhile)
 PREPARE_FAILED = 76  # the exit status of a launch whose copy of the code failed
 # Channels one connection keeps open at once: OpenSSH lets a connection have MaxSessions (10 by
@@ -181,6 +184,7 @@ class SshNode(Node):
         self._releasing: Dict[str, object] = {}  # run folder -> the channel removing it
         self._lost_removals: set = set()  # run folders whose removal's connection dropped: removed again
         self._failed_removals: Dict[str, str] = {}  # run folder -> why its removal failed (told once)
+        self._alive_checked: Dict[int, float] = {}  # a running reaper's pid -> when /proc last said so
 
     # --- the connection ----------------------------------------------------------------------
     def connect(self) -> None:
@@ -466,13 +470,19 @@ class SshNode(Node):
                 f.write(data)
 
     def read_from(self, path: str, offset: int = 0, limit: Optional[int] = None) -> bytes:
+        """Open, one READ and close for what fits one request (a look at a run's files is mostly
+        that); more is fetched pipelined, sized by the file's length."""
         with self._sftp_session(path) as sftp:
             try:
                 with sftp.open(path, "rb") as f:
-                    f.seek(offset)
+                    asked = SFTP_READ_BYTES if limit is None else min(limit, SFTP_READ_BYTES)
+                    first = _one_read(f, offset, asked)
+                    if len(first) < asked or (limit is not None and len(first) >= limit):
+                        return first  # a short answer is the end: sftp-server reads a file with one read(2)
+                    f.seek(offset + len(first))
                     size = f.stat().st_size
                     f.prefetch(size if limit is None else min(size, offset + limit))  # only what is asked for
-                    return f.read() if limit is None else f.read(limit)
+                    return first + (f.read() if limit is None else f.read(limit - len(first)))
             except FileNotFoundError:
                 return b""
 
@@ -790,6 +800,22 @@ class SshNode(Node):
         fields = self.read_from(f"/proc/{int(pid)}/stat").rsplit(b")", 1)[-1].split()
         return len(fields) > 19 and fields[0] not in (b"Z", b"X") and fields[19].decode() == start
 
+    def ended(self, pid: int, start: Optional[str], exit_file: str) -> bool:
+        """One STAT per look: the reaper writes the exit file last, once the run's whole tree ended. A
+        reaper killed before writing it (the box's OOM killer, a reboot) is caught by the kernel's
+        record of it, read at most every ALIVE_CHECK_SECONDS per run."""
+        if self.exists(exit_file):
+            self._alive_checked.pop(pid, None)
+            return True
+        now = time.monotonic()
+        if now - self._alive_checked.get(pid, -ALIVE_CHECK_SECONDS) < ALIVE_CHECK_SECONDS:
+            return False
+        if self.alive(pid, start):
+            self._alive_checked[pid] = now
+            return False
+        self._alive_checked.pop(pid, None)
+        return True
+
     def kill_group(self, pid: int, sig: int) -> None:
         """The run's whole tree on the box, found by the box's copy of the reaper (node_kit/reaper.py)."""
         with self._connection():
@@ -822,6 +848,15 @@ class SshNode(Node):
                 raise
             with self._lock:
                 self._releasing[work_dir] = channel
+
+
+def _one_read(f, offset: int, size: int) -> bytes:
+    """One SFTP READ request (paramiko's buffered read asks again until it hears the end)."""
+    f.seek(offset)
+    try:
+        return f._read(size)
+    except EOFError:
+        return b""
 
 
 def _without_stdin(command: str) -> str:
