@@ -16,12 +16,13 @@ import fnmatch
 import json
 import os
 import posixpath
+import re
 import shlex
 import signal
 import tempfile
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 
 from xt_submit.node_kit import code_archive, reaper
@@ -74,6 +75,7 @@ class RunWrapper:
         self.state["progress"] = {}  # the progress reporter's counters, saved with the log offset
         self._live_seen: Dict[str, tuple] = {}
         self._progress = ProgressReporter(task, self.state["progress"])
+        self._whole_log_observed = True  # every line of the run log goes through self._progress (not so once resumed)
         self._last_sync = 0.0
         self._last_heartbeat = time.monotonic()  # RunStarted counts as the first sign of life
         self._dirty = False
@@ -114,6 +116,7 @@ class RunWrapper:
         wrapper = cls(task, node_dir, storage, publisher, node=node, node_id=node_id, work_dir=work_dir)
         wrapper.state.update(json.loads((wrapper.node_dir / STATE_FILE).read_text()))
         wrapper._progress = ProgressReporter(task, wrapper.state.setdefault("progress", {}))
+        wrapper._whole_log_observed = wrapper.state["log_offset"] == 0
         return wrapper
 
     def ended(self) -> bool:
@@ -164,8 +167,9 @@ class RunWrapper:
         while not self.supervise():
             time.sleep(min(SYNC_SECONDS, 0.2))
 
-    def sync(self, *, live: bool = True) -> None:
-        """Ship what the run wrote; while it runs (live), also its latest metrics when due."""
+    def sync(self, *, live: bool = True, outputs: Optional[List[Tuple[str, tuple]]] = None) -> None:
+        """Ship what the run wrote; while it runs (live), also its latest metrics when due.
+        outputs: the output folder's files, when the caller has just listed them."""
         self._last_sync = time.monotonic()
         self._ship_tail(self.console, layout.console_key(self.task.workspace, self.task.run), "console_offset",
                         whole_lines=False)
@@ -176,7 +180,7 @@ class RunWrapper:
             self._dirty = False
         if live and self._progress.due(time.monotonic()):
             self._send_progress()
-        self._sync_live()
+        self._sync_live(outputs)
 
     def finish(self) -> RunFinished:
         """After the command ended: final sync, capture outputs, report RunFinished."""
@@ -198,10 +202,11 @@ class RunWrapper:
         else:
             status = ERROR
             reason = f"exit code {exit_code}" if exit_code is not None else "the run ended without an exit code"
-        self.sync(live=False)  # RunFinished carries the last metrics
-        self._capture_after_files()
+        outputs = list(self.node.walk(self.output_dir))  # one listing for the last live sync and the capture
+        self.sync(live=False, outputs=outputs)  # RunFinished carries the last metrics
+        self._capture_after_files(outputs)
         self._ship_checkpoint()
-        _, last_metrics, _ = run_log.summarize(run_log.parse(self.node.read_from(self.local_log)))
+        last_metrics = self._last_metrics()
         started_at = self.state["started_at"] or ended_at
         self.storage.append(layout.run_log_key(ws, task.run), run_log.record(ended_at, "ended", {
             "status": status, "exit_code": exit_code, "duration": round(ended_at - started_at, 3), "reason": reason}))
@@ -361,17 +366,38 @@ class RunWrapper:
         data = b"".join(pieces)
         return data[: data.rfind(b"\n") + 1], caught_up
 
-    def _sync_live(self) -> None:
+    def _last_metrics(self) -> Dict[str, Any]:
+        """Each metric's last value: what the shipped lines said, as they went; a resumed supervisor,
+        which saw only the lines after its predecessor's, reads the node's log again, a piece at a time."""
+        if self._whole_log_observed:
+            return dict(self._progress.latest)
+        summary = run_log.LogSummary(run_log.iter_records_from_chunks(self._log_pieces()))
+        for _ in summary.metric_rows():
+            pass
+        return summary.last_metrics
+
+    def _log_pieces(self) -> Iterator[bytes]:
+        offset = 0
+        while True:
+            piece = self.node.read_from(self.local_log, offset, SHIP_CHUNK_BYTES)
+            if not piece:
+                return
+            yield piece
+            offset += len(piece)
+
+    def _sync_live(self, outputs: Optional[List[Tuple[str, tuple]]] = None) -> None:
         prefix = layout.live_prefix(self.task.workspace, self.task.run)
-        for rel, signature in self.node.walk(self.output_dir):
+        for rel, signature in self.node.walk(self.output_dir) if outputs is None else outputs:
             if self._live_seen.get(rel) != signature:
                 with self.node.local_copy(posixpath.join(self.output_dir, rel)) as path:
                     self.storage.upload_file(prefix + rel, path)
                 self._live_seen[rel] = signature
 
-    def _capture_after_files(self) -> None:
+    def _capture_after_files(self, outputs: List[Tuple[str, tuple]]) -> None:
+        """The files after-dirs names, found in the folders its patterns can match in (the output
+        folder's listing given: most runs keep only output/**), not in the whole code tree."""
         prefix = layout.output_prefix(self.task.workspace, self.task.run)
-        for rel, _ in self.node.walk(self.code_dir):
+        for rel in self._after_candidates(outputs):
             if any(_glob_match(rel, pattern) for pattern in self.task.after_dirs) and \
                     not any(_glob_match(rel, pattern) for pattern in self.task.after_omit):
                 target = rel[len("output/"):] if rel.startswith("output/") else rel
@@ -404,6 +430,31 @@ class RunWrapper:
         tmp = self.node_dir / (STATE_FILE + ".tmp")
         tmp.write_text(json.dumps(self.state))
         os.replace(tmp, self.node_dir / STATE_FILE)
+
+
+    def _after_candidates(self, outputs: List[Tuple[str, tuple]]) -> Iterator[str]:
+        for root in walk_roots(self.task.after_dirs):
+            if root == "output" or root.startswith("output/"):
+                yield from (rel for rel in (f"output/{name}" for name, _ in outputs) if _below(rel, root))
+            else:
+                base = posixpath.join(self.code_dir, root) if root else self.code_dir
+                yield from (f"{root}/{rel}" if root else rel for rel, _ in self.node.walk(base))
+
+
+def walk_roots(patterns: Sequence[str]) -> List[str]:
+    """The folders (relative to the code, "" for all of it) below which `patterns` can match: each
+    pattern's part before its first wildcard, up to its last '/'; none below another."""
+    roots = set()
+    for pattern in patterns:
+        literal = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
+        roots.add(literal.rsplit("/", 1)[0] if "/" in literal else "")
+    if "" in roots:
+        return [""]
+    return sorted(root for root in roots if not any(_below(root, other) and root != other for other in roots))
+
+
+def _below(rel: str, folder: str) -> bool:
+    return rel == folder or rel.startswith(folder + "/")
 
 
 def _glob_match(rel: str, pattern: str) -> bool:

@@ -1,0 +1,113 @@
+"""What a run's end ships: the files after-dirs names (looked for only where its patterns can match)
+and each metric's last value for RunFinished (from what was shipped as it went, or, for a supervisor
+that took over, from the node's log read again in pieces)."""
+import json
+import os
+
+import pytest
+
+from xt_submit.domain import layout
+from xt_submit.domain.messages import RunTask
+from xt_submit.runtime import wrapper as wrapper_module
+from xt_submit.runtime.wrapper import RunWrapper, walk_roots
+
+WS = "ws1"
+
+
+class Recording:
+    """A node that records the arguments of every read_from."""
+
+    def __init__(self, inner):
+        self._inner, self.reads = inner, []
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def read_from(self, path, offset=0, limit=None):
+        self.reads.append((path, offset, limit))
+        return self._inner.read_from(path, offset, limit)
+
+
+def a_wrapper(parts, node=None, **task_fields):
+    task = RunTask(workspace=WS, experiment="e", job="job1", run="run1.1", command="python train.py", code_key="x",
+                   **task_fields)
+    node_dir = parts.home / "nodes" / "local" / WS / "run1.1"
+    node_dir.mkdir(parents=True, exist_ok=True)
+    return RunWrapper(task, node_dir, parts.ports.storage, parts.ports.publisher, node=node or parts.local_node)
+
+
+def write(path, data=b"x"):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "ab") as f:
+        f.write(data)
+
+
+def metrics_line(**values):
+    return json.dumps({"time": 1.0, "event": "metrics", "data": values}).encode() + b"\n"
+
+
+@pytest.mark.parametrize("patterns, roots", [
+    (["output/**"], ["output"]),
+    (["output/**", "logs/**"], ["logs", "output"]),
+    (["output/**", "output/sub/*.txt"], ["output"]),
+    (["a/b/c.txt", "a/**"], ["a"]),
+    (["*.pt"], [""]),  # a wildcard in the first part: anywhere in the code
+    (["model.pt", "output/**"], [""]),
+    (["out*"], [""]),  # fnmatch's * crosses folders: out* can match output/x and outer.txt
+    ([], []),
+])
+def test_the_folders_after_dirs_patterns_can_match_in(patterns, roots):
+    assert walk_roots(patterns) == roots
+
+
+def test_after_dirs_outside_output_are_captured_and_the_rest_of_the_code_is_not(parts):
+    wrapper = a_wrapper(parts, after_dirs=["output/**", "logs/**", "*.pt"], after_omit=["logs/skip.txt"])
+    code = wrapper.code_dir
+    for rel in ("output/a.txt", "output/deep/b.txt", "logs/l.txt", "logs/skip.txt", "model.pt", "sub/w.pt",
+                "train.py", "notes/other.txt"):
+        write(os.path.join(code, rel), rel.encode())
+    wrapper.finish()
+    prefix = layout.output_prefix(WS, "run1.1")
+    kept = {key[len(prefix):]: parts.ports.storage.read(key) for key in parts.ports.storage.list(prefix)}
+    assert kept == {"a.txt": b"output/a.txt", "deep/b.txt": b"output/deep/b.txt", "logs/l.txt": b"logs/l.txt",
+                    "model.pt": b"model.pt", "sub/w.pt": b"sub/w.pt"}
+
+
+def test_only_the_output_folder_is_listed_for_the_default_after_dirs(parts, monkeypatch):
+    wrapper = a_wrapper(parts)
+    write(os.path.join(wrapper.code_dir, "output", "model.bin"), b"weights")
+    write(os.path.join(wrapper.code_dir, "data", "big.bin"), b"d")
+    walked = []
+    real_walk = parts.local_node.walk
+    monkeypatch.setattr(parts.local_node, "walk", lambda root: walked.append(root) or real_walk(root))
+    wrapper.finish()
+    assert walked == [wrapper.output_dir]  # once, for both the last live sync and the capture
+    assert parts.ports.storage.read(layout.output_prefix(WS, "run1.1") + "model.bin") == b"weights"
+    assert parts.ports.storage.read(layout.live_prefix(WS, "run1.1") + "model.bin") == b"weights"
+
+
+def test_the_last_metrics_come_from_what_was_shipped_without_reading_the_log_again(parts, monkeypatch):
+    monkeypatch.setattr(wrapper_module, "SHIP_CHUNK_BYTES", 4096)
+    node = Recording(parts.local_node)
+    wrapper = a_wrapper(parts, node)
+    write(wrapper.local_log, b"".join(metrics_line(step=i, loss=1 / (i + 1), acc=i / 1000) for i in range(1000)))
+    wrapper.sync()
+    write(wrapper.local_log, metrics_line(step=1000, loss=0.0001) + metrics_line(lr=0.5))
+    finished = wrapper.finish()
+    assert finished.metrics == {"loss": 0.0001, "acc": 0.999, "lr": 0.5}
+    log_reads = [limit for path, _, limit in node.reads if path == wrapper.local_log]
+    assert log_reads and all(limit is not None and limit <= 4096 for limit in log_reads)  # never the whole log
+
+
+def test_a_supervisor_that_took_over_reads_the_log_again_in_pieces_for_the_last_metrics(parts, monkeypatch):
+    monkeypatch.setattr(wrapper_module, "SHIP_CHUNK_BYTES", 4096)
+    first = a_wrapper(parts)
+    write(first.local_log, b"".join(metrics_line(step=i, loss=1 / (i + 1), acc=i / 1000) for i in range(1000)))
+    first.sync()  # shipped, with its offset saved: then the host died
+    write(first.local_log, metrics_line(step=1000, loss=0.0001))
+    node = Recording(parts.local_node)
+    successor = RunWrapper.resume(first.task, first.node_dir, parts.ports.storage, parts.ports.publisher, node=node)
+    finished = successor.finish()
+    assert finished.metrics == {"loss": 0.0001, "acc": 0.999}  # acc was only logged before the takeover
+    log_reads = [limit for path, _, limit in node.reads if path == successor.local_log]
+    assert len(log_reads) > 10 and all(limit is not None and limit <= 4096 for limit in log_reads)
