@@ -156,8 +156,9 @@ class RunWrapper:
             self.tick()
             return False
         if not (self.node_dir / FINISHED_MARKER).exists():
-            self._end_orphans()
-            self.finish()
+            exit_file = self.node.read_from(self.exit_file)  # read once, for both
+            self._end_orphans(reaper_wrote_exit=bool(exit_file))
+            self.finish(exit_file)
         return True
 
     def run_to_end(self) -> None:
@@ -182,11 +183,12 @@ class RunWrapper:
             self._send_progress()
         self._sync_live(outputs)
 
-    def finish(self) -> RunFinished:
-        """After the command ended: final sync, capture outputs, report RunFinished."""
+    def finish(self, exit_file: Optional[bytes] = None) -> RunFinished:
+        """After the command ended: final sync, capture outputs, report RunFinished.
+        exit_file: the reaper's exit file, when the caller has just read it."""
         task, ws = self.task, self.task.workspace
         now = time.time()
-        exit_code, exited_at = self._exit_record()
+        exit_code, exited_at = self._exit_record(exit_file)
         # when the command ended, if the reaper says (kept within the run's start and now: a box's
         # clock may differ from this one's); a run adopted after its host's downtime ended back then
         ended_at = min(now, max(self.state["started_at"] or now, exited_at)) if exited_at is not None else now
@@ -288,10 +290,10 @@ class RunWrapper:
     def _exit_code(self) -> Optional[int]:
         return self._exit_record()[0]
 
-    def _exit_record(self) -> Tuple[Optional[int], Optional[float]]:
+    def _exit_record(self, exit_file: Optional[bytes] = None) -> Tuple[Optional[int], Optional[float]]:
         """(exit code, when the command ended) from the reaper's exit file; (None, None) if it wrote none
         (the reaper itself was killed, or the command never started)."""
-        lines = self.node.read_from(self.exit_file).split(b"\n")
+        lines = (self.node.read_from(self.exit_file) if exit_file is None else exit_file).split(b"\n")
         try:
             code = int(lines[0])
         except ValueError:
@@ -307,12 +309,12 @@ class RunWrapper:
             return  # a reaper that ended ended its run's whole tree first
         self.node.kill_group(pid, sig)  # the reaper passes it on to the run's tree; SIGKILL reaches all of it
 
-    def _end_orphans(self) -> None:
+    def _end_orphans(self, reaper_wrote_exit: bool) -> None:
         """A reaper gone without writing the exit code was killed: its command died with it (Linux's
         death signal), but what the command started may not have. Kill what is left of the run's
         tree (its process group, and the processes marked with the reaper's pid), and say why."""
         pid = self.state["pid"]
-        if pid is None or self.node.exists(self.exit_file):
+        if pid is None or reaper_wrote_exit:  # (written whole, by a rename: never there but empty)
             return
         self.node.kill_group(pid, signal.SIGKILL)
         if self.state["stopping"] is None and not self.state["failure"]:

@@ -793,6 +793,7 @@ class SshNode(Node):
         parts = out.split()
         if code or len(parts) != 2:
             raise OSError(f"box {self.name}: the run did not start: {err.strip() or out.strip()}")
+        self._alive_checked[int(parts[0])] = time.monotonic()  # the launch just read its /proc record
         return int(parts[0]), parts[1]
 
     def alive(self, pid: int, start: Optional[str]) -> bool:
