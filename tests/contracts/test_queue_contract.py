@@ -107,3 +107,25 @@ def test_a_wait_shorter_than_opening_a_link_still_receives(request, tmp_path):
         assert [m.body for m in got] == [b"job"]
     finally:
         bus.close()
+
+
+def test_looking_at_an_empty_embedded_queue_does_not_wait_for_a_writer(tmp_path):
+    """The local host looks at its queues on every pass: a look that finds nothing takes no write
+    lock, so it neither waits for nor holds up a client writing to the same file."""
+    import sqlite3
+    import threading
+
+    path = str(tmp_path / "queue.db")
+    queue = SqliteQueue(path, lock_seconds=2, max_delivery_count=5)
+    queue.send("jobs", [b"taken"])
+    (message,) = queue.receive("jobs")
+    writer = sqlite3.connect(path, isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # a client in the middle of a send
+    looked = []
+    look = threading.Thread(target=lambda: looked.append(queue.receive("jobs")), daemon=True)
+    look.start()
+    look.join(30)  # a bound, not a deadline: with the write lock taken first, the look waited out busy_timeout (60 s)
+    writer.execute("ROLLBACK")
+    writer.close()
+    assert looked == [[]]
+    queue.complete(message)
