@@ -203,18 +203,18 @@ def test_a_throttled_bulk_write_resends_only_the_refused_writes_after_the_wait_c
     name = database()
     store = MongoStats(throttling_proxy.uri, database=name)
     throttling_proxy.refuse_writes(name, "runs", every=4, times=10)
-    throttling_proxy.refuse_writes(name, "metrics", every=3, times=700)  # 666 of 2000, then 34 of the 666 resent
+    throttling_proxy.refuse_writes(name, "metrics", every=3, times=7)  # 6 of the 20 documents, then 1 of the 6 resent
     runs = [run_doc(f"run1.{k}", command=f"train --seed {k}") for k in range(1, 41)]
     store.insert_runs(runs)
     rows = [MetricRow(step, "loss", 1 / step, 100.0 + step) for step in range(1, 2001)]
-    store.replace_metrics("ws1", "run1.1", rows)
+    store.replace_metrics("ws1", "run1.1", rows)  # in 20 documents of ~100 rows
 
-    assert throttling_proxy.refused == 10 + 700
+    assert throttling_proxy.refused == 10 + 7
     # the server got every write exactly once: none applied was sent again
-    assert throttling_proxy.forwarded[(name, "runs")] == 40 and throttling_proxy.forwarded[(name, "metrics")] == 2000
+    assert throttling_proxy.forwarded[(name, "runs")] == 40 and throttling_proxy.forwarded[(name, "metrics")] == 20
     assert clock.waits == [0.005] * 3  # RetryAfterMs=5, as Cosmos asked: runs once, metrics twice
     direct = MongoStats(mongo_uri, database=name)  # read past the proxy
-    assert direct.metrics.count_documents({}) == 2000
+    assert direct.metrics.count_documents({}) == 20
     assert direct.get_metrics("ws1", "run1.1") == [{"step": r.step, "name": r.name, "value": r.value, "time": r.time}
                                                    for r in rows]
     assert direct.runs.count_documents({}) == 40
@@ -266,9 +266,9 @@ def test_a_write_error_that_is_not_throttling_is_raised_at_once(throttling_proxy
     name = database()
     commands = Commands()
     store = MongoStats(mongo_uri, database=name, client=mongo.connect(mongo_uri, event_listeners=[commands]))
-    store.metrics.create_index([("run", 1), ("name", 1), ("step", 1)], unique=True)  # so two rows can clash
+    store.metrics.create_index([("run", 1)], unique=True)  # so a run's second document of rows clashes
     with pytest.raises(pymongo.errors.BulkWriteError) as clash:
-        store.replace_metrics("ws1", "run1.1", [MetricRow(1, "loss", 0.5, 1.0), MetricRow(1, "loss", 0.4, 2.0)])
+        store.replace_metrics("ws1", "run1.1", [MetricRow(step, "loss", 0.5, 1.0) for step in range(150)])
     assert [error["code"] for error in clash.value.details["writeErrors"]] == [11000]
     assert commands.count("update", "metrics") == 1 and clock.waits == []
 
@@ -291,6 +291,35 @@ def test_a_write_error_that_is_not_throttling_is_raised_at_once(throttling_proxy
 
 
 # --- documents under 2 MB ----------------------------------------------------------------------------
+def test_a_runs_metric_rows_go_many_to_a_document_and_a_huge_value_goes_alone(mongo_uri):
+    """Cosmos DB charges a write by its document's size, not its rows: ~100 rows in an 8 KB document
+    cost 7 RU where a document each cost 5 RU a row. A row too big for a chunk is one of its own, its
+    rows set aside like any big value."""
+    store = MongoStats(mongo_uri, database=database())
+    rows = ([MetricRow(step, "loss", 1 / (step + 1), float(step)) for step in range(1000)]
+            + [MetricRow(1000, "curve", "x" * 100_000, 1000.0), MetricRow(1001, "loss", None, None)])
+    store.replace_metrics("ws1", "run1.1", rows)
+    docs = list(store.metrics.find({}))
+    assert 11 <= len(docs) <= 13  # ~100 rows each, the big row alone, the last row
+    inline = [doc for doc in docs if mongo.OVERFLOW not in doc]
+    assert len(inline) == len(docs) - 1
+    assert all(len(bson.encode(doc)) <= mongo.VALUE_INLINE_BYTES + 256 for doc in inline)
+    assert store.get_metrics("ws1", "run1.1") == [{"step": r.step, "name": r.name, "value": r.value, "time": r.time}
+                                                  for r in rows]
+    store.replace_metrics("ws1", "run1.1", rows[:3])  # a redelivered finish replaces every document and part
+    assert store.metrics.count_documents({}) == 1 and store.overflow.count_documents({}) == 0
+    assert [m["step"] for m in store.get_metrics("ws1", "run1.1")] == [0, 1, 2]
+
+
+def test_metric_rows_stored_a_row_to_a_document_still_read(mongo_uri):
+    store = MongoStats(mongo_uri, database=database())
+    store.metrics.insert_many([{"_id": f"ws1/run1.1/{seq}", "workspace": "ws1", "run": "run1.1", "seq": seq,
+                                "step": seq, "name": "loss", "value": 1 / (seq + 1), "time": float(seq)}
+                               for seq in (2, 0, 1)])  # as stores written before chunks hold them
+    assert store.get_metrics("ws1", "run1.1") == [{"step": seq, "name": "loss", "value": 1 / (seq + 1), "time": float(seq)}
+                                                  for seq in (0, 1, 2)]
+
+
 def test_a_run_with_a_3_mb_metrics_map_stays_under_2_mb_and_reads_back_whole(mongo_uri):
     store = MongoStats(mongo_uri, database=database())
     store.insert_runs([run_doc("run1.1"), run_doc("run1.2")])

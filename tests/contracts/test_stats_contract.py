@@ -97,7 +97,7 @@ def test_metric_records_stream_from_a_one_pass_iterable(stats_store, monkeypatch
     """run_finished hands over a generator over the log being read: consumed once, in batches, in order."""
     from xt_submit.adapters.stats import mongo
 
-    monkeypatch.setattr(mongo, "METRIC_BATCH", 100)  # several batches, at a size the test peer takes quickly
+    monkeypatch.setattr(mongo, "METRIC_DOCS_PER_WRITE", 2)  # several writes of several documents of many rows
     stats_store.insert_runs([run_doc("run1.1")])
     stats_store.replace_metrics("ws1", "run1.1", [MetricRow(1, "stale", 9.0, 1.0)] * 3)
     count = 350

@@ -24,7 +24,7 @@ import random
 import re
 import time
 import uuid
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Set, Tuple, TypeVar
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Set, Tuple, TypeVar
 
 import bson
 import pymongo
@@ -39,7 +39,11 @@ from xt_submit.domain.run_query import Filter, QueryError, RunQuery, window
 from xt_submit.ports import StatsStore
 
 T = TypeVar("T")
-METRIC_BATCH = 10_000
+METRIC_BATCH = 10_000  # run documents in one bulk write
+METRIC_DOCS_PER_WRITE = 100  # metric chunk documents in one bulk write (~800 KB)
+# A run's metric rows go in documents of many rows each: Cosmos DB charges a write by its document's
+# size (a 1 KB document 4.95 RU, an 8 KB one 7.04), so one row per document cost ~140x more per row.
+ROW_BYTES_AT_MOST = 64  # one [step, name, value, time] row in BSON, beside its name's and string value's bytes
 SERVER_SELECTION_MS = 10_000
 
 
@@ -229,6 +233,22 @@ def _put_back(inline: Any, aside: Dict[str, Any]) -> Any:
 
 def _part_ids(collection: str, doc_id: str, field: str, ref: Dict[str, Any]) -> List[str]:
     return [f"{collection}/{doc_id}/{field}/{ref['token']}/{part}" for part in range(ref["parts"])]
+
+
+def _metric_chunks(rows: Iterable[Any]) -> Iterator[List[list]]:
+    """Rows in runs of at most VALUE_INLINE_BYTES (by an upper bound of their BSON size), so that a
+    chunk stays in its document; a row bigger than that is a chunk of its own."""
+    chunk: List[list] = []
+    used = 0
+    for step, name, value, t in rows:
+        size = ROW_BYTES_AT_MOST + 4 * (len(name) + (len(value) if isinstance(value, str) else 0))  # UTF-8: 4 a char at most
+        if chunk and used + size > VALUE_INLINE_BYTES:
+            yield chunk
+            chunk, used = [], 0
+        chunk.append([step, name, value, t])
+        used += size
+    if chunk:
+        yield chunk
 
 
 def _with_refs(inline: Dict[str, Any], refs: Dict[str, Any]) -> Dict[str, Any]:
@@ -577,21 +597,20 @@ class MongoStats(StatsStore):
         return rollup
 
     def replace_metrics(self, workspace: str, run: str, rows: Iterable[Any]) -> None:
+        """The run's rows in documents of `rows` ([step, name, value, time] each) of up to
+        VALUE_INLINE_BYTES, numbered by `seq`; a row bigger than that alone, its rows set aside."""
         parent = f"{self.metrics.name}/{_key(workspace, run)}"  # the run's metric values set aside
         _retrying(self.metrics, lambda: self.metrics.delete_many({"workspace": workspace, "run": run}))
         _retrying(self.overflow, lambda: self.overflow.delete_many({"parent": parent}))
-        rows = iter(rows)  # one batch of a log held at a time, however long the log
-        start = 0
-        while chunk := list(itertools.islice(rows, METRIC_BATCH)):
-            batch = []
-            for seq, (step, name, value, t) in enumerate(chunk, start=start):
-                # _id is set here, so a retried batch replaces rather than duplicates
-                doc_id = f"{workspace}/{run}/{seq}"
-                doc = {"workspace": workspace, "run": run, "seq": seq, "step": step, "name": name, "value": value, "time": t}
+        chunks = enumerate(_metric_chunks(rows))  # a write's worth of a log held at a time, however long the log
+        while batch := list(itertools.islice(chunks, METRIC_DOCS_PER_WRITE)):
+            writes = []
+            for seq, chunk in batch:
+                doc_id = f"{workspace}/{run}/{seq}"  # set here, so a retried write replaces rather than duplicates
+                doc = {"workspace": workspace, "run": run, "seq": seq, "rows": chunk}
                 inline, refs = self._set_aside(self.metrics, doc_id, workspace, doc, parent)
-                batch.append(pymongo.ReplaceOne({"_id": doc_id}, {"_id": doc_id, **_with_refs(inline, refs)}, upsert=True))
-            _bulk_write(self.metrics, batch)
-            start += len(chunk)
+                writes.append(pymongo.ReplaceOne({"_id": doc_id}, {"_id": doc_id, **_with_refs(inline, refs)}, upsert=True))
+            _bulk_write(self.metrics, writes)
 
     # --- reads -------------------------------------------------------------------------------
     def get_job(self, workspace: str, job: str) -> Dict[str, Any]:
@@ -608,9 +627,15 @@ class MongoStats(StatsStore):
 
     def get_metrics(self, workspace: str, run: str) -> List[Dict[str, Any]]:
         fields = ("step", "name", "value", "time")
-        rows = self._find_sorted(self.metrics, {"workspace": workspace, "run": run}, METRIC_ORDER,
-                                 projection=dict.fromkeys(("_id", OVERFLOW, *fields), 1))
-        return [{field: row.get(field) for field in fields} for row in rows]
+        docs = self._find_sorted(self.metrics, {"workspace": workspace, "run": run}, METRIC_ORDER,
+                                 projection=dict.fromkeys(("_id", OVERFLOW, "rows", *fields), 1))
+        metrics: List[Dict[str, Any]] = []
+        for doc in docs:
+            if "rows" in doc:
+                metrics.extend(dict(zip(fields, row)) for row in doc["rows"])
+            else:  # a row to a document, as stores written before chunks hold them
+                metrics.append({field: doc.get(field) for field in fields})
+        return metrics
 
     def job_rollup(self, workspace: str, job: str) -> Dict[str, Any]:
         rows = _retrying(self.runs, lambda: list(self.runs.aggregate([
