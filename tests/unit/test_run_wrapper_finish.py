@@ -111,3 +111,32 @@ def test_a_supervisor_that_took_over_reads_the_log_again_in_pieces_for_the_last_
     assert finished.metrics == {"loss": 0.0001, "acc": 0.999}  # acc was only logged before the takeover
     log_reads = [limit for path, _, limit in node.reads if path == successor.local_log]
     assert len(log_reads) > 10 and all(limit is not None and limit <= 4096 for limit in log_reads)
+
+
+def test_the_run_log_opens_with_its_start_in_one_write_and_a_second_start_appends_only_its_own(parts):
+    from xt_submit.domain import run_log
+
+    class CountingStorage:
+        def __init__(self, inner):
+            self._inner, self.writes = inner, []
+
+        def __getattr__(self, name):
+            return getattr(self._inner, name)
+
+        def create_log(self, key, data):
+            self.writes.append(("create_log", key))
+            return self._inner.create_log(key, data)
+
+        def append(self, key, data):
+            self.writes.append(("append", key))
+            return self._inner.append(key, data)
+
+    key = layout.run_log_key(WS, "run1.1")
+    for attempt in (1, 2):  # the second: the task started again (its first host died after starting it)
+        wrapper = a_wrapper(parts)
+        wrapper.storage = storage = CountingStorage(parts.ports.storage)
+        wrapper.start()  # its code is nowhere: the run fails to prepare, after its start is logged
+        expected = [("create_log", key)] if attempt == 1 else [("create_log", key), ("append", key)]
+        assert [w for w in storage.writes if w[1] == key] == expected
+    events = [record["event"] for record in run_log.iter_records(parts.ports.storage.read(key))]
+    assert events == ["created", "hparams", "queued", "started", "started"]

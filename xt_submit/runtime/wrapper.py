@@ -92,8 +92,9 @@ class RunWrapper:
                                                               "step_name": task.step_name})
                    + run_log.record(task.created_at, "hparams", task.hparams)
                    + run_log.record(task.created_at, "queued", {"target": task.target}))
-        self.storage.create_log(log_key, opening)  # already there if this run is resumed
-        self.storage.append(log_key, run_log.record(started_at, "started", {"node": self.node_id}))
+        started = run_log.record(started_at, "started", {"node": self.node_id})
+        if not self.storage.create_log(log_key, opening + started):  # already there if this run is started again
+            self.storage.append(log_key, started)
         self.publisher.send_events([RunStarted(workspace=ws, job=task.job, run=task.run, node_id=self.node_id,
                                                started_at=started_at)])
         try:
