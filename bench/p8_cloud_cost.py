@@ -893,8 +893,7 @@ def node_plays(task, storage, publisher, progress_events: int) -> None:
                                                           "step_name": task.step_name})
                + run_log.record(task.created_at, "hparams", task.hparams)
                + run_log.record(task.created_at, "queued", {"target": task.target}))
-    storage.create_log(log_key, opening)
-    storage.append(log_key, run_log.record(started, "started", {"node": "node-1"}))
+    storage.create_log(log_key, opening + run_log.record(started, "started", {"node": "node-1"}))  # one write
     publisher.send_events([RunStarted(workspace=ws, job=task.job, run=run, node_id="node-1", started_at=started)])
     metrics = b"".join(run_log.record(started + step, "metrics", {"step": step, "loss": 1.0 / (step + 1), "acc": step / 10})
                        for step in range(10))
