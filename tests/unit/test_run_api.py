@@ -167,3 +167,24 @@ def test_numpy_scalars_log_as_numbers_where_numpy_is_installed(tmp_path):
         run.log_metrics({"loss": np.float64(0.5), "acc": np.float32(0.25), "step": np.int64(4), "w": np.array(2.0)})
     (entry,) = records(tmp_path / "log.jsonl")
     assert entry["data"] == {"loss": 0.5, "acc": 0.25, "step": 4, "w": 2.0, "__index__": 1}
+
+
+def test_the_step_can_be_given_apart_from_the_metrics(tmp_path):
+    """log_metrics(..., step=n) as MLflow and TensorBoard take it: the same record as the step in the dict."""
+    path = tmp_path / "log.jsonl"
+    with Run(str(path)) as run:
+        run.log_metrics({"loss": 0.5}, step=3)
+        run.log_metrics({"loss": 0.4}, step_name="epoch", stage="train", step=7)
+        run.log_metrics({"step": 9, "loss": 0.3}, step=9)  # the same step twice is fine
+        for bad, error in ((1.5, "step: expected a whole number, got 1.5"), (True, "got True"), ("4", "got '4'")):
+            with pytest.raises(ValueError, match=error):
+                run.log_metrics({"loss": 0.1}, step=bad)
+        with pytest.raises(ValueError, match="step=2 and the metrics' own 'step'=1 disagree"):
+            run.log_metrics({"step": 1, "loss": 0.1}, step=2)
+    entries = records(path)
+    assert [e["data"] for e in entries] == [
+        {"step": 3, "loss": 0.5, "__index__": 1},
+        {"epoch": 7, "train-loss": 0.4, "__index__": 2, "__step_name__": "epoch"},
+        {"step": 9, "loss": 0.3, "__index__": 3}]  # the refused calls logged nothing
+    _, last, rows = run_log.summarize(entries)
+    assert [(r.step, r.name, r.value) for r in rows] == [(3, "loss", 0.5), (7, "train-loss", 0.4), (9, "loss", 0.3)]

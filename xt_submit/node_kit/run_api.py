@@ -4,6 +4,7 @@
     run = Run()
     run.log_hparams({"lr": 0.01})
     run.log_metrics({"epoch": 1, "loss": 0.3}, step_name="epoch")
+    run.log_metrics({"loss": 0.2}, step=2)  # the step as MLflow and TensorBoard take it
 
 Each call is a buffered local append (no network): the run wrapper ships the file to storage.
 Outside XT it writes `xt_run_log.jsonl` next to the script. The buffer is flushed every second,
@@ -176,9 +177,13 @@ class Run:
     def log_hparam(self, name: str, value: Any) -> None:
         self.log_hparams({name: value})
 
-    def log_metrics(self, metrics: Dict[str, Any], step_name: Optional[str] = None, stage: Optional[str] = None) -> None:
-        """Log one step's metrics. Without the step key in the dict, a running __index__ stands in;
-        `stage` prefixes each name ("train" -> "train-loss")."""
+    def log_metrics(self, metrics: Dict[str, Any], step_name: Optional[str] = None, stage: Optional[str] = None,
+                    *, step: Optional[int] = None) -> None:
+        """Log one step's metrics. The step is the dict's step key (step_name, else the run's), or
+        `step`; without either a running __index__ stands in. `stage` prefixes each name ("train" ->
+        "train-loss")."""
+        if step is not None:
+            metrics = self._with_step(metrics, step_name or self.step_name, step)
         if stage:
             step_key = step_name or self.step_name
             metrics = {(name if name == step_key else f"{stage}-{name}"): value for name, value in metrics.items()}
@@ -192,6 +197,19 @@ class Run:
         self._buffer.append(self._encode({"time": _now(), "event": "metrics", "data": data}))
         if len(self._buffer) >= self._max_buffered or _monotonic() >= self._next_flush:
             self.flush()
+
+    @staticmethod
+    def _with_step(metrics: Dict[str, Any], step_key: str, step: Any) -> Dict[str, Any]:
+        try:
+            if isinstance(step, bool):
+                raise TypeError
+            whole = operator.index(step)  # an int, or numpy's integers
+        except TypeError:
+            raise ValueError(f"log_metrics: step: expected a whole number, got {step!r}") from None
+        if step_key in metrics and metrics[step_key] != whole:
+            raise ValueError(f"log_metrics: step={whole} and the metrics' own {step_key!r}={metrics[step_key]!r}"
+                             " disagree; give the step once")
+        return {step_key: whole, **metrics}
 
     def _first_encode(self, value: Any) -> bytes:
         self._encode = _json_codec()[0]
