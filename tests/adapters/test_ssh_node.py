@@ -453,3 +453,17 @@ def test_a_later_runs_code_is_copied_in_the_same_command_as_its_launch(ssh_boxes
     assert b"one command" in node.read_from(f"{work}/console.log")
     node.run(f"rm -rf {node.runs_root}/cache-test")
     node.close()
+
+
+def test_a_zip_an_interrupted_upload_left_in_incoming_goes_when_a_host_next_connects(ssh_boxes):
+    node = node_for(ssh_boxes)
+    node.connect()
+    incoming = f"{node.home}/incoming"
+    node.run(f"touch -d '2 hours ago' {incoming}/left-behind.zip && touch {incoming}/uploading.zip")
+    node.close()
+    node = node_for(ssh_boxes)
+    node.connect()  # the next connection cleans up once
+    left = node.run(f"ls -A {incoming}")[1].split()
+    assert "left-behind.zip" not in left and "uploading.zip" in left  # one being written now stays
+    node.run(f"rm -f {incoming}/uploading.zip")
+    node.close()

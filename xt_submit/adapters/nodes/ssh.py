@@ -57,6 +57,7 @@ _PACKAGE_DIR = Path(__file__).resolve().parents[2]  # xt_submit/
 
 CODE_CACHE = "code"  # below the box's XT folder: one unpacked tree per snapshot, named by its zip's sha256
 CACHE_DAYS = 14  # a cached tree unused this long is removed when a host next connects
+INCOMING_STALE_MINUTES = 60  # a zip in incoming/ untouched this long is no upload in progress
 SFTP_READ_BYTES = 32768  # paramiko's largest READ request (SFTPFile.MAX_REQUEST_SIZE)
 # How often a running reaper's process is looked at, besides its exit file at every look.
 ALIVE_CHECK_SECONDS = 2.0
@@ -281,15 +282,19 @@ class SshNode(Node):
                            "e.g. 'ssh-ed25519 AAAA...'") from None
 
     def _prepare(self) -> None:
-        """Once per connection, in one command: a recent enough python3, XT's folders, a `python`, and
-        cached snapshots unused for CACHE_DAYS gone; then XT's run-side modules for this version."""
+        """Once per connection, in one command: a recent enough python3, XT's folders, a `python`,
+        cached snapshots unused for CACHE_DAYS gone and zips an upload left behind (its connection
+        dropped before the unpack removed them) gone after INCOMING_STALE_MINUTES; then XT's run-side
+        modules for this version."""
         bin_dir, cache = posixpath.join(self.home, "bin"), posixpath.join(self.home, CODE_CACHE)
+        incoming = posixpath.join(self.home, "incoming")
         # `python train.py` on a box that only has python3: a fallback at the end of PATH
         _, out, _ = self._exec(
             "python3 -c 'import sys; print(sys.version_info[:2] >= (%d, %d))' && " % MIN_PYTHON
-            + f"mkdir -p {q(bin_dir)} {q(posixpath.join(self.home, 'incoming'))} {q(cache)} && "
+            + f"mkdir -p {q(bin_dir)} {q(incoming)} {q(cache)} && "
             f"(command -v python >/dev/null || ln -sf \"$(command -v python3)\" {q(bin_dir + '/python')}); "
-            f"find {q(cache)} -mindepth 1 -maxdepth 1 -mtime +{CACHE_DAYS} -exec rm -rf {{}} + 2>/dev/null; true")
+            f"find {q(cache)} -mindepth 1 -maxdepth 1 -mtime +{CACHE_DAYS} -exec rm -rf {{}} + 2>/dev/null; "
+            f"find {q(incoming)} -mindepth 1 -maxdepth 1 -name '*.zip' -mmin +{INCOMING_STALE_MINUTES} -delete 2>/dev/null; true")
         if out.strip() != "True":
             raise BoxError(f"box {self.name} ({self.address}): expected python3 {MIN_PYTHON[0]}.{MIN_PYTHON[1]} or "
                            "newer on the box's PATH")
