@@ -467,3 +467,17 @@ def test_a_zip_an_interrupted_upload_left_in_incoming_goes_when_a_host_next_conn
     assert "left-behind.zip" not in left and "uploading.zip" in left  # one being written now stays
     node.run(f"rm -f {incoming}/uploading.zip")
     node.close()
+
+
+def test_a_refused_channel_open_is_retried_without_an_error_in_the_log_and_named_when_it_gives_up(
+        ssh_boxes, monkeypatch, caplog):
+    import logging
+
+    monkeypatch.setattr(ssh, "OPEN_ATTEMPTS", 3)
+    caplog.set_level(logging.DEBUG)
+    with box1_with_max_sessions(ssh_boxes, 1) as node:  # the SFTP session takes the only one
+        with pytest.raises(BoxError, match="refuses new sessions.*MaxSessions"):
+            node.connect()  # its set-up command is refused
+        node.close()
+    refused = [r for r in caplog.records if r.name.startswith("paramiko") and "open FAILED" in r.getMessage()]
+    assert refused == []  # paramiko said it three times at ERROR: each one a retry, not an error
