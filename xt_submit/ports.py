@@ -75,8 +75,8 @@ class Storage(ABC):
         return None
 
     def signature(self, key: str) -> Optional[str]:
-        """What changes whenever the key is written, read without reading its content (here a file's
-        size, inode and mtime; on Blob Storage its ETag); None when the key is absent or the storage
+        """What changes whenever the key is written, read without reading its content (a directory
+        file's size, inode and mtime; a blob's ETag); None when the key is absent or the storage
         cannot say."""
         return None
 

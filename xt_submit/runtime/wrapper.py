@@ -434,7 +434,6 @@ class RunWrapper:
         tmp.write_text(json.dumps(self.state))
         os.replace(tmp, self.node_dir / STATE_FILE)
 
-
     def _after_candidates(self, outputs: List[Tuple[str, tuple]]) -> Iterator[str]:
         for root in walk_roots(self.task.after_dirs):
             if root == "output" or root.startswith("output/"):

@@ -499,7 +499,7 @@ class SshNode(Node):
                     asked = SFTP_READ_BYTES if limit is None else min(limit, SFTP_READ_BYTES)
                     first = _one_read(f, offset, asked)
                     if len(first) < asked or (limit is not None and len(first) >= limit):
-                        return first  # a short answer is the end: sftp-server reads a file with one read(2)
+                        return first  # short is the end: the SFTP draft has servers answer 32 KB reads whole
                     f.seek(offset + len(first))
                     size = f.stat().st_size
                     f.prefetch(size if limit is None else min(size, offset + limit))  # only what is asked for
