@@ -25,9 +25,13 @@ SIGKILL after the grace, before the exit code is written. Elsewhere (no /proc, n
 process group is signalled, and the command does not die with its reaper.
 """
 import os
-import signal
 import sys
 import time
+
+try:
+    import _signal as signal  # the C module: `signal` wraps it in enums, whose import is ~4 ms of a box run's start
+except ImportError:  # not CPython
+    import signal  # type: ignore[no-redef]
 
 # The base environment: what a Python training script needs from the node and nothing personal.
 # PATH (the interpreter and tools), HOME (caches: pip, torch, matplotlib), USER and LOGNAME (getpass),
