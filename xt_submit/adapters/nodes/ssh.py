@@ -799,9 +799,11 @@ class SshNode(Node):
                      f"export PATH=\"$PATH:{self.home}/bin\"",
                      f"cd {q(cwd)} || exit 1",
                      "exec python3 -S -I " + shlex.join([self._reaper(), exit_file, spec, *argv])]
-            command = ((f"{prepared}; " if prepared else "")
+            # stdin read first: a command that ended before reading it (a cached tree gone: CACHE_MISSING)
+            # had the box close the channel while the script was still being sent ("Socket is closed")
+            command = ("IFS= read -r -d '' script; " + (f"{prepared}; " if prepared else "")
                        + f"cd {q(work)} || exit 1; [ ! -e {q(exit_file)} ] || rm -f {q(exit_file)}; "
-                       "(umask 077 && IFS= read -r -d '' script; printf '%s' \"$script\" > launch.sh) || exit 1; "
+                       "(umask 077 && printf '%s' \"$script\" > launch.sh) || exit 1; "
                        f"setsid /bin/bash launch.sh </dev/null >>{q(console)} 2>&1 & pid=$!; "
                        "read -r stat < /proc/$pid/stat; set -f -- ${stat##*) }; echo $pid ${20}")
             code, out, err = self._exec(command, stdin_text="\n".join(lines) + "\n")
