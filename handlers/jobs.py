@@ -23,10 +23,11 @@ def roll_job(ports: Ports, workspace: str, job: str, *, moved: bool = False) -> 
     its runs are recounted. So a job never ends on counts alone, and a crash between a run's move and
     its job's count (two writes on MongoDB) is repaired by the redelivery, which moves nothing and so
     recounts."""
-    record = ports.stats.get_job(workspace, job)
+    # without its hp_space (which grows with a sweep): a run's every event reads the job
+    record = ports.stats.get_job(workspace, job, hp_space=False)
     if (record.get("search") or {}).get("type"):
-        advance_search(ports, workspace, job, record)
-        record = ports.stats.get_job(workspace, job)  # the search may have added runs, or ended
+        advance_search(ports, workspace, job, ports.stats.get_job(workspace, job))  # a search plans from it
+        record = ports.stats.get_job(workspace, job, hp_space=False)  # the search may have added runs, or ended
     if moved:
         counts = record["counts"]
         # the recorded run count alone: a count the store made twice (a write retried after its reply was

@@ -23,7 +23,7 @@ def retry_if_failed(ports: Ports, run: Dict[str, Any]) -> Optional[str]:
     if run["status"] != ERROR:
         return None
     ws, job_name = run["workspace"], run["job"]
-    job = ports.stats.get_job(ws, job_name)
+    job = ports.stats.get_job(ws, job_name, hp_space=False)
     attempt = (run.get("attempt") or 1) + 1
     if attempt > (job.get("retries") or 0) + 1:
         return None

@@ -99,7 +99,7 @@ def run_progress(event: RunProgress, ports: Ports) -> str:
     if event.log_bytes > progress.get("log_bytes", -1):
         changes["metrics"] = {**(record.get("metrics") or {}), **storable(event.metrics)}
         progress.update(log_bytes=event.log_bytes, at=event.at)
-    job = ports.stats.get_job(ws, event.job) if event.primary else None
+    job = ports.stats.get_job(ws, event.job, hp_space=False) if event.primary else None
     policy = job.get("early_stopping") if job else None
     checked = early_stopping.keep_checked(policy, event.first_report, event.primary) if policy else {}
     if checked:

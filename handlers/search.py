@@ -81,7 +81,7 @@ def advance_search(ports: Ports, workspace: str, job: str, record: Optional[Dict
 
 def end_search(ports: Ports, workspace: str, job: str, reason: str, at: float) -> bool:
     """Plan no more runs for the job (a cancel of the whole job). False if it had no open search."""
-    search = ports.stats.get_job(workspace, job).get("search") or {}
+    search = ports.stats.get_job(workspace, job, hp_space=False).get("search") or {}
     if not search.get("type") or search.get("ended"):
         return False
     _write_search_end(ports, workspace, job, reason, at)

@@ -122,7 +122,9 @@ class StatsStore(ABC):
         """Bulk insert, each run if absent."""
 
     @abstractmethod
-    def get_job(self, workspace: str, job: str) -> Dict[str, Any]: ...
+    def get_job(self, workspace: str, job: str, *, hp_space: bool = True) -> Dict[str, Any]:
+        """The job's record; hp_space=False: without its hp_space (a sweep's values, the one field of a
+        job that grows with its size), for the reads of every run's events, which never use it."""
 
     @abstractmethod
     def get_run(self, workspace: str, run: str) -> Dict[str, Any]: ...

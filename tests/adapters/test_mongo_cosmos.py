@@ -311,6 +311,28 @@ def test_a_runs_metric_rows_go_many_to_a_document_and_a_huge_value_goes_alone(mo
     assert [m["step"] for m in store.get_metrics("ws1", "run1.1")] == [0, 1, 2]
 
 
+def test_a_big_hp_space_is_kept_apart_so_the_job_document_each_run_updates_stays_small(mongo_uri):
+    """Cosmos DB prices a write by its document's size, and a job's document is written at every run's
+    start and end: a sweep's values (here 2,000 seeds, ~20 KB) are kept apart, read back whole."""
+    store = MongoStats(mongo_uri, database=database())
+    space = {"lr": [0.001 * k for k in range(10)], "seed": list(range(2000))}
+    store.insert_job({"workspace": "ws1", "name": "job1", "number": 1, "status": "queued", "run_count": 20000,
+                      "hp_space": space})
+    store.update_job("ws1", "job1", {"status": "running"})
+    (doc,) = store.jobs.find({})
+    assert len(bson.encode(doc)) < 1024 and doc["hp_space"] is None and "hp_space" in doc[mongo.OVERFLOW]
+    assert store.get_job("ws1", "job1")["hp_space"] == space
+    commands = Commands()
+    light = MongoStats(mongo_uri, database=store.jobs.database.name,
+                       client=mongo.connect(mongo_uri, event_listeners=[commands]))
+    assert light.get_job("ws1", "job1", hp_space=False)["status"] == "running"
+    assert commands.count("find", "overflow") == 0  # its parts are not read for a run's event
+    small = {"lr": [0.1, 0.01]}
+    store.insert_job({"workspace": "ws1", "name": "job2", "number": 2, "status": "queued", "run_count": 2,
+                      "hp_space": small})
+    assert store.jobs.find_one({"_id": "ws1/job2"})["hp_space"] == small  # a small one stays in place
+
+
 def test_metric_rows_stored_a_row_to_a_document_still_read(mongo_uri):
     store = MongoStats(mongo_uri, database=database())
     store.metrics.insert_many([{"_id": f"ws1/run1.1/{seq}", "workspace": "ws1", "run": "run1.1", "seq": seq,

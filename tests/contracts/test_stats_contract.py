@@ -25,6 +25,19 @@ def test_job_names_are_per_workspace_and_the_same_for_a_redelivery(stats_store):
     assert stats_store.find_job_by_submission("ws1", "a") == "job1"
 
 
+def test_a_job_read_without_its_hp_space_is_the_rest_of_its_record(stats_store):
+    space = {"lr": [0.001 * k for k in range(10)], "seed": list(range(2000))}  # a sweep's values: ~20 KB
+    stats_store.insert_job({"workspace": "ws1", "name": "job1", "number": 1, "status": "queued", "run_count": 20000,
+                            "hp_space": space, "command": "python train.py"})
+    stats_store.update_job("ws1", "job1", {"status": "running"})
+    whole = stats_store.get_job("ws1", "job1")
+    assert whole["hp_space"] == space and whole["status"] == "running"
+    light = stats_store.get_job("ws1", "job1", hp_space=False)
+    assert "hp_space" not in light and light == {k: v for k, v in whole.items() if k != "hp_space"}
+    with pytest.raises(NotFound):
+        stats_store.get_job("ws1", "job9", hp_space=False)
+
+
 def test_workspaces_and_experiments(stats_store):
     for ws, job, experiment in (("ws1", "job1", "mnist"), ("ws1", "job2", "cifar"), ("ws2", "job1", "mnist")):
         stats_store.insert_job({"workspace": ws, "name": job, "number": int(job[3:]), "status": "queued",

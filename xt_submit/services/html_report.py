@@ -341,7 +341,7 @@ def job_report_link(stats: StatsStore, storage: Storage, workspace: str, job: st
     (a file:// URL on storage that is a folder here). The page is rendered now unless the job
     ended and its page is there already (a team's Functions app wrote it at the end)."""
     key = layout.job_report_key(workspace, job)
-    if stats.get_job(workspace, job)["status"] not in TERMINAL_STATUSES or not storage.exists(key):
+    if stats.get_job(workspace, job, hp_space=False)["status"] not in TERMINAL_STATUSES or not storage.exists(key):
         publish_job_report(stats, storage, workspace, job)
     url = storage.read_url(key, hours * 3600)
     if url is None:
@@ -356,6 +356,6 @@ def publish_if_ended(stats: StatsStore, storage: Storage, event: Any) -> Optiona
     """After an event that can end a job (a run's end, a cancel): the job's page, if the job ended."""
     if not isinstance(event, (RunFinished, CancelRequested, RunPreempted)):
         return None
-    if stats.get_job(event.workspace, event.job)["status"] not in TERMINAL_STATUSES:
+    if stats.get_job(event.workspace, event.job, hp_space=False)["status"] not in TERMINAL_STATUSES:
         return None
     return publish_job_report(stats, storage, event.workspace, event.job)

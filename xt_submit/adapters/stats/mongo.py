@@ -188,6 +188,9 @@ def _sort_fields(order: Sequence[Tuple[str, int]]) -> Tuple[str, ...]:
 DOCUMENT_LIMIT = 2_000_000  # Cosmos DB's 2 MB a document, read as decimal megabytes (the stricter)
 MAP_INLINE_BYTES = 320 * 1024  # the share of a map (hparams, metrics, tags, hp_space, counts, search...) in its document
 _BULK_NAMES = 1000  # runs per bulk update (an $in of 1000 ids is a small request)
+# A job's hp_space (a sweep's values) above this is kept apart whole: Cosmos DB prices each write by its
+# document's size, and a job's document is written on every run's start and end.
+HP_SPACE_INLINE_BYTES = 1024
 VALUE_INLINE_BYTES = 8 * 1024  # of any other value (a command, a reason, a metric's value)
 PART_BYTES = 1024 * 1024  # of the values set aside, in one overflow document
 # Never set aside: what queries select on, names and keys a few bytes long
@@ -387,7 +390,10 @@ class MongoStats(StatsStore):
         identity = IDENTITY_FIELDS[collection.name]
         inline, refs, parts = dict(values), {}, []
         for field, value in values.items():
-            kept, aside = (value, None) if field in identity else _split(value)
+            if (collection.name, field) == ("jobs", "hp_space") and not _fits(value, HP_SPACE_INLINE_BYTES):
+                kept, aside = None, {"value": value}  # whole: the job's every update is priced by its size
+            else:
+                kept, aside = (value, None) if field in identity else _split(value)
             if aside is None:
                 continue
             blob = bson.encode(aside)
@@ -613,8 +619,17 @@ class MongoStats(StatsStore):
             _bulk_write(self.metrics, writes)
 
     # --- reads -------------------------------------------------------------------------------
-    def get_job(self, workspace: str, job: str) -> Dict[str, Any]:
-        found = _job(self._read_one(self.jobs, _key(workspace, job)))
+    def get_job(self, workspace: str, job: str, *, hp_space: bool = True) -> Dict[str, Any]:
+        doc_id = _key(workspace, job)
+        if hp_space:
+            doc = self._read_one(self.jobs, doc_id)
+        else:  # neither the field nor its parts set aside
+            found_docs = self._read(self.jobs, lambda: list(self.jobs.find(
+                {"_id": doc_id}, {"hp_space": 0, f"{OVERFLOW}.hp_space": 0}).limit(1)))
+            doc = found_docs[0] if found_docs else None
+        found = _job(doc)
+        if found is not None and not hp_space:
+            found.pop("hp_space", None)
         if found is None:
             raise NotFound(f"job {job} not found in workspace {workspace}")
         return found

@@ -50,6 +50,7 @@ CREATE INDEX IF NOT EXISTS jobs_by_submission ON jobs (workspace, submission_id)
 """
 
 JOB_COLUMNS = JOB_FIELDS
+_JOB_COLUMNS_BUT_HP_SPACE = tuple(column for column in JOB_COLUMNS if column != "hp_space")
 RUN_COLUMNS = RUN_FIELDS
 _JSON_COLUMNS = MAPPING_FIELDS
 _BOOL_COLUMNS = frozenset({"maximize_metric"})
@@ -359,11 +360,12 @@ class SqliteStats(StatsStore):
                            ((workspace, run, seq, step, name, value, time) for seq, (step, name, value, time) in enumerate(rows)))
 
     # --- reads -------------------------------------------------------------------------------
-    def get_job(self, workspace: str, job: str) -> Dict[str, Any]:
-        row = self._db.execute(f"SELECT {','.join(JOB_COLUMNS)} FROM jobs WHERE workspace = ? AND name = ?", (workspace, job)).fetchone()
+    def get_job(self, workspace: str, job: str, *, hp_space: bool = True) -> Dict[str, Any]:
+        columns = JOB_COLUMNS if hp_space else _JOB_COLUMNS_BUT_HP_SPACE
+        row = self._db.execute(f"SELECT {','.join(columns)} FROM jobs WHERE workspace = ? AND name = ?", (workspace, job)).fetchone()
         if row is None:
             raise NotFound(f"job {job} not found in workspace {workspace}")
-        return _from_row(JOB_COLUMNS, row)
+        return _from_row(columns, row)
 
     def get_run(self, workspace: str, run: str) -> Dict[str, Any]:
         row = self._db.execute(f"SELECT {','.join(RUN_COLUMNS)} FROM runs WHERE workspace = ? AND name = ?", (workspace, run)).fetchone()
