@@ -149,16 +149,13 @@ def _paramiko():
                 if "invoke" in sys.modules and sys.modules["invoke"] is None:
                     del sys.modules["invoke"]
         import paramiko
-        if not _REFUSED_OPENS.installed:
-            logging.getLogger("paramiko.transport").addFilter(_REFUSED_OPENS)
-            _REFUSED_OPENS.installed = True
+        logging.getLogger("paramiko.transport").addFilter(_REFUSED_OPENS)  # once: addFilter skips a filter it has
     return paramiko
 
 
 class _RefusedOpens(logging.Filter):
     """paramiko logs a channel open the box refuses at ERROR; _open_session tries it again and says
     so itself when it gives up, so the host's log does not cry wolf on every retry."""
-    installed = False
 
     def filter(self, record: logging.LogRecord) -> bool:
         return not (record.levelno == logging.ERROR and " open FAILED: " in str(record.msg)

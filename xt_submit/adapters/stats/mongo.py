@@ -39,7 +39,7 @@ from xt_submit.domain.run_query import Filter, QueryError, RunQuery, window
 from xt_submit.ports import StatsStore
 
 T = TypeVar("T")
-METRIC_BATCH = 10_000  # run documents in one bulk write
+RUNS_PER_WRITE = 10_000  # run documents in one bulk write
 METRIC_DOCS_PER_WRITE = 100  # metric chunk documents in one bulk write (~800 KB)
 # A run's metric rows go in documents of many rows each: Cosmos DB charges a write by its document's
 # size (a 1 KB document 4.95 RU, an 8 KB one 7.04), so one row per document cost ~140x more per row.
@@ -379,8 +379,9 @@ class MongoStats(StatsStore):
             docs[index][field] = _put_back(docs[index].get(field), bson.decode(b"".join(found[part] for part in parts)))
         return True
 
-    def _read_one(self, collection, doc_id: str) -> Optional[Dict[str, Any]]:
-        found = self._read(collection, lambda: list(collection.find({"_id": doc_id}).limit(1)))
+    def _read_one(self, collection, doc_id: str,
+                  projection: Optional[Dict[str, Any]] = None) -> Optional[Dict[str, Any]]:
+        found = self._read(collection, lambda: list(collection.find({"_id": doc_id}, projection).limit(1)))
         return found[0] if found else None
 
     def _set_aside(self, collection, doc_id: str, workspace: str, values: Dict[str, Any],
@@ -473,9 +474,9 @@ class MongoStats(StatsStore):
             self._delete_unreferenced(self.jobs, doc_id, refs)
 
     def insert_runs(self, runs: Sequence[Dict[str, Any]]) -> None:
-        for start in range(0, len(runs), METRIC_BATCH):
+        for start in range(0, len(runs), RUNS_PER_WRITE):
             batch, set_aside = [], {}
-            for index, run in enumerate(runs[start:start + METRIC_BATCH]):
+            for index, run in enumerate(runs[start:start + RUNS_PER_WRITE]):
                 doc_id = _key(run["workspace"], run["name"])
                 inline, refs = self._set_aside(self.runs, doc_id, run["workspace"], {"heartbeat": None, **run})
                 if refs:
@@ -485,7 +486,7 @@ class MongoStats(StatsStore):
             for index, (doc_id, refs) in set_aside.items():
                 if index not in inserted:  # the run was there already: its first record stands
                     self._delete_unreferenced(self.runs, doc_id, refs)
-            chunk = runs[start:start + METRIC_BATCH]
+            chunk = runs[start:start + RUNS_PER_WRITE]
             moves: Dict[Tuple[str, str], Dict[Tuple[Optional[str], str], int]] = {}
             for index in inserted:
                 run = chunk[index]
@@ -620,18 +621,13 @@ class MongoStats(StatsStore):
 
     # --- reads -------------------------------------------------------------------------------
     def get_job(self, workspace: str, job: str, *, hp_space: bool = True) -> Dict[str, Any]:
-        doc_id = _key(workspace, job)
-        if hp_space:
-            doc = self._read_one(self.jobs, doc_id)
-        else:  # neither the field nor its parts set aside
-            found_docs = self._read(self.jobs, lambda: list(self.jobs.find(
-                {"_id": doc_id}, {"hp_space": 0, f"{OVERFLOW}.hp_space": 0}).limit(1)))
-            doc = found_docs[0] if found_docs else None
-        found = _job(doc)
-        if found is not None and not hp_space:
-            found.pop("hp_space", None)
+        # without: neither the field nor its parts set aside are read
+        found = _job(self._read_one(self.jobs, _key(workspace, job),
+                                    None if hp_space else {"hp_space": 0, f"{OVERFLOW}.hp_space": 0}))
         if found is None:
             raise NotFound(f"job {job} not found in workspace {workspace}")
+        if not hp_space:
+            del found["hp_space"]  # _record gives every field; this one was not read
         return found
 
     def get_run(self, workspace: str, run: str) -> Dict[str, Any]:
