@@ -159,7 +159,11 @@ class ServiceBusTrigger:
         from azure.servicebus.exceptions import ServiceBusError
 
         if queue not in self.receivers:
-            self.receivers[queue] = self.client.get_queue_receiver(queue, max_wait_time=1.0)
+            receiver = self.client.get_queue_receiver(queue, max_wait_time=1.0)
+            # its link opened now, as the host's listener opens it at start: the SDK bounds a first
+            # receive's link opening by that receive's wait (ServiceBusQueue._receiver does the same)
+            receiver.__enter__()
+            self.receivers[queue] = receiver
         receiver, delivered = self.receivers[queue], 0
         while delivered < max_messages:
             messages = receiver.receive_messages(max_message_count=1, max_wait_time=0.5 if delivered else 1.0)
