@@ -410,6 +410,10 @@ class Node(ABC):
         process costs more than looking for the file the reaper writes last may look there first."""
         return not self.alive(pid, start)
 
+    def when_ended(self, pid: int, start: Optional[str], wake: Callable[[], None]) -> None:
+        """Call wake (on any thread) once the run's reaper ends, where the node is told of that
+        unasked; a node that must be asked does nothing, and its caller keeps looking (ended)."""
+
     @abstractmethod
     def kill_group(self, pid: int, sig: int) -> None: ...
 

@@ -358,7 +358,8 @@ def test_a_slow_removal_is_waited_for_while_the_box_answers_and_a_failed_one_is_
     node.run(f"mkdir -p {work}/code && rm -f {gate}")
     transport = node._client.get_transport()
     # the removal goes on until the test lets it end
-    monkeypatch.setattr(ssh, "_removal_command", lambda folder: f"while [ ! -e {gate} ]; do sleep 0.05; done; rm -rf {folder}")
+    monkeypatch.setattr(ssh, "_removal_argv", lambda folder: [
+        "sh", "-c", f"while [ ! -e {gate} ]; do sleep 0.05; done; rm -rf {folder}"])
     node.release(work)
     asked = []
     lend = node._lent_session
@@ -436,21 +437,23 @@ def test_a_later_runs_copy_goes_with_its_launch_and_survives_the_cache_being_cle
     node.close()
 
 
-def test_a_later_runs_code_is_copied_in_the_same_command_as_its_launch(ssh_boxes, tmp_path):
+def test_a_later_runs_code_is_copied_in_the_same_request_as_its_launch(ssh_boxes, tmp_path):
     node = node_for(ssh_boxes)
-    zip_path, source = snapshot_zip(tmp_path, "print('one command')\n")
+    zip_path, source = snapshot_zip(tmp_path, "print('one request')\n")
     prepare_run(node, zip_path, source, "first")
-    commands = []
-    exec_on_box = node._exec
+    commands, requests = [], []
+    exec_on_box, send_to_agent = node._exec, node._send
     node._exec = lambda command, *args, **kwargs: commands.append(command) or exec_on_box(command, *args, **kwargs)
+    node._send = lambda request, *args: requests.append(request) or send_to_agent(request, *args)
     work = prepare_run(node, zip_path, source, "second")
     node.launch(["python3", "train.py"], f"{work}/code", {}, f"{work}/console.log", f"{work}/exit_code")
-    assert len(commands) == 1 and "cp -a" in commands[0] and "setsid" in commands[0]
+    assert commands == [] and [request["op"] for request in requests] == ["launch"]
+    assert requests[0]["copy"]["into"] == f"{work}/code" and requests[0]["copy"]["cached"].startswith(f"{node.home}/code/")
     deadline = time.monotonic() + 60
     while not node.exists(f"{work}/exit_code"):
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    assert b"one command" in node.read_from(f"{work}/console.log")
+    assert b"one request" in node.read_from(f"{work}/console.log")
     node.run(f"rm -rf {node.runs_root}/cache-test")
     node.close()
 
@@ -481,3 +484,61 @@ def test_a_refused_channel_open_is_retried_without_an_error_in_the_log_and_named
         node.close()
     refused = [r for r in caplog.records if r.name.startswith("paramiko") and "open FAILED" in r.getMessage()]
     assert refused == []  # paramiko said it three times at ERROR: each one a retry, not an error
+
+
+def launch_waiting_run(node, tmp_path, name):
+    """A run that ends (exit 7) once the test writes its gate; returns (pid, start, exit file, gate)."""
+    zip_path, source = snapshot_zip(tmp_path / name, "import os, sys, time\n"
+                                    "while not os.path.exists(sys.argv[1]): time.sleep(0.02)\nsys.exit(7)\n")
+    work = prepare_run(node, zip_path, source, name)
+    gate, exit_file = f"{work}/gate", f"{work}/exit_code"
+    pid, start = node.launch(["python3", "train.py", gate], f"{work}/code", {}, f"{work}/console.log", exit_file)
+    return pid, start, exit_file, gate
+
+
+def test_the_box_agent_tells_a_runs_end_and_looks_before_it_ask_the_box_nothing(ssh_boxes, tmp_path):
+    node = node_for(ssh_boxes)
+    (tmp_path / "a").mkdir()
+    pid, start, exit_file, gate = launch_waiting_run(node, tmp_path, "a")
+    woken = threading.Event()
+    node.when_ended(pid, start, woken.set)
+    asked = []
+    lend = node._lent_session
+    node._lent_session = lambda: asked.append(1) or lend()
+    assert [node.ended(pid, start, exit_file) for _ in range(50)] == [False] * 50
+    assert asked == [] and not woken.is_set()  # no SFTP request: the agent tells
+    node._lent_session = lend
+    node.append(gate, b"")
+    assert woken.wait(60)  # a bound, not a deadline
+    assert node.ended(pid, start, exit_file) and node.read_from(exit_file).split(b"\n")[0] == b"7"
+    woken_late = threading.Event()
+    node.when_ended(pid, start, woken_late.set)  # already ended and looked at: nothing more is told
+    assert not woken_late.wait(0.2)
+    node.run(f"rm -rf {node.runs_root}/cache-test")
+    node.close()
+
+
+def test_an_agent_gone_from_the_box_drops_the_connection_and_its_runs_are_still_seen_ending(ssh_boxes, tmp_path):
+    node = node_for(ssh_boxes)
+    (tmp_path / "a").mkdir()
+    pid, start, exit_file, gate = launch_waiting_run(node, tmp_path, "a")
+    transport = node._client.get_transport()
+    woken = threading.Event()
+    node.when_ended(pid, start, woken.set)
+    # the agent alone: its reapers are forks of it (same command line, their own name)
+    killed = ssh_boxes.boxes["box1"].as_user(
+        "for p in $(pgrep -u \"$(id -u)\" -f '^python3 -S -I .*node_kit/box_agent.py'); do [ \"$(cat /proc/$p/comm)\" = xt-reaper ] || kill -KILL $p; done")
+    assert killed.returncode == 0, killed.stderr
+    assert woken.wait(60)  # the run is looked at again, the other way
+    with pytest.raises(NodeUnreachable, match="^box box1 "):
+        node.kill_group(pid, 15)  # a request to the gone agent: the connection is dropped, not trusted
+    assert not node.ended(pid, start, exit_file)  # connected again: the new agent did not start it
+    assert node._client.get_transport() is not transport
+    node.append(gate, b"")
+    deadline = time.monotonic() + 60
+    while not node.ended(pid, start, exit_file):  # the exit file (or /proc), as for a run of an earlier host
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert node.read_from(exit_file).split(b"\n")[0] == b"7"
+    node.run(f"rm -rf {node.runs_root}/cache-test")
+    node.close()

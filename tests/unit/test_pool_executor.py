@@ -77,3 +77,22 @@ def test_the_pause_after_a_failed_look_grows_to_a_cap():
     assert all(b == min(cap, 2 * a) for a, b in zip(pauses, pauses[1:]))
     assert pool_executor.surprise_pause(1000) == cap
     assert 30 <= sum(pauses) <= 300  # rides out a minute's outage, then gives up
+
+
+def test_the_polling_threads_pause_ends_when_a_run_thread_hands_it_a_call():
+    import threading
+
+    calls = pool_executor.MainThreadCalls()
+    handed = threading.Timer(0.05, lambda: calls.later(lambda: None))
+    begun = time.monotonic()
+    handed.start()
+    calls.wait(120)  # a pause far longer than any machine takes to hand over a call
+    assert time.monotonic() - begun < 60  # woken by the call, not by the pause's end
+    assert calls.run_pending()
+    calls.later(lambda: None)  # handed over before the pause begins: no pause at all
+    begun = time.monotonic()
+    calls.wait(120)
+    assert time.monotonic() - begun < 60 and calls.run_pending()
+    begun = time.monotonic()
+    calls.wait(0.05)  # nothing handed over: the whole pause
+    assert time.monotonic() - begun >= 0.05

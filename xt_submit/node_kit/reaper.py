@@ -2,10 +2,11 @@
 passes SIGTERM/SIGINT on to the run's whole process tree, ends whatever the command leaves behind,
 and writes the command's exit code to a file when it is all over.
 
-Started as `python -S -I reaper.py EXIT_FILE SPEC_FILE ARGV...` (no site, no imports beyond os,
-signal, sys, time and, on Linux, ctypes for prctl: a few milliseconds), so whoever supervises the
-run — the local host, or the run wrapper on a node — can die and come back, and still learn how
-the run ended. SPEC_FILE (launch_spec's text, written by the node, read and deleted here) holds
+Forked by what starts runs (fork_reaper: the local node, a box's agent), or started as
+`python -S -I reaper.py EXIT_FILE SPEC_FILE ARGV...` (no site, no imports beyond os, signal, sys,
+time and, on Linux, ctypes for prctl: a few milliseconds), so whoever supervises the run — the
+local host, or the run wrapper on a node — can die and come back, and still learn how the run
+ended. SPEC_FILE (launch_spec's text, written by the node, read and deleted here) holds
 the run's own variables and the kill grace. `reaper.py --kill SIG PID` signals the run whose
 reaper is (or was) PID: what a supervisor runs on a box.
 
@@ -284,10 +285,18 @@ def fork_reaper(argv, cwd, own, console, exit_file, grace=None):
     """The reaper as a fork of the calling process, without an exec (no interpreter to start: what a
     local node does, ~1 ms instead of ~20). The child leaves the caller's session, drops every file
     the caller has open (its locks, its databases) but the console, and then is the reaper exactly as
-    `main` is; it never returns to the caller's code. Returns the reaper's pid."""
+    `main` is; it never returns to the caller's code. Returns the reaper's pid once the reaper
+    passes stops on: a signal sent at once (a cancel right after the launch) reaches the run, not a
+    child that is not yet the reaper (kill_tree would take it for a recycled pid and leave it)."""
     _libc_prctl()  # here, once: not in each child
+    ready_read, ready_write = os.pipe()
     pid = os.fork()
     if pid:
+        os.close(ready_write)
+        try:
+            os.read(ready_read, 1)  # b"" if the child died first: its exit file says so
+        finally:
+            os.close(ready_read)
         return pid
     try:
         import gc
@@ -299,12 +308,13 @@ def fork_reaper(argv, cwd, own, console, exit_file, grace=None):
         os.dup2(null, 0)
         os.dup2(out, 1)
         os.dup2(out, 2)
-        os.closerange(3, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 65536)
+        os.closerange(3, ready_write)
+        os.closerange(ready_write + 1, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 65536)
         os.chdir(cwd)
         _prctl(PR_SET_NAME, FORKED_NAME)  # how kill_tree tells it from a recycled pid
         for signum in (signal.SIGHUP, signal.SIGQUIT, signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(signum, signal.SIG_DFL)  # the caller's handlers are not the reaper's
-        supervise(exit_file, own, GRACE_SECONDS if grace is None else grace, argv)
+        supervise(exit_file, own, GRACE_SECONDS if grace is None else grace, argv, ready_write)
     except BaseException as exc:
         try:
             os.write(2, f"[xt] reaper: {exc}\n".encode())
@@ -334,9 +344,10 @@ def main(argv):
     return 0
 
 
-def supervise(exit_file, own, grace, command):
+def supervise(exit_file, own, grace, command, ready_fd=None):
     """Be the command's reaper: start it with the run's environment, pass stops on, wait for it,
-    end what it left behind and write its exit code."""
+    end what it left behind and write its exit code. ready_fd: written to (and closed) once stops
+    are passed on."""
     me = os.getpid()
     stopping, termed = [], set()
 
@@ -356,6 +367,9 @@ def supervise(exit_file, own, grace, command):
 
     for signum in _STOPS:
         signal.signal(signum, forward)
+    if ready_fd is not None:
+        os.write(ready_fd, b"r")
+        os.close(ready_fd)
     subreaper = _prctl(PR_SET_CHILD_SUBREAPER, 1)
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)  # a stop now waits until the command is there to get it
     if stopping:  # stopped before it started

@@ -130,7 +130,10 @@ class LocalHost:
             if self.parts.compute.active_count() > 0:
                 # runs in flight: their events and exits want a prompt answer (the next run starts then)
                 idle_since = time.monotonic()
-                self.executor.wait(self.busy_poll_seconds if self.pools.running else self.busy_wait_seconds)
+                if self.pools.running and not self.executor.running:
+                    self.pools.wait(self.busy_poll_seconds)  # woken by what the pool's run threads hand over
+                else:
+                    self.executor.wait(self.busy_poll_seconds if self.pools.running else self.busy_wait_seconds)
                 continue
             waiting = self._seconds_until_a_message()
             if waiting is not None:

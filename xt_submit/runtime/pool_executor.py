@@ -90,14 +90,23 @@ class MainThreadCalls:
 
     def __init__(self) -> None:
         self._pending: "queue.SimpleQueue[tuple]" = queue.SimpleQueue()
+        self._arrived = threading.Event()
 
     def later(self, call: Callable[[], Any]) -> None:
         self._pending.put((call, None))
+        self._arrived.set()
+
+    def wait(self, timeout: float) -> None:
+        """Until a call is handed over, or timeout seconds pass (the polling thread's pause)."""
+        self._arrived.clear()
+        if self._pending.empty():  # one handed over before the clear is in the queue
+            self._arrived.wait(timeout)
 
     def wait_for(self, call: Callable[[], Any]) -> Any:
         """Run `call` on the polling thread and return its result (or raise its error) here."""
         done: Dict[str, Any] = {"event": threading.Event()}
         self._pending.put((call, done))
+        self._arrived.set()
         done["event"].wait()
         if "error" in done:
             raise done["error"]
@@ -175,6 +184,11 @@ class PoolExecutor:
         self._scanned = 0.0  # when the task table was last read
         # two hosts (or two XT homes) using one box account keep their runs apart
         self._runs_folder = "runs/" + hashlib.sha256(f"{socket.gethostname()}:{self.home}".encode()).hexdigest()[:12]
+
+    def wait(self, timeout: float) -> None:
+        """The polling thread's pause: cut short by what a run's thread hands it (its events, its
+        end), so a run's start and end, and the next run on its slot, wait for no pause."""
+        self.calls.wait(timeout)
 
     def poll(self) -> bool:
         changed = self.calls.run_pending()
@@ -338,6 +352,8 @@ class PoolExecutor:
         return wrapper
 
     def _supervise(self, run: BoxRun, wrapper: RunWrapper) -> None:
+        if wrapper.state["pid"] is not None:  # a node told of the end wakes the look at once
+            run.node.when_ended(wrapper.state["pid"], wrapper.state["pid_start"], run.wake.set)
         first_seen = time.monotonic()
         surprises = 0  # in a row
         while True:

@@ -1,5 +1,7 @@
 """A pool's box over SSH: one verified connection per box, and the Node operations a run wrapper
-needs (files over SFTP, processes over exec channels).
+needs: files over SFTP; runs started, copied, signalled and removed by the connection's box agent
+(node_kit/box_agent.py, one process on one channel, which also tells each run's end unasked);
+other commands over exec channels.
 
 Runs on a box are started in their own session with their output in files on the box, so a
 dropped connection loses nothing: the supervisor reconnects and carries on from its offsets.
@@ -16,6 +18,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import functools
@@ -36,6 +39,7 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from xt_submit.domain.boxes import BoxAddress, BoxError
 from xt_submit.node_kit import code_archive, reaper
+from xt_submit.node_kit.box_agent import CACHE_MISSING, PREPARE_FAILED
 from xt_submit.ports import Node, NodeUnreachable
 
 log = logging.getLogger("xt.pool")  # the host's log says why a box's connection was dropped
@@ -47,11 +51,11 @@ CONNECT_TIMEOUT_SECONDS = min(10.0, SILENT_SECONDS)
 COMMAND_TIMEOUT_SECONDS = SILENT_SECONDS
 PREPARE_TIMEOUT_SECONDS = max(120.0, SILENT_SECONDS)  # unpacking (or fetching) a big code zip takes a while
 MIN_PYTHON = (3, 9)
-# What a box needs from XT, copied once per version: the reaper, the code unpacker and the Run API
+# What a box needs from XT, copied once per version: its agent, the reaper, the code unpacker and the Run API
 # (which falls back to the stdlib's json where msgspec is not installed).
 # Paths below the xt_submit package; node_kit imports nothing else of XT but domain/errors.py.
 _SHIPPED_MODULES = ("__init__.py", "domain/__init__.py", "domain/errors.py", "node_kit/__init__.py",
-                    "node_kit/code_archive.py", "node_kit/reaper.py", "node_kit/run_api.py")
+                    "node_kit/box_agent.py", "node_kit/code_archive.py", "node_kit/reaper.py", "node_kit/run_api.py")
 _PACKAGE_DIR = Path(__file__).resolve().parents[2]  # xt_submit/
 
 
@@ -61,14 +65,12 @@ INCOMING_STALE_MINUTES = 60  # a zip in incoming/ untouched this long is no uplo
 SFTP_READ_BYTES = 32768  # paramiko's largest READ request (SFTPFile.MAX_REQUEST_SIZE)
 # How often a running reaper's process is looked at, besides its exit file at every look.
 ALIVE_CHECK_SECONDS = 2.0
-CACHE_MISSING = 75  # the exit status of a copy whose cached tree is gone (removed on the box meanwhile)
-PREPARE_FAILED = 76  # the exit status of a launch whose copy of the code failed
 # Channels one connection keeps open at once: OpenSSH lets a connection have MaxSessions (10 by
-# default) at a time. SFTP sessions (each serves one thread's requests at a time) and commands.
-# sshd counts a channel until it has processed our close of it, which may be after its slot here is
-# free again: 8 of 10 leaves room for those, and an open the box refuses anyway is tried again.
+# default) at a time. The box agent's, SFTP sessions (each serves one thread's requests at a time)
+# and commands. sshd counts a channel until it has processed our close of it, which may be after its
+# slot here is free again: 8 of 10 leaves room for those, and an open the box refuses anyway is tried again.
 SFTP_SESSIONS = 3
-COMMAND_CHANNELS = 5
+COMMAND_CHANNELS = 4
 # A thread waiting for a slot (held by this process's own calls, each bounded by its own timeouts)
 # waits as long as that takes, looking this often whether the connection is still up.
 SLOT_CHECK_SECONDS = 0.05
@@ -165,6 +167,118 @@ class _RefusedOpens(logging.Filter):
 _REFUSED_OPENS = _RefusedOpens()
 
 
+class _Reply:
+    """A request's answer, once the agent gave it (None: the agent ended first)."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.message: Optional[dict] = None
+
+
+class _BoxAgent:
+    """The host's end of a connection's box agent (node_kit/box_agent.py): any thread sends a
+    request, a thread of its own reads the answers, and the reapers' ends the agent tells unasked."""
+
+    def __init__(self, channel, box: str) -> None:
+        self._channel = channel
+        self._box = box
+        self._lock = threading.Lock()  # the records below; never held while sending (the reader needs it)
+        self._sending = threading.Lock()  # one request's line at a time on the channel
+        self._last_id = 0
+        self._waiting: Dict[int, _Reply] = {}
+        self._launched: set = set()  # (pid, start) of reapers this agent started, until looked at once ended
+        self._ended: set = set()
+        self._wakes: Dict[tuple, Callable[[], None]] = {}  # (pid, start) -> whom to tell of its end
+        self.running = True
+        threading.Thread(target=self._read, name=f"xt-box-agent-{box}", daemon=True).start()
+
+    def send(self, request: dict) -> _Reply:
+        """Sent whole before any other thread's request: lines never interleave."""
+        reply = _Reply()
+        with self._lock:
+            if not self.running:
+                raise EOFError("the box agent ended")
+            self._last_id += 1
+            ident = self._last_id
+            self._waiting[ident] = reply
+        with self._sending:
+            self._channel.sendall((json.dumps({**request, "id": ident}) + "\n").encode())
+        return reply
+
+    def when_ended(self, pid: int, start: Optional[str], wake: Callable[[], None]) -> None:
+        key = (pid, start)
+        with self._lock:
+            if key not in self._launched:
+                return  # not this agent's: nothing will be told
+            if key not in self._ended and self.running:
+                self._wakes[key] = wake
+                return
+        wake()
+
+    def ended(self, pid: int, start: Optional[str]) -> Optional[bool]:
+        """Whether the reaper ended, as the agent told; None for one this agent did not start."""
+        key = (pid, start)
+        with self._lock:
+            if key not in self._launched or not (self.running or key in self._ended):
+                return None
+            if key in self._ended:
+                self._launched.discard(key)
+                self._ended.discard(key)
+                self._wakes.pop(key, None)
+                return True
+            return False
+
+    def _read(self) -> None:
+        pending = b""
+        try:
+            while True:
+                chunk = self._channel.recv(65536)
+                if not chunk:
+                    break
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    self._take(json.loads(line))
+        except Exception as exc:  # the connection went (close() or the box): the requests waiting hear it
+            log.debug("box %s: the agent's channel ended: %r", self._box, exc)
+        finally:
+            with self._lock:
+                self.running = False
+                waiting, self._waiting = list(self._waiting.values()), {}
+                wakes, self._wakes = list(self._wakes.values()), {}
+            for reply in waiting:
+                reply.done.set()
+            for wake in wakes:  # their runs are looked at again: how they ended is found the other way
+                wake()
+            self._tell_why()
+
+    def _take(self, message: dict) -> None:
+        with self._lock:
+            if "ended" in message:
+                key = (message["ended"], message["start"])
+                self._ended.add(key)
+                wake = self._wakes.pop(key, None)
+                if wake is not None:
+                    wake()
+                return
+            reply = self._waiting.pop(message["id"], None)
+            if "pid" in message:  # before its end can be told
+                self._launched.add((message["pid"], message["start"]))
+        if reply is not None:
+            reply.message = message
+            reply.done.set()
+
+    def _tell_why(self) -> None:
+        """An agent that ended while its connection is up (killed on the box, a crash) says why in
+        host.log: its last line on stderr, if any."""
+        err = b""
+        with contextlib.suppress(Exception):
+            while self._channel.recv_stderr_ready():
+                err += self._channel.recv_stderr(4096)
+        lines = err.decode(errors="replace").strip().splitlines()
+        if lines:
+            log.warning("box %s: the box agent ended: %s", self._box, lines[-1])
+
+
 class SshNode(Node):
     """One box. Connects lazily; any failure of the connection itself becomes NodeUnreachable (the
     run is not known to have failed), and the next call connects afresh."""
@@ -181,6 +295,7 @@ class SshNode(Node):
         self.home = ""  # the box's XT folder (~/.xt), known once connected
         self._client = None
         self._sftp = None  # the connection's first SFTP session (the others are opened as threads need them)
+        self._agent: Optional[_BoxAgent] = None  # the connection's box agent: launches, copies, removals
         self._lib = ""
         self._lock = threading.RLock()  # connecting, closing, and this node's own records
         self._sessions = threading.Condition(threading.Lock())  # SFTP sessions, lent to one thread at a time
@@ -190,12 +305,12 @@ class SshNode(Node):
         self._command_channels = threading.BoundedSemaphore(COMMAND_CHANNELS)
         self._cached_codes: set = set()  # snapshots (sha256) known to be unpacked in the box's cache
         self._code_locks: Dict[str, threading.Lock] = {}  # one unpack per snapshot, however many runs start
-        # run folder -> (the command making its copy of the code, sent with its launch; what to do if
-        # the cached tree is gone by then)
-        self._deferred: Dict[str, Tuple[str, Callable[[], None]]] = {}
+        # run folder -> (its copy of the code (box_agent.copy_code's), sent with its launch; what to do
+        # if the cached tree is gone by then)
+        self._deferred: Dict[str, Tuple[dict, Callable[[], None]]] = {}
         self._zips: Dict[str, str] = {}  # snapshot -> this node's copy of its zip (see _scratch)
         self._scratch_dir: Optional[str] = None
-        self._releasing: Dict[str, object] = {}  # run folder -> the channel removing it
+        self._releasing: Dict[str, _Reply] = {}  # run folder -> its removal's answer, once done
         self._lost_removals: set = set()  # run folders whose removal's connection dropped: removed again
         self._failed_removals: Dict[str, str] = {}  # run folder -> why its removal failed (told once)
         self._alive_checked: Dict[int, float] = {}  # a running reaper's pid -> when /proc last said so
@@ -257,6 +372,7 @@ class SshNode(Node):
             self._sftp = self._open_sftp(client)
             self.home = posixpath.join(self._sftp.normalize("."), ".xt")
             self._prepare()
+            self._agent = self._start_agent(client)
             with self._sessions:
                 self._idle_sessions, self._session_count = [(self._generation, self._sftp)], 1
         except (paramiko.SSHException, EOFError, OSError) as exc:
@@ -275,11 +391,8 @@ class SshNode(Node):
                 if part is not None:
                     with contextlib.suppress(Exception):
                         part.close()  # the client's other sessions close with it
-            self._client = self._sftp = None
-            for folder in self._releasing:  # their channels are gone with the connection: removed again later
-                self._command_channels.release()
-                self._lost_removals.add(folder)
-            self._releasing.clear()
+            self._client = self._sftp = self._agent = None
+            self._reclaim_removals()  # those not done are gone with the agent: removed again later
             with self._sessions:
                 self._generation += 1
                 self._idle_sessions, self._session_count = [], 0
@@ -322,6 +435,39 @@ class SshNode(Node):
                 self._sftp.put(str(_PACKAGE_DIR / name), posixpath.join(lib, "xt_submit", name))
             self._sftp.open(complete, "w").close()
         self._lib = lib
+
+    def _start_agent(self, client) -> _BoxAgent:
+        channel = self._open_session(client, CONNECT_TIMEOUT_SECONDS)
+        agent_py = posixpath.join(self._lib, "xt_submit", "node_kit", "box_agent.py")
+        with self._answer_within(CONNECT_TIMEOUT_SECONDS, client):
+            channel.exec_command(f"exec python3 -S -I {q(agent_py)} {q(posixpath.join(self.home, 'bin'))}")
+        channel.settimeout(None)  # its reader waits for as long as runs take; a send is bounded by _ask
+        return _BoxAgent(channel, self.name)
+
+    def _ask(self, request: dict, timeout: float = COMMAND_TIMEOUT_SECONDS) -> dict:
+        """The box agent's answer, however long it takes while the box answers (the agent does one
+        thing at a time: a big copy delays the next launch). An error it tells is an OSError."""
+        reply = self._send(request, timeout)
+        self._await(reply, timeout)
+        if reply.message is None:
+            raise EOFError("the box agent ended")
+        if "error" in reply.message:
+            raise OSError(f"box {self.name}: the box agent: {reply.message['error']}")
+        return reply.message
+
+    def _send(self, request: dict, timeout: float = COMMAND_TIMEOUT_SECONDS) -> _Reply:
+        agent, client = self._agent, self._client
+        if agent is None or client is None:  # closed by another thread since
+            raise EOFError("the connection was closed")
+        with self._answer_within(timeout, client):
+            return agent.send(request)
+
+    def _await(self, reply: _Reply, seconds: float) -> None:
+        """Until the reply is in, however long, as long as the box answers an SFTP stat within
+        `seconds` every `seconds` (as _wait_while_box_answers)."""
+        while not reply.done.wait(seconds):
+            with self._lent_session() as sftp:
+                sftp.stat(self.home)
 
     @contextlib.contextmanager
     def _connection(self):
@@ -394,10 +540,8 @@ class SshNode(Node):
             self._command_channels.release()
 
     def _take_command_channel(self) -> None:
-        """One of COMMAND_CHANNELS, however long that takes while the connection is up; a removal that
-        is done gives its back first."""
+        """One of COMMAND_CHANNELS, however long that takes while the connection is up."""
         while not self._command_channels.acquire(timeout=SLOT_CHECK_SECONDS):
-            self._reclaim_removals()
             if not self._connected():
                 raise EOFError("the connection was closed")
 
@@ -595,28 +739,28 @@ class SshNode(Node):
         be cached, the copy is not made at once but sent with the run's launch, in one command; any
         other call about the run's folder sends it first."""
         digest = _sha256_of(local_zip) if local_zip is not None else _named_sha256(source)
-        copy = _copy_tree(code_dir, output_dir, empty_files)
+        copy = {"into": code_dir, "output": output_dir, "empty": list(empty_files)}
         if digest is not None and digest in self._cached_codes and (code_url or digest in self._zips):
             # what to do if the cached tree is gone by then: unpack it again, from this node's copy of the zip
             again = functools.partial(self._prepare_now, self._zips.get(digest) if code_url is None else None,
                                       code_url, digest, source, copy)
             with self._lock:
-                self._deferred[posixpath.dirname(code_dir)] = (self._copy_cached_command(digest, copy), again)
+                self._deferred[posixpath.dirname(code_dir)] = (self._copy_of(self._cache_path(digest), copy), again)
             return
         self._prepare_now(local_zip, code_url, digest, source, copy)
 
     def _prepare_now(self, local_zip: Optional[str], code_url: Optional[str], digest: Optional[str], source: str,
-                     copy: str) -> None:
+                     copy: dict) -> None:
         with self._code_lock(digest):  # a second run of a snapshot being unpacked waits for that unpack
             if digest is not None and self._cached(digest):
-                with self._connection():
-                    code, _, err = self._exec(self._copy_cached_command(digest, copy))
+                code, err = self._copy_code(self._copy_of(self._cache_path(digest), copy))
                 if code != CACHE_MISSING:
                     self._check_prepared(code, err)
                     self._keep_zip(local_zip, digest)
                     return
                 self._cached_codes.discard(digest)  # removed on the box since: unpacked again
-            self._unpack(local_zip, code_url, digest, source, copy)
+            cached = self._unpack(local_zip, code_url, digest, source)
+            self._check_prepared(*self._copy_code(self._copy_of(cached, copy)))
             if digest is not None:
                 self._keep_zip(local_zip, digest)
                 self._cached_codes.add(digest)
@@ -636,13 +780,22 @@ class SshNode(Node):
                 weakref.finalize(self, shutil.rmtree, self._scratch_dir, True)
             return self._scratch_dir
 
-    def _copy_cached_command(self, digest: str, copy: str) -> str:
-        cached = q(posixpath.join(self.home, CODE_CACHE, digest))
-        return f"{{ cached={cached}; test -d \"$cached\" || exit {CACHE_MISSING}; {copy} || exit {PREPARE_FAILED}; }}"
+    def _cache_path(self, digest: str) -> str:
+        return posixpath.join(self.home, CODE_CACHE, digest)
 
-    def _send_deferred(self, command: str, again: Callable[[], None]) -> None:
+    @staticmethod
+    def _copy_of(cached: str, copy: dict) -> dict:
+        """What box_agent.copy_code makes: a run's copy of the cached tree, with its folders and files."""
+        return {"cached": cached, **copy}
+
+    def _copy_code(self, copy: dict) -> Tuple[int, str]:
+        """(status, why) of the box agent's copy: 0, CACHE_MISSING or PREPARE_FAILED."""
         with self._connection():
-            code, _, err = self._exec(command)
+            answer = self._ask({"op": "copy", "copy": copy})
+        return answer["status"], answer["err"]
+
+    def _send_deferred(self, copy: dict, again: Callable[[], None]) -> None:
+        code, err = self._copy_code(copy)
         if code == CACHE_MISSING:
             self._cached_codes.clear()  # the box's cache was cleared: unpacked again
             again()
@@ -657,25 +810,25 @@ class SshNode(Node):
     def _cached(self, digest: str) -> bool:
         if digest in self._cached_codes:
             return True
-        if self.exists(posixpath.join(self.home, CODE_CACHE, digest)):  # an SFTP stat: no process on the box
+        if self.exists(self._cache_path(digest)):  # an SFTP stat: no process on the box
             self._cached_codes.add(digest)
             return True
         return False
 
-    def _unpack(self, local_zip: Optional[str], code_url: Optional[str], digest: Optional[str], source: str,
-                copy: str) -> None:
+    def _unpack(self, local_zip: Optional[str], code_url: Optional[str], digest: Optional[str], source: str) -> str:
+        """The snapshot unpacked into the box's cache; returns its cached tree."""
         remote_zip = posixpath.join(self.home, "incoming", f"{uuid.uuid4().hex}.zip")
         if code_url is None:
             with self._sftp_session(remote_zip) as sftp:
                 sftp.put(local_zip, remote_zip, confirm=False)
         with self._connection():
             cache = posixpath.join(self.home, CODE_CACHE)
-            code, _, err = self._exec(
-                f"mkdir -p {q(cache)} && cached=$(PYTHONPATH={q(self._lib)} python3 -S -c {q(_UNPACK_INTO_CACHE)} "
-                f"{q(remote_zip)} {q(cache)} {q(digest or '')} {q(source)}); status=$?; rm -f {q(remote_zip)}; "
-                f"[ $status = 0 ] && {copy}",
-                timeout=PREPARE_TIMEOUT_SECONDS, stdin_text=(code_url or "") + "\n")
+            code, out, err = self._exec(
+                f"mkdir -p {q(cache)} && PYTHONPATH={q(self._lib)} python3 -S -c {q(_UNPACK_INTO_CACHE)} "
+                f"{q(remote_zip)} {q(cache)} {q(digest or '')} {q(source)}; status=$?; rm -f {q(remote_zip)}; "
+                "exit $status", timeout=PREPARE_TIMEOUT_SECONDS, stdin_text=(code_url or "") + "\n")
         self._check_prepared(code, err)
+        return out.strip().splitlines()[-1]  # what the unpack printed last: the tree
 
     def place_data(self, local_zip: str, folder: str, source: str) -> None:
         """Over SFTP, then unpacked by the box straight into `folder` (no code cache, no code limits)
@@ -705,21 +858,21 @@ class SshNode(Node):
             return path is None or _below(path, folder) or _below(folder, path)
 
         with self._lock:
+            self._reclaim_removals()
             under = [folder for folder in self._deferred if path is None or _below(path, folder)]
-            commands = [self._deferred.pop(folder) for folder in under]
+            copies = [self._deferred.pop(folder) for folder in under]
             removals = [(folder, self._releasing.pop(folder)) for folder in list(self._releasing) if about(folder)]
             lost = [folder for folder in self._lost_removals if about(folder)]
             self._lost_removals.difference_update(lost)
             failed = [self._failed_removals.pop(folder) for folder in list(self._failed_removals) if about(folder)]
-        for command, again in commands:
-            self._send_deferred(command, again)
+        for copy, again in copies:
+            self._send_deferred(copy, again)
         unsettled = {folder for folder, _ in removals} | set(lost)  # removed again later if this fails
         try:
-            for folder, channel in removals:
+            for folder, reply in removals:
                 with self._connection():
-                    self._wait_while_box_answers(channel, COMMAND_TIMEOUT_SECONDS)
-                    err = channel.makefile_stderr("rb").read()  # to its end: the whole reason, if any
-                outcome = self._removal_outcome(folder, channel, err)
+                    self._await(reply, COMMAND_TIMEOUT_SECONDS)
+                outcome = self._removal_outcome(folder, reply)
                 if outcome is None:
                     lost.append(folder)
                     continue
@@ -728,44 +881,44 @@ class SshNode(Node):
                     failed.append(outcome)
             for folder in lost:
                 with self._connection():
-                    code, _, err = self._exec(_removal_command(folder), patient=True)
+                    reply = self._send({"op": "remove", "argv": _removal_argv(folder)})
+                    self._await(reply, COMMAND_TIMEOUT_SECONDS)
+                outcome = self._removal_outcome(folder, reply)
+                if outcome is None:
+                    raise EOFError("the box agent ended")
                 unsettled.discard(folder)
-                if code:
-                    failed.append(f"box {self.name}: removing {folder} failed: {err.strip() or f'exit status {code}'}")
+                if outcome:
+                    failed.append(outcome)
         finally:
-            for _, channel in removals:
-                channel.close()  # before the slot is free (see SFTP_SESSIONS)
-                self._command_channels.release()
             if unsettled:
                 with self._lock:
                     self._lost_removals.update(unsettled)
         if failed:
             raise OSError(failed[0])
 
-    def _removal_outcome(self, folder: str, channel, err: bytes) -> Optional[str]:
-        """Of an ended removal: "" done, why it failed, or None when the connection ended it first."""
-        if channel.exit_status == -1:
+    def _removal_outcome(self, folder: str, reply: _Reply) -> Optional[str]:
+        """Of an answered removal: "" done, why it failed, or None when the agent ended first."""
+        message = reply.message
+        if message is None:
             return None
-        if channel.exit_status == 0:
+        if "error" in message:
+            return f"box {self.name}: removing {folder} failed: {message['error']}"
+        if message["status"] == 0:
             return ""
-        why = err.decode(errors="replace").strip() or f"exit status {channel.exit_status}"
+        why = message["err"] or f"exit status {message['status']}"
         return f"box {self.name}: removing {folder} failed: {why}"
 
     def _reclaim_removals(self) -> None:
-        """The slots of removals that are done go back; a failed one is kept to be told."""
-        with self._lock:
-            for folder, channel in list(self._releasing.items()):
-                if channel.closed:  # its exit status and all it printed are in
-                    del self._releasing[folder]
-                    self._command_channels.release()
-                    err = b""
-                    while channel.recv_stderr_ready():  # all in already: this never waits
-                        err += channel.recv_stderr(4096)
-                    outcome = self._removal_outcome(folder, channel, err)
-                    if outcome is None:
-                        self._lost_removals.add(folder)
-                    elif outcome:
-                        self._failed_removals[folder] = outcome
+        """(Under the lock.) Removals that are done are forgotten; a failed one is kept to be told,
+        one the agent never finished is made again."""
+        for folder, reply in list(self._releasing.items()):
+            if reply.done.is_set() or self._agent is None:
+                del self._releasing[folder]
+                outcome = self._removal_outcome(folder, reply)
+                if outcome is None:
+                    self._lost_removals.add(folder)
+                elif outcome:
+                    self._failed_removals[folder] = outcome
 
     def run(self, command: str, timeout: float = COMMAND_TIMEOUT_SECONDS) -> Tuple[int, str, str]:
         """Run a command on the box (already connected or not); returns (exit status, stdout, stderr)."""
@@ -777,44 +930,31 @@ class SshNode(Node):
         return argv  # the box's own python (an activated environment's, or python3 as a fallback)
 
     def launch(self, argv: List[str], cwd: str, env: Dict[str, str], console: str, exit_file: str) -> Tuple[int, str]:
-        """Through a script file written from the channel's stdin (the environment never appears on
-        a command line the box's `ps` shows), in its own session under the reaper, with all output
-        in files on the box: one round trip, with the run's copy of its code if that was deferred,
-        and shell builtins where they do (each program started on the box costs it a few ms). The
-        run's environment is the box's base (reaper.BASE_ENV of its login environment, PATH ending
-        with XT's bin) plus `env` and PYTHONPATH=XT's run-side modules: nothing else of the login
-        (SSH_CONNECTION...) reaches it."""
+        """By the box agent, which forks the run's reaper (node_kit/reaper.fork_reaper) in its own
+        session, with all output in files on the box: one request, with the run's copy of its code
+        if that was deferred. The environment travels on the agent's channel, never on a command
+        line the box's `ps` shows. The run's environment is the box's base (reaper.BASE_ENV of its
+        login environment, PATH ending with XT's bin) plus `env` and PYTHONPATH=XT's run-side
+        modules: nothing else of the login (SSH_CONNECTION...) reaches it."""
         work = posixpath.dirname(console)
-        spec = posixpath.join(work, reaper.SPEC_FILE)
         with self._lock:
-            prepared, again = self._deferred.pop(work, ("", None))
+            copy, again = self._deferred.pop(work, (None, None))
         self._settle(work)
         with self._connection():
             own = {**env, "PYTHONPATH": self._lib + (f":{env['PYTHONPATH']}" if env.get("PYTHONPATH") else "")}
-            lines = ["#!/bin/bash",
-                     f"(umask 077 && printf '%s' {q(reaper.launch_spec(own))} > {q(spec)}) || exit 1",  # a builtin: no ps
-                     f"export PATH=\"$PATH:{self.home}/bin\"",
-                     f"cd {q(cwd)} || exit 1",
-                     "exec python3 -S -I " + shlex.join([self._reaper(), exit_file, spec, *argv])]
-            # stdin read first: a command that ended before reading it (a cached tree gone: CACHE_MISSING)
-            # had the box close the channel while the script was still being sent ("Socket is closed")
-            command = ("IFS= read -r -d '' script; " + (f"{prepared}; " if prepared else "")
-                       + f"cd {q(work)} || exit 1; [ ! -e {q(exit_file)} ] || rm -f {q(exit_file)}; "
-                       "(umask 077 && printf '%s' \"$script\" > launch.sh) || exit 1; "
-                       f"setsid /bin/bash launch.sh </dev/null >>{q(console)} 2>&1 & pid=$!; "
-                       "read -r stat < /proc/$pid/stat; set -f -- ${stat##*) }; echo $pid ${20}")
-            code, out, err = self._exec(command, stdin_text="\n".join(lines) + "\n")
+            answer = self._ask({"op": "launch", "copy": copy, "cwd": cwd, "argv": argv, "env": own,
+                                "console": console, "exit_file": exit_file, "grace": reaper.GRACE_SECONDS})
+        code = answer["status"]
         if code == CACHE_MISSING and again is not None:  # the cached tree was removed since: unpacked again
             self._cached_codes.clear()
             again()
             return self.launch(argv, cwd, env, console, exit_file)
         if code == PREPARE_FAILED:
-            self._check_prepared(code, err)
-        parts = out.split()
-        if code or len(parts) != 2:
-            raise OSError(f"box {self.name}: the run did not start: {err.strip() or out.strip()}")
-        self._alive_checked[int(parts[0])] = time.monotonic()  # the launch just read its /proc record
-        return int(parts[0]), parts[1]
+            self._check_prepared(code, answer["err"])
+        if code:
+            raise OSError(f"box {self.name}: the run did not start: {answer['err']}")
+        self._alive_checked[answer["pid"]] = time.monotonic()  # the agent just read its /proc record
+        return answer["pid"], answer["start"]
 
     def alive(self, pid: int, start: Optional[str]) -> bool:
         """The kernel's record of the process, read over SFTP: no process started on the box to look."""
@@ -824,7 +964,14 @@ class SshNode(Node):
     def ended(self, pid: int, start: Optional[str], exit_file: str) -> bool:
         """One STAT per look: the reaper writes the exit file last, once the run's whole tree ended. A
         reaper killed before writing it (the box's OOM killer, a reboot) is caught by the kernel's
-        record of it, read at most every ALIVE_CHECK_SECONDS per run."""
+        record of it, read at most every ALIVE_CHECK_SECONDS per run. A run the connection's box
+        agent started needs neither: the agent tells when its reaper ends."""
+        agent = self._agent
+        told = agent.ended(pid, start) if agent is not None else None
+        if told is not None:
+            if told:
+                self._alive_checked.pop(pid, None)
+            return told
         if self.exists(exit_file):
             self._alive_checked.pop(pid, None)
             return True
@@ -837,13 +984,15 @@ class SshNode(Node):
         self._alive_checked.pop(pid, None)
         return True
 
+    def when_ended(self, pid: int, start: Optional[str], wake: Callable[[], None]) -> None:
+        agent = self._agent
+        if agent is not None:
+            agent.when_ended(pid, start, wake)
+
     def kill_group(self, pid: int, sig: int) -> None:
         """The run's whole tree on the box, found by the box's copy of the reaper (node_kit/reaper.py)."""
         with self._connection():
-            self._exec(f"python3 -S -I {q(self._reaper())} --kill {int(sig)} {int(pid)}")
-
-    def _reaper(self) -> str:
-        return posixpath.join(self._lib, "xt_submit", "node_kit", "reaper.py")
+            self._ask({"op": "kill", "pid": int(pid), "sig": int(sig)})
 
     def release(self, work_dir: str) -> None:
         """The removal starts, and this returns (the run's slot is free at once); a later call about
@@ -852,23 +1001,9 @@ class SshNode(Node):
             self._deferred.pop(work_dir, None)  # never made: nothing to copy
         self._settle(work_dir)
         with self._connection():
-            self._take_command_channel()  # given back once the removal is done (_settle, _reclaim_removals)
-            channel = None
-            try:
-                client = self._client
-                if client is None:  # closed by another thread since
-                    raise EOFError("the connection was closed")
-                channel = self._open_session(client, COMMAND_TIMEOUT_SECONDS)
-                channel.settimeout(COMMAND_TIMEOUT_SECONDS)
-                with self._answer_within(COMMAND_TIMEOUT_SECONDS, client):
-                    channel.exec_command(_without_stdin(_removal_command(work_dir)))  # no EOF to send (see _exec)
-            except BaseException:
-                if channel is not None:
-                    channel.close()
-                self._command_channels.release()
-                raise
-            with self._lock:
-                self._releasing[work_dir] = channel
+            reply = self._send({"op": "remove", "argv": _removal_argv(work_dir)})
+        with self._lock:
+            self._releasing[work_dir] = reply
 
 
 def _one_read(f, offset: int, size: int) -> bytes:
@@ -885,9 +1020,9 @@ def _without_stdin(command: str) -> str:
     return f"exec </dev/null; {command}"
 
 
-def _removal_command(folder: str) -> str:
-    """rm -rf, telling only its last complaint: a flood of them would fill the channel's window unread."""
-    return f"err=$(rm -rf -- {q(folder)} 2>&1); status=$?; [ -z \"$err\" ] || printf '%s\\n' \"$err\" | tail -n 1 >&2; exit $status"
+def _removal_argv(folder: str) -> List[str]:
+    """What the box agent runs to remove a run's folder (it tells the last complaint, if any)."""
+    return ["rm", "-rf", "--", folder]
 
 
 def _active(client) -> bool:
@@ -911,15 +1046,6 @@ def _named_sha256(source: str) -> Optional[str]:
     """The sha256 a snapshot in storage is named by; None for any other name (the box learns it)."""
     found = _SHA256_ZIP.fullmatch(source)
     return found.group(1) if found else None
-
-
-def _copy_tree(code_dir: str, output_dir: str, empty_files: List[str]) -> str:
-    """Shell text: the run's own copy of the cached tree "$cached", with its folders and files.
-    `touch` first: a tree in use is never one unused for CACHE_DAYS. GNU cp, else any POSIX cp."""
-    into = q(code_dir)
-    return (f"touch -c \"$cached\" && mkdir -p {q(output_dir)} && "
-            f"(cp -a --reflink=auto \"$cached\"/. {into} 2>/dev/null || cp -pR \"$cached\"/. {into})"
-            + "".join(f" && : >> {q(path)}" for path in empty_files))
 
 
 def q(text: str) -> str:

@@ -1,0 +1,197 @@
+"""A box's side of a host's connection: one long-lived process per connection, talking JSON lines
+over its stdin and stdout, that starts the host's runs, copies their code, removes their folders
+and signals them, and tells the host the moment a run's reaper ends.
+
+Why: a fresh `python3` for every run's reaper, plus an sshd session and a shell for every launch
+and every removal, cost a box more than a short run itself (bench/p7_pool.py). Here each run's
+reaper is a fork of this warm process (reaper.fork_reaper, as on a local node), and everything
+goes over the one channel.
+
+Started as `python3 -S -I box_agent.py XT_BIN_DIR` (stdlib only). Requests are
+{"id": N, "op": ..., ...}; each gets one reply {"id": N, ...}; a reaper that ended is told
+unasked as {"ended": PID, "start": START}. The agent ends when its stdin does (the connection
+dropped or the host closed it); the runs it started go on, each under its own reaper, which
+writes the run's exit file as always, so a host that connects again finds how they ended.
+"""
+import json
+import os
+import select
+import subprocess
+import sys
+
+CACHE_MISSING = 75  # the copy's cached tree is gone (removed on the box meanwhile): unpacked again
+PREPARE_FAILED = 76  # the copy failed
+_TAIL_BYTES = 4096  # of a removal's complaints, the end is kept: a flood of them is read, not stored
+_LOOK_SECONDS = 0.05  # where a kernel has no pidfds: how often ended reapers are looked for
+
+
+def _start_time(pid):
+    """The kernel's start time of pid (/proc/PID/stat field 22): with the pid, names one process."""
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return f.read().rsplit(b")", 1)[1].split()[19].decode()
+
+
+def copy_code(spec):
+    """The run's own copy of the cached tree (cp -a, reflinked where the file system can), with its
+    folders and files. (status, why): 0, CACHE_MISSING or PREPARE_FAILED."""
+    cached, into = spec["cached"], spec["into"]
+    try:
+        os.utime(cached)  # a tree in use is never one unused for the cache's days
+    except FileNotFoundError:
+        return CACHE_MISSING, ""
+    try:
+        os.makedirs(spec["output"], exist_ok=True)
+        quiet = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL}
+        done = subprocess.run(["cp", "-a", "--reflink=auto", cached + "/.", into], stderr=subprocess.DEVNULL, **quiet)
+        if done.returncode:  # not GNU cp: any POSIX cp
+            done = subprocess.run(["cp", "-pR", cached + "/.", into], stderr=subprocess.PIPE, **quiet)
+            if done.returncode:
+                lines = done.stderr.decode(errors="replace").strip().splitlines()
+                return PREPARE_FAILED, lines[-1] if lines else f"cp: exit status {done.returncode}"
+        for path in spec["empty"]:
+            with open(path, "ab"):
+                pass
+    except OSError as exc:
+        return PREPARE_FAILED, f"{exc.filename or into}: {exc.strerror or exc}"
+    return 0, ""
+
+
+class Agent:
+    def __init__(self, out_fd, reaper):
+        self.out_fd = out_fd
+        self.reaper = reaper
+        self.poll = select.poll()
+        self.reapers = {}  # a reaper's pidfd -> (pid, start)
+        self.unwatched = {}  # pid -> start of a reaper with no pidfd (a kernel before 5.3): looked for
+        self.removals = {}  # a removal's stderr fd -> [its request id, the process, the end of its stderr]
+
+    def tell(self, message):
+        data = (json.dumps(message) + "\n").encode()
+        while data:
+            data = data[os.write(self.out_fd, data):]
+
+    # --- the requests ---------------------------------------------------------------------------
+    def handle(self, request):
+        op, ident = request.get("op"), request.get("id")
+        try:
+            reply = getattr(self, f"op_{op}")(request) if op in ("launch", "copy", "remove", "kill") else \
+                {"error": f"unknown op {op!r}"}
+        except Exception as exc:  # told to the host, which says so; the agent goes on
+            reply = {"error": f"{type(exc).__name__}: {exc}"}
+        if reply is not None:
+            self.tell({"id": ident, **reply})
+
+    def op_copy(self, request):
+        status, why = copy_code(request["copy"])
+        return {"status": status, "err": why}
+
+    def op_launch(self, request):
+        if request.get("copy"):
+            status, why = copy_code(request["copy"])
+            if status:
+                return {"status": status, "err": why}
+        cwd, exit_file = request["cwd"], request["exit_file"]
+        if not os.path.isdir(cwd):
+            return {"status": 1, "err": f"{cwd}: no such folder"}
+        try:
+            os.unlink(exit_file)  # an earlier attempt's: the host must not take it for this one's
+        except FileNotFoundError:
+            pass
+        pid = self.reaper.fork_reaper(request["argv"], cwd, request["env"], request["console"], exit_file,
+                                      request["grace"])
+        start = _start_time(pid)
+        self._watch(pid, start)
+        return {"status": 0, "pid": pid, "start": start}
+
+    def op_kill(self, request):
+        self.reaper.kill_tree(int(request["pid"]), int(request["sig"]))
+        return {"status": 0}
+
+    def op_remove(self, request):
+        """Started, and answered once done: the host waits for a folder's removal only when it next
+        touches the folder."""
+        process = subprocess.Popen(request["argv"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   stderr=subprocess.PIPE)
+        fd = process.stderr.fileno()
+        self.removals[fd] = [request.get("id"), process, b""]
+        self.poll.register(fd, select.POLLIN)
+        return None
+
+    # --- what ends --------------------------------------------------------------------------------
+    def _watch(self, pid, start):
+        try:
+            fd = os.pidfd_open(pid)
+        except (AttributeError, OSError):  # no pidfds here
+            self.unwatched[pid] = start
+            return
+        self.reapers[fd] = (pid, start)
+        self.poll.register(fd, select.POLLIN)
+
+    def _reaper_ended(self, fd):
+        pid, start = self.reapers.pop(fd)
+        self.poll.unregister(fd)
+        os.close(fd)
+        os.waitpid(pid, 0)  # it has ended: this does not wait
+        self.tell({"ended": pid, "start": start})
+
+    def _look_for_unwatched(self):
+        for pid in list(self.unwatched):
+            if os.waitpid(pid, os.WNOHANG)[0] == pid:
+                self.tell({"ended": pid, "start": self.unwatched.pop(pid)})
+
+    def _removal_output(self, fd):
+        removal = self.removals[fd]
+        chunk = os.read(fd, 65536)
+        if chunk:
+            removal[2] = (removal[2] + chunk)[-_TAIL_BYTES:]
+            return
+        self.poll.unregister(fd)
+        del self.removals[fd]
+        ident, process, err = removal
+        process.stderr.close()
+        status = process.wait()  # its stderr closed: it has ended or is ending
+        lines = err.decode(errors="replace").strip().splitlines()
+        self.tell({"id": ident, "status": status, "err": lines[-1] if lines else ""})
+
+    # --- the loop -------------------------------------------------------------------------------
+    def serve(self, in_fd):
+        self.poll.register(in_fd, select.POLLIN)
+        pending = b""
+        while True:
+            timeout = _LOOK_SECONDS * 1000 if self.unwatched else None
+            for fd, _ in self.poll.poll(timeout):
+                if fd == in_fd:
+                    chunk = os.read(in_fd, 65536)
+                    if not chunk:
+                        return  # the host is gone: the runs go on under their reapers
+                    pending += chunk
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        if line.strip():
+                            self.handle(json.loads(line))
+                elif fd in self.reapers:
+                    self._reaper_ended(fd)
+                elif fd in self.removals:
+                    self._removal_output(fd)
+            if self.unwatched:
+                self._look_for_unwatched()
+
+
+def main(argv):
+    bin_dir = argv[1]
+    # `python train.py` on a box that only has python3: XT's fallback at the end of PATH
+    os.environ["PATH"] = f"{os.environ.get('PATH', '')}:{bin_dir}"
+    lib = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    sys.path.insert(0, lib)  # -I leaves PYTHONPATH out: XT's shipped modules are found from here
+    from xt_submit.node_kit import reaper
+
+    agent = Agent(sys.stdout.fileno(), reaper)
+    try:
+        agent.serve(sys.stdin.fileno())
+    except BrokenPipeError:  # the host closed the channel while being told something
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
