@@ -11,7 +11,6 @@ import msgspec
 from xt_submit.domain.errors import OneLineError
 from xt_submit.domain.messages import TERMINAL_STATUSES
 from xt_submit.domain.records import JOB_FIELDS, RUN_FIELDS
-from xt_submit.services.local_files import written_aside
 from xt_submit.services.run_reports import JOB_DERIVED, job_counts, job_json, lookup, sort_records  # noqa: F401 (used here and by the commands)
 
 TIME_COLUMNS = frozenset({"created", "queued", "started", "ended"})
@@ -198,7 +197,9 @@ def format_table(records: Sequence[Dict[str, Any]], columns: Sequence[Column], p
 
 def export(rows: Sequence[Dict[str, Any]], columns: Sequence[Column], path: str) -> None:
     """The rows' raw values (not the display formatting) as CSV or TSV, for a spreadsheet or pandas."""
-    import csv  # here: only --export writes it
+    import csv  # here: only --export writes a file
+
+    from xt_submit.services.local_files import written_aside
 
     if path.lower().endswith(".csv"):
         delimiter = ","

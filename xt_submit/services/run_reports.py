@@ -7,7 +7,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import msgspec
 
-from xt_submit.domain import layout, records, run_log, run_query
+from xt_submit.domain import layout, records, run_query
 from xt_submit.domain.errors import NotFound
 from xt_submit.domain.records import JOB_FIELDS
 from xt_submit.domain.run_query import QueryError, RunQuery, SortKey
@@ -74,6 +74,8 @@ def run_metrics(stats: StatsStore, storage: Optional[Storage], run: Dict[str, An
     (the index gets the rows when it ends), so plots and reports of a live run are live too."""
     if storage is None or not records.is_live(run["status"]):
         return stats.get_metrics(run["workspace"], run["name"])
+    from xt_submit.domain import run_log  # here: a report of ended runs never reads a log
+
     try:
         chunks = storage.read_chunks(layout.run_log_key(run["workspace"], run["name"]))
         rows = run_log.LogSummary(run_log.iter_records_from_chunks(chunks)).metric_rows()
