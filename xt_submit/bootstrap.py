@@ -15,12 +15,10 @@ one adapter plus a line in `make_node`.
 """
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, Optional, Tuple, cast
+from typing import TYPE_CHECKING, Any, Callable, Dict, Mapping, NamedTuple, Optional, Tuple, cast
 
-from xt_submit.domain.boxes import LOCAL_ADDRESS
 from xt_submit.domain.errors import OneLineError
 from xt_submit.ports import (AgentParts, MessageQueue, Node, NodeFactory, Parts, Ports, Publisher, StatsStore, Storage,
                              TaskTable)
@@ -138,6 +136,8 @@ def node_factory(home: Path) -> NodeFactory:
     """A pool's box as a Node: this machine for `localhost`, else the box over SSH."""
 
     def make_node(box: str, settings: dict, runs_folder: str) -> Node:
+        from xt_submit.domain.boxes import LOCAL_ADDRESS  # here: a command that makes no node never loads it
+
         if settings["address"] == LOCAL_ADDRESS:
             return local_node(home / "nodes" / box, name=box)
         from xt_submit.adapters.nodes.ssh import SshNode
@@ -211,7 +211,7 @@ def from_config(cfg, signed=None) -> Parts:
         names = queue_names(queue_spec)
         publisher = publisher_for(queue, jobs_queue=names["jobs_queue"], events_queue=names["events_queue"])
     ports = Ports(storage=storage, stats=stats, compute=base.compute, publisher=publisher)
-    return dataclasses.replace(base, ports=ports, queue=queue, served_here=chosen.queue == EMBEDDED)
+    return base._replace(ports=ports, queue=queue, served_here=chosen.queue == EMBEDDED)
 
 
 def signed_in(cfg) -> Tuple[Any, Callable[[str], dict]]:
@@ -368,8 +368,7 @@ def _app_batch_computes(settings: Mapping[str, str], storage: Storage) -> Dict[s
     return computes
 
 
-@dataclasses.dataclass(frozen=True)
-class AppQueues:
+class AppQueues(NamedTuple):  # as ports.Parts: not a dataclass, whose class costs start-up more
     """The Service Bus queues the Functions app's triggers read, and the client it re-sends a
     failed message with (scheduled later, to back off). Built apart from the ports: when a store
     is down, the app can still back off."""

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import contextlib
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 from xt_submit.domain.errors import NotFound
 from xt_submit.domain.run_query import RunQuery
@@ -282,8 +281,11 @@ class Publisher(ABC):
     def send_events(self, messages: Sequence[Any]) -> None: ...
 
 
-@dataclass(frozen=True)
-class ReceivedMessage:
+# The records below are NamedTuples, not dataclasses: as immutable, and made without compiling
+# generated methods, which every command paid for at start-up (it builds its Parts).
+class ReceivedMessage(NamedTuple):
+    """A message as a queue hands it out: locked for this receiver until it is settled."""
+
     id: int
     queue: str
     body: bytes
@@ -426,8 +428,7 @@ class Node(ABC):
 NodeFactory = Callable[[str, dict, str], Node]
 
 
-@dataclass(frozen=True)
-class Ports:
+class Ports(NamedTuple):
     """What a handler may touch."""
 
     storage: Storage
@@ -436,8 +437,7 @@ class Ports:
     publisher: Publisher
 
 
-@dataclass(frozen=True)
-class Parts:
+class Parts(NamedTuple):
     """The handlers' ports, the queue the local host (or the agent) drains, this machine's task
     table, and its nodes: this machine and a factory for a pool's boxes."""
 
@@ -450,8 +450,7 @@ class Parts:
     served_here: bool = True  # the queue is the embedded one: a local host must be serving it
 
 
-@dataclass(frozen=True)
-class AgentParts:
+class AgentParts(NamedTuple):
     """The compute agent's: the parts above, and the tasks queue its receiving thread drains (with
     its own queue client, task-table connection and publisher: the main loop uses the others)."""
 

@@ -1,5 +1,4 @@
 """The stats store port: one suite, run against every adapter (SQLite and the MongoDB API)."""
-import dataclasses
 
 import pytest
 
@@ -142,7 +141,7 @@ def test_a_live_runs_latest_metrics_reach_this_store_and_its_filters(tmp_path, s
     base = embedded(tmp_path / "under-test")
     ports = Ports(storage=base.ports.storage, stats=stats_store, compute=base.ports.compute,
                   publisher=base.ports.publisher)
-    parts = dataclasses.replace(base, ports=ports)
+    parts = base._replace(ports=ports)
     run_steps(parts, lifecycle(parts)[:3])  # dispatched, two runs started
     handlers.run_progress(live_metrics("run1.2", {"loss": 0.75}), ports)
     handlers.run_progress(live_metrics("run1.2", {"acc": 0.5}, log_bytes=400), ports)  # merged with the earlier
@@ -162,7 +161,7 @@ def test_the_whole_pipeline_records_the_same_on_every_store(tmp_path, stats_stor
     base = embedded(tmp_path / "under-test")
     ports = Ports(storage=base.ports.storage, stats=stats_store, compute=base.ports.compute,
                   publisher=base.ports.publisher)
-    parts = dataclasses.replace(base, ports=ports)
+    parts = base._replace(ports=ports)
     run_steps(parts, lifecycle(parts))
 
     def normal(record):
@@ -225,8 +224,8 @@ def test_a_crash_between_a_runs_move_and_its_jobs_count_is_repaired_by_the_redel
 
     reference = run_job(embedded(tmp_path / "reference"), crash_on_last_count=False)
     base = embedded(tmp_path / "under-test")
-    parts = dataclasses.replace(base, ports=Ports(storage=base.ports.storage, stats=stats_store,
-                                                  compute=base.ports.compute, publisher=base.ports.publisher))
+    parts = base._replace(ports=Ports(storage=base.ports.storage, stats=stats_store,
+                                      compute=base.ports.compute, publisher=base.ports.publisher))
     job = run_job(parts, crash_on_last_count=True)
     assert (job["status"], job["counts"], job["ended"]) == ("completed", {"completed": 3}, 120.0)
     assert job == reference

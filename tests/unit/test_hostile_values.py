@@ -2,7 +2,6 @@
 ports: whole numbers outside int64 and non-finite floats from a script, more metrics than a message
 holds, numbers out of range in a manifest or a config, a reindex over what it cannot read, and a
 forked script. Each scenario ends with nothing lost and every message under its queue's limit."""
-import dataclasses
 import math
 import subprocess
 import sys
@@ -79,7 +78,7 @@ def test_numbers_no_store_holds_logged_by_the_run_api_end_the_run_with_each_kept
 
 def test_numbers_no_store_holds_in_a_foreign_log_and_a_node_report_are_kept_alike_on_every_store(
         parts, stats_store, reliability):
-    ports = dataclasses.replace(parts.ports, stats=stats_store)
+    ports = parts.ports._replace(stats=stats_store)
     run = one_run_job(parts, ports)
     key = layout.run_log_key(WS, run)
     # a log another writer made (an older Run API, a script of its own): raw JSON whole numbers

@@ -1,6 +1,5 @@
 """Crash at every step, duplicated and reordered events, poison messages, a stats-store outage:
 the final state never depends on what failed or how often a message came."""
-import dataclasses
 import random
 import sqlite3
 
@@ -121,7 +120,7 @@ def test_poison_message_is_dead_lettered_with_its_reason_and_others_still_served
 
     ports = Ports(storage=parts.ports.storage, stats=BrokenStats(parts.ports.stats), compute=parts.ports.compute,
                   publisher=parts.ports.publisher)
-    host = LocalHost(dataclasses.replace(parts, ports=ports))
+    host = LocalHost(parts._replace(ports=ports))
     parts.queue.send("events", [encode(started("run1.2")), encode(started("run1.1")), b'{"not": "an event"}'])
     for _ in range(10):
         for message in parts.queue.receive("events", max_messages=10):

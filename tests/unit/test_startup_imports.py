@@ -10,15 +10,21 @@ import sys
 
 HEAVY = {"yaml", "msgspec", "pymongo", "azure", "matplotlib", "tqdm", "paramiko", "regex", "optuna", "bson"}
 
-LOADED = ("import json, sys; print(json.dumps(sorted({m.split('.')[0] for m in sys.modules} & set(sys.argv[1:]))))")
+# (sys.modules is read before json is imported to print it)
+LOADED = ("import sys; loaded = {m.split('.')[0] for m in sys.modules}; import json; "
+          "print(json.dumps(sorted(loaded & set(sys.argv[1:]))))")
 
 
-def heavy_loaded_by(code: str, *, env=None, cwd=None) -> set:
-    """The HEAVY top-level packages in sys.modules after `code` runs in a fresh interpreter."""
-    out = subprocess.run([sys.executable, "-c", f"{code}\n{LOADED}", *sorted(HEAVY)], capture_output=True, text=True,
+def loaded_by(code: str, names, *, env=None, cwd=None) -> set:
+    """Which of the top-level modules `names` are in sys.modules after `code` runs in a fresh interpreter."""
+    out = subprocess.run([sys.executable, "-c", f"{code}\n{LOADED}", *sorted(names)], capture_output=True, text=True,
                          env=env, cwd=cwd, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def heavy_loaded_by(code: str, *, env=None, cwd=None) -> set:
+    return loaded_by(code, HEAVY, env=env, cwd=cwd)
 
 
 def test_a_training_script_imports_run_without_any_heavy_library():
@@ -47,6 +53,23 @@ def test_listing_runs_loads_no_sdk_yaml_or_progress_bar(tmp_path):
     env = {**__import__("os").environ, "XT_HOME": str(tmp_path / "home")}
     code = "import sys\nfrom xt_submit.cli import main\nmain.main(['list', 'runs', '--last', '20'])"
     assert heavy_loaded_by(code, env=env, cwd=tmp_path) - {"msgspec"} == set()
+
+
+# Stdlib modules only other commands use (JSON output, CSV export, temporary files, a host's waits,
+# a manifest's user and seed), and dataclasses: each dataclass compiles its methods as it is made.
+UNUSED_BY_READS = {"json", "csv", "tempfile", "select", "getpass", "random", "shlex", "dataclasses"}
+
+
+def test_help_and_listing_runs_leave_what_only_other_commands_use(tmp_path):
+    help_code = ("import contextlib, io\nfrom xt_submit.cli import main\n"
+                 "with contextlib.redirect_stdout(io.StringIO()):\n"
+                 "    try:\n        main.main(['--help'])\n    except SystemExit:\n        pass")
+    assert loaded_by(help_code, UNUSED_BY_READS) == set()
+    env = {**__import__("os").environ, "XT_HOME": str(tmp_path / "home")}
+    code = "from xt_submit.cli import main\nmain.main(['list', 'runs', '--last', '20'])"
+    # a home's first command builds its stats index from storage (handlers.reindex): not the case measured
+    subprocess.run([sys.executable, "-c", code], capture_output=True, env=env, cwd=tmp_path, timeout=120, check=True)
+    assert loaded_by(code, UNUSED_BY_READS, env=env, cwd=tmp_path) == set()
 
 
 def test_a_command_builds_only_the_parsers_of_the_group_that_defines_it(tmp_path):

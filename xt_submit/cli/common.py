@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from contextlib import contextmanager
 from typing import Any, Dict, Iterator, Optional
@@ -42,6 +41,8 @@ def embedded_parts(cfg):
 
 
 def print_json(data: Any) -> None:
+    import json  # here: a table or `xt --help` never needs it
+
     print(json.dumps(data, indent=2, default=str))
 
 

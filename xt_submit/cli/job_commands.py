@@ -2,10 +2,7 @@
 from __future__ import annotations
 
 import argparse
-import getpass
 import os
-import random
-import shlex
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Dict, Optional
@@ -196,7 +193,11 @@ def _manifest_from(args: argparse.Namespace, cfg):
     script = args.script
     if script.endswith(".py") and not Path(script).is_file():
         raise CliError(f"{script}: no such script")
-    from xt_submit.domain import sweep  # yaml comes with it: only `xt run` needs it
+    import getpass  # these, and sweep (yaml with it), here: only `xt run` needs them, not `xt --help`
+    import random
+    import shlex
+
+    from xt_submit.domain import sweep
 
     _warn_about_xt_options_after(script, args.script_args)
     fixed_args, space = sweep.split_script_args(args.script_args)

@@ -1,17 +1,16 @@
 """Turning job and run records into what `xt list` / `xt view` print: JSON objects, aligned tables, CSV."""
 from __future__ import annotations
 
-import csv
 import os
 import re
 import time
-from dataclasses import dataclass
 from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import msgspec
 
 from xt_submit.domain.errors import OneLineError
 from xt_submit.domain.messages import TERMINAL_STATUSES
 from xt_submit.domain.records import JOB_FIELDS, RUN_FIELDS
-from xt_submit.services.local_files import written_aside
 from xt_submit.services.run_reports import JOB_DERIVED, job_counts, job_json, lookup, sort_records  # noqa: F401 (used here and by the commands)
 
 TIME_COLUMNS = frozenset({"created", "queued", "started", "ended"})
@@ -23,8 +22,7 @@ class ReportError(OneLineError):
     pass
 
 
-@dataclass(frozen=True)
-class Column:
+class Column(msgspec.Struct, frozen=True):  # not a dataclass: a struct's class costs start-up far less
     key: str  # a field, metrics.NAME, hparams.NAME or tags.NAME
     header: str
     fmt: Optional[str] = None
@@ -199,6 +197,10 @@ def format_table(records: Sequence[Dict[str, Any]], columns: Sequence[Column], p
 
 def export(rows: Sequence[Dict[str, Any]], columns: Sequence[Column], path: str) -> None:
     """The rows' raw values (not the display formatting) as CSV or TSV, for a spreadsheet or pandas."""
+    import csv  # here: only --export writes a file
+
+    from xt_submit.services.local_files import written_aside
+
     if path.lower().endswith(".csv"):
         delimiter = ","
     elif path.lower().endswith(".tsv"):

@@ -5,6 +5,7 @@ rejected), so a malformed or foreign message is dead-lettered with a reason inst
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import Annotated, Any, Dict, List, Optional, Sequence, Union
@@ -239,8 +240,13 @@ Event = Union[JobSubmitted, RunStarted, RunFinished, RunHeartbeat, RunProgress, 
               UploadReceived]
 
 _encoder = msgspec.json.Encoder()
-_event_decoder = msgspec.json.Decoder(Event)
-_manifest_decoder = msgspec.json.Decoder(JobManifest)
+
+
+@functools.cache
+def _decoder(kind: Any) -> msgspec.json.Decoder:
+    """kind's decoder, built at its first use: building one walks every type in it, a cost each
+    command that imports the contracts (`xt list runs` too) would otherwise pay at start-up."""
+    return msgspec.json.Decoder(kind)
 
 
 MAX_MESSAGE_BYTES = 256 * 1024  # Service Bus standard tier's limit, which the embedded queue keeps too
@@ -334,11 +340,11 @@ def _decode(decoder: msgspec.json.Decoder, body: bytes, source: str, limit: int 
 
 
 def decode_event(body: bytes) -> Event:
-    return _decode(_event_decoder, body, "message")
+    return _decode(_decoder(Event), body, "message")
 
 
 def decode_manifest(body: bytes, source: str = "xt_manifest.json") -> JobManifest:
-    return _decode(_manifest_decoder, body, source, MAX_MANIFEST_BYTES)
+    return _decode(_decoder(JobManifest), body, source, MAX_MANIFEST_BYTES)
 
 
 def _check_version(obj: Any, source: str) -> None:
@@ -406,18 +412,14 @@ class TasksCancelled(_Strict, tag="tasks_cancelled", kw_only=True):
 
 
 TaskMessage = Union[TasksQueued, TasksCancelled]
-_task_message_decoder = msgspec.json.Decoder(TaskMessage)
 
 
 def decode_task_message(body: bytes) -> TaskMessage:
-    return _decode(_task_message_decoder, body, "task message")
-
-
-_task_decoder = msgspec.json.Decoder(RunTask)
+    return _decode(_decoder(TaskMessage), body, "task message")
 
 
 def decode_task(body: bytes) -> RunTask:
     try:
-        return _task_decoder.decode(body)
+        return _decoder(RunTask).decode(body)
     except msgspec.DecodeError as exc:
         raise ContractError(f"run task: {_readable(exc)}") from None

@@ -9,8 +9,10 @@ MongoDB), so `--last N` is "the N largest".
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
 from typing import Any, List, Optional, Tuple
+
+import msgspec
+
 from xt_submit.domain.errors import OneLineError
 
 RUN_FIELDS = ("name", "job", "workspace", "experiment", "username", "target", "status", "exit_code", "node_id",
@@ -25,26 +27,45 @@ class QueryError(OneLineError):
     pass
 
 
-@dataclass(frozen=True)
-class Filter:
+# The query's parts are msgspec structs, not dataclasses: a struct's class is made in C, a
+# dataclass's by generating and compiling its methods, which every `xt list runs` paid at start-up.
+class Filter(msgspec.Struct, frozen=True):
+    """One `prop op value`; equal to (and hashed as) any other that selects the same, however written."""
+
     group: Optional[str]  # None for a run field, else metrics / hparams / tags
     name: str
     op: str  # normalised: == != < <= > >= regex exists
     value: Any
     # Written without a group (`lr=0.1`): a metric until services/run_reports resolves it against
     # what the runs have (the hparam when there is one). Stores ignore it.
-    bare: bool = field(default=False, compare=False)
+    bare: bool = False
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Filter):
+            return NotImplemented
+        return (self.group, self.name, self.op, self.value) == (other.group, other.name, other.op, other.value)
+
+    def __hash__(self) -> int:
+        return hash((self.group, self.name, self.op, self.value))
 
 
-@dataclass(frozen=True)
-class SortKey:
+class SortKey(msgspec.Struct, frozen=True):
+    """The column to sort by; equal to (and hashed as) any other naming it, however written."""
+
     group: Optional[str]
     name: str
-    bare: bool = field(default=False, compare=False)
+    bare: bool = False
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SortKey):
+            return NotImplemented
+        return (self.group, self.name) == (other.group, other.name)
+
+    def __hash__(self) -> int:
+        return hash((self.group, self.name))
 
 
-@dataclass(frozen=True)
-class RunQuery:
+class RunQuery(msgspec.Struct, frozen=True):
     workspace: str
     job: Optional[str] = None
     status: Optional[str] = None
@@ -53,9 +74,9 @@ class RunQuery:
     reverse: bool = False
     first: Optional[int] = None
     last: Optional[int] = None
-    runs: Tuple[str, ...] = field(default=())  # these run names only (with `jobs`: either)
-    jobs: Tuple[str, ...] = field(default=())  # runs of these jobs
-    any_tags: Tuple[str, ...] = field(default=())  # runs carrying at least one of these tags
+    runs: Tuple[str, ...] = ()  # these run names only (with `jobs`: either)
+    jobs: Tuple[str, ...] = ()  # runs of these jobs
+    any_tags: Tuple[str, ...] = ()  # runs carrying at least one of these tags
 
 
 def parse_value(text: str) -> Any:

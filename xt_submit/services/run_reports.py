@@ -3,10 +3,11 @@ field, else the hparam, else the metric (XT's rule), and a column no run has is 
 empty report. Notes say which was taken when a bare name is both an hparam and a metric."""
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from xt_submit.domain import layout, records, run_log, run_query
+import msgspec
+
+from xt_submit.domain import layout, records, run_query
 from xt_submit.domain.errors import NotFound
 from xt_submit.domain.records import JOB_FIELDS
 from xt_submit.domain.run_query import QueryError, RunQuery, SortKey
@@ -73,6 +74,8 @@ def run_metrics(stats: StatsStore, storage: Optional[Storage], run: Dict[str, An
     (the index gets the rows when it ends), so plots and reports of a live run are live too."""
     if storage is None or not records.is_live(run["status"]):
         return stats.get_metrics(run["workspace"], run["name"])
+    from xt_submit.domain import run_log  # here: a report of ended runs never reads a log
+
     try:
         chunks = storage.read_chunks(layout.run_log_key(run["workspace"], run["name"]))
         rows = run_log.LogSummary(run_log.iter_records_from_chunks(chunks)).metric_rows()
@@ -91,7 +94,7 @@ def resolve(stats: StatsStore, query: RunQuery, *, checked_sort: bool = True) ->
     sort: Optional[SortKey] = query.sort
     if sort is not None and checked_sort:
         sort = _resolved(stats, query.workspace, "--sort", sort, True, notes)
-    return dataclasses.replace(query, filters=filters, sort=sort), notes
+    return msgspec.structs.replace(query, filters=filters, sort=sort), notes
 
 
 def _resolved(stats: StatsStore, workspace: str, option: str, item, must_exist: bool, notes: List[str]):
@@ -108,9 +111,9 @@ def _resolved(stats: StatsStore, workspace: str, option: str, item, must_exist: 
         notes.append(f"{option} {item.name}: runs have both hparams.{item.name} and metrics.{item.name}; "
                      f"using hparams.{item.name} (write metrics.{item.name} for the metric)")
     if in_hparams:
-        return dataclasses.replace(item, group="hparams", bare=False)
+        return msgspec.structs.replace(item, group="hparams", bare=False)
     if in_metrics or not must_exist:
-        return dataclasses.replace(item, group="metrics", bare=False)
+        return msgspec.structs.replace(item, group="metrics", bare=False)
     raise QueryError(f"{option}: unknown column '{item.name}' (no run has a field, hparam or metric of that name)")
 
 
@@ -163,7 +166,7 @@ def select_jobs(stats: StatsStore, workspace: str, report, *, names: Sequence[st
     if runs_named:
         raise QueryError("xt list jobs: expected job names (job7), got runs")
     # a bare name is a job's field (run_count, status...) when it is one, as for runs
-    parsed = [dataclasses.replace(flt, group=None) if flt.bare and flt.name in JOB_FIELDS + JOB_DERIVED else flt
+    parsed = [msgspec.structs.replace(flt, group=None) if flt.bare and flt.name in JOB_FIELDS + JOB_DERIVED else flt
               for flt in map(run_query.parse_filter, filters)]
     wanted = {"experiment": experiment, "target": target, "username": username}
     rows = []

@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import select
 import shutil
 import sys
 import time
@@ -155,6 +154,8 @@ class LocalNode(Node):
         if not pidfds:
             time.sleep(timeout)
             return False
+        import select  # here: only a host waits on its runs
+
         poller = select.poll()
         for fd in pidfds:
             poller.register(fd, select.POLLIN)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import BinaryIO, Iterator, List, Optional
@@ -85,6 +84,8 @@ class DirectoryStorage(Storage):
     def write(self, key: str, data: bytes, *, overwrite: bool = True) -> bool:
         path = self._path(key)
         self._parent_dir(path)
+        import tempfile  # here: a command that only reads the index never loads it (nor random)
+
         # Write aside then rename: a reader never sees half a file, a crash leaves no torn file.
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
         try:
