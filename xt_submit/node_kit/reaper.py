@@ -44,7 +44,7 @@ MARKER = "XT_REAPER_PID"  # in every run's environment: how the run's processes 
 SPEC_FILE = "run_spec.txt"
 GRACE_SECONDS = float(os.environ.get("XT_KILL_GRACE_SECONDS", "10"))  # SIGTERM, then SIGKILL this much later
 _LAST_WAIT_SECONDS = 5.0  # after SIGKILL: bounded, a process stuck in the kernel does not hold the run forever
-PR_SET_PDEATHSIG, PR_SET_NAME, PR_SET_CHILD_SUBREAPER = 1, 15, 36
+PR_SET_PDEATHSIG, PR_SET_NAME, PR_GET_NAME, PR_SET_CHILD_SUBREAPER = 1, 15, 16, 36
 FORKED_NAME = b"xt-reaper"  # /proc/PID/comm of a reaper forked by a local node (its cmdline is its host's)
 _STOPS = {signal.SIGTERM, signal.SIGINT}  # what the reaper passes on
 
@@ -197,6 +197,17 @@ def _prctl(option, value):
     return call(option, arg, 0, 0, 0) == 0
 
 
+def _thread_name():
+    """The calling thread's name (bytes), or None where prctl is not available."""
+    call = _libc_prctl()
+    if call is None:
+        return None
+    import ctypes  # loaded by _libc_prctl
+
+    name = ctypes.create_string_buffer(16)
+    return name.value if call(PR_GET_NAME, name, 0, 0, 0) == 0 else None
+
+
 _PRCTL: list = []  # [libc's prctl, or None]: looked up once per process (a local node: once, before its forks)
 
 
@@ -285,18 +296,28 @@ def fork_reaper(argv, cwd, own, console, exit_file, grace=None):
     """The reaper as a fork of the calling process, without an exec (no interpreter to start: what a
     local node does, ~1 ms instead of ~20). The child leaves the caller's session, drops every file
     the caller has open (its locks, its databases) but the console, and then is the reaper exactly as
-    `main` is; it never returns to the caller's code. Returns the reaper's pid once the reaper
-    passes stops on: a signal sent at once (a cancel right after the launch) reaches the run, not a
-    child that is not yet the reaper (kill_tree would take it for a recycled pid and leave it)."""
+    `main` is; it never returns to the caller's code. Returns the reaper's pid at once.
+    The child is the reaper from its first instant, so a stop sent right away (a cancel just after
+    the launch) reaches the run: it is born named FORKED_NAME (kill_tree would take a child still
+    named as its parent for a recycled pid, and leave it), with stops blocked until it passes them on."""
     _libc_prctl()  # here, once: not in each child
-    ready_read, ready_write = os.pipe()
-    pid = os.fork()
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)  # this thread's mask, which the child inherits
+    own_name = _thread_name()
+    if own_name is not None:
+        _prctl(PR_SET_NAME, FORKED_NAME)  # this thread's name, which the child inherits
+
+    def as_before():
+        if own_name is not None:
+            _prctl(PR_SET_NAME, own_name)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+    try:
+        pid = os.fork()
+    except BaseException:
+        as_before()
+        raise
     if pid:
-        os.close(ready_write)
-        try:
-            os.read(ready_read, 1)  # b"" if the child died first: its exit file says so
-        finally:
-            os.close(ready_read)
+        as_before()
         return pid
     try:
         import gc
@@ -308,13 +329,11 @@ def fork_reaper(argv, cwd, own, console, exit_file, grace=None):
         os.dup2(null, 0)
         os.dup2(out, 1)
         os.dup2(out, 2)
-        os.closerange(3, ready_write)
-        os.closerange(ready_write + 1, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 65536)
+        os.closerange(3, os.sysconf("SC_OPEN_MAX") if hasattr(os, "sysconf") else 65536)
         os.chdir(cwd)
-        _prctl(PR_SET_NAME, FORKED_NAME)  # how kill_tree tells it from a recycled pid
         for signum in (signal.SIGHUP, signal.SIGQUIT, signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2):
             signal.signal(signum, signal.SIG_DFL)  # the caller's handlers are not the reaper's
-        supervise(exit_file, own, GRACE_SECONDS if grace is None else grace, argv, ready_write)
+        supervise(exit_file, own, GRACE_SECONDS if grace is None else grace, argv)
     except BaseException as exc:
         try:
             os.write(2, f"[xt] reaper: {exc}\n".encode())
@@ -344,10 +363,9 @@ def main(argv):
     return 0
 
 
-def supervise(exit_file, own, grace, command, ready_fd=None):
+def supervise(exit_file, own, grace, command):
     """Be the command's reaper: start it with the run's environment, pass stops on, wait for it,
-    end what it left behind and write its exit code. ready_fd: written to (and closed) once stops
-    are passed on."""
+    end what it left behind and write its exit code."""
     me = os.getpid()
     stopping, termed = [], set()
 
@@ -367,9 +385,6 @@ def supervise(exit_file, own, grace, command, ready_fd=None):
 
     for signum in _STOPS:
         signal.signal(signum, forward)
-    if ready_fd is not None:
-        os.write(ready_fd, b"r")
-        os.close(ready_fd)
     subreaper = _prctl(PR_SET_CHILD_SUBREAPER, 1)
     signal.pthread_sigmask(signal.SIG_BLOCK, _STOPS)  # a stop now waits until the command is there to get it
     if stopping:  # stopped before it started
