@@ -131,6 +131,9 @@ def test_a_launch_into_a_missing_folder_or_an_unknown_request_is_refused_and_the
     missing = agent.ask(**launch_request(tmp_path, [sys.executable, "-c", "pass"]))
     assert missing["status"] == 1 and missing["err"] == f"{tmp_path / 'run' / 'code'}: no such folder"
     assert "error" in agent.ask(op="format-disk")
+    agent.process.stdin.write(b"{not json\n")
+    agent.process.stdin.flush()
+    assert agent.next(lambda message: message.get("id") is None)["error"].startswith("not a request: ")
     assert "KeyError" in agent.ask(op="launch")["error"]  # no fields: told, not a crash
     (tmp_path / "run" / "code").mkdir(parents=True)
     assert agent.ask(**launch_request(tmp_path, [sys.executable, "-c", "pass"]))["status"] == 0

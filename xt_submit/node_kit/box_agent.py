@@ -71,7 +71,12 @@ class Agent:
             data = data[os.write(self.out_fd, data):]
 
     # --- the requests ---------------------------------------------------------------------------
-    def handle(self, request):
+    def handle(self, line):
+        try:
+            request = json.loads(line)
+        except ValueError as exc:  # not the host's: said, and the agent goes on
+            self.tell({"id": None, "error": f"not a request: {exc}"})
+            return
         op, ident = request.get("op"), request.get("id")
         try:
             reply = getattr(self, f"op_{op}")(request) if op in ("launch", "copy", "remove", "kill") else \
@@ -168,7 +173,7 @@ class Agent:
                     *lines, pending = pending.split(b"\n")
                     for line in lines:
                         if line.strip():
-                            self.handle(json.loads(line))
+                            self.handle(line)
                 elif fd in self.reapers:
                     self._reaper_ended(fd)
                 elif fd in self.removals:
