@@ -174,3 +174,22 @@ def test_runs_outlive_the_agent_and_still_write_how_they_ended(agent, tmp_path):
         assert time.monotonic() < deadline
         time.sleep(0.02)
     assert exit_file.read_text().split("\n")[0] == "5" and answer["pid"] > 0
+
+
+@pytest.mark.parametrize("entries", [box_agent.SMALL_TREE_ENTRIES, 0], ids=["small tree: the agent copies", "big tree: cp"])
+def test_a_runs_copy_keeps_links_modes_and_times_whoever_makes_it(tmp_path, monkeypatch, entries):
+    monkeypatch.setattr(box_agent, "SMALL_TREE_ENTRIES", entries)
+    monkeypatch.setattr(box_agent, "_small_trees", {})
+    cached = cached_tree(tmp_path)
+    (cached / "run.sh").write_text("#!/bin/sh\n")
+    (cached / "run.sh").chmod(0o750)
+    os.utime(cached / "data" / "x.txt", (1_000_000_000, 1_000_000_000))
+    (cached / "link").symlink_to("data/x.txt")
+    assert box_agent.copy_code(copy_spec(tmp_path, cached)) == (0, "")
+    code = tmp_path / "run" / "code"
+    assert os.readlink(code / "link") == "data/x.txt" and (code / "link").read_text() == "shared"
+    assert (code / "run.sh").stat().st_mode & 0o777 == 0o750
+    assert (code / "data" / "x.txt").stat().st_mtime == 1_000_000_000
+    assert sorted(p.name for p in code.iterdir()) == ["data", "link", "output", "run.sh", "train.py"]
+    assert (tmp_path / "run" / "log.jsonl").exists()
+    assert box_agent._small_trees == {str(cached): entries > 0}

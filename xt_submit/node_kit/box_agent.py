@@ -16,6 +16,7 @@ writes the run's exit file as always, so a host that connects again finds how th
 import json
 import os
 import select
+import shutil
 import subprocess
 import sys
 
@@ -23,6 +24,11 @@ CACHE_MISSING = 75  # the copy's cached tree is gone (removed on the box meanwhi
 PREPARE_FAILED = 76  # the copy failed
 _TAIL_BYTES = 4096  # of a removal's complaints, the end is kept: a flood of them is read, not stored
 _LOOK_SECONDS = 0.05  # where a kernel has no pidfds: how often ended reapers are looked for
+# A cached tree this small is copied by the agent itself: starting `cp` costs a box more than the
+# copy (bench/p7_pool.py). A bigger one goes to cp, which can reflink where the file system can.
+SMALL_TREE_ENTRIES = 256
+SMALL_TREE_BYTES = 16 << 20
+_small_trees = {}  # cached tree -> whether it is small (a cached tree never changes: named by its zip's sha256)
 
 
 def _start_time(pid):
@@ -31,9 +37,25 @@ def _start_time(pid):
         return f.read().rsplit(b")", 1)[1].split()[19].decode()
 
 
+def _is_small(cached):
+    small = _small_trees.get(cached)
+    if small is None:
+        entries = size = 0
+        small = True
+        for root, dirs, names in os.walk(cached):
+            entries += len(dirs) + len(names)
+            size += sum(os.lstat(os.path.join(root, name)).st_size for name in names)
+            if entries > SMALL_TREE_ENTRIES or size > SMALL_TREE_BYTES:
+                small = False
+                break
+        _small_trees[cached] = small
+    return small
+
+
 def copy_code(spec):
-    """The run's own copy of the cached tree (cp -a, reflinked where the file system can), with its
-    folders and files. (status, why): 0, CACHE_MISSING or PREPARE_FAILED."""
+    """The run's own copy of the cached tree (links as links, modes and times kept; a big tree by
+    cp -a, reflinked where the file system can), with its folders and files.
+    (status, why): 0, CACHE_MISSING or PREPARE_FAILED."""
     cached, into = spec["cached"], spec["into"]
     try:
         os.utime(cached)  # a tree in use is never one unused for the cache's days
@@ -41,18 +63,32 @@ def copy_code(spec):
         return CACHE_MISSING, ""
     try:
         os.makedirs(spec["output"], exist_ok=True)
-        quiet = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL}
-        done = subprocess.run(["cp", "-a", "--reflink=auto", cached + "/.", into], stderr=subprocess.DEVNULL, **quiet)
-        if done.returncode:  # not GNU cp: any POSIX cp
-            done = subprocess.run(["cp", "-pR", cached + "/.", into], stderr=subprocess.PIPE, **quiet)
-            if done.returncode:
-                lines = done.stderr.decode(errors="replace").strip().splitlines()
-                return PREPARE_FAILED, lines[-1] if lines else f"cp: exit status {done.returncode}"
+        if _is_small(cached):
+            shutil.copytree(cached, into, symlinks=True, dirs_exist_ok=True)
+        else:
+            status, why = _cp(cached, into)
+            if status:
+                return status, why
         for path in spec["empty"]:
             with open(path, "ab"):
                 pass
+    except shutil.Error as exc:  # copytree's: every file it could not copy
+        failures = exc.args[0]
+        return PREPARE_FAILED, f"{failures[-1][1]}: {failures[-1][2]}" if failures else str(exc)
     except OSError as exc:
         return PREPARE_FAILED, f"{exc.filename or into}: {exc.strerror or exc}"
+    return 0, ""
+
+
+def _cp(cached, into):
+    """(status, why) of `cp -a` (GNU: reflinked where it can), else any POSIX cp."""
+    quiet = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL}
+    done = subprocess.run(["cp", "-a", "--reflink=auto", cached + "/.", into], stderr=subprocess.DEVNULL, **quiet)
+    if done.returncode:
+        done = subprocess.run(["cp", "-pR", cached + "/.", into], stderr=subprocess.PIPE, **quiet)
+        if done.returncode:
+            lines = done.stderr.decode(errors="replace").strip().splitlines()
+            return PREPARE_FAILED, lines[-1] if lines else f"cp: exit status {done.returncode}"
     return 0, ""
 
 

@@ -232,7 +232,10 @@ class _BoxAgent:
         pending = b""
         try:
             while True:
-                chunk = self._channel.recv(65536)
+                try:
+                    chunk = self._channel.recv(65536)
+                except socket.timeout:  # nothing asked, no run ended: the agent is waiting too
+                    continue
                 if not chunk:
                     break
                 *lines, pending = (pending + chunk).split(b"\n")
@@ -441,13 +444,13 @@ class SshNode(Node):
         agent_py = posixpath.join(self._lib, "xt_submit", "node_kit", "box_agent.py")
         with self._answer_within(CONNECT_TIMEOUT_SECONDS, client):
             channel.exec_command(f"exec python3 -S -I {q(agent_py)} {q(posixpath.join(self.home, 'bin'))}")
-        channel.settimeout(None)  # its reader waits for as long as runs take; a send is bounded by _ask
+        channel.settimeout(COMMAND_TIMEOUT_SECONDS)  # a send to a box gone silent fails (its reader waits on)
         return _BoxAgent(channel, self.name)
 
     def _ask(self, request: dict, timeout: float = COMMAND_TIMEOUT_SECONDS) -> dict:
         """The box agent's answer, however long it takes while the box answers (the agent does one
         thing at a time: a big copy delays the next launch). An error it tells is an OSError."""
-        reply = self._send(request, timeout)
+        reply = self._send(request)
         self._await(reply, timeout)
         if reply.message is None:
             raise EOFError("the box agent ended")
@@ -455,12 +458,11 @@ class SshNode(Node):
             raise OSError(f"box {self.name}: the box agent: {reply.message['error']}")
         return reply.message
 
-    def _send(self, request: dict, timeout: float = COMMAND_TIMEOUT_SECONDS) -> _Reply:
-        agent, client = self._agent, self._client
-        if agent is None or client is None:  # closed by another thread since
+    def _send(self, request: dict) -> _Reply:
+        agent = self._agent
+        if agent is None:  # closed by another thread since
             raise EOFError("the connection was closed")
-        with self._answer_within(timeout, client):
-            return agent.send(request)
+        return agent.send(request)  # within the channel's timeout, or TimeoutError
 
     def _await(self, reply: _Reply, seconds: float) -> None:
         """Until the reply is in, however long, as long as the box answers an SFTP stat within
