@@ -335,7 +335,7 @@ def test_a_thread_waiting_long_for_a_slot_held_here_keeps_the_connection(ssh_box
     monkeypatch.setattr(ssh, "COMMAND_TIMEOUT_SECONDS", 0.2)
     outlasted = 3 * int(0.2 / ssh.SLOT_CHECK_SECONDS)
     with ThreadPoolExecutor(2) as threads:
-        reading = threads.submit(node.read_from, f"{work}/f")
+        reading = threads.submit(node.exists, f"{work}/f")  # an SFTP request (a read goes to the box agent)
         running = threads.submit(node.run, f"cat {work}/f")
         deadline = time.monotonic() + 60  # a bound, not a deadline: a loaded machine takes long, a broken node forever
         while node._sessions.timed_out < outlasted or node._command_channels.timed_out < outlasted:
@@ -346,7 +346,7 @@ def test_a_thread_waiting_long_for_a_slot_held_here_keeps_the_connection(ssh_box
             node._sessions.notify_all()
         for _ in range(COMMAND_CHANNELS):
             node._command_channels.release()
-        assert reading.result() == b"hi\n" and running.result()[1] == "hi\n"
+        assert reading.result() is True and running.result()[1] == "hi\n"
     assert node._client.get_transport() is transport and transport.is_active()
     node.run(f"rm -rf {work}")
     node.close()

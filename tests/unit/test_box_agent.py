@@ -1,6 +1,7 @@
 """The box agent (node_kit/box_agent.py) on its own, as a box runs it: a real `python3 -S -I
 box_agent.py` process spoken to over its stdin and stdout, starting real runs. (Over SSH, with the
 node around it: tests/adapters/test_ssh_node.py and the node contract.)"""
+import base64
 import json
 import os
 import select
@@ -176,6 +177,15 @@ def test_runs_outlive_the_agent_and_still_write_how_they_ended(agent, tmp_path):
     assert exit_file.read_text().split("\n")[0] == "5" and answer["pid"] > 0
 
 
+def copy_here(spec):
+    """box_agent's copy in this process, its cp (a big tree's) waited for here."""
+    began = box_agent.begin_copy(spec)
+    if isinstance(began, tuple):
+        return began
+    _, err = began.communicate()
+    return box_agent.end_copy(spec, began.returncode, err.decode().strip())
+
+
 @pytest.mark.parametrize("entries", [box_agent.SMALL_TREE_ENTRIES, 0], ids=["small tree: the agent copies", "big tree: cp"])
 def test_a_runs_copy_keeps_links_modes_and_times_whoever_makes_it(tmp_path, monkeypatch, entries):
     monkeypatch.setattr(box_agent, "SMALL_TREE_ENTRIES", entries)
@@ -185,7 +195,7 @@ def test_a_runs_copy_keeps_links_modes_and_times_whoever_makes_it(tmp_path, monk
     (cached / "run.sh").chmod(0o750)
     os.utime(cached / "data" / "x.txt", (1_000_000_000, 1_000_000_000))
     (cached / "link").symlink_to("data/x.txt")
-    assert box_agent.copy_code(copy_spec(tmp_path, cached)) == (0, "")
+    assert copy_here(copy_spec(tmp_path, cached)) == (0, "")
     code = tmp_path / "run" / "code"
     assert os.readlink(code / "link") == "data/x.txt" and (code / "link").read_text() == "shared"
     assert (code / "run.sh").stat().st_mode & 0o777 == 0o750
@@ -193,3 +203,36 @@ def test_a_runs_copy_keeps_links_modes_and_times_whoever_makes_it(tmp_path, monk
     assert sorted(p.name for p in code.iterdir()) == ["data", "link", "output", "run.sh", "train.py"]
     assert (tmp_path / "run" / "log.jsonl").exists()
     assert box_agent._small_trees == {str(cached): entries > 0}
+
+
+def test_a_big_trees_copy_goes_on_while_the_agent_answers_other_requests(agent, tmp_path):
+    cached = cached_tree(tmp_path)
+    for i in range(box_agent.SMALL_TREE_ENTRIES + 1):  # one more than the agent copies itself
+        (cached / "data" / f"f{i}.txt").write_text(str(i))
+    agent.send({**launch_request(tmp_path, [sys.executable, "train.py", str(agent.bin_dir)],
+                                 copy=copy_spec(tmp_path, cached)), "id": "big"})
+    agent.send({"id": "look", "op": "read", "path": str(cached / "data" / "f7.txt"), "offset": 0, "limit": None})
+    answers = {message["id"]: message for message in (agent.next(lambda m: "id" in m), agent.next(lambda m: "id" in m))}
+    assert answers["look"] == {"id": "look", "data": "Nw=="}  # base64 of "7"
+    assert answers["big"]["status"] == 0
+    agent.ended(answers["big"]["pid"])
+    code = tmp_path / "run" / "code"
+    assert (code / "data" / "f256.txt").read_text() == "256" and (tmp_path / "run" / "log.jsonl").exists()
+    assert (tmp_path / "run" / "console.log").read_text() == "clean own value True\n"
+
+
+def test_a_read_and_a_walk_answer_as_sftp_would(agent, tmp_path):
+    root = tmp_path / "output"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.txt").write_bytes(b"0123456789")
+    (root / "sub" / "b.txt").write_bytes(b"x" * 40000)
+    (root / "link.txt").symlink_to("a.txt")  # a link's target never travels
+    (root / "linked-dir").symlink_to(root / "sub")
+    os.utime(root / "a.txt", (1_000_000_000.7, 1_000_000_000.7))
+    assert agent.ask(op="read", path=str(root / "a.txt"), offset=3, limit=4)["data"] == "MzQ1Ng=="  # "3456"
+    big = agent.ask(op="read", path=str(root / "sub" / "b.txt"), offset=0, limit=None)
+    assert base64.b64decode(big["data"]) == b"x" * box_agent.READ_BYTES  # one request's worth: the rest over SFTP
+    assert agent.ask(op="read", path=str(root / "gone"), offset=0, limit=None)["missing"] is True
+    walked = agent.ask(op="walk", root=str(root))["files"]
+    assert walked == [["a.txt", 1_000_000_000, 10], ["sub/b.txt", int((root / "sub" / "b.txt").stat().st_mtime), 40000]]
+    assert agent.ask(op="walk", root=str(tmp_path / "none"))["files"] == []

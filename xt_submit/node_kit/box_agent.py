@@ -1,6 +1,8 @@
 """A box's side of a host's connection: one long-lived process per connection, talking JSON lines
 over its stdin and stdout, that starts the host's runs, copies their code, removes their folders
-and signals them, and tells the host the moment a run's reaper ends.
+and signals them, reads their files and lists their folders, and tells the host the moment a run's
+reaper ends. Whatever may take long (a big tree's cp, a removal) runs as a child of the agent and is
+answered when it ended, so the agent answers everything else at once.
 
 Why: a fresh `python3` for every run's reaper, plus an sshd session and a shell for every launch
 and every removal, cost a box more than a short run itself (bench/p7_pool.py). Here each run's
@@ -13,6 +15,7 @@ unasked as {"ended": PID, "start": START}. The agent ends when its stdin does (t
 dropped or the host closed it); the runs it started go on, each under its own reaper, which
 writes the run's exit file as always, so a host that connects again finds how they ended.
 """
+import base64
 import json
 import os
 import select
@@ -28,7 +31,8 @@ _LOOK_SECONDS = 0.05  # where a kernel has no pidfds: how often ended reapers ar
 # copy (bench/p7_pool.py). A bigger one goes to cp, which can reflink where the file system can.
 SMALL_TREE_ENTRIES = 256
 SMALL_TREE_BYTES = 16 << 20
-_small_trees = {}  # cached tree -> whether it is small (a cached tree never changes: named by its zip's sha256)
+READ_BYTES = 32768  # what one read answers at most: more is the host's to fetch over SFTP, pipelined
+_small_trees: dict = {}  # cached tree -> whether it is small (a cached tree never changes: named by its zip's sha256)
 
 
 def _start_time(pid):
@@ -52,10 +56,11 @@ def _is_small(cached):
     return small
 
 
-def copy_code(spec):
-    """The run's own copy of the cached tree (links as links, modes and times kept; a big tree by
-    cp -a, reflinked where the file system can), with its folders and files.
-    (status, why): 0, CACHE_MISSING or PREPARE_FAILED."""
+def begin_copy(spec):
+    """Start the run's own copy of the cached tree (links as links, modes and times kept), with its
+    folders and files: (status, why) when it is done here (a small tree, or a failure), else the
+    `cp -a` copying a big tree (reflinked where the file system can), for end_copy once it ended.
+    status: 0, CACHE_MISSING or PREPARE_FAILED."""
     cached, into = spec["cached"], spec["into"]
     try:
         os.utime(cached)  # a tree in use is never one unused for the cache's days
@@ -63,33 +68,42 @@ def copy_code(spec):
         return CACHE_MISSING, ""
     try:
         os.makedirs(spec["output"], exist_ok=True)
-        if _is_small(cached):
-            shutil.copytree(cached, into, symlinks=True, dirs_exist_ok=True)
-        else:
-            status, why = _cp(cached, into)
-            if status:
-                return status, why
-        for path in spec["empty"]:
-            with open(path, "ab"):
-                pass
+        if not _is_small(cached):
+            return subprocess.Popen(_cp_argv(cached, into), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE)
+        shutil.copytree(cached, into, symlinks=True, dirs_exist_ok=True)
     except shutil.Error as exc:  # copytree's: every file it could not copy
         failures = exc.args[0]
         return PREPARE_FAILED, f"{failures[-1][1]}: {failures[-1][2]}" if failures else str(exc)
     except OSError as exc:
         return PREPARE_FAILED, f"{exc.filename or into}: {exc.strerror or exc}"
+    return end_copy(spec, 0, "")
+
+
+def end_copy(spec, status, why):
+    """After the tree's copy (status: its exit status): the run's empty files."""
+    if status:
+        return PREPARE_FAILED, why or f"cp: exit status {status}"
+    try:
+        for path in spec["empty"]:
+            with open(path, "ab"):
+                pass
+    except OSError as exc:
+        return PREPARE_FAILED, f"{exc.filename}: {exc.strerror or exc}"
     return 0, ""
 
 
-def _cp(cached, into):
-    """(status, why) of `cp -a` (GNU: reflinked where it can), else any POSIX cp."""
-    quiet = {"stdin": subprocess.DEVNULL, "stdout": subprocess.DEVNULL}
-    done = subprocess.run(["cp", "-a", "--reflink=auto", cached + "/.", into], stderr=subprocess.DEVNULL, **quiet)
-    if done.returncode:
-        done = subprocess.run(["cp", "-pR", cached + "/.", into], stderr=subprocess.PIPE, **quiet)
-        if done.returncode:
-            lines = done.stderr.decode(errors="replace").strip().splitlines()
-            return PREPARE_FAILED, lines[-1] if lines else f"cp: exit status {done.returncode}"
-    return 0, ""
+_GNU_CP: list = []  # [whether this box's cp is GNU's], looked at once
+
+
+def _cp_argv(cached, into):
+    """cp -a, reflinked where the file system can (GNU), else any POSIX cp's -pR."""
+    if not _GNU_CP:
+        probe = subprocess.run(["cp", "--version"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL)
+        _GNU_CP.append(probe.returncode == 0 and b"GNU" in probe.stdout)
+    flags = ["-a", "--reflink=auto"] if _GNU_CP[0] else ["-pR"]
+    return ["cp", *flags, cached + "/.", into]
 
 
 class Agent:
@@ -99,7 +113,9 @@ class Agent:
         self.poll = select.poll()
         self.reapers = {}  # a reaper's pidfd -> (pid, start)
         self.unwatched = {}  # pid -> start of a reaper with no pidfd (a kernel before 5.3): looked for
-        self.removals = {}  # a removal's stderr fd -> [its request id, the process, the end of its stderr]
+        # a child's stderr fd (a removal, a big tree's cp) -> [the request's id, the process, the end of
+        # its stderr, what answers the request once it ended]
+        self.children = {}
 
     def tell(self, message):
         data = (json.dumps(message) + "\n").encode()
@@ -115,7 +131,7 @@ class Agent:
             return
         op, ident = request.get("op"), request.get("id")
         try:
-            reply = getattr(self, f"op_{op}")(request) if op in ("launch", "copy", "remove", "kill") else \
+            reply = getattr(self, f"op_{op}")(request) if op in ("launch", "copy", "remove", "kill", "read", "walk") else \
                 {"error": f"unknown op {op!r}"}
         except Exception as exc:  # told to the host, which says so; the agent goes on
             reply = {"error": f"{type(exc).__name__}: {exc}"}
@@ -123,14 +139,25 @@ class Agent:
             self.tell({"id": ident, **reply})
 
     def op_copy(self, request):
-        status, why = copy_code(request["copy"])
-        return {"status": status, "err": why}
+        return self._copy(request, lambda status, why: {"status": status, "err": why})
 
     def op_launch(self, request):
-        if request.get("copy"):
-            status, why = copy_code(request["copy"])
-            if status:
-                return {"status": status, "err": why}
+        if not request.get("copy"):
+            return self._launch(request)
+        return self._copy(request, lambda status, why: {"status": status, "err": why} if status else
+                          self._launch(request))
+
+    def _copy(self, request, then):
+        """then(status, why) once the copy is done: at once, or when its cp ended (answered then,
+        the agent serving other requests meanwhile)."""
+        began = begin_copy(request["copy"])
+        if isinstance(began, tuple):
+            return then(*began)
+        self._wait_for_child(began, request.get("id"),
+                             lambda status, why: then(*end_copy(request["copy"], status, why)))
+        return None
+
+    def _launch(self, request):
         cwd, exit_file = request["cwd"], request["exit_file"]
         if not os.path.isdir(cwd):
             return {"status": 1, "err": f"{cwd}: no such folder"}
@@ -148,15 +175,49 @@ class Agent:
         self.reaper.kill_tree(int(request["pid"]), int(request["sig"]))
         return {"status": 0}
 
+    def op_read(self, request):
+        """Up to READ_BYTES from the offset: {"data": base64}, or {"missing": true}."""
+        try:
+            with open(request["path"], "rb") as f:
+                f.seek(request["offset"])
+                data = f.read(min(request["limit"] or READ_BYTES, READ_BYTES))
+        except FileNotFoundError:
+            return {"missing": True}
+        return {"data": base64.b64encode(data).decode()}
+
+    def op_walk(self, request):
+        """Every regular file below the root (links not followed), as SFTP's listing tells them:
+        [relative path, whole-second mtime, size], sorted."""
+        found, pending = [], [""]
+        while pending:
+            rel_dir = pending.pop()
+            try:
+                entries = list(os.scandir(os.path.join(request["root"], rel_dir) if rel_dir else request["root"]))
+            except FileNotFoundError:
+                continue
+            for entry in entries:
+                rel = f"{rel_dir}/{entry.name}" if rel_dir else entry.name
+                if entry.is_dir(follow_symlinks=False):
+                    pending.append(rel)
+                elif entry.is_file(follow_symlinks=False):
+                    info = entry.stat(follow_symlinks=False)
+                    found.append([rel, int(info.st_mtime), info.st_size])
+        return {"files": sorted(found)}
+
     def op_remove(self, request):
         """Started, and answered once done: the host waits for a folder's removal only when it next
         touches the folder."""
         process = subprocess.Popen(request["argv"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                    stderr=subprocess.PIPE)
-        fd = process.stderr.fileno()
-        self.removals[fd] = [request.get("id"), process, b""]
-        self.poll.register(fd, select.POLLIN)
+        self._wait_for_child(process, request.get("id"), lambda status, why: {"status": status, "err": why})
         return None
+
+    def _wait_for_child(self, process, ident, then):
+        """then(exit status, its last complaint) answers request ident once the process ended; its
+        stderr is read as it comes (a flood of complaints never fills the pipe), its end kept."""
+        fd = process.stderr.fileno()
+        self.children[fd] = [ident, process, b"", then]
+        self.poll.register(fd, select.POLLIN)
 
     # --- what ends --------------------------------------------------------------------------------
     def _watch(self, pid, start):
@@ -180,19 +241,23 @@ class Agent:
             if os.waitpid(pid, os.WNOHANG)[0] == pid:
                 self.tell({"ended": pid, "start": self.unwatched.pop(pid)})
 
-    def _removal_output(self, fd):
-        removal = self.removals[fd]
+    def _child_output(self, fd):
+        child = self.children[fd]
         chunk = os.read(fd, 65536)
         if chunk:
-            removal[2] = (removal[2] + chunk)[-_TAIL_BYTES:]
+            child[2] = (child[2] + chunk)[-_TAIL_BYTES:]
             return
         self.poll.unregister(fd)
-        del self.removals[fd]
-        ident, process, err = removal
+        del self.children[fd]
+        ident, process, err, then = child
         process.stderr.close()
         status = process.wait()  # its stderr closed: it has ended or is ending
         lines = err.decode(errors="replace").strip().splitlines()
-        self.tell({"id": ident, "status": status, "err": lines[-1] if lines else ""})
+        try:
+            reply = then(status, lines[-1] if lines else "")
+        except Exception as exc:  # as handle's
+            reply = {"error": f"{type(exc).__name__}: {exc}"}
+        self.tell({"id": ident, **reply})
 
     # --- the loop -------------------------------------------------------------------------------
     def serve(self, in_fd):
@@ -212,8 +277,8 @@ class Agent:
                             self.handle(line)
                 elif fd in self.reapers:
                     self._reaper_ended(fd)
-                elif fd in self.removals:
-                    self._removal_output(fd)
+                elif fd in self.children:
+                    self._child_output(fd)
             if self.unwatched:
                 self._look_for_unwatched()
 

@@ -1,7 +1,7 @@
 """A pool's box over SSH: one verified connection per box, and the Node operations a run wrapper
-needs: files over SFTP; runs started, copied, signalled and removed by the connection's box agent
-(node_kit/box_agent.py, one process on one channel, which also tells each run's end unasked);
-other commands over exec channels.
+needs: runs started, copied, signalled and removed, small reads and folder listings, by the
+connection's box agent (node_kit/box_agent.py, one process on one channel, which also tells each
+run's end unasked); writes, big reads and the code zip over SFTP; other commands over exec channels.
 
 Runs on a box are started in their own session with their output in files on the box, so a
 dropped connection loses nothing: the supervisor reconnects and carries on from its offsets.
@@ -27,7 +27,6 @@ import re
 import shlex
 import shutil
 import socket
-import stat
 import sys
 import tempfile
 import threading
@@ -38,7 +37,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from xt_submit.domain.boxes import BoxAddress, BoxError
-from xt_submit.node_kit import code_archive, reaper
+from xt_submit.node_kit import box_agent, code_archive, reaper
 from xt_submit.node_kit.box_agent import CACHE_MISSING, PREPARE_FAILED
 from xt_submit.ports import Node, NodeUnreachable
 
@@ -447,11 +446,15 @@ class SshNode(Node):
         channel.settimeout(COMMAND_TIMEOUT_SECONDS)  # a send to a box gone silent fails (its reader waits on)
         return _BoxAgent(channel, self.name)
 
-    def _ask(self, request: dict, timeout: float = COMMAND_TIMEOUT_SECONDS) -> dict:
-        """The box agent's answer, however long it takes while the box answers (the agent does one
-        thing at a time: a big copy delays the next launch). An error it tells is an OSError."""
+    def _ask(self, request: dict, patient: bool = False) -> dict:
+        """The box agent's answer within COMMAND_TIMEOUT_SECONDS (else TimeoutError: the box went
+        silent); patient: however long it takes while the box answers (a big tree's copy). An error
+        the agent tells is an OSError."""
         reply = self._send(request)
-        self._await(reply, timeout)
+        if patient:
+            self._await(reply, COMMAND_TIMEOUT_SECONDS)
+        elif not reply.done.wait(COMMAND_TIMEOUT_SECONDS):
+            raise TimeoutError(f"no answer within {COMMAND_TIMEOUT_SECONDS:g}s")
         if reply.message is None:
             raise EOFError("the box agent ended")
         if "error" in reply.message:
@@ -634,8 +637,23 @@ class SshNode(Node):
                 f.write(data)
 
     def read_from(self, path: str, offset: int = 0, limit: Optional[int] = None) -> bytes:
-        """Open, one READ and close for what fits one request (a look at a run's files is mostly
-        that); more is fetched pipelined, sized by the file's length."""
+        """One request to the box agent for what fits box_agent.READ_BYTES (a look at a run's files
+        is mostly that); more comes over SFTP, pipelined."""
+        self._settle(path)
+        with self._connection():
+            answer = self._ask({"op": "read", "path": path, "offset": offset, "limit": limit})
+        if answer.get("missing"):
+            return b""
+        first = base64.b64decode(answer["data"])
+        asked = box_agent.READ_BYTES if limit is None else min(limit, box_agent.READ_BYTES)
+        if len(first) < asked or (limit is not None and len(first) >= limit):
+            return first  # short is the end
+        rest = None if limit is None else limit - len(first)
+        return first + self._read_over_sftp(path, offset + len(first), rest)
+
+    def _read_over_sftp(self, path: str, offset: int, limit: Optional[int]) -> bytes:
+        """Open, one READ and close for what fits one request; more is fetched pipelined, sized by
+        the file's length."""
         with self._sftp_session(path) as sftp:
             try:
                 with sftp.open(path, "rb") as f:
@@ -659,22 +677,12 @@ class SshNode(Node):
                 return False
 
     def walk(self, root: str) -> Iterator[Tuple[str, tuple]]:
-        with self._sftp_session(root) as sftp:
-            found: List[Tuple[str, tuple]] = []
-            pending = [""]
-            while pending:
-                rel_dir = pending.pop()
-                try:
-                    entries = sftp.listdir_attr(posixpath.join(root, rel_dir) if rel_dir else root)
-                except FileNotFoundError:
-                    continue
-                for entry in entries:
-                    rel = posixpath.join(rel_dir, entry.filename) if rel_dir else entry.filename
-                    if stat.S_ISDIR(entry.st_mode):
-                        pending.append(rel)
-                    elif stat.S_ISREG(entry.st_mode):  # a link's target never travels to storage
-                        found.append((rel, (entry.st_mtime, entry.st_size)))
-        return iter(sorted(found))
+        """One request to the box agent: the regular files below root, links not followed, with
+        SFTP's whole-second mtimes (a listing made over SFTP before a reconnect compares the same)."""
+        self._settle(root)
+        with self._connection():
+            answer = self._ask({"op": "walk", "root": root})
+        return iter([(rel, (mtime, size)) for rel, mtime, size in answer["files"]])
 
     @contextlib.contextmanager
     def local_copy(self, path: str) -> Iterator[str]:
@@ -793,7 +801,7 @@ class SshNode(Node):
     def _copy_code(self, copy: dict) -> Tuple[int, str]:
         """(status, why) of the box agent's copy: 0, CACHE_MISSING or PREPARE_FAILED."""
         with self._connection():
-            answer = self._ask({"op": "copy", "copy": copy})
+            answer = self._ask({"op": "copy", "copy": copy}, patient=True)
         return answer["status"], answer["err"]
 
     def _send_deferred(self, copy: dict, again: Callable[[], None]) -> None:
@@ -945,7 +953,8 @@ class SshNode(Node):
         with self._connection():
             own = {**env, "PYTHONPATH": self._lib + (f":{env['PYTHONPATH']}" if env.get("PYTHONPATH") else "")}
             answer = self._ask({"op": "launch", "copy": copy, "cwd": cwd, "argv": argv, "env": own,
-                                "console": console, "exit_file": exit_file, "grace": reaper.GRACE_SECONDS})
+                                "console": console, "exit_file": exit_file, "grace": reaper.GRACE_SECONDS},
+                               patient=copy is not None)
         code = answer["status"]
         if code == CACHE_MISSING and again is not None:  # the cached tree was removed since: unpacked again
             self._cached_codes.clear()
