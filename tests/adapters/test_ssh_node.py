@@ -542,3 +542,17 @@ def test_an_agent_gone_from_the_box_drops_the_connection_and_its_runs_are_still_
     assert node.read_from(exit_file).split(b"\n")[0] == b"7"
     node.run(f"rm -rf {node.runs_root}/cache-test")
     node.close()
+
+
+def test_a_zip_sent_from_here_is_known_by_its_name_and_the_box_checks_it_is_that_snapshot(ssh_boxes, tmp_path):
+    """The host does not hash a snapshot's zip for each run (a big one costs a second); the box
+    checks the sha256 it is named by when it unpacks it, as for a zip it fetches itself."""
+    from xt_submit.node_kit.code_archive import ArchiveError
+
+    node = node_for(ssh_boxes)
+    zip_path, _ = snapshot_zip(tmp_path, "tampered\n")
+    work = f"{node.runs_root}/cache-test/named-here"
+    with pytest.raises(ArchiveError, match="^box box1: code/1{64}.zip: the code zip's sha256 is [0-9a-f]{64}, not the 1{64}"):
+        node.prepare(str(zip_path), None, f"{work}/code", f"{work}/code/output", [], source=f"code/{'1' * 64}.zip")
+    assert not node.exists(f"{work}/code") and not [name for name in cached_trees(node) if name.startswith("1" * 8)]
+    node.close()

@@ -748,7 +748,7 @@ class SshNode(Node):
         changes only its own copy, never another run's or the cache's. Once a snapshot is known to
         be cached, the copy is not made at once but sent with the run's launch, in one command; any
         other call about the run's folder sends it first."""
-        digest = _sha256_of(local_zip) if local_zip is not None else _named_sha256(source)
+        digest = _named_sha256(source) or (_sha256_of(local_zip) if local_zip is not None else None)
         copy = {"into": code_dir, "output": output_dir, "empty": list(empty_files)}
         if digest is not None and digest in self._cached_codes and (code_url or digest in self._zips):
             # what to do if the cached tree is gone by then: unpack it again, from this node's copy of the zip
