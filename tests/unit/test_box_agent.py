@@ -217,7 +217,8 @@ def test_a_big_trees_copy_goes_on_while_the_agent_answers_other_requests(agent, 
     assert answers["big"]["status"] == 0
     agent.ended(answers["big"]["pid"])
     code = tmp_path / "run" / "code"
-    assert (code / "data" / "f256.txt").read_text() == "256" and (tmp_path / "run" / "log.jsonl").exists()
+    last = box_agent.SMALL_TREE_ENTRIES
+    assert (code / "data" / f"f{last}.txt").read_text() == str(last) and (tmp_path / "run" / "log.jsonl").exists()
     assert (tmp_path / "run" / "console.log").read_text() == "clean own value True\n"
 
 
