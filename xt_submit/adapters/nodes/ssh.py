@@ -743,11 +743,12 @@ class SshNode(Node):
                 empty_files: List[str], source: str) -> None:
         """The run's own copy of its code, with its folders and files. The box unpacks each snapshot
         once, into its cache (the zip over SFTP, or, given code_url, a read-only link to its blob,
-        fetched by the box itself), checked as anywhere; a run's copy is `cp -a` (reflinked where
-        the file system can), never links to the cached files: a run that writes into its code
-        changes only its own copy, never another run's or the cache's. Once a snapshot is known to
-        be cached, the copy is not made at once but sent with the run's launch, in one command; any
-        other call about the run's folder sends it first."""
+        fetched by the box itself), checked as anywhere; a run's copy is made by the box agent
+        (box_agent.begin_copy: cp -a for a big tree, reflinked where the file system can), never
+        links to the cached files: a run that writes into its code changes only its own copy, never
+        another run's or the cache's. Once a snapshot is known to be cached, the copy is not made at
+        once but sent with the run's launch, in one request; any other call about the run's folder
+        sends it first."""
         digest = _named_sha256(source) or (_sha256_of(local_zip) if local_zip is not None else None)
         copy = {"into": code_dir, "output": output_dir, "empty": list(empty_files)}
         if digest is not None and digest in self._cached_codes and (code_url or digest in self._zips):
