@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from xt_submit.adapters.nodes.local import process_start_time as start_time  # None once gone or a zombie
+from xt_submit.node_kit.reaper import process_start_time as start_time  # None once gone or a zombie
 
 # What README's "run environment" paragraph documents, checked against what runs really get.
 DOCUMENTED_BASE = {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "TZ", "TMPDIR"}  # and LC_*

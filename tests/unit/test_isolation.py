@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from xt_submit.adapters.nodes.local import process_start_time as start_time  # None once gone or a zombie
+from xt_submit.node_kit.reaper import process_start_time as start_time  # None once gone or a zombie
 
 from xt_submit.domain.manifest import check_manifest
 from xt_submit.domain.messages import ContractError, decode_manifest

@@ -36,12 +36,6 @@ READ_BYTES = 32768  # what one read answers at most: more is the host's to fetch
 _small_trees: dict = {}  # cached tree -> whether it is small (a cached tree never changes: named by its zip's sha256)
 
 
-def _start_time(pid):
-    """The kernel's start time of pid (/proc/PID/stat field 22): with the pid, names one process."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        return f.read().rsplit(b")", 1)[1].split()[19].decode()
-
-
 def _is_small(cached):
     small = _small_trees.get(cached)
     if small is None:
@@ -168,7 +162,7 @@ class Agent:
             pass
         pid = self.reaper.fork_reaper(request["argv"], cwd, request["env"], request["console"], exit_file,
                                       request["grace"])
-        start = _start_time(pid)
+        start = self.reaper.process_start_time(pid) or "?"  # as a local node's launch
         self._watch(pid, start)
         return {"status": 0, "pid": pid, "start": start}
 

@@ -6,9 +6,9 @@ Forked by what starts runs (fork_reaper: the local node, a box's agent), or star
 `python -S -I reaper.py EXIT_FILE SPEC_FILE ARGV...` (no site, no imports beyond os, signal, sys,
 time and, on Linux, ctypes for prctl: a few milliseconds), so whoever supervises the run — the
 local host, or the run wrapper on a node — can die and come back, and still learn how the run
-ended. SPEC_FILE (launch_spec's text, written by the node, read and deleted here) holds
-the run's own variables and the kill grace. `reaper.py --kill SIG PID` signals the run whose
-reaper is (or was) PID: what a supervisor runs on a box.
+ended. SPEC_FILE (launch_spec's text, written by whoever starts it, read and deleted here) holds
+the run's own variables and the kill grace. kill_tree signals the run whose reaper is (or was) a
+pid: what a supervisor's node (a box's agent, too) does to stop a run.
 
 The run's environment is exactly: the BASE_ENV names and LC_* taken from the reaper's own
 environment (the node's: this machine's, a box's login, a Batch task's), then the spec's variables
@@ -20,8 +20,8 @@ descendant orphaned by its parent (a daemon, one that started its own session) b
 reaper's child instead of init's and is still found; the command gets PR_SET_PDEATHSIG (SIGKILL),
 so it dies with its reaper, even a reaper killed by SIGKILL. The tree is the reaper's descendants
 (from /proc's parent links), its process group, and every process whose environment says
-XT_REAPER_PID=<the reaper's pid> (what is left once the reaper itself was killed: the supervisor's
-`--kill` finds them by it). After the command ends, whatever it left behind gets SIGTERM, then
+XT_REAPER_PID=<the reaper's pid> (what is left once the reaper itself was killed: kill_tree finds
+them by it). After the command ends, whatever it left behind gets SIGTERM, then
 SIGKILL after the grace, before the exit code is written. Elsewhere (no /proc, no prctl) only the
 process group is signalled, and the command does not die with its reaper.
 """
@@ -45,7 +45,7 @@ SPEC_FILE = "run_spec.txt"
 GRACE_SECONDS = float(os.environ.get("XT_KILL_GRACE_SECONDS", "10"))  # SIGTERM, then SIGKILL this much later
 _LAST_WAIT_SECONDS = 5.0  # after SIGKILL: bounded, a process stuck in the kernel does not hold the run forever
 PR_SET_PDEATHSIG, PR_SET_NAME, PR_GET_NAME, PR_SET_CHILD_SUBREAPER = 1, 15, 16, 36
-FORKED_NAME = b"xt-reaper"  # /proc/PID/comm of a reaper forked by a local node (its cmdline is its host's)
+FORKED_NAME = b"xt-reaper"  # /proc/PID/comm of a forked reaper (its cmdline is its parent's: a host's, a box agent's)
 _STOPS = {signal.SIGTERM, signal.SIGINT}  # what the reaper passes on
 
 
@@ -96,6 +96,29 @@ def _processes():
             if fields[0] not in (b"Z", b"X"):
                 table[int(name)] = (int(fields[1]), int(fields[2]))
     return table or None
+
+
+def process_start_time(pid):
+    """The kernel's start time of pid (None if gone or a zombie): tells a live process from a recycled pid."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            record = f.read()
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except OSError:
+            return None
+        return "?"  # no /proc (not Linux): trust the pid
+    return start_time_in(record)
+
+
+def start_time_in(record):
+    """The start time (field 22) in a /proc/PID/stat record, wherever it was read; None for a zombie's
+    or what is not such a record (an empty read of a pid that is gone)."""
+    fields = record.rsplit(b")", 1)[-1].split()
+    if len(fields) < 20 or fields[0] in (b"Z", b"X"):
+        return None
+    return fields[19].decode()
 
 
 def _marked(pid, marker):
@@ -345,9 +368,6 @@ def fork_reaper(argv, cwd, own, console, exit_file, grace=None):
 
 
 def main(argv):
-    if argv[1:2] == ["--kill"]:
-        kill_tree(int(argv[3]), int(argv[2]))
-        return 0
     exit_file, spec_file, command = argv[1], argv[2], argv[3:]
     if not command:
         return 2

@@ -18,22 +18,6 @@ from xt_submit.ports import Node
 RELEASED_FILES = ("console.log", "xt_run_log.jsonl")  # the run wrapper's copies, shipped before release
 
 
-def process_start_time(pid: int) -> Optional[str]:
-    """The kernel's start time of pid (None if gone or a zombie): tells a live process from a recycled pid."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-    except OSError:
-        try:
-            os.kill(pid, 0)
-        except OSError:
-            return None
-        return "?"  # no /proc (not Linux): trust the pid
-    if fields[0] in (b"Z", b"X"):
-        return None
-    return fields[19].decode()
-
-
 class LocalNode(Node):
     """This machine. `launch` forks the run's reaper from this process and keeps its pid (with a pidfd,
     where Linux has them), so the supervisor that started a run reaps it and can await its exit."""
@@ -131,7 +115,7 @@ class LocalNode(Node):
         with contextlib.suppress(AttributeError, OSError):
             pidfd = os.pidfd_open(pid)  # Linux 5.3+: readable once the reaper ended (wait_for_exit)
         self.processes[pid] = pidfd
-        return pid, process_start_time(pid) or "?"
+        return pid, reaper.process_start_time(pid) or "?"
 
     def alive(self, pid: int, start: Optional[str]) -> bool:
         if pid in self.processes:
@@ -145,6 +129,8 @@ class LocalNode(Node):
             if pidfd is not None:
                 os.close(pidfd)
             return False
+        from xt_submit.node_kit.reaper import process_start_time
+
         return process_start_time(pid) == start
 
     def wait_for_exit(self, timeout: float) -> bool:

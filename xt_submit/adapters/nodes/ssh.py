@@ -307,7 +307,7 @@ class SshNode(Node):
         self._command_channels = threading.BoundedSemaphore(COMMAND_CHANNELS)
         self._cached_codes: set = set()  # snapshots (sha256) known to be unpacked in the box's cache
         self._code_locks: Dict[str, threading.Lock] = {}  # one unpack per snapshot, however many runs start
-        # run folder -> (its copy of the code (box_agent.copy_code's), sent with its launch; what to do
+        # run folder -> (its copy of the code (box_agent.begin_copy's), sent with its launch; what to do
         # if the cached tree is gone by then)
         self._deferred: Dict[str, Tuple[dict, Callable[[], None]]] = {}
         self._zips: Dict[str, str] = {}  # snapshot -> this node's copy of its zip (see _scratch)
@@ -452,7 +452,7 @@ class SshNode(Node):
         the agent tells is an OSError."""
         reply = self._send(request)
         if patient:
-            self._await(reply, COMMAND_TIMEOUT_SECONDS)
+            self._wait_while_box_answers(reply.done, COMMAND_TIMEOUT_SECONDS)
         elif not reply.done.wait(COMMAND_TIMEOUT_SECONDS):
             raise TimeoutError(f"no answer within {COMMAND_TIMEOUT_SECONDS:g}s")
         if reply.message is None:
@@ -466,13 +466,6 @@ class SshNode(Node):
         if agent is None:  # closed by another thread since
             raise EOFError("the connection was closed")
         return agent.send(request)  # within the channel's timeout, or TimeoutError
-
-    def _await(self, reply: _Reply, seconds: float) -> None:
-        """Until the reply is in, however long, as long as the box answers an SFTP stat within
-        `seconds` every `seconds` (as _wait_while_box_answers)."""
-        while not reply.done.wait(seconds):
-            with self._lent_session() as sftp:
-                sftp.stat(self.home)
 
     @contextlib.contextmanager
     def _connection(self):
@@ -529,7 +522,7 @@ class SshNode(Node):
                 channel.sendall(stdin_text.encode())
                 channel.shutdown_write()
             if patient:
-                self._wait_while_box_answers(channel, timeout)
+                self._wait_while_box_answers(channel.status_event, timeout)
             stdout, stderr = channel.makefile("rb"), channel.makefile_stderr("rb")
             out, err = stdout.read().decode(errors="replace"), stderr.read().decode(errors="replace")
             # recv_exit_status() waits with no bound: a box that goes silent between the output and
@@ -584,10 +577,11 @@ class SshNode(Node):
         channel.settimeout(COMMAND_TIMEOUT_SECONDS)
         return session
 
-    def _wait_while_box_answers(self, channel, seconds: float) -> None:
-        """Until the channel's command has ended, however long that takes, as long as the box answers
-        an SFTP stat within `seconds` every `seconds`: a busy box is not taken for a silent one."""
-        while not channel.status_event.wait(seconds):
+    def _wait_while_box_answers(self, done: threading.Event, seconds: float) -> None:
+        """Until `done` is set (a command's channel ended, an agent's reply is in), however long that
+        takes, as long as the box answers an SFTP stat within `seconds` every `seconds`: a busy box
+        is not taken for a silent one."""
+        while not done.wait(seconds):
             with self._lent_session() as sftp:
                 sftp.stat(self.home)  # the session's timeout: a box gone silent raises TimeoutError
 
@@ -796,7 +790,7 @@ class SshNode(Node):
 
     @staticmethod
     def _copy_of(cached: str, copy: dict) -> dict:
-        """What box_agent.copy_code makes: a run's copy of the cached tree, with its folders and files."""
+        """What box_agent.begin_copy makes: a run's copy of the cached tree, with its folders and files."""
         return {"cached": cached, **copy}
 
     def _copy_code(self, copy: dict) -> Tuple[int, str]:
@@ -882,7 +876,7 @@ class SshNode(Node):
         try:
             for folder, reply in removals:
                 with self._connection():
-                    self._await(reply, COMMAND_TIMEOUT_SECONDS)
+                    self._wait_while_box_answers(reply.done, COMMAND_TIMEOUT_SECONDS)
                 outcome = self._removal_outcome(folder, reply)
                 if outcome is None:
                     lost.append(folder)
@@ -891,12 +885,12 @@ class SshNode(Node):
                 if outcome:
                     failed.append(outcome)
             for folder in lost:
-                with self._connection():
+                with self._connection():  # the agent ending meanwhile is a dropped connection
                     reply = self._send({"op": "remove", "argv": _removal_argv(folder)})
-                    self._await(reply, COMMAND_TIMEOUT_SECONDS)
-                outcome = self._removal_outcome(folder, reply)
-                if outcome is None:
-                    raise EOFError("the box agent ended")
+                    self._wait_while_box_answers(reply.done, COMMAND_TIMEOUT_SECONDS)
+                    outcome = self._removal_outcome(folder, reply)
+                    if outcome is None:
+                        raise EOFError("the box agent ended")
                 unsettled.discard(folder)
                 if outcome:
                     failed.append(outcome)
@@ -969,9 +963,9 @@ class SshNode(Node):
         return answer["pid"], answer["start"]
 
     def alive(self, pid: int, start: Optional[str]) -> bool:
-        """The kernel's record of the process, read over SFTP: no process started on the box to look."""
-        fields = self.read_from(f"/proc/{int(pid)}/stat").rsplit(b")", 1)[-1].split()
-        return len(fields) > 19 and fields[0] not in (b"Z", b"X") and fields[19].decode() == start
+        """The kernel's record of the process, read by the box agent: no process started on the box to look."""
+        found = reaper.start_time_in(self.read_from(f"/proc/{int(pid)}/stat"))
+        return found is not None and found == start
 
     def ended(self, pid: int, start: Optional[str], exit_file: str) -> bool:
         """One STAT per look: the reaper writes the exit file last, once the run's whole tree ended. A
