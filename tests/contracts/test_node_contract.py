@@ -115,6 +115,7 @@ def test_read_from_gives_at_most_limit_bytes(node, work):
     log = posixpath.join(work, "run.log")
     node.append(log, b"0123456789" * 10000)
     assert node.read_from(log, offset=5, limit=7) == b"5678901"
+    assert node.read_from(log, offset=5, limit=0) == b""
     assert node.read_from(log, offset=99990, limit=50) == b"0123456789"  # fewer where the file ends
     assert node.read_from(log, offset=3, limit=40000) == (b"0123456789" * 10000)[3:40003]
     assert node.read_from(posixpath.join(work, "missing"), limit=5) == b""

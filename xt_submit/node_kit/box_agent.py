@@ -175,7 +175,7 @@ class Agent:
         try:
             with open(request["path"], "rb") as f:
                 f.seek(request["offset"])
-                data = f.read(min(request["limit"] or READ_BYTES, READ_BYTES))
+                data = f.read(READ_BYTES if request["limit"] is None else min(request["limit"], READ_BYTES))
         except FileNotFoundError:
             return {"missing": True}
         return {"data": base64.b64encode(data).decode()}
