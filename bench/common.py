@@ -133,9 +133,14 @@ def sweep_breakdown(cli_argv: Sequence[str], *, home: str, cwd, env: Dict[str, s
         if os.waitstatus_to_exitcode(status) != 0:
             raise RuntimeError(f"{' '.join(cli_argv)} failed: {cli.stderr.read().decode()[-2000:]}")
         cli.stderr.close()
-        with open(f"/proc/{host.pid}/stat") as f:  # utime stime cutime cstime: fields 14-17
-            fields = f.read().rsplit(")", 1)[1].split()
-        host_cpu, children_cpu = (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
+        host_cpu, children_cpu = _cpu_seconds(host.pid, tick)
+        # The host's living children (its agent, which forks and reaps the runs' reapers): their own CPU
+        # apart, what they reaped with the runs
+        agent_cpu = 0.0
+        for child in _children(host.pid):
+            own, reaped = _cpu_seconds(child, tick)
+            agent_cpu += own
+            children_cpu += reaped
     finally:
         host.terminate()
         host.wait()
@@ -144,10 +149,31 @@ def sweep_breakdown(cli_argv: Sequence[str], *, home: str, cwd, env: Dict[str, s
     records = json.loads(listed.stdout)
     starts = [r["started"] for r in records if r.get("started")]
     ends = [r["ended"] for r in records if r.get("ended")]
-    return {"host_cpu_ms_per_run": 1000 * host_cpu / runs, "runs_cpu_ms_per_run": 1000 * children_cpu / runs,
+    return {"host_cpu_ms_per_run": 1000 * host_cpu / runs, "agent_cpu_ms_per_run": 1000 * agent_cpu / runs,
+            "runs_cpu_ms_per_run": 1000 * children_cpu / runs,
             "cli_cpu_ms": 1000 * (usage.ru_utime + usage.ru_stime),
             "cli_start_to_first_run_s": min(starts) - begun if starts else float("nan"),
             "last_run_end_to_cli_exit_s": finished - max(ends) if ends else float("nan")}
+
+
+def _cpu_seconds(pid: int, tick: int) -> Tuple[float, float]:
+    """(its own CPU, its waited-for children's) from /proc, in seconds."""
+    with open(f"/proc/{pid}/stat") as f:  # utime stime cutime cstime: fields 14-17
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / tick, (int(fields[13]) + int(fields[14])) / tick
+
+
+def _children(pid: int) -> List[int]:
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    if int(f.read().rsplit(")", 1)[1].split()[1]) == pid:
+                        found.append(int(name))
+            except (OSError, IndexError, ValueError):
+                continue
+    return found
 
 
 def children_cpu_seconds() -> float:

@@ -153,10 +153,11 @@ def box_node(home: Path, name: str, box) -> Node:
     return node_factory(home)(name, settings, "runs")
 
 
-def local_node(folder: Path, name: str = "local") -> Node:
+def local_node(folder: Path, name: str = "local", fork_here: bool = False) -> Node:
+    """fork_here: for a process that starts one run (LocalNode says why)."""
     from xt_submit.adapters.nodes.local import LocalNode
 
-    return LocalNode(str(folder), name=name)
+    return LocalNode(str(folder), name=name, fork_here=fork_here)
 
 
 # --- the embedded default and the config's choice -----------------------------------------------

@@ -1,14 +1,24 @@
-"""The local node's reaper is a fork of its supervisor, not an exec: what that must not change.
-It holds none of the supervisor's files (the host lock, its databases), is told from a recycled
-pid, and its end wakes a supervisor waiting on it at once rather than at its next poll."""
+"""The local node's reaper is a fork, not an exec: of this machine's agent (a host of many runs) or
+of the supervisor itself (fork_here: a process that starts one run). What that must not change: it
+holds none of the supervisor's files (the host lock, its databases), is told from a recycled pid,
+and its end wakes a supervisor waiting on it at once rather than at its next poll."""
 import fcntl
 import os
 import signal
 import sys
 import time
 
+import pytest
+
 from xt_submit.adapters.nodes.local import LocalNode
 from xt_submit.node_kit import reaper
+
+both_kinds = pytest.mark.parametrize("fork_here", [False, True], ids=["agent", "fork_here"])
+
+
+def parent_of(pid):
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        return int(f.read().rsplit(b")", 1)[1].split()[1])
 
 
 def launch(node, tmp_path, script):
@@ -27,11 +37,12 @@ def wait_for(condition, what, seconds=30.0):
         time.sleep(0.02)
 
 
-def test_the_reaper_and_its_run_hold_none_of_the_supervisors_files(tmp_path):
+@both_kinds
+def test_the_reaper_and_its_run_hold_none_of_the_supervisors_files(tmp_path, fork_here):
     lock_path = tmp_path / "host.lock"
     held = os.open(lock_path, os.O_RDWR | os.O_CREAT)
     fcntl.flock(held, fcntl.LOCK_EX)  # as the host holds its lock while it launches runs
-    node = LocalNode(str(tmp_path / "home"))
+    node = LocalNode(str(tmp_path / "home"), fork_here=fork_here)
     pid, start, console, exit_file = launch(node, tmp_path, "import time; print('ready', flush=True); time.sleep(300)")
     try:
         wait_for(lambda: b"ready" in console.read_bytes(), "the run started")
@@ -44,10 +55,12 @@ def test_the_reaper_and_its_run_hold_none_of_the_supervisors_files(tmp_path):
     finally:
         node.kill_group(pid, signal.SIGKILL)
     wait_for(lambda: not node.alive(pid, start), "the killed run ended")
+    node.close()
 
 
-def test_an_ended_run_wakes_the_waiting_supervisor_at_once_and_leaves_its_exit_code(tmp_path):
-    node = LocalNode(str(tmp_path / "home"))
+@both_kinds
+def test_an_ended_run_wakes_the_waiting_supervisor_at_once_and_leaves_its_exit_code(tmp_path, fork_here):
+    node = LocalNode(str(tmp_path / "home"), fork_here=fork_here)
     pid, start, console, exit_file = launch(node, tmp_path,
                                             "import os, time; time.sleep(0.3); print(os.environ['XT_LR']); raise SystemExit(4)")
     began = time.monotonic()
@@ -56,13 +69,39 @@ def test_an_ended_run_wakes_the_waiting_supervisor_at_once_and_leaves_its_exit_c
     assert time.monotonic() - began < 10  # woken by the exit, not by the 30 s timeout
     assert exit_file.read_text().split("\n")[0] == "4" and b"0.1" in console.read_bytes()
     assert pid not in node.processes  # reaped, its pidfd closed
+    assert not os.path.exists(f"/proc/{pid}")  # reaped by whoever forked it: no zombie left
+    node.close()
 
 
-def test_a_run_in_a_missing_folder_is_refused_in_the_supervisor(tmp_path):
-    node = LocalNode(str(tmp_path / "home"))
+@both_kinds
+def test_a_run_in_a_missing_folder_is_refused_in_the_supervisor(tmp_path, fork_here):
+    node = LocalNode(str(tmp_path / "home"), fork_here=fork_here)
     try:
         node.launch([sys.executable, "-c", "pass"], str(tmp_path / "missing"), {}, str(tmp_path / "c.log"),
                     str(tmp_path / "exit_code"))
     except FileNotFoundError:
         return
     raise AssertionError("a missing folder was not refused")
+
+
+def test_a_hosts_reapers_are_forks_of_its_agent_which_the_runs_outlive(tmp_path):
+    """Not of the host: a living reaper that shares the host's pages makes the host copy each page it
+    writes. The agent ends with the host's end of its pipe; the run goes on, and is still told."""
+    node = LocalNode(str(tmp_path / "home"))
+    pid, start, console, exit_file = launch(node, tmp_path, "import time; print('ready', flush=True); time.sleep(300)")
+    try:
+        agent = parent_of(pid)
+        assert agent != os.getpid() and parent_of(agent) == os.getpid()
+        assert "box_agent.py" in open(f"/proc/{agent}/cmdline").read()
+        wait_for(lambda: b"ready" in console.read_bytes(), "the run started")
+        node.close()
+        assert not os.path.exists(f"/proc/{agent}")  # the agent ended, and was reaped
+        assert node.alive(pid, start)  # from /proc now: the agent that would tell is gone
+        second, second_start, _, second_exit = launch(  # by a new agent
+            node, tmp_path / "code", "raise SystemExit(3)")
+        wait_for(lambda: not node.alive(second, second_start), "the second run ended")
+        assert second_exit.read_text().split("\n")[0] == "3"
+    finally:
+        node.kill_group(pid, signal.SIGKILL)
+    wait_for(lambda: not node.alive(pid, start), "the killed run ended")
+    node.close()

@@ -23,7 +23,7 @@ def run_task(env: Dict[str, str], working_dir: Path, storage, publisher) -> int:
     task = decode_task(env[TASK_ENV].encode())
     node_id = env.get("AZ_BATCH_NODE_ID", "batch")
     storage = bootstrap.prefetched(storage, task.code_key, working_dir / CODE_FILE)
-    node = bootstrap.local_node(working_dir.parent)  # as the run's folder is working_dir/run
+    node = bootstrap.local_node(working_dir.parent, fork_here=True)  # as the run's folder is working_dir/run
     RunWrapper(task, working_dir / "run", storage, publisher, node=node, node_id=node_id).run_to_end()
     return 0
 

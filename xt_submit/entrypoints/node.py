@@ -20,7 +20,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     task = decode_task(task_path.read_bytes())
     storage, publisher = bootstrap.node_parts(bootstrap.xt_home())
     # node dirs are <home>/nodes/<node>/<workspace>/<run>: the node's own folder is two up
-    node = bootstrap.local_node(task_path.parent.parent.parent)
+    node = bootstrap.local_node(task_path.parent.parent.parent, fork_here=True)
     RunWrapper(task, task_path.parent, storage, publisher, node=node).run_to_end()
     return 0
 

@@ -6,14 +6,17 @@ answered when it ended, so the agent answers everything else at once.
 
 Why: a fresh `python3` for every run's reaper, plus an sshd session and a shell for every launch
 and every removal, cost a box more than a short run itself (bench/p7_pool.py). Here each run's
-reaper is a fork of this warm process (reaper.fork_reaper, as on a local node), and everything
+reaper is a fork of this warm process (reaper.fork_reaper), and everything
 goes over the one channel.
 
-Started as `python3 -S -I box_agent.py XT_BIN_DIR` (stdlib only). Requests are
-{"id": N, "op": ..., ...}; each gets one reply {"id": N, ...}; a reaper that ended is told
-unasked as {"ended": PID, "start": START}. The agent ends when its stdin does (the connection
-dropped or the host closed it); the runs it started go on, each under its own reaper, which
-writes the run's exit file as always, so a host that connects again finds how they ended.
+Started as `python3 -S -I box_agent.py XT_BIN_DIR` (stdlib only); a local node starts one too,
+without XT_BIN_DIR, so its runs' reapers are forks of a small process rather than of the host
+(a host's pages shared with a living reaper are copied as the host writes them: ~1,000 page
+faults per run). Requests are {"id": N, "op": ..., ...}; each gets one reply {"id": N, ...}; a
+reaper that ended is told unasked as {"ended": PID, "start": START}. The agent ends when its
+stdin does (the connection dropped or the host closed it); the runs it started go on, each under
+its own reaper, which writes the run's exit file as always, so a host that connects again finds
+how they ended.
 """
 import base64
 import json
@@ -279,9 +282,9 @@ class Agent:
 
 
 def main(argv):
-    bin_dir = argv[1]
-    # `python train.py` on a box that only has python3: XT's fallback at the end of PATH
-    os.environ["PATH"] = f"{os.environ.get('PATH', '')}:{bin_dir}"
+    if len(argv) > 1:  # a box's: this machine's local node has its interpreter's path for `python`
+        # `python train.py` on a box that only has python3: XT's fallback at the end of PATH
+        os.environ["PATH"] = f"{os.environ.get('PATH', '')}:{argv[1]}"
     lib = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     sys.path.insert(0, lib)  # -I leaves PYTHONPATH out: XT's shipped modules are found from here
     from xt_submit.node_kit import reaper

@@ -3,37 +3,57 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import logging
 import os
 import shutil
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Tuple
 
 from xt_submit.ports import Node
 
-# node_kit's code_archive (zipfile, hashlib) and reaper are imported where a run needs them: every
-# CLI command builds this node, and most never launch or unpack anything
+# node_kit's code_archive (zipfile, hashlib) and reaper, the agent's client and subprocess (select) are
+# imported where a run needs them: every CLI command builds this node, and most never launch or unpack anything
 
 RELEASED_FILES = ("console.log", "xt_run_log.jsonl")  # the run wrapper's copies, shipped before release
+AGENT_ANSWER_SECONDS = 60.0  # a launch is a fork: only a machine stalled for this long misses it
+log = logging.getLogger("xt.local")
 
 
 class LocalNode(Node):
-    """This machine. `launch` forks the run's reaper from this process and keeps its pid (with a pidfd,
-    where Linux has them), so the supervisor that started a run reaps it and can await its exit."""
+    """This machine. Each run's reaper is a fork of this machine's agent (node_kit/box_agent.py, as a
+    box's): a small process, started with the first launch, that tells the moment a reaper ends, so
+    the supervisor awaits exits rather than polling them. Forking the reapers from the supervisor
+    itself (with `fork_here`: a process that starts one run, whose reaper then outlives it) costs a
+    host of many runs ~1,000 page faults per run: its pages, shared with each living reaper, are
+    copied as it writes them (bench/p4_sweep.py)."""
 
     fetches_code = False
 
-    def __init__(self, home: str, name: str = "local") -> None:
+    def __init__(self, home: str, name: str = "local", fork_here: bool = False) -> None:
         self.name = name
         self.home = str(home)
-        self.processes: Dict[int, Optional[int]] = {}  # reaper pid -> its pidfd (None: none to wait on)
+        self.fork_here = fork_here
+        self.processes: Dict[int, Optional[int]] = {}  # fork_here: reaper pid -> its pidfd (None: none to wait on)
+        self._agent = None  # the AgentClient of this machine's agent, once a run was launched
+        self._agent_process = None  # its subprocess.Popen
+        self._exit_seen = threading.Event()  # set by the agent's reader when a reaper it started ends
 
     def connect(self) -> None:
         pass  # always here
 
     def close(self) -> None:
-        pass
+        """The agent ends with its stdin; the runs it started go on under their reapers."""
+        process, self._agent, self._agent_process = self._agent_process, None, None
+        if process is not None:
+            import subprocess
+
+            with contextlib.suppress(OSError):
+                process.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(5)
 
     def probe(self) -> str:
         return "this machine"
@@ -99,8 +119,8 @@ class LocalNode(Node):
         return argv
 
     def launch(self, argv: List[str], cwd: str, env: Dict[str, str], console: str, exit_file: str) -> Tuple[int, str]:
-        """The reaper gets this process's environment and gives the run only its base (reaper.BASE_ENV)
-        plus `env`: nothing else of the host's (or a Batch task's) environment reaches the run."""
+        """The reaper gives the run only this process's base environment (reaper.BASE_ENV) plus `env`:
+        nothing else of the host's (or a Batch task's) environment reaches the run."""
         with contextlib.suppress(FileNotFoundError):
             os.unlink(exit_file)  # a stale one would say this run already ended
         if not os.path.isdir(cwd):  # as an exec would say (the forked reaper could tell no one)
@@ -110,12 +130,52 @@ class LocalNode(Node):
         os.close(os.open(console, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644))  # there once launch returns
         from xt_submit.node_kit import reaper
 
-        pid = reaper.fork_reaper(argv, cwd, env, console, exit_file)
-        pidfd = None
-        with contextlib.suppress(AttributeError, OSError):
-            pidfd = os.pidfd_open(pid)  # Linux 5.3+: readable once the reaper ended (wait_for_exit)
-        self.processes[pid] = pidfd
-        return pid, reaper.process_start_time(pid) or "?"
+        if self.fork_here:
+            pid = reaper.fork_reaper(argv, cwd, env, console, exit_file)
+            pidfd = None
+            with contextlib.suppress(AttributeError, OSError):
+                pidfd = os.pidfd_open(pid)  # Linux 5.3+: readable once the reaper ended (wait_for_exit)
+            self.processes[pid] = pidfd
+            return pid, reaper.process_start_time(pid) or "?"
+        # The base as this process has it now (the agent's environment is the one it started with)
+        own = {**reaper.base_environment(os.environ), **env}
+        message = self._ask_agent({"op": "launch", "argv": argv, "cwd": cwd, "env": own, "console": console,
+                                   "exit_file": exit_file, "grace": reaper.GRACE_SECONDS})
+        if message.get("status"):
+            raise FileNotFoundError(errno.ENOENT, message.get("err") or "the run could not start", cwd)
+        pid, start = int(message["pid"]), str(message["start"])
+        self._agent.when_ended(pid, start, self._exit_seen.set)
+        return pid, start
+
+    def _ask_agent(self, request: dict) -> dict:
+        """The agent's answer (an agent that ended is started again first); OSError if it gives none."""
+        agent = self._agent
+        if agent is None or not agent.running:
+            agent = self._start_agent()
+        try:
+            reply = agent.send(request)
+        except (EOFError, OSError) as exc:
+            raise OSError(f"this machine's agent ended: {exc}") from exc
+        if not reply.done.wait(AGENT_ANSWER_SECONDS) or reply.message is None:
+            raise OSError("this machine's agent gave no answer")
+        if "error" in reply.message:
+            raise OSError(f"this machine's agent: {reply.message['error']}")
+        return reply.message
+
+    def _start_agent(self):
+        import subprocess
+
+        from xt_submit.adapters.nodes.agent_client import AgentClient, PipeChannel
+        from xt_submit.node_kit import box_agent
+
+        self.close()  # an agent that ended: its process reaped
+        # Its own session: a ^C to the host's terminal is the host's to handle, not the agent's.
+        # close_fds (the default): it holds none of the host's files (its lock, its databases).
+        process = subprocess.Popen([sys.executable, "-S", "-I", box_agent.__file__], stdin=subprocess.PIPE,
+                                   stdout=subprocess.PIPE, start_new_session=True)
+        self._agent_process = process
+        self._agent = AgentClient(PipeChannel(process), "this machine", log)
+        return self._agent
 
     def alive(self, pid: int, start: Optional[str]) -> bool:
         if pid in self.processes:
@@ -129,13 +189,20 @@ class LocalNode(Node):
             if pidfd is not None:
                 os.close(pidfd)
             return False
-        from xt_submit.node_kit.reaper import process_start_time
+        told = self._agent.ended(pid, start) if self._agent is not None else None
+        if told is not None:
+            return not told
+        from xt_submit.node_kit.reaper import process_start_time  # not this agent's run: /proc says
 
         return process_start_time(pid) == start
 
     def wait_for_exit(self, timeout: float) -> bool:
         """Wait until one of the reapers this node started ends, or timeout seconds pass; True if one ended.
-        Without pidfds (not Linux, or an old kernel) it only sleeps."""
+        With neither an agent nor pidfds (not Linux, or an old kernel) it only sleeps."""
+        if self._agent is not None:
+            ended = self._exit_seen.wait(timeout)
+            self._exit_seen.clear()  # a later end sets it again; one ended meanwhile is seen by the next pass
+            return ended
         pidfds = [fd for fd in self.processes.values() if fd is not None]
         if not pidfds:
             time.sleep(timeout)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import functools
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from xt_submit.domain.boxes import BoxAddress, BoxError
+from xt_submit.adapters.nodes.agent_client import AgentClient, AgentReply
 from xt_submit.node_kit import box_agent, code_archive, reaper
 from xt_submit.node_kit.box_agent import CACHE_MISSING, PREPARE_FAILED
 from xt_submit.ports import Node, NodeUnreachable
@@ -166,121 +166,6 @@ class _RefusedOpens(logging.Filter):
 _REFUSED_OPENS = _RefusedOpens()
 
 
-class _Reply:
-    """A request's answer, once the agent gave it (None: the agent ended first)."""
-
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.message: Optional[dict] = None
-
-
-class _BoxAgent:
-    """The host's end of a connection's box agent (node_kit/box_agent.py): any thread sends a
-    request, a thread of its own reads the answers, and the reapers' ends the agent tells unasked."""
-
-    def __init__(self, channel, box: str) -> None:
-        self._channel = channel
-        self._box = box
-        self._lock = threading.Lock()  # the records below; never held while sending (the reader needs it)
-        self._sending = threading.Lock()  # one request's line at a time on the channel
-        self._last_id = 0
-        self._waiting: Dict[int, _Reply] = {}
-        self._launched: set = set()  # (pid, start) of reapers this agent started, until looked at once ended
-        self._ended: set = set()
-        self._wakes: Dict[tuple, Callable[[], None]] = {}  # (pid, start) -> whom to tell of its end
-        self.running = True
-        threading.Thread(target=self._read, name=f"xt-box-agent-{box}", daemon=True).start()
-
-    def send(self, request: dict) -> _Reply:
-        """Sent whole before any other thread's request: lines never interleave."""
-        reply = _Reply()
-        with self._lock:
-            if not self.running:
-                raise EOFError("the box agent ended")
-            self._last_id += 1
-            ident = self._last_id
-            self._waiting[ident] = reply
-        with self._sending:
-            self._channel.sendall((json.dumps({**request, "id": ident}) + "\n").encode())
-        return reply
-
-    def when_ended(self, pid: int, start: Optional[str], wake: Callable[[], None]) -> None:
-        key = (pid, start)
-        with self._lock:
-            if key not in self._launched:
-                return  # not this agent's: nothing will be told
-            if key not in self._ended and self.running:
-                self._wakes[key] = wake
-                return
-        wake()
-
-    def ended(self, pid: int, start: Optional[str]) -> Optional[bool]:
-        """Whether the reaper ended, as the agent told; None for one this agent did not start."""
-        key = (pid, start)
-        with self._lock:
-            if key not in self._launched or not (self.running or key in self._ended):
-                return None
-            if key in self._ended:
-                self._launched.discard(key)
-                self._ended.discard(key)
-                self._wakes.pop(key, None)
-                return True
-            return False
-
-    def _read(self) -> None:
-        pending = b""
-        try:
-            while True:
-                try:
-                    chunk = self._channel.recv(65536)
-                except socket.timeout:  # nothing asked, no run ended: the agent is waiting too
-                    continue
-                if not chunk:
-                    break
-                *lines, pending = (pending + chunk).split(b"\n")
-                for line in lines:
-                    self._take(json.loads(line))
-        except Exception as exc:  # the connection went (close() or the box): the requests waiting hear it
-            log.debug("box %s: the agent's channel ended: %r", self._box, exc)
-        finally:
-            with self._lock:
-                self.running = False
-                waiting, self._waiting = list(self._waiting.values()), {}
-                wakes, self._wakes = list(self._wakes.values()), {}
-            for reply in waiting:
-                reply.done.set()
-            for wake in wakes:  # their runs are looked at again: how they ended is found the other way
-                wake()
-            self._tell_why()
-
-    def _take(self, message: dict) -> None:
-        with self._lock:
-            if "ended" in message:
-                key = (message["ended"], message["start"])
-                self._ended.add(key)
-                wake = self._wakes.pop(key, None)
-                if wake is not None:
-                    wake()
-                return
-            reply = self._waiting.pop(message["id"], None)
-            if "pid" in message:  # before its end can be told
-                self._launched.add((message["pid"], message["start"]))
-        if reply is not None:
-            reply.message = message
-            reply.done.set()
-
-    def _tell_why(self) -> None:
-        """An agent that ended while its connection is up (killed on the box, a crash) says why in
-        host.log: its last line on stderr, if any."""
-        err = b""
-        with contextlib.suppress(Exception):
-            while self._channel.recv_stderr_ready():
-                err += self._channel.recv_stderr(4096)
-        lines = err.decode(errors="replace").strip().splitlines()
-        if lines:
-            log.warning("box %s: the box agent ended: %s", self._box, lines[-1])
-
-
 class SshNode(Node):
     """One box. Connects lazily; any failure of the connection itself becomes NodeUnreachable (the
     run is not known to have failed), and the next call connects afresh."""
@@ -297,7 +182,7 @@ class SshNode(Node):
         self.home = ""  # the box's XT folder (~/.xt), known once connected
         self._client = None
         self._sftp = None  # the connection's first SFTP session (the others are opened as threads need them)
-        self._agent: Optional[_BoxAgent] = None  # the connection's box agent: launches, copies, removals
+        self._agent: Optional[AgentClient] = None  # the connection's box agent: launches, copies, removals
         self._lib = ""
         self._lock = threading.RLock()  # connecting, closing, and this node's own records
         self._sessions = threading.Condition(threading.Lock())  # SFTP sessions, lent to one thread at a time
@@ -312,7 +197,7 @@ class SshNode(Node):
         self._deferred: Dict[str, Tuple[dict, Callable[[], None]]] = {}
         self._zips: Dict[str, str] = {}  # snapshot -> this node's copy of its zip (see _scratch)
         self._scratch_dir: Optional[str] = None
-        self._releasing: Dict[str, _Reply] = {}  # run folder -> its removal's answer, once done
+        self._releasing: Dict[str, AgentReply] = {}  # run folder -> its removal's answer, once done
         self._lost_removals: set = set()  # run folders whose removal's connection dropped: removed again
         self._failed_removals: Dict[str, str] = {}  # run folder -> why its removal failed (told once)
         self._alive_checked: Dict[int, float] = {}  # a running reaper's pid -> when /proc last said so
@@ -438,13 +323,13 @@ class SshNode(Node):
             self._sftp.open(complete, "w").close()
         self._lib = lib
 
-    def _start_agent(self, client) -> _BoxAgent:
+    def _start_agent(self, client) -> AgentClient:
         channel = self._open_session(client, CONNECT_TIMEOUT_SECONDS)
         agent_py = posixpath.join(self._lib, "xt_submit", "node_kit", "box_agent.py")
         with self._answer_within(CONNECT_TIMEOUT_SECONDS, client):
             channel.exec_command(f"exec python3 -S -I {q(agent_py)} {q(posixpath.join(self.home, 'bin'))}")
         channel.settimeout(COMMAND_TIMEOUT_SECONDS)  # a send to a box gone silent fails (its reader waits on)
-        return _BoxAgent(channel, self.name)
+        return AgentClient(channel, f"box {self.name}", log)
 
     def _ask(self, request: dict, patient: bool = False) -> dict:
         """The box agent's answer within COMMAND_TIMEOUT_SECONDS (else TimeoutError: the box went
@@ -461,7 +346,7 @@ class SshNode(Node):
             raise OSError(f"box {self.name}: the box agent: {reply.message['error']}")
         return reply.message
 
-    def _send(self, request: dict) -> _Reply:
+    def _send(self, request: dict) -> AgentReply:
         agent = self._agent
         if agent is None:  # closed by another thread since
             raise EOFError("the connection was closed")
@@ -901,7 +786,7 @@ class SshNode(Node):
         if failed:
             raise OSError(failed[0])
 
-    def _removal_outcome(self, folder: str, reply: _Reply) -> Optional[str]:
+    def _removal_outcome(self, folder: str, reply: AgentReply) -> Optional[str]:
         """Of an answered removal: "" done, why it failed, or None when the agent ended first."""
         message = reply.message
         if message is None:
