@@ -158,3 +158,34 @@ def test_ensure_host_for_unfinished_work_starts_one_only_for_waiting_messages_or
 
 def lock_text_of(home):
     return (home / host_control.LOCK_FILE).read_text()
+
+
+def test_a_client_asking_again_while_its_host_starts_starts_no_second_one(tmp_path, monkeypatch):
+    """`xt run` asks for a host with each look at the dispatch; a host takes a few hundred ms to take
+    its lock, and each extra one started meanwhile only competed for the cores and lost."""
+    from xt_submit.bootstrap import embedded
+
+    home = embedded(tmp_path / "home").home
+    starts = tmp_path / "starts"
+    counting = tmp_path / "python"  # a real interpreter start, counted: what ensure_host starts
+    counting.write_text(f"#!/bin/sh\necho started >> {starts}\nexec {sys.executable} \"$@\"\n")
+    counting.chmod(0o755)
+    monkeypatch.setattr(sys, "executable", str(counting))
+    monkeypatch.setattr(host_control, "_started", {}, raising=False)
+    deadline = time.monotonic() + 60
+    while not host_control.host_running(home):
+        assert time.monotonic() < deadline, "no host took the lock"
+        host_control.ensure_host(home, idle_exit_seconds=0.5)
+        time.sleep(0.01)
+    for _ in range(5):
+        host_control.ensure_host(home, idle_exit_seconds=0.5)
+    assert starts.read_text().count("started") == 1
+    wait_until(lambda: not host_control.host_running(home), "the idle host exited")
+
+
+    def asked_again():  # once that one's process has ended (not only let go of its lock), a new one is started
+        host_control.ensure_host(home, idle_exit_seconds=0.5)
+        return starts.read_text().count("started") == 2
+
+    wait_until(asked_again, "a second host started")
+    wait_until(lambda: not host_control.host_running(home), "the second idle host exited")

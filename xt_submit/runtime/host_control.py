@@ -7,12 +7,14 @@ import fcntl
 import os
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import Any, Dict, Optional
 
 from xt_submit.domain.messages import EVENTS_QUEUE, JOBS_QUEUE
 from xt_submit.ports import Parts
 
 LOCK_FILE = "host.lock"
+# XT_HOME -> the host this process started there (a subprocess.Popen), until it is seen to have ended
+_started: Dict[str, Any] = {}
 
 
 class HostLock:
@@ -78,8 +80,13 @@ def ensure_host_for_unfinished_work(parts: Parts) -> bool:
 
 
 def ensure_host(home: Path, idle_exit_seconds: Optional[float] = None) -> None:
-    """Start a background host for this XT_HOME unless one is running."""
+    """Start a background host for this XT_HOME unless one is running, or is still starting: one this
+    process started that has not yet taken the lock (its start takes a few hundred ms, and a client
+    that asks again meanwhile would start another, which only competes for the cores and loses)."""
     if host_running(home):
+        return
+    starting = _started.get(str(home))
+    if starting is not None and starting.poll() is None:
         return
     if idle_exit_seconds is None:
         idle_exit_seconds = float(os.environ.get("XT_HOST_IDLE_EXIT", "10"))
@@ -88,7 +95,8 @@ def ensure_host(home: Path, idle_exit_seconds: Optional[float] = None) -> None:
     log_file = open(home / "host.out", "ab")
     # cwd: XT_HOME, not the user's project (`-m` puts the cwd first on sys.path: a project's own
     # msgspec.py or yaml.py would be imported in place of the real ones)
-    subprocess.Popen([sys.executable, "-m", "xt_submit.entrypoints.host", str(home), str(idle_exit_seconds)],
-                     cwd=str(home), stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT,
-                     start_new_session=True, env=dict(os.environ, XT_HOME=str(home)))
+    _started[str(home)] = subprocess.Popen(
+        [sys.executable, "-m", "xt_submit.entrypoints.host", str(home), str(idle_exit_seconds)], cwd=str(home),
+        stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+        env=dict(os.environ, XT_HOME=str(home)))
     log_file.close()
