@@ -227,7 +227,7 @@ class TaskTable(Compute):
     def target(self, name: str) -> Optional[dict]: ...
 
     @abstractmethod
-    def launchable(self, limit: int, window: int = 2000) -> List[Any]:
+    def launchable(self, limit: int) -> List[Any]:
         """Queued tasks of local targets that their jobs' `concurrent` lets start now."""
 
     @abstractmethod

@@ -117,24 +117,27 @@ class LocalCompute(TaskTable):
     def check_tasks(self) -> list:
         return []  # this machine's executors report their runs' events themselves
 
-    def launchable(self, limit: int, window: int = 2000) -> List[RunTask]:
-        """Queued tasks, oldest first, up to each job's free slots and the machine's (`limit`)."""
+    def launchable(self, limit: int) -> List[RunTask]:
+        """Queued tasks, oldest first, up to each job's free slots and the machine's (`limit`).
+        Per job, in SQL: a job whose slots are full costs nothing here however many runs it has
+        queued (the host asks at every pass), and never hides another job's runs behind its own."""
         running = {(ws, job): n for ws, job, n in self._db.execute(
             "SELECT workspace, job, count(*) FROM tasks WHERE state IN ('launching', 'launched') AND pool IS NULL"
             " GROUP BY workspace, job")}
         limit -= sum(running.values())
         if limit <= 0:
             return []
-        chosen = []
-        for ws, job, run, concurrent, command, hparams in self._db.execute(
-                "SELECT workspace, job, run, concurrent, command, hparams FROM tasks WHERE state = 'queued'"
-                " AND pool IS NULL ORDER BY seq LIMIT ?", (window,)):
-            if running.get((ws, job), 0) < concurrent:
-                running[(ws, job)] = running.get((ws, job), 0) + 1
-                chosen.append(self._task(ws, job, run, command, hparams))
-                if len(chosen) == limit:
-                    break
-        return chosen
+        candidates = []
+        for ws, job, concurrent in self._db.execute(  # a job's tasks share its `concurrent`
+                "SELECT workspace, job, max(concurrent) FROM tasks WHERE state = 'queued' AND pool IS NULL"
+                " GROUP BY workspace, job"):
+            free = min(concurrent - running.get((ws, job), 0), limit)
+            if free > 0:
+                candidates += self._db.execute(
+                    "SELECT seq, workspace, job, run, command, hparams FROM tasks WHERE state = 'queued'"
+                    " AND pool IS NULL AND workspace = ? AND job = ? ORDER BY seq LIMIT ?", (ws, job, free)).fetchall()
+        candidates.sort()
+        return [self._task(ws, job, run, command, hparams) for _, ws, job, run, command, hparams in candidates[:limit]]
 
     def _task(self, workspace: str, job: str, run: str, command: str, hparams: bytes) -> RunTask:
         return msgspec.structs.replace(self._template(workspace, job), run=run, command=command,
