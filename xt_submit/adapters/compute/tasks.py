@@ -8,7 +8,7 @@ travelling in a message."""
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import msgspec
 
@@ -49,6 +49,8 @@ def _migrate(db) -> None:
             if column not in have:
                 db.execute(f"ALTER TABLE tasks ADD COLUMN {column} {kind}")
         db.execute("CREATE INDEX IF NOT EXISTS tasks_by_pool ON tasks (pool, state, seq)")
+        # launchable's: the jobs with queued runs one index step each, and each one's oldest
+        db.execute("CREATE INDEX IF NOT EXISTS tasks_by_job ON tasks (pool, state, workspace, job, seq)")
 
 
 @heals
@@ -127,17 +129,27 @@ class LocalCompute(TaskTable):
         limit -= sum(running.values())
         if limit <= 0:
             return []
-        candidates = []
-        for ws, job, concurrent in self._db.execute(  # a job's tasks share its `concurrent`
-                "SELECT workspace, job, max(concurrent) FROM tasks WHERE state = 'queued' AND pool IS NULL"
-                " GROUP BY workspace, job"):
+        candidates: list = []
+        for ws, job, concurrent in self._jobs_with_queued():
             free = min(concurrent - running.get((ws, job), 0), limit)
             if free > 0:
                 candidates += self._db.execute(
-                    "SELECT seq, workspace, job, run, command, hparams FROM tasks WHERE state = 'queued'"
-                    " AND pool IS NULL AND workspace = ? AND job = ? ORDER BY seq LIMIT ?", (ws, job, free)).fetchall()
+                    "SELECT seq, workspace, job, run, command, hparams FROM tasks WHERE pool IS NULL"
+                    " AND state = 'queued' AND workspace = ? AND job = ? ORDER BY seq LIMIT ?", (ws, job, free)).fetchall()
         candidates.sort()
         return [self._task(ws, job, run, command, hparams) for _, ws, job, run, command, hparams in candidates[:limit]]
+
+    def _jobs_with_queued(self) -> Iterator[Tuple[str, str, int]]:
+        """(workspace, job, concurrent) of each job with local runs queued: one seek in tasks_by_job
+        per job (the next job of the workspace, else the next workspace), however many runs it has
+        queued. A job's tasks share its `concurrent`."""
+        queued = "SELECT workspace, job, concurrent FROM tasks WHERE pool IS NULL AND state = 'queued'"
+        found = self._db.execute(f"{queued} ORDER BY workspace, job LIMIT 1").fetchone()
+        while found is not None:
+            yield found
+            ws, job, _ = found
+            found = (self._db.execute(f"{queued} AND workspace = ? AND job > ? ORDER BY job LIMIT 1", (ws, job)).fetchone()
+                     or self._db.execute(f"{queued} AND workspace > ? ORDER BY workspace, job LIMIT 1", (ws,)).fetchone())
 
     def _task(self, workspace: str, job: str, run: str, command: str, hparams: bytes) -> RunTask:
         return msgspec.structs.replace(self._template(workspace, job), run=run, command=command,
