@@ -147,6 +147,15 @@ def node_factory(home: Path) -> NodeFactory:
     return make_node
 
 
+def warm(names) -> None:
+    """Load what a host's first run of a kind would wait for ("ssh": paramiko, for a pool's boxes);
+    a name it does not know is left alone (a client newer than this host)."""
+    if "ssh" in names:
+        from xt_submit.adapters.nodes import ssh
+
+        ssh.load_paramiko()
+
+
 def box_node(home: Path, name: str, box) -> Node:
     """A config `boxes` entry as its Node, as the host would reach it (for `xt list boxes --check`)."""
     settings = {"address": box.address, "key": box.key, "host_key": box.host_key}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 from contextlib import contextmanager
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Dict, Iterator, Optional, Sequence
 
 from xt_submit.domain.errors import OneLineError
 
@@ -73,10 +73,11 @@ def check_name(kind: str, value: str, pattern) -> str:
     return value
 
 
-def ensure_local_host(parts, *, only_if_unfinished: bool = False) -> None:
+def ensure_local_host(parts, *, only_if_unfinished: bool = False, warm: Sequence[str] = ()) -> None:
     """With the embedded queue, a local host must be serving it; with Service Bus, Functions do.
     only_if_unfinished: for a command that reads run state, a host only when there is work waiting
-    for one (its host was killed), so that a read after a host's death does not show stale states for ever."""
+    for one (its host was killed), so that a read after a host's death does not show stale states for ever.
+    warm: what a host started now loads for the job on its way (host_control.ensure_host)."""
     from xt_submit.runtime.host_control import ensure_host, ensure_host_for_unfinished_work
 
     if not parts.served_here:
@@ -84,7 +85,7 @@ def ensure_local_host(parts, *, only_if_unfinished: bool = False) -> None:
     if only_if_unfinished:
         ensure_host_for_unfinished_work(parts)
     else:
-        ensure_host(parts.home)
+        ensure_host(parts.home, warm=warm)
 
 
 def progress_on_screen() -> bool:

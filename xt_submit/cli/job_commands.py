@@ -100,7 +100,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from xt_submit.domain.manifest import search_budget
     from xt_submit.domain.messages import check_manifest_size
-    from xt_submit.services import submit
+    from xt_submit.services import submit, targets
 
     cfg = load(args, {
         "general.experiment": args.experiment, "xt-services.target": args.target,
@@ -136,7 +136,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if manifest.resume_from:
         parts.ports.stats.get_run(manifest.workspace, manifest.resume_from)  # NotFound: one line naming it
     submit.check_shares_filled(parts.ports.storage, manifest)
-    ensure_local_host(parts)  # now, the job checked: the host's start (~0.3 s) overlaps the snapshot's upload
+    # now, the job checked: the host's start (~0.3 s) overlaps the snapshot's upload
+    ensure_local_host(parts, warm=targets.kind_of(cfg, manifest.target).host_warms(cfg, manifest.target))
     with transfer_progress(parts.ports.storage, "uploading code", enabled=not args.json):
         key, sha256 = upload_code(parts.ports.storage, parts.home, cfg.code.code_dirs, os.getcwd(), cfg.code.code_omit,
                                   max_bytes=cfg.code.max_size_mb * 1024**2)

@@ -1,8 +1,9 @@
-"""`python -m xt_submit.entrypoints.host XT_HOME [IDLE_EXIT_SECONDS]`: the local host that `xt run`
-starts in the background (runtime/local_host.py)."""
+"""`python -m xt_submit.entrypoints.host XT_HOME [IDLE_EXIT_SECONDS [WARM,...]]`: the local host that
+`xt run` starts in the background (runtime/local_host.py). WARM: what to load at once (bootstrap.warm)."""
 from __future__ import annotations
 
 import sys
+import threading
 from pathlib import Path
 
 from xt_submit import bootstrap
@@ -13,6 +14,9 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     home = Path(argv[0])
     idle_exit = float(argv[1]) if len(argv) > 1 else None
+    warm = [name for name in argv[2].split(",") if name] if len(argv) > 2 else []
+    if warm:  # while the client is still sending the job: the first run does not wait for it
+        threading.Thread(target=bootstrap.warm, args=(warm,), name="xt-warm", daemon=True).start()
     return run_host(home, lambda: bootstrap.embedded(home), idle_exit_seconds=idle_exit)
 
 

@@ -7,7 +7,7 @@ import fcntl
 import os
 import sys
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Sequence
 
 from xt_submit.domain.messages import EVENTS_QUEUE, JOBS_QUEUE
 from xt_submit.ports import Parts
@@ -79,10 +79,11 @@ def ensure_host_for_unfinished_work(parts: Parts) -> bool:
     return True
 
 
-def ensure_host(home: Path, idle_exit_seconds: Optional[float] = None) -> None:
+def ensure_host(home: Path, idle_exit_seconds: Optional[float] = None, warm: Sequence[str] = ()) -> None:
     """Start a background host for this XT_HOME unless one is running, or is still starting: one this
     process started that has not yet taken the lock (its start takes a few hundred ms, and a client
-    that asks again meanwhile would start another, which only competes for the cores and loses)."""
+    that asks again meanwhile would start another, which only competes for the cores and loses).
+    warm: what the host loads at once, in the background (bootstrap.warm), for the job on its way."""
     if host_running(home):
         return
     starting = _started.get(str(home))
@@ -96,7 +97,8 @@ def ensure_host(home: Path, idle_exit_seconds: Optional[float] = None) -> None:
     # cwd: XT_HOME, not the user's project (`-m` puts the cwd first on sys.path: a project's own
     # msgspec.py or yaml.py would be imported in place of the real ones)
     _started[str(home)] = subprocess.Popen(
-        [sys.executable, "-m", "xt_submit.entrypoints.host", str(home), str(idle_exit_seconds)], cwd=str(home),
+        [sys.executable, "-m", "xt_submit.entrypoints.host", str(home), str(idle_exit_seconds), ",".join(warm)],
+        cwd=str(home),
         stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
         env=dict(os.environ, XT_HOME=str(home)))
     log_file.close()

@@ -137,7 +137,7 @@ def shipped_digest() -> str:
 _import_lock = threading.Lock()
 
 
-def _paramiko():
+def load_paramiko():
     """paramiko, imported without invoke: paramiko.config imports it only for an ssh_config's
     `Match exec`, which XT never reads, and it is a third of paramiko's import time (every host
     that starts pays it). A later `import invoke` elsewhere works as usual."""
@@ -219,7 +219,7 @@ class SshNode(Node):
         return transport is not None and transport.is_active()
 
     def _connect(self) -> None:
-        paramiko = _paramiko()
+        paramiko = load_paramiko()
         where = f"box {self.name} ({self.address})"
         client = paramiko.SSHClient()
         if self.host_key:
@@ -286,7 +286,7 @@ class SshNode(Node):
                 self._sessions.notify_all()
 
     def _parse_host_key(self):
-        paramiko = _paramiko()
+        paramiko = load_paramiko()
         try:
             key_type, data = self.host_key.split()[:2]
             return key_type, paramiko.PKey.from_type_string(key_type, base64.b64decode(data))
@@ -375,7 +375,7 @@ class SshNode(Node):
                 raise NodeUnreachable(f"box {self.name} ({self.address}): {why}") from None
             if isinstance(exc, (OSError, code_archive.ArchiveError)):
                 raise
-            paramiko = _paramiko()
+            paramiko = load_paramiko()
             if isinstance(exc, (paramiko.SSHException, EOFError)):
                 log.warning("box %s (%s): closing its connection after %r", self.name, self.address, exc)
                 self.close()
@@ -431,7 +431,7 @@ class SshNode(Node):
     def _open_session(self, client, seconds: float):
         """A new session channel. One the box refuses while the connection is up is its sshd's
         MaxSessions, reached by channels of ours it has not yet finished closing: tried again."""
-        paramiko = _paramiko()
+        paramiko = load_paramiko()
         pause = SLOT_CHECK_SECONDS
         for _ in range(OPEN_ATTEMPTS):
             transport = client.get_transport()
@@ -450,7 +450,7 @@ class SshNode(Node):
                               f"(XT uses {SFTP_SESSIONS + COMMAND_CHANNELS}: is the box's sshd MaxSessions lower?)")
 
     def _open_sftp(self, client):
-        paramiko = _paramiko()
+        paramiko = load_paramiko()
         channel = self._open_session(client, CONNECT_TIMEOUT_SECONDS)
         try:
             with self._answer_within(CONNECT_TIMEOUT_SECONDS, client):

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Iterator, Optional
+from typing import Iterator, Optional, Tuple
 
 from xt_submit.config import Config
 from xt_submit.domain.errors import OneLineError
@@ -29,6 +29,11 @@ class TargetKind(ABC):
         """Why a run on the target cannot see the share as a mount of storage (one line naming the
         field), or None when it can. A kind mounts nothing unless it says so."""
         return cannot_mount(cfg, name, share, "it has no mount of storage")
+
+    def host_warms(self, cfg: Config, name: str) -> Tuple[str, ...]:
+        """What a host that starts for a job on the target loads while the job is still being sent
+        (names bootstrap.warm knows): what its first run would otherwise wait for."""
+        return ()
 
     @abstractmethod
     def where(self, cfg: Config, name: str) -> str:

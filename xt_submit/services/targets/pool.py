@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, Optional, Tuple
 
 import msgspec
 
@@ -19,6 +19,12 @@ class PoolTarget(TargetKind):
         for box in target.boxes:
             if box not in cfg.boxes:
                 yield f"compute-targets.{name}.boxes: expected boxes names ({names_of(cfg.boxes)}), got {show(box)}"
+
+    def host_warms(self, cfg: Config, name: str) -> Tuple[str, ...]:
+        from xt_submit.domain.boxes import LOCAL_ADDRESS
+
+        remote = any(cfg.boxes[box].address != LOCAL_ADDRESS for box in self._boxes(cfg, name) if box in cfg.boxes)
+        return ("ssh",) if remote else ()  # paramiko's import: ~80 ms before the first box connects
 
     def where(self, cfg: Config, name: str) -> str:
         target = cfg.compute_targets[name]
