@@ -87,3 +87,15 @@ def test_a_command_builds_only_the_parsers_of_the_group_that_defines_it(tmp_path
     assert "xt_submit.runtime.host_control" in loaded
     assert not loaded & {"xt_submit.runtime.local_host", "xt_submit.handlers", "xt_submit.runtime.wrapper",
                          "xt_submit.node_kit.reaper", "xt_submit.node_kit.code_archive"}
+
+
+def test_a_waited_run_with_json_output_draws_no_bar_and_loads_no_progress_bar(tmp_path):
+    """`xt run --wait --json` (scripts, the bench) has no bar to draw: tqdm's import (~30 ms of CPU
+    beside the job's first runs) is not paid."""
+    (tmp_path / "t.py").write_text("print('ran')\n")
+    env = {**__import__("os").environ, "XT_HOME": str(tmp_path / "home"), "XT_HOST_IDLE_EXIT": "1"}
+    code = ("import contextlib, io\nfrom xt_submit.cli import main\nout = io.StringIO()\n"
+            "with contextlib.redirect_stdout(out):\n    code = main.main(['run', '--wait', '--json', 't.py'])\n"
+            "assert code == 0 and json_ok(out.getvalue()), out.getvalue()")
+    code = "import json\ndef json_ok(text):\n    return json.loads(text)['status'] == 'completed'\n" + code
+    assert loaded_by(code, {"tqdm"}, env=env, cwd=tmp_path) == set()

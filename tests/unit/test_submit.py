@@ -28,3 +28,36 @@ def test_a_submission_waits_until_every_run_of_its_job_is_recorded(parts):
     submission = submit.await_dispatch(parts, "ws1", "sub-1", keep_served=lambda: None, timeout=60)
     dispatcher.join()
     assert submission == submit.Submission("job1", ["run1.1", "run1.2", "run1.3"])
+
+
+def test_following_a_job_looks_often_only_once_no_run_waits_and_a_run_just_ended(parts, monkeypatch):
+    """`xt run --wait` saw a short job's end ~50 ms late on average (a 0.1 s poll): once no run is
+    queued it looks 10 ms after a run ended, doubling the pause while none does; with runs queued,
+    and when nothing moves, it keeps to the 0.1 s poll (a long run costs a few looks, not 100 a second)."""
+    key, sha = make_code_zip(parts)
+    manifest = make_manifest(key, sha, hp_space={"lr": [0.1, 0.2]})
+    stats = parts.ports.stats
+    job = stats.assign_job_name("ws1", "sub-1")
+    stats.insert_job(records.new_job(manifest, name=job, number=1, submission_id="sub-1", run_count=2, created=1.0))
+    plan = [(f"run1.{k}", f"python train.py --lr={lr}", {"lr": lr}) for k, lr in enumerate([0.1, 0.2], start=1)]
+    stats.insert_runs(records.new_runs(manifest, job=job, number=1, plan=plan, created=1.0))
+    stats.update_run("ws1", "run1.1", {"status": "running"})
+    # what happens during each pause, in turn: the second run starts, the first ends, then nothing
+    # for a while, the second ends, the job ends
+    script = [lambda: stats.update_run("ws1", "run1.2", {"status": "running"}),
+              lambda: stats.update_run("ws1", "run1.1", {"status": "completed"}),
+              None, None, None, None, None,
+              lambda: stats.update_run("ws1", "run1.2", {"status": "completed"}),
+              lambda: stats.update_job("ws1", job, {"status": "completed"})]
+    pauses = []
+
+    def sleep(seconds):
+        pauses.append(seconds)
+        step = script[len(pauses) - 1]
+        if step:
+            step()
+
+    monkeypatch.setattr(submit.time, "sleep", sleep)
+    final = submit.follow(parts, "ws1", job, lambda record: None, keep_served=lambda: None)
+    assert final["status"] == "completed" and final["counts"] == {"completed": 2}
+    assert pauses == [0.1, 0.1, 0.01, 0.02, 0.04, 0.08, 0.1, 0.1, 0.01]
