@@ -105,3 +105,42 @@ def test_a_hosts_reapers_are_forks_of_its_agent_which_the_runs_outlive(tmp_path)
         node.kill_group(pid, signal.SIGKILL)
     wait_for(lambda: not node.alive(pid, start), "the killed run ended")
     node.close()
+
+
+def test_runs_launched_at_once_from_many_threads_share_one_agent_and_all_run(tmp_path):
+    """A pool's `localhost` box launches from a thread per slot: the first launches at once each
+    started an agent, each start closing the one before under the other threads (their runs ended
+    in error: "this machine's agent ended: Bad file descriptor")."""
+    import threading
+
+    node = LocalNode(str(tmp_path / "home"))
+    together = threading.Barrier(6)
+    launched, failures = {}, []
+    release = tmp_path / "release"
+    script = ("import os, sys, time\nwhile not os.path.exists(sys.argv[1]): time.sleep(0.02)\n"
+              "raise SystemExit(int(sys.argv[2]))")
+
+    def launch_one(k):
+        folder = tmp_path / f"run{k}"
+        folder.mkdir()
+        together.wait()
+        try:
+            launched[k] = node.launch([sys.executable, "-c", script, str(release), str(k)], str(folder), {},
+                                      str(folder / "console.log"), str(folder / "exit_code"))
+        except OSError as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=launch_one, args=(k,)) for k in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == [] and len(launched) == 6
+    # every reaper is a child of the node's one agent, which is still serving
+    assert {parent_of(pid) for pid, _ in launched.values()} == {node._agent_process.pid}
+    release.touch()
+    for k in range(6):
+        exit_file = tmp_path / f"run{k}" / "exit_code"
+        wait_for(exit_file.exists, f"run {k} ended")
+        assert exit_file.read_text().split("\n")[0] == str(k)
+    node.close()

@@ -40,6 +40,8 @@ class LocalNode(Node):
         self._agent = None  # the AgentClient of this machine's agent, once a run was launched
         self._agent_process = None  # its subprocess.Popen
         self._exit_seen = threading.Event()  # set by the agent's reader when a reaper it started ends
+        # a pool's `localhost` box launches from a thread per slot: one of them starts the agent
+        self._agent_lock = threading.Lock()
 
     def connect(self) -> None:
         pass  # always here
@@ -149,9 +151,10 @@ class LocalNode(Node):
 
     def _ask_agent(self, request: dict) -> dict:
         """The agent's answer (an agent that ended is started again first); OSError if it gives none."""
-        agent = self._agent
-        if agent is None or not agent.running:
-            agent = self._start_agent()
+        with self._agent_lock:
+            agent = self._agent
+            if agent is None or not agent.running:
+                agent = self._start_agent()
         try:
             reply = agent.send(request)
         except (EOFError, OSError) as exc:
