@@ -190,14 +190,14 @@ def test_runs_starting_together_unpack_a_new_snapshot_once(ssh_boxes, tmp_path):
     node = node_for(ssh_boxes)
     zip_path, source = snapshot_zip(tmp_path, "print('together')\n")
     unpacks = []
-    exec_on_box = node._exec
+    send_to_agent = node._send
 
-    def counting_exec(command, *args, **kwargs):
-        if "safe_extract" in command:  # the unpacking script, sent to the box
-            unpacks.append(command)
-        return exec_on_box(command, *args, **kwargs)
+    def counting_send(request, *args):
+        if request["op"] == "unpack":  # the box agent's fork unpacks it
+            unpacks.append(request)
+        return send_to_agent(request, *args)
 
-    node._exec = counting_exec
+    node._send = counting_send
     with ThreadPoolExecutor(4) as threads:
         works = list(threads.map(lambda k: prepare_run(node, zip_path, source, f"together{k}"), range(4)))
     assert len(unpacks) == 1
@@ -417,14 +417,14 @@ def test_a_later_runs_copy_goes_with_its_launch_and_survives_the_cache_being_cle
     node = node_for(ssh_boxes)
     zip_path, source = snapshot_zip(tmp_path, "import sys; print('ran', sys.argv[1]); sys.exit(4)\n")
     prepare_run(node, zip_path, source, "first")  # unpacked into the cache
-    commands = []
-    exec_on_box = node._exec
-    node._exec = lambda command, *args, **kwargs: commands.append(command) or exec_on_box(command, *args, **kwargs)
+    requests = []
+    send_to_agent = node._send
+    node._send = lambda request, *args: requests.append(request) or send_to_agent(request, *args)
     work = prepare_run(node, zip_path, source, "second")
     other = node_for(ssh_boxes)  # another host on the box clears the cache before the launch
     other.run(f"rm -rf {node.home}/code/*")
     other.close()
-    del commands[:]
+    del requests[:]
     console, exit_file = f"{work}/console.log", f"{work}/exit_code"
     node.launch(["python3", "train.py", "x"], f"{work}/code", {}, console, exit_file)
     deadline = time.monotonic() + 60  # a bound, not a deadline: a loaded machine takes long, a broken node forever
@@ -432,7 +432,7 @@ def test_a_later_runs_copy_goes_with_its_launch_and_survives_the_cache_being_cle
         assert time.monotonic() < deadline
         time.sleep(0.05)
     assert node.read_from(exit_file).split(b"\n")[0] == b"4" and b"ran x" in node.read_from(console)
-    assert any("safe_extract" in command for command in commands)  # unpacked again, from the host's copy of the zip
+    assert "unpack" in [request["op"] for request in requests]  # unpacked again, from the host's copy of the zip
     node.run(f"rm -rf {node.runs_root}/cache-test")
     node.close()
 
@@ -556,3 +556,22 @@ def test_a_zip_sent_from_here_is_known_by_its_name_and_the_box_checks_it_is_that
         node.prepare(str(zip_path), None, f"{work}/code", f"{work}/code/output", [], source=f"code/{'1' * 64}.zip")
     assert not node.exists(f"{work}/code") and not [name for name in cached_trees(node) if name.startswith("1" * 8)]
     node.close()
+
+
+def test_a_box_without_this_versions_modules_gets_them_as_it_connects_and_its_agent_runs_from_them(ssh_boxes):
+    """XT's run-side modules live in a folder of their version on the box: a box without them (a new
+    version, or a box wiped) gets them as a host connects, and its agent (which unpacks snapshots,
+    code_archive among those modules) runs from them."""
+    node = node_for(ssh_boxes)
+    node.connect()
+    assert node.home == node._sftp.normalize(".") + "/.xt"
+    lib = node._lib
+    assert lib == f"{node.home}/lib/{ssh.shipped_digest()}"
+    node.run(f"rm -rf {shlex.quote(lib)}")
+    node.close()
+    fresh = node_for(ssh_boxes)
+    fresh.connect()
+    assert fresh.exists(f"{lib}/.complete") and fresh.exists(f"{lib}/xt_submit/node_kit/box_agent.py")
+    agent_commands = fresh.run("ps -o args= -u $(id -u)")[1]
+    assert f"{lib}/xt_submit/node_kit/box_agent.py" in agent_commands
+    fresh.close()

@@ -237,3 +237,46 @@ def test_a_read_and_a_walk_answer_as_sftp_would(agent, tmp_path):
     walked = agent.ask(op="walk", root=str(root))["files"]
     assert walked == [["a.txt", 1_000_000_000, 10], ["sub/b.txt", int((root / "sub" / "b.txt").stat().st_mtime), 40000]]
     assert agent.ask(op="walk", root=str(tmp_path / "none"))["files"] == []
+
+
+def test_an_unpack_fills_the_cache_once_by_its_sha256_and_a_bad_zip_is_told_in_one_line(agent, tmp_path):
+    """The box's cache of snapshots is filled by a fork of the agent (no fresh python3 per
+    snapshot): the tree named by the zip's sha256, the zip gone; a zip that is not the one named,
+    or not safe, is refused with the line that says why, and nothing is left in the cache."""
+    import zipfile
+
+    from xt_submit.node_kit import code_archive
+
+    project = tmp_path / "project"
+    (project / "pkg").mkdir(parents=True)
+    (project / "train.py").write_text("print('unpacked')\n")
+    (project / "pkg" / "mod.py").write_text("X = 1\n")
+    snapshot = code_archive.snapshot_code(["."], str(project))
+    cache, incoming = tmp_path / "cache", tmp_path / "incoming"
+    incoming.mkdir()
+
+    def sent(data: bytes) -> str:
+        path = incoming / f"{len(list(incoming.iterdir()))}-{os.urandom(4).hex()}.zip"
+        path.write_bytes(data)
+        return str(path)
+
+    first = sent(snapshot.data)
+    done = agent.ask(op="unpack", zip=first, cache=str(cache), digest=snapshot.sha256, source="code/x.zip")
+    assert done == {"id": done["id"], "status": 0, "err": "", "tree": str(cache / snapshot.sha256)}
+    assert (cache / snapshot.sha256 / "pkg" / "mod.py").read_text() == "X = 1\n" and not os.path.exists(first)
+    again = agent.ask(op="unpack", zip=sent(snapshot.data), cache=str(cache), digest="", source="code/x.zip")
+    assert again["status"] == 0 and again["tree"] == done["tree"] and sorted(os.listdir(cache)) == [snapshot.sha256]
+
+    wrong = agent.ask(op="unpack", zip=sent(snapshot.data), cache=str(cache), digest="0" * 64, source="code/y.zip")
+    assert wrong["status"] == 1 and wrong["err"] == (f"code/y.zip: the code zip's sha256 is {snapshot.sha256}, "
+                                                     f"not the {'0' * 64} it was sent as")
+    escaping = tmp_path / "escape.zip"
+    with zipfile.ZipFile(escaping, "w") as archive:
+        archive.writestr("../outside.py", "print('escaped')\n")
+    bad = agent.ask(op="unpack", zip=sent(escaping.read_bytes()), cache=str(cache), digest="", source="code/z.zip")
+    assert bad["status"] == 1 and bad["err"].startswith("code/z.zip: ") and "\n" not in bad["err"]
+    assert not (tmp_path / "outside.py").exists()
+    junk = agent.ask(op="unpack", zip=sent(b"not a zip"), cache=str(cache), digest="", source="code/j.zip")
+    assert junk["status"] == 1 and junk["err"].startswith("code/j.zip: not a zip file")
+    assert sorted(os.listdir(cache)) == [snapshot.sha256] and list(incoming.iterdir()) == []  # no half trees, no zips
+    assert agent.ask(op="walk", root=str(cache / snapshot.sha256))["files"][1][0] == "train.py"  # it goes on serving

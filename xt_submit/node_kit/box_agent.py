@@ -104,6 +104,37 @@ def _cp_argv(cached, into):
     return ["cp", *flags, cached + "/.", into]
 
 
+class _Fork:
+    """work() in a fork of this process (no interpreter to start), waited on as a subprocess is
+    (_wait_for_child): its stderr a pipe, its exit status 0, or 1 with the error as its last line
+    (an exception of the `told` kinds as its text, which names what failed; any other with its kind)."""
+
+    def __init__(self, work, told=()):
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                os.close(read_end)
+                os.dup2(write_end, 2)
+                work()
+                code = 0
+            except BaseException as exc:
+                text = str(exc) if isinstance(exc, told) else f"{type(exc).__name__}: {exc}"
+                try:
+                    os.write(2, f"\n{text}\n".encode())
+                except OSError:
+                    pass
+            finally:
+                os._exit(code)
+        os.close(write_end)
+        self.pid = pid
+        self.stderr = os.fdopen(read_end, "rb")
+
+    def wait(self):
+        return os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
+
+
 class Agent:
     def __init__(self, out_fd, reaper):
         self.out_fd = out_fd
@@ -129,7 +160,8 @@ class Agent:
             return
         op, ident = request.get("op"), request.get("id")
         try:
-            reply = getattr(self, f"op_{op}")(request) if op in ("launch", "copy", "remove", "kill", "read", "walk") else \
+            reply = getattr(self, f"op_{op}")(request) if op in ("launch", "copy", "unpack", "remove", "kill", "read",
+                                                                          "walk") else \
                 {"error": f"unknown op {op!r}"}
         except Exception as exc:  # told to the host, which says so; the agent goes on
             reply = {"error": f"{type(exc).__name__}: {exc}"}
@@ -201,6 +233,23 @@ class Agent:
                     info = entry.stat(follow_symlinks=False)
                     found.append([rel, int(info.st_mtime), info.st_size])
         return {"files": sorted(found)}
+
+    def op_unpack(self, request):
+        """A snapshot's zip unpacked into the box's cache (code_archive.unpack_into_cache) by a fork of
+        this process, not a fresh python3 (~70 ms a box's first run of each snapshot waited for);
+        answered {"status", "err", "tree"} once it ended, the agent serving other requests meanwhile."""
+        from xt_submit.node_kit import code_archive  # here, once: each fork has it loaded
+
+        def unpack():
+            tree = code_archive.unpack_into_cache(request["zip"], request["cache"], request["digest"],
+                                                  request["source"], request.get("url") or "")
+            os.write(2, f"\n{tree}\n".encode())  # its last line: what the answer names
+
+        def answer(status, last_line):
+            return {"status": 0, "err": "", "tree": last_line} if status == 0 else {"status": status, "err": last_line}
+
+        self._wait_for_child(_Fork(unpack, told=(code_archive.ArchiveError,)), request.get("id"), answer)
+        return None
 
     def op_remove(self, request):
         """Started, and answered once done: the host waits for a folder's removal only when it next
@@ -289,6 +338,8 @@ def main(argv):
     sys.path.insert(0, lib)  # -I leaves PYTHONPATH out: XT's shipped modules are found from here
     from xt_submit.node_kit import reaper
 
+    if len(argv) > 1:  # a box's agent unpacks snapshots (op_unpack): loaded while its host still connects
+        from xt_submit.node_kit import code_archive  # noqa: F401
     agent = Agent(sys.stdout.fileno(), reaper)
     try:
         agent.serve(sys.stdin.fileno())

@@ -161,3 +161,48 @@ def extract_data(zip_path: str, dest: str, source: str) -> int:
     """A data folder's zip (a share: any size, any number of files) unpacked into dest, as safely as
     code (no absolute or `..` names, no links, no file larger than its header says)."""
     return safe_extract(zip_path, dest, source, code_limits=False)
+
+
+def unpack_into_cache(zip_path: str, cache_root: str, expected_sha256: str, source: str, url: str = "") -> str:
+    """A box's cache of snapshots: the zip (fetched from url first, when given) checked against its
+    expected sha256 (when given), unpacked once into cache_root/<its sha256>, and removed. Returns
+    the cached tree. Two unpacks of one snapshot at once both succeed: one wins the rename."""
+    import shutil
+    import uuid
+
+    try:
+        if url:
+            import urllib.request
+
+            try:
+                urllib.request.urlretrieve(url, zip_path)
+            except Exception as exc:  # the URL (a read-only link) is never told: it names a blob
+                raise ArchiveError(f"cannot fetch the code from storage: {type(exc).__name__}: "
+                                   f"{getattr(exc, 'reason', '')}") from None
+        digest = hashlib.sha256()
+        try:
+            with open(zip_path, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    digest.update(chunk)
+        except OSError as exc:
+            raise ArchiveError(f"{source}: cannot read the zip on the box: {exc.strerror or exc}") from None
+        sha256 = digest.hexdigest()
+        if expected_sha256 and sha256 != expected_sha256:
+            raise ArchiveError(f"{source}: the code zip's sha256 is {sha256}, not the {expected_sha256} it was sent as")
+        final = os.path.join(cache_root, sha256)
+        if not os.path.isdir(final):
+            temp = f"{final}.tmp-{uuid.uuid4().hex}"
+            try:
+                safe_extract(zip_path, temp, source)
+                os.rename(temp, final)
+            except OSError:
+                if not os.path.isdir(final):  # not another unpack that won the rename
+                    raise
+            finally:
+                shutil.rmtree(temp, ignore_errors=True)
+        return final
+    finally:
+        try:
+            os.unlink(zip_path)
+        except FileNotFoundError:
+            pass

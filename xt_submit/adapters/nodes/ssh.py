@@ -48,7 +48,6 @@ log = logging.getLogger("xt.pool")  # the host's log says why a box's connection
 SILENT_SECONDS = float(os.environ.get("XT_BOX_TIMEOUT_SECONDS", "20"))
 CONNECT_TIMEOUT_SECONDS = min(10.0, SILENT_SECONDS)
 COMMAND_TIMEOUT_SECONDS = SILENT_SECONDS
-PREPARE_TIMEOUT_SECONDS = max(120.0, SILENT_SECONDS)  # unpacking (or fetching) a big code zip takes a while
 MIN_PYTHON = (3, 9)
 # What a box needs from XT, copied once per version: its agent, the reaper, the code unpacker and the Run API
 # (which falls back to the stdlib's json where msgspec is not installed).
@@ -75,44 +74,6 @@ COMMAND_CHANNELS = 4
 SLOT_CHECK_SECONDS = 0.05
 OPEN_ATTEMPTS = 30  # a channel open the box refuses, tried again after pauses of 0.05 s doubling to 1 s (~26 s)
 _SHA256_ZIP = re.compile(r"code/([0-9a-f]{64})\.zip")  # storage's name of a snapshot (domain/layout.code_key)
-
-# Run on the box, once per snapshot: the link (if any) arrives on stdin; an error names what failed,
-# never the link. The zip's sha256 is checked against the one it was named by; the tree is unpacked
-# aside and renamed into place, so a tree under its final name is whole, and of two unpacks at once
-# (two hosts on one box account) one rename wins and the other's tree is dropped. Prints the tree.
-_UNPACK_INTO_CACHE = """
-import hashlib, os, shutil, sys, uuid
-from xt_submit.node_kit.code_archive import ArchiveError, safe_extract
-zip_path, cache_root, expected, source = sys.argv[1:]
-url = sys.stdin.readline().strip()
-if url:
-    import urllib.request
-    try:
-        urllib.request.urlretrieve(url, zip_path)
-    except Exception as exc:
-        sys.exit(f"cannot fetch the code from storage: {type(exc).__name__}: {getattr(exc, 'reason', '')}")
-digest = hashlib.sha256()
-with open(zip_path, "rb") as f:
-    for chunk in iter(lambda: f.read(1 << 20), b""):
-        digest.update(chunk)
-digest = digest.hexdigest()
-if expected and digest != expected:
-    sys.exit(f"{source}: the code zip's sha256 is {digest}, not the {expected} it was sent as")
-final = os.path.join(cache_root, digest)
-if not os.path.isdir(final):
-    temp = f"{final}.tmp-{uuid.uuid4().hex}"
-    try:
-        safe_extract(zip_path, temp, source)
-        os.rename(temp, final)
-    except ArchiveError as exc:
-        sys.exit(str(exc))
-    except OSError:
-        if not os.path.isdir(final):  # not another unpack that won the rename
-            raise
-    finally:
-        shutil.rmtree(temp, ignore_errors=True)
-print(final)
-"""
 
 # Run on the box for a share's data folder: unpacked straight into its folder, none of it left on failure.
 _UNPACK_DATA = """
@@ -711,14 +672,11 @@ class SshNode(Node):
         if code_url is None:
             with self._sftp_session(remote_zip) as sftp:
                 sftp.put(local_zip, remote_zip, confirm=False)
-        with self._connection():
-            cache = posixpath.join(self.home, CODE_CACHE)
-            code, out, err = self._exec(
-                f"mkdir -p {q(cache)} && PYTHONPATH={q(self._lib)} python3 -S -c {q(_UNPACK_INTO_CACHE)} "
-                f"{q(remote_zip)} {q(cache)} {q(digest or '')} {q(source)}; status=$?; rm -f {q(remote_zip)}; "
-                "exit $status", timeout=PREPARE_TIMEOUT_SECONDS, stdin_text=(code_url or "") + "\n")
-        self._check_prepared(code, err)
-        return out.strip().splitlines()[-1]  # what the unpack printed last: the tree
+        with self._connection():  # the box agent's fork unpacks it (the URL goes over its channel, never a command line)
+            answer = self._ask({"op": "unpack", "zip": remote_zip, "cache": posixpath.join(self.home, CODE_CACHE),
+                                "digest": digest or "", "source": source, "url": code_url or ""}, patient=True)
+        self._check_prepared(answer["status"], answer["err"])
+        return answer["tree"]
 
     def place_data(self, local_zip: str, folder: str, source: str) -> None:
         """Over SFTP, then unpacked by the box straight into `folder` (no code cache, no code limits)
