@@ -48,3 +48,51 @@ def test_the_queue_says_how_long_until_its_first_message_can_be_received(parts, 
     parts.queue.abandon(second, "sooner", delay_seconds=12.5)
     assert parts.queue.seconds_until_receivable(queues) == 12.5
     assert parts.queue.seconds_until_receivable((JOBS_QUEUE,)) is None
+
+
+def test_an_idle_host_is_woken_by_a_clients_send_not_its_poll(parts, tmp_path):
+    """A job sent to a host already serving waited out the host's idle poll (0.2 s): the host now
+    waits on the queue's FIFO, which another process's send pokes. Here the poll is an hour: only
+    the wake can let the host see the message (the bound is for a failure, never a timing claim)."""
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    host = local_host.LocalHost(parts, poll_seconds=3600.0, idle_exit_seconds=None)
+    assert parts.queue.listen()
+    handled = threading.Event()
+    original = local_host.HANDLERS.get(RunStarted)
+    local_host.HANDLERS[RunStarted] = lambda event, ports: handled.set()
+    serving = threading.Thread(target=host.serve, kwargs={"should_stop": handled.is_set}, daemon=True)
+    try:
+        serving.start()
+        time.sleep(0.3)  # the host is in its idle wait (were it not yet, it would find the message at once)
+        body = encode(RunStarted(workspace="ws1", job="job1", run="run1.1", node_id="local", started_at=1.0))
+        client = (f"from xt_submit.adapters.queue.sqlite import SqliteQueue\n"
+                  f"SqliteQueue({parts.queue.path!r}).send({EVENTS_QUEUE!r}, [{body!r}])")
+        subprocess.run([sys.executable, "-c", client], check=True, timeout=120)
+        assert handled.wait(120), "the idle host slept through a client's send"
+        serving.join(120)
+        assert host.passes <= 3  # woken once, not by polling
+    finally:
+        local_host.HANDLERS[RunStarted] = original
+        handled.set()
+
+
+def test_a_send_with_no_host_listening_pokes_nothing_and_never_blocks(parts, tmp_path):
+    from xt_submit.adapters.queue.wake import Wake
+
+    wake = Wake(str(tmp_path / "q.wake"))
+    wake.poke()  # no FIFO: nothing made
+    assert not (tmp_path / "q.wake").exists()
+    assert wake.listen() and wake.listening
+    wake.close()  # the host ended: its FIFO stays, with no reader
+    other = Wake(str(tmp_path / "q.wake"))
+    other.poke()  # ENXIO, not a block or an error
+    listener = Wake(str(tmp_path / "q.wake"))
+    assert listener.listen()
+    for _ in range(70_000):  # more pokes than a pipe holds (64 KiB): the rest are dropped, never a block
+        other.poke()
+    assert listener.wait(0) and not listener.wait(0)  # all taken at once
+    listener.close()

@@ -140,11 +140,18 @@ class LocalHost:
                 # a retry held back (or a message just sent): not idle, but nothing to do before it is due,
                 # except what a client may send meanwhile, looked for at the idle pace
                 idle_since = time.monotonic()
-                time.sleep(min(waiting, self.poll_seconds))
+                self._idle(min(waiting, self.poll_seconds))
                 continue
             if self.idle_exit_seconds is not None and time.monotonic() - idle_since > self.idle_exit_seconds:
                 return
-            time.sleep(self.poll_seconds)
+            self._idle(self.poll_seconds)
+
+    def _idle(self, seconds: float) -> None:
+        """Sleep, woken by a client's send where the queue can tell (the embedded one, listened to)."""
+        if getattr(self.queue, "listening", False):
+            self.queue.wait_for_send(seconds)  # type: ignore[attr-defined]
+        else:
+            time.sleep(seconds)
 
     def _seconds_until_a_message(self) -> Optional[float]:
         until = getattr(self.queue, "seconds_until_receivable", None)  # the embedded queue's (the one a host serves)
@@ -162,6 +169,9 @@ def run_host(home: Path, build: Callable[[], Parts], *, idle_exit_seconds: Optio
     logging.basicConfig(filename=str(home / "host.log"), level=logging.INFO, format="%(asctime)s %(message)s")
     parts = build()
     parts.queue.release_locks()  # we hold the host lock: any message still locked was held by a host that died
+    listen = getattr(parts.queue, "listen", None)  # the embedded queue's: a client's send wakes the idle host
+    if listen is not None:
+        listen()
     host = LocalHost(parts, idle_exit_seconds=idle_exit_seconds)
     while True:
         host.serve()

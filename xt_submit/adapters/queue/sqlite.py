@@ -12,6 +12,7 @@ from typing import Any, Callable, List, Optional, Sequence
 
 from xt_submit.domain.delivery import RETRY_DELAYS_SECONDS
 from xt_submit.domain.messages import check_message_sizes
+from xt_submit.adapters.queue.wake import Wake
 from xt_submit.adapters.sqlite_util import LocalDb, heals, transaction
 from xt_submit.ports import LockLost, MessageQueue, ReceivedMessage
 
@@ -50,6 +51,7 @@ class SqliteQueue(MessageQueue):
         self.max_delivery_count = max_delivery_count
         self._file = LocalDb(path, _SCHEMA, lost=LOST, notice=notice)
         self._file.conn  # opened now: damage is found, and reported, before anything else
+        self._wake = Wake(path + ".wake")
 
     @property
     def _db(self):
@@ -63,6 +65,19 @@ class SqliteQueue(MessageQueue):
                 "INSERT INTO messages (queue, body, enqueued_at) VALUES (?, ?, ?)",
                 [(queue, body, now) for body in bodies],
             )
+        self._wake.poke()
+
+    def listen(self) -> bool:
+        """This process serves the queue: wait_for_send wakes at another process's send."""
+        return self._wake.listen()
+
+    @property
+    def listening(self) -> bool:
+        return self._wake.listening
+
+    def wait_for_send(self, seconds: float) -> bool:
+        """Up to `seconds`; True if another process sent meanwhile. Only once listening."""
+        return self._wake.wait(seconds)
 
     def receive(self, queue: str, max_messages: int = 1) -> List[ReceivedMessage]:
         received: List[ReceivedMessage] = []
