@@ -142,6 +142,9 @@ class _Fork:
         return os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
 
 
+OPS = ("launch", "copy", "unpack", "remove", "kill", "read", "walk")  # what a request may ask (op_<name>)
+
+
 class Agent:
     def __init__(self, out_fd, reaper):
         self.out_fd = out_fd
@@ -167,9 +170,7 @@ class Agent:
             return
         op, ident = request.get("op"), request.get("id")
         try:
-            reply = getattr(self, f"op_{op}")(request) if op in ("launch", "copy", "unpack", "remove", "kill", "read",
-                                                                          "walk") else \
-                {"error": f"unknown op {op!r}"}
+            reply = getattr(self, f"op_{op}")(request) if op in OPS else {"error": f"unknown op {op!r}"}
         except Exception as exc:  # told to the host, which says so; the agent goes on
             reply = {"error": f"{type(exc).__name__}: {exc}"}
         if reply is not None:
@@ -243,8 +244,8 @@ class Agent:
 
     def op_unpack(self, request):
         """A snapshot's zip unpacked into the box's cache (code_archive.unpack_into_cache) by a fork of
-        this process, not a fresh python3 (~70 ms a box's first run of each snapshot waited for);
-        answered {"status", "err", "tree"} once it ended, the agent serving other requests meanwhile."""
+        this process, not a fresh python3 on a channel of its own (a box's first run of each snapshot
+        waits for it); answered {"status", "err", "tree"} once it ended, the agent serving meanwhile."""
         from xt_submit.node_kit import code_archive  # here, once: each fork has it loaded
 
         def unpack():
