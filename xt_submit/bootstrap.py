@@ -148,9 +148,8 @@ def node_factory(home: Path) -> NodeFactory:
 
 
 def warm(names) -> None:
-    """Load what a host's first run of a kind would wait for ("ssh": paramiko, for a pool's boxes;
-    "agent", this machine's agent, is started by run_host); a name it does not know is left alone
-    (a client newer than this host)."""
+    """Load what a host's first run of a kind would wait for ("ssh": paramiko, for a pool's boxes);
+    a name it does not know is left alone (a client newer than this host)."""
     if "ssh" in names:
         from xt_submit.adapters.nodes import ssh
 

@@ -1,11 +1,8 @@
 """A host that `xt run` starts for a pool of SSH boxes loads paramiko at once, while the client is
 still sending the job (issue 17: ~80 ms the first run on a box no longer waits for); one started for
-local runs, or for a pool of `localhost` boxes only, never loads it. One started for local runs
-starts this machine's agent (its runs' reapers are its forks) before the job arrives."""
+local runs, or for a pool of `localhost` boxes only, never loads it."""
 import time
 from pathlib import Path
-
-import pytest
 
 from xt_submit.runtime import host_control
 
@@ -28,52 +25,21 @@ def paramiko_loaded(pid: int) -> bool:
     return PARAMIKO_BINARY in Path(f"/proc/{pid}/maps").read_text()
 
 
-def agents_of(pid: int):
-    """The host's children running the agent (node_kit/box_agent.py)."""
-    found = []
-    for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
-        try:
-            if b"box_agent.py" in Path(f"/proc/{child}/cmdline").read_bytes():
-                found.append(int(child))
-        except OSError:
-            continue
-    return found
-
-
 def host_argv(pid: int):
     return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
 
 
-@pytest.fixture
-def idle_host(tmp_path, monkeypatch):
-    """start(warm) -> the pid of a host of a new home, started with warm and given no job; killed after."""
+def test_a_host_asked_to_warm_ssh_loads_paramiko_before_any_job(tmp_path, monkeypatch):
     from xt_submit.bootstrap import embedded
 
     home = embedded(tmp_path / "home").home
     monkeypatch.setattr(host_control, "_started", {}, raising=False)
-
-    def start(warm):
-        host_control.ensure_host(home, idle_exit_seconds=30, warm=warm)
-        wait_until(lambda: host_control.host_running(home), "the host took its lock")
-        return host_pid(home)
-
-    yield start
-    process = host_control._started.get(str(home))
-    if process is not None:
-        process.kill()
-        process.wait()
-
-
-def test_a_host_asked_to_warm_ssh_loads_paramiko_before_any_job(idle_host):
-    pid = idle_host(("ssh",))
+    host_control.ensure_host(home, idle_exit_seconds=30, warm=("ssh",))
+    wait_until(lambda: host_control.host_running(home), "the host took its lock")
+    pid = host_pid(home)
     wait_until(lambda: paramiko_loaded(pid), "the idle host, given no job, loaded paramiko")
-    assert agents_of(pid) == []  # its jobs' runs are on boxes: no agent of this machine
-
-
-def test_a_host_asked_to_warm_the_agent_starts_it_before_any_job(idle_host):
-    pid = idle_host(("agent",))
-    wait_until(lambda: len(agents_of(pid)) == 1, "the idle host, given no job, started this machine's agent")
-    assert not paramiko_loaded(pid)
+    host_control._started[str(home)].kill()
+    host_control._started[str(home)].wait()
 
 
 def test_xt_run_warms_ssh_only_for_a_pool_with_remote_boxes(project, tmp_path):
@@ -82,7 +48,7 @@ def test_xt_run_warms_ssh_only_for_a_pool_with_remote_boxes(project, tmp_path):
     done = project.json("run", "--wait", "train.py")
     assert done["status"] == "completed", done
     pid = host_pid(project.home)
-    assert host_argv(pid)[-1] == b"agent" and not paramiko_loaded(pid)  # a local sweep never pays for paramiko
+    assert host_argv(pid)[-1] == b"" and not paramiko_loaded(pid)  # a local sweep never pays for it
     project.stop_host()
 
     (project.code / "xt_config.yaml").write_text(

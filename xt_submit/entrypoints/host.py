@@ -17,7 +17,7 @@ def main(argv=None) -> int:
     warm = [name for name in argv[2].split(",") if name] if len(argv) > 2 else []
     if warm:  # while the client is still sending the job: the first run does not wait for it
         threading.Thread(target=bootstrap.warm, args=(warm,), name="xt-warm", daemon=True).start()
-    return run_host(home, lambda: bootstrap.embedded(home), idle_exit_seconds=idle_exit, warm=warm)
+    return run_host(home, lambda: bootstrap.embedded(home), idle_exit_seconds=idle_exit)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional, Sequence
+from typing import Any, Callable, Dict, Optional
 
 from xt_submit import handlers
 from xt_submit.domain import layout
@@ -160,11 +160,9 @@ class LocalHost:
         return until((JOBS_QUEUE, EVENTS_QUEUE))
 
 
-def run_host(home: Path, build: Callable[[], Parts], *, idle_exit_seconds: Optional[float],
-             warm: Sequence[str] = ()) -> int:
+def run_host(home: Path, build: Callable[[], Parts], *, idle_exit_seconds: Optional[float]) -> int:
     """Serve until idle (or forever). Returns 0, or 1 if another host holds the lock.
-    build: makes the embedded default's parts for home (once the lock is held).
-    warm: "agent": this machine's agent is started now, while the job on its way is still being sent."""
+    build: makes the embedded default's parts for home (once the lock is held)."""
     lock = HostLock(home)
     if not lock.acquire():
         return 1
@@ -175,9 +173,6 @@ def run_host(home: Path, build: Callable[[], Parts], *, idle_exit_seconds: Optio
     if listen is not None:
         listen()
     host = LocalHost(parts, idle_exit_seconds=idle_exit_seconds)
-    start_agent = getattr(parts.local_node, "warm", None)  # a LocalNode's
-    if "agent" in warm and start_agent is not None:
-        start_agent()
     while True:
         host.serve()
         # Close the race with a client that enqueued while we decided to stop: it saw the lock held

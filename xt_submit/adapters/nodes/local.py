@@ -149,20 +149,12 @@ class LocalNode(Node):
         self._agent.when_ended(pid, start, self._exit_seen.set)
         return pid, start
 
-    def warm(self) -> None:
-        """Start this machine's agent now (a host about to launch a local job's first run), not at the launch."""
-        self._running_agent()
-
-    def _running_agent(self):
+    def _ask_agent(self, request: dict) -> dict:
+        """The agent's answer (an agent that ended is started again first); OSError if it gives none."""
         with self._agent_lock:
             agent = self._agent
             if agent is None or not agent.running:
                 agent = self._start_agent()
-            return agent
-
-    def _ask_agent(self, request: dict) -> dict:
-        """The agent's answer (an agent that ended is started again first); OSError if it gives none."""
-        agent = self._running_agent()
         try:
             reply = agent.send(request)
         except (EOFError, OSError) as exc:

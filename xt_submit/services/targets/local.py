@@ -1,7 +1,7 @@
 """`service: local`: runs on this machine, at most `concurrent` per job."""
 from __future__ import annotations
 
-from typing import Iterator, Optional, Tuple
+from typing import Iterator, Optional
 
 from xt_submit.config import EMBEDDED, Config
 from xt_submit.services.targets.base import TargetKind, cannot_mount
@@ -10,9 +10,6 @@ from xt_submit.services.targets.base import TargetKind, cannot_mount
 class LocalTarget(TargetKind):
     def problems(self, cfg: Config, name: str) -> Iterator[str]:
         return iter(())
-
-    def host_warms(self, cfg: Config, name: str) -> Tuple[str, ...]:
-        return ("agent",)  # its runs' reapers are forks of this machine's agent (~30 ms to start)
 
     def where(self, cfg: Config, name: str) -> str:
         return "this machine"
