@@ -86,6 +86,15 @@ def user_env(root, **extra: str) -> Dict[str, str]:
     return env
 
 
+def project_with(prefix: str, script: str, text: str) -> Tuple[Path, Path]:
+    """(a new scratch root, its project folder holding one script): what a sweep bench submits."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    project = root / "project"
+    project.mkdir()
+    (project / script).write_text(text)
+    return root, project
+
+
 def interleaved(cases: Dict[str, Callable[[], float]], repeat: int, warmup: int = 1) -> Dict[str, List[float]]:
     """Each case's samples, taken in turn (A B A B ...), so a machine's load drifting during the
     bench falls on every case alike; `warmup` untimed rounds first (page cache, .pyc files)."""

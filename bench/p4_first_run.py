@@ -12,11 +12,10 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
-from common import emit, interleaved, median, user_env
+from common import emit, interleaved, median, project_with, user_env
 
 SCRIPT = "import time\nprint(time.time(), flush=True)\n"
 
@@ -26,10 +25,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=7)
     parser.add_argument("--compare-with", metavar="DIR", help="also time the cases with DIR's xt_submit package")
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="xt-bench-first-run-"))
-    project = root / "project"
-    project.mkdir()
-    (project / "t.py").write_text(SCRIPT)
+    root, project = project_with("xt-bench-first-run-", "t.py", SCRIPT)
     counter = {"n": 0}
     served_homes: dict = {}
 

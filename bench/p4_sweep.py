@@ -8,12 +8,10 @@ import argparse
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-from common import children_cpu_seconds, emit, interleaved, median, run_child, sweep_breakdown, user_env
+from common import children_cpu_seconds, emit, interleaved, median, project_with, run_child, sweep_breakdown, user_env
 
 TRIVIAL = "import sys\nprint('run', sys.argv[1:])\n"
 
@@ -23,10 +21,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="xt-bench-p4-"))
-    project = root / "project"
-    project.mkdir()
-    (project / "trivial.py").write_text(TRIVIAL)
+    root, project = project_with("xt-bench-p4-", "trivial.py", TRIVIAL)
     counter = {"n": 0}
     env = user_env(root)
     peaks = []

@@ -15,6 +15,7 @@ BENCH = Path(__file__).resolve().parents[2] / "bench"
     ("p2_dispatch.py", ["--runs", "300", "--repeat", "1"], ["runs_per_s", "ratio_to_limit"]),
     ("p3_query.py", ["--runs", "2000", "--repeat", "1", "--mlflow-runs", "0"], ["ours_s", "cli_process_s"]),
     ("p4_sweep.py", ["--runs", "4", "--repeat", "1"], ["ours_s", "x_limit"]),
+    ("p4_first_run.py", ["--repeat", "1"], ["cold_s", "serving_s", "limit_s", "cold_x_limit"]),
     ("p5_snapshot.py", ["--files", "40", "--mb", "2", "--repeat", "1"], ["ours_s", "resubmit_s"]),
     ("p6_ingest.py", ["--records", "4000", "--repeat", "1"], ["records_per_s", "ratio_to_limit"]),
     ("startup.py", ["--runs", "200", "--repeat", "1"], ["help_s", "list_s", "import_run_in_process_s"]),
