@@ -163,6 +163,14 @@ def extract_data(zip_path: str, dest: str, source: str) -> int:
     return safe_extract(zip_path, dest, source, code_limits=False)
 
 
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def unpack_into_cache(zip_path: str, cache_root: str, expected_sha256: str, source: str, url: str = "") -> str:
     """A box's cache of snapshots: the zip (fetched from url first, when given) checked against its
     expected sha256 (when given), unpacked once into cache_root/<its sha256>, and removed. Returns
@@ -179,14 +187,10 @@ def unpack_into_cache(zip_path: str, cache_root: str, expected_sha256: str, sour
             except Exception as exc:  # the URL (a read-only link) is never told: it names a blob
                 raise ArchiveError(f"cannot fetch the code from storage: {type(exc).__name__}: "
                                    f"{getattr(exc, 'reason', '')}") from None
-        digest = hashlib.sha256()
         try:
-            with open(zip_path, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    digest.update(chunk)
+            sha256 = file_sha256(zip_path)
         except OSError as exc:
             raise ArchiveError(f"{source}: cannot read the zip on the box: {exc.strerror or exc}") from None
-        sha256 = digest.hexdigest()
         if expected_sha256 and sha256 != expected_sha256:
             raise ArchiveError(f"{source}: the code zip's sha256 is {sha256}, not the {expected_sha256} it was sent as")
         final = os.path.join(cache_root, sha256)

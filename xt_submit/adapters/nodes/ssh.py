@@ -589,7 +589,7 @@ class SshNode(Node):
         another run's or the cache's. Once a snapshot is known to be cached, the copy is not made at
         once but sent with the run's launch, in one request; any other call about the run's folder
         sends it first."""
-        digest = _named_sha256(source) or (_sha256_of(local_zip) if local_zip is not None else None)
+        digest = _named_sha256(source) or (code_archive.file_sha256(local_zip) if local_zip is not None else None)
         copy = {"into": code_dir, "output": output_dir, "empty": list(empty_files)}
         if digest is not None and digest in self._cached_codes and (code_url or digest in self._zips):
             # what to do if the cached tree is gone by then: unpack it again, from this node's copy of the zip
@@ -881,14 +881,6 @@ def _active(client) -> bool:
 
 def _below(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip("/") + "/")
-
-
-def _sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _named_sha256(source: str) -> Optional[str]:
