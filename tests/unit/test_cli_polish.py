@@ -240,9 +240,18 @@ def test_the_command_map_names_the_group_that_defines_each_command():
     assert main.COMMAND_GROUP == {**defined, "completion": "admin_commands"}
     every = {a.dest: a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)}["command"]
     assert set(every.choices) == set(main.COMMAND_GROUP)
-    for command, name in main.COMMAND_GROUP.items():  # each group's parsers alone parse its commands
+    def options(parser) -> set:  # every option of a parser and its subcommands, by path
+        found = {(parser.prog, s) for a in parser._actions for s in a.option_strings}
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for sub in action.choices.values():
+                    found |= options(sub)
+        return found
+
+    for command in main.COMMAND_GROUP:  # a command's parser built alone: the same parser, and nothing else
         only = {a.dest: a for a in build_parser(command)._actions if isinstance(a, argparse._SubParsersAction)}
-        assert command in only["command"].choices
+        assert set(only["command"].choices) == {command}
+        assert options(only["command"].choices[command]) == options(every.choices[command])
 
 
 @pytest.mark.parametrize("argv, command", [

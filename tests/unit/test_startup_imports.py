@@ -99,3 +99,26 @@ def test_a_waited_run_with_json_output_draws_no_bar_and_loads_no_progress_bar(tm
             "assert code == 0 and json_ok(out.getvalue()), out.getvalue()")
     code = "import json\ndef json_ok(text):\n    return json.loads(text)['status'] == 'completed'\n" + code
     assert loaded_by(code, {"tqdm"}, env=env, cwd=tmp_path) == set()
+
+
+def test_a_command_loads_msgspec_without_typing_extensions_and_inspect(tmp_path):
+    """msgspec alone imports typing_extensions (and with it inspect), ~15 ms of a command's start."""
+    env = {**__import__("os").environ, "XT_HOME": str(tmp_path / "home")}
+    code = "from xt_submit.cli import main\nmain.main(['list', 'runs', '--last', '20'])"
+    subprocess.run([sys.executable, "-c", code], capture_output=True, env=env, cwd=tmp_path, timeout=120, check=True)
+    assert loaded_by(code, {"msgspec", "typing_extensions", "inspect"}, env=env, cwd=tmp_path) == {"msgspec"}
+
+
+def test_msgspec_imported_lean_decodes_as_usual_and_leaves_typing_extensions_importable():
+    code = ("from xt_submit.domain.msgspec_import import import_msgspec\nimport_msgspec()\nimport sys\n"
+            "assert 'typing_extensions' not in sys.modules\n"
+            "from typing import Annotated, Optional\nimport msgspec\n"
+            "class S(msgspec.Struct, kw_only=True):\n"
+            "    n: Annotated[int, msgspec.Meta(ge=0)]\n    name: Optional[str] = None\n"
+            "assert msgspec.json.decode(b'{\"n\": 3}', type=S) == S(n=3)\n"
+            "try:\n    msgspec.json.decode(b'{\"n\": -1}', type=S)\nexcept msgspec.ValidationError as e:\n"
+            "    assert '>= 0' in str(e), e\nelse:\n    raise AssertionError('the constraint was lost')\n"
+            "import typing_extensions  # an SDK's later import loads it as usual\n"
+            "assert typing_extensions.TypedDict")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]

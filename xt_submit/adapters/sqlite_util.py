@@ -12,11 +12,11 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import functools
-import inspect
 import os
 import sqlite3
 import sys
 import time
+import types
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator, Optional, Tuple
 
@@ -230,7 +230,7 @@ def heals(cls: type) -> type:
     """Class decorator for an adapter whose `_file` is a LocalDb: each public method that meets a
     corrupt file has it recovered (moved aside, recreated, refilled) and runs once more."""
     for name, method in list(vars(cls).items()):
-        if not name.startswith("_") and inspect.isfunction(method):
+        if not name.startswith("_") and isinstance(method, types.FunctionType):  # not inspect's: ~10 ms to import
             setattr(cls, name, _healing(method))
     return cls
 

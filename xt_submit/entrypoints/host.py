@@ -6,8 +6,11 @@ import sys
 import threading
 from pathlib import Path
 
-from xt_submit import bootstrap
-from xt_submit.runtime.local_host import run_host
+from xt_submit.domain.msgspec_import import import_msgspec
+
+import_msgspec()  # before the imports below load it the slow way
+from xt_submit import bootstrap  # noqa: E402
+from xt_submit.runtime.local_host import run_host  # noqa: E402
 
 
 def main(argv=None) -> int:

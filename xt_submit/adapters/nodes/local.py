@@ -3,9 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import logging
 import os
-import shutil
 import sys
 import threading
 import time
@@ -14,12 +12,12 @@ from typing import Dict, Iterator, List, Optional, Tuple
 
 from xt_submit.ports import Node
 
-# node_kit's code_archive (zipfile, hashlib) and reaper, the agent's client and subprocess (select) are
-# imported where a run needs them: every CLI command builds this node, and most never launch or unpack anything
+# node_kit's code_archive (zipfile, hashlib) and reaper, the agent's client and subprocess (select),
+# logging and shutil are imported where a run needs them: every CLI command builds this node, and
+# most never launch or unpack anything
 
 RELEASED_FILES = ("console.log", "xt_run_log.jsonl")  # the run wrapper's copies, shipped before release
 AGENT_ANSWER_SECONDS = 60.0  # a launch is a fork: only a machine stalled for this long misses it
-log = logging.getLogger("xt.local")
 
 
 class LocalNode(Node):
@@ -78,6 +76,8 @@ class LocalNode(Node):
         try:
             code_archive.extract_data(local_zip, folder, source)
         except BaseException:
+            import shutil
+
             shutil.rmtree(folder, ignore_errors=True)  # a half folder is never taken for the share
             raise
 
@@ -113,6 +113,8 @@ class LocalNode(Node):
         yield path
 
     def put(self, local_path: str, path: str) -> None:
+        import shutil
+
         shutil.copyfile(local_path, path)
 
     def python_argv(self, argv: List[str]) -> List[str]:
@@ -177,7 +179,9 @@ class LocalNode(Node):
         process = subprocess.Popen([sys.executable, "-S", "-I", box_agent.__file__], stdin=subprocess.PIPE,
                                    stdout=subprocess.PIPE, start_new_session=True)
         self._agent_process = process
-        self._agent = AgentClient(PipeChannel(process), "this machine", log)
+        import logging
+
+        self._agent = AgentClient(PipeChannel(process), "this machine", logging.getLogger("xt.local"))
         return self._agent
 
     def alive(self, pid: int, start: Optional[str]) -> bool:
@@ -221,6 +225,8 @@ class LocalNode(Node):
         """The run is reported: its unpacked code and outputs and the copies of its console and run log
         (all in storage now) go. Here the run's folder is also its supervisor's, whose small records
         (task, state, finished marker) stay for a successor that takes over before the task is done."""
+        import shutil
+
         shutil.rmtree(os.path.join(work_dir, "code"), ignore_errors=True)
         for name in RELEASED_FILES:
             with contextlib.suppress(FileNotFoundError):
