@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import time
 from pathlib import Path
 from typing import BinaryIO, Iterator, List, Optional
@@ -141,6 +140,8 @@ class DirectoryStorage(Storage):
         return sorted(keys)
 
     def upload_file(self, key: str, path: str) -> None:
+        import shutil  # here: every command builds this storage, few copy a file (shutil: ~3 ms to import)
+
         dest = self._path(key)
         self._parent_dir(dest)
         tmp = dest.with_name(f".tmp-{os.getpid()}-{dest.name}")
@@ -156,6 +157,8 @@ class DirectoryStorage(Storage):
         if not source.is_file():
             raise NotFound(f"storage: no such key {key}")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        import shutil
+
         shutil.copyfile(source, path)
 
     def read_url(self, key: str, expiry_seconds: float = 3600) -> None:
