@@ -341,6 +341,14 @@ class NodeUnreachable(RuntimeError):
     the run is known to have failed, so its supervisor tries again later."""
 
 
+class Look(NamedTuple):
+    """What Node.look answers, in the order asked."""
+
+    reads: List[bytes]
+    walks: List[List[Tuple[str, tuple]]]
+    exists: List[bool]
+
+
 class Node(ABC):
     """Where a run's files and process live, as the run wrapper sees them: this machine or a box.
 
@@ -390,6 +398,13 @@ class Node(ABC):
     @abstractmethod
     def walk(self, root: str) -> Iterator[Tuple[str, tuple]]:
         """(relative path, change signature) of every file below root."""
+
+    def look(self, reads: Sequence[Tuple[str, int, Optional[int]]] = (), walks: Sequence[str] = (),
+             exists: Sequence[str] = ()) -> "Look":
+        """Several read_from (path, offset, limit), walk and exists at once, each answered as its own
+        call would be: a node whose every call is a round trip (a box) answers them in one."""
+        return Look([self.read_from(*read) for read in reads], [list(self.walk(root)) for root in walks],
+                    [self.exists(path) for path in exists])
 
     @abstractmethod
     def local_copy(self, path: str) -> "contextlib.AbstractContextManager[str]": ...

@@ -5,6 +5,7 @@ import subprocess
 import threading
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -335,7 +336,11 @@ def test_a_thread_waiting_long_for_a_slot_held_here_keeps_the_connection(ssh_box
     monkeypatch.setattr(ssh, "COMMAND_TIMEOUT_SECONDS", 0.2)
     outlasted = 3 * int(0.2 / ssh.SLOT_CHECK_SECONDS)
     with ThreadPoolExecutor(2) as threads:
-        reading = threads.submit(node.exists, f"{work}/f")  # an SFTP request (a read goes to the box agent)
+        def copied() -> str:  # an SFTP request (a read, a look and an exists go to the box agent)
+            with node.local_copy(f"{work}/f") as path:
+                return Path(path).read_text()
+
+        reading = threads.submit(copied)
         running = threads.submit(node.run, f"cat {work}/f")
         deadline = time.monotonic() + 60  # a bound, not a deadline: a loaded machine takes long, a broken node forever
         while node._sessions.timed_out < outlasted or node._command_channels.timed_out < outlasted:
@@ -346,7 +351,7 @@ def test_a_thread_waiting_long_for_a_slot_held_here_keeps_the_connection(ssh_box
             node._sessions.notify_all()
         for _ in range(COMMAND_CHANNELS):
             node._command_channels.release()
-        assert reading.result() is True and running.result()[1] == "hi\n"
+        assert reading.result() == "hi\n" and running.result()[1] == "hi\n"
     assert node._client.get_transport() is transport and transport.is_active()
     node.run(f"rm -rf {work}")
     node.close()
@@ -575,3 +580,38 @@ def test_a_box_without_this_versions_modules_gets_them_as_it_connects_and_its_ag
     agent_commands = fresh.run("ps -o args= -u $(id -u)")[1]
     assert f"{lib}/xt_submit/node_kit/box_agent.py" in agent_commands
     fresh.close()
+
+
+def test_a_runs_end_on_a_box_is_read_in_one_request_to_its_agent(ssh_boxes, tmp_path):
+    """Its exit file, console and run log tails, outputs and checkpoint: one look (five round trips
+    before), then the removal, which is not waited for."""
+    from xt_submit import bootstrap
+    from xt_submit.domain import layout
+    from xt_submit.domain.messages import RunTask
+    from xt_submit.runtime.wrapper import RunWrapper
+
+    node = node_for(ssh_boxes)
+    zip_path, source = snapshot_zip(tmp_path, "import os\nprint('said', flush=True)\n"
+                                    "open('output/m.txt', 'w').write('weights')\n")
+    work = prepare_run(node, zip_path, source, "one-look")
+    parts = bootstrap.embedded(tmp_path / "home")
+    task = RunTask(workspace="ws1", experiment="e", job="job1", run="run1.1", command="python3 train.py",
+                   code_key=source)
+    wrapper = RunWrapper(task, tmp_path / "node_dir", parts.ports.storage, parts.ports.publisher, node=node,
+                         node_id="box1", work_dir=work)
+    wrapper.node_dir.mkdir()
+    wrapper._launch()
+    ended = threading.Event()
+    node.when_ended(wrapper.state["pid"], wrapper.state["pid_start"], ended.set)  # as the pool executor waits
+    assert ended.wait(60)  # a bound, not a deadline
+    requests = []
+    send_to_agent = node._send
+    node._send = lambda request, *args: requests.append(request["op"]) or send_to_agent(request, *args)
+    assert wrapper.supervise()
+    assert requests == ["look", "remove"]  # (the output file itself comes over SFTP)
+    storage = parts.ports.storage
+    assert storage.read(layout.console_key("ws1", "run1.1")) == b"said\n"
+    assert storage.read(layout.output_prefix("ws1", "run1.1") + "m.txt") == b"weights"
+    node._send = send_to_agent
+    node.run(f"rm -rf {node.runs_root}/cache-test")
+    node.close()

@@ -124,6 +124,24 @@ def test_read_from_gives_at_most_limit_bytes(node, work):
     assert node.read_from(log, offset=32768, limit=32768) == (b"0123456789" * 10000)[32768:65536]
 
 
+def test_a_look_answers_each_read_walk_and_exists_as_its_own_call_would(node, work, tmp_path):
+    log, output = posixpath.join(work, "run.log"), posixpath.join(work, "code", "output")
+    missing = posixpath.join(work, "missing")
+    node.append(log, b"0123456789" * 10000)  # more than one agent answer holds: the rest comes over SFTP
+    node.append(posixpath.join(output, "a.txt"), b"aa")
+    reads = [(log, 0, None), (log, 5, 7), (log, 3, 40000), (log, 99990, 50), (missing, 0, None), (log, 5, 0)]
+    walks = [posixpath.join(work, "code"), posixpath.join(work, "no-such-folder")]
+    exists = [posixpath.join(work, "code", "train.py"), missing, output]
+    look = node.look(reads=reads, walks=walks, exists=exists)
+    assert look.reads == [node.read_from(*read) for read in reads]
+    assert look.reads[0] == b"0123456789" * 10000 and look.reads[1] == b"5678901" and look.reads[4] == b""
+    assert look.walks == [list(node.walk(root)) for root in walks]
+    assert sorted(rel for rel, _ in look.walks[0]) == ["output/a.txt", "pkg/data.txt", "train.py"]
+    assert look.walks[1] == []
+    assert look.exists == [True, False, True]
+    assert node.look() == ([], [], [])
+
+
 def test_release_removes_the_runs_unpacked_code_and_its_copies(node, work):
     code = posixpath.join(work, "code")
     node.append(posixpath.join(work, "console.log"), b"printed\n")

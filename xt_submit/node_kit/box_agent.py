@@ -142,7 +142,8 @@ class _Fork:
         return os.waitstatus_to_exitcode(os.waitpid(self.pid, 0)[1])
 
 
-OPS = ("launch", "copy", "unpack", "remove", "kill", "read", "walk")  # what a request may ask (op_<name>)
+OPS = ("launch", "copy", "unpack", "remove", "kill", "read", "walk", "exists", "look")  # what a request may ask (op_<name>)
+LOOKS = ("read", "walk", "exists")  # what a "look" may hold: answered at once, without touching anything
 
 
 class Agent:
@@ -222,6 +223,22 @@ class Agent:
         except FileNotFoundError:
             return {"missing": True}
         return {"data": binascii.b2a_base64(data, newline=False).decode()}
+
+    def op_exists(self, request):
+        """Whether the path is there (links followed, as SFTP's STAT)."""
+        return {"exists": os.path.exists(request["path"])}
+
+    def op_look(self, request):
+        """Several reads, listings and existence checks in one request: {"replies": [...]}, each the
+        reply its own request would have had (an error in one is that one's)."""
+        replies = []
+        for one in request["ops"]:
+            op = one.get("op")
+            try:
+                replies.append(getattr(self, f"op_{op}")(one) if op in LOOKS else {"error": f"not a look: {op!r}"})
+            except Exception as exc:
+                replies.append({"error": f"{type(exc).__name__}: {exc}"})
+        return {"replies": replies}
 
     def op_walk(self, request):
         """Every regular file below the root (links not followed), as SFTP's listing tells them:

@@ -22,7 +22,7 @@ import signal
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 
 from xt_submit.node_kit import code_archive, reaper
@@ -50,6 +50,15 @@ SHIP_CHUNK_BYTES = int(os.environ.get("XT_SHIP_CHUNK_BYTES", str(4 * 1024 * 1024
 CONSOLE_MAX_BYTES = int(os.environ.get("XT_CONSOLE_MAX_BYTES", str(100 * 1024 * 1024)))
 CONSOLE_TRUNCATED = "console_truncated"  # in the wrapper's state: the note is written, console no longer shipped
 CONSOLE_TRUNCATED_NOTE = "\n[xt] console truncated at {limit} bytes (XT_CONSOLE_MAX_BYTES); the rest was not stored\n"
+
+
+class RunEnd(NamedTuple):
+    """What finish reads of an ended run, read at once (RunWrapper._look_at_end)."""
+
+    exit_file: bytes  # the reaper's: b"" when it wrote none
+    outputs: List[Tuple[str, tuple]]  # the output folder's files
+    tails: Dict[Tuple[str, int, int], bytes]  # the next read_from(path, offset, limit) of the console and run log
+    has_checkpoint: bool
 
 
 class RunWrapper:
@@ -157,10 +166,19 @@ class RunWrapper:
             self.tick()
             return False
         if not (self.node_dir / FINISHED_MARKER).exists():
-            exit_file = self.node.read_from(self.exit_file)  # read once, for both
-            self._end_orphans(reaper_wrote_exit=bool(exit_file))
-            self.finish(exit_file)
+            end = self._look_at_end()
+            self._end_orphans(reaper_wrote_exit=bool(end.exit_file))
+            # what was read is the run's last word, unless orphans were left writing until now
+            self.finish(end.exit_file, end if end.exit_file else None)
         return True
+
+    def _look_at_end(self) -> "RunEnd":
+        """Everything finish reads of an ended run, asked of the node at once (a box: one round trip)."""
+        tails = [(path, *read) for path, read in ((self.console, self._next_read("console_offset")),
+                                                  (self.local_log, self._next_read("log_offset"))) if read]
+        look = self.node.look(reads=[(self.exit_file, 0, None), *tails], walks=[self.output_dir],
+                              exists=[self.checkpoint])
+        return RunEnd(look.reads[0], look.walks[0], dict(zip(tails, look.reads[1:])), look.exists[0])
 
     def run_to_end(self) -> None:
         """Start the run and supervise it until it ends (a node that runs one wrapper per process)."""
@@ -169,14 +187,16 @@ class RunWrapper:
         while not self.supervise():
             time.sleep(min(SYNC_SECONDS, 0.2))
 
-    def sync(self, *, live: bool = True, outputs: Optional[List[Tuple[str, tuple]]] = None) -> None:
+    def sync(self, *, live: bool = True, outputs: Optional[List[Tuple[str, tuple]]] = None,
+             read: Optional[Dict[Tuple[str, int, int], bytes]] = None) -> None:
         """Ship what the run wrote; while it runs (live), also its latest metrics when due.
-        outputs: the output folder's files, when the caller has just listed them."""
+        outputs: the output folder's files, when the caller has just listed them; read: reads
+        (path, offset, limit) the caller has just made."""
         self._last_sync = time.monotonic()
         self._ship_tail(self.console, layout.console_key(self.task.workspace, self.task.run), "console_offset",
-                        whole_lines=False)
+                        whole_lines=False, read=read)
         self._ship_tail(self.local_log, layout.run_log_key(self.task.workspace, self.task.run), "log_offset",
-                        whole_lines=True, observe=self._progress.observe)
+                        whole_lines=True, observe=self._progress.observe, read=read)
         if self._dirty:  # offsets persist right after the appends: a successor resumes where this left off
             self._save_state()
             self._dirty = False
@@ -184,9 +204,10 @@ class RunWrapper:
             self._send_progress()
         self._sync_live(outputs)
 
-    def finish(self, exit_file: Optional[bytes] = None) -> RunFinished:
+    def finish(self, exit_file: Optional[bytes] = None, end: Optional["RunEnd"] = None) -> RunFinished:
         """After the command ended: final sync, capture outputs, report RunFinished.
-        exit_file: the reaper's exit file, when the caller has just read it."""
+        exit_file: the reaper's exit file, when the caller has just read it; end: what the caller
+        has just read of the run (_look_at_end)."""
         task, ws = self.task, self.task.workspace
         now = time.time()
         exit_code, exited_at = self._exit_record(exit_file)
@@ -205,10 +226,11 @@ class RunWrapper:
         else:
             status = ERROR
             reason = f"exit code {exit_code}" if exit_code is not None else "the run ended without an exit code"
-        outputs = list(self.node.walk(self.output_dir))  # one listing for the last live sync and the capture
-        self.sync(live=False, outputs=outputs)  # RunFinished carries the last metrics
-        self._capture_after_files(outputs)
-        self._ship_checkpoint()
+        end = end or self._look_at_end()
+        # one listing for the last live sync and the capture; RunFinished carries the last metrics
+        self.sync(live=False, outputs=end.outputs, read=end.tails)
+        self._capture_after_files(end.outputs)
+        self._ship_checkpoint(end.has_checkpoint)
         last_metrics = self._last_metrics()
         started_at = self.state["started_at"] or ended_at
         self.storage.append(layout.run_log_key(ws, task.run), run_log.record(ended_at, "ended", {
@@ -329,24 +351,40 @@ class RunWrapper:
         message = self._progress.message(self.node_id, self.state["log_offset"], now=time.monotonic(), at=time.time())
         self.publisher.send_events([message])
 
+    def _next_read(self, offset_name: str) -> Optional[Tuple[int, int]]:
+        """(offset, limit) of the next read of a shipped file; None once the console was cut. The
+        limit is at least 1 byte: is there more than the console's cap?"""
+        if offset_name == "console_offset":
+            if self.state.get(CONSOLE_TRUNCATED):
+                return None
+            offset = self.state[offset_name]
+            return offset, max(min(SHIP_CHUNK_BYTES, CONSOLE_MAX_BYTES - offset), 1)
+        return self.state[offset_name], SHIP_CHUNK_BYTES
+
     def _ship_tail(self, path: str, key: str, offset_name: str, whole_lines: bool,
-                   observe: Optional[Callable[[bytes], None]] = None) -> None:
+                   observe: Optional[Callable[[bytes], None]] = None,
+                   read: Optional[Dict[Tuple[str, int, int], bytes]] = None) -> None:
         """Append what the node's file gained since the last pass, SHIP_CHUNK_BYTES at a time, until
         caught up: memory stays bounded whatever a run prints. The console stops at CONSOLE_MAX_BYTES
-        (noted once in it); the run log (whole_lines) is never cut, and goes only in whole lines."""
+        (noted once in it); the run log (whole_lines) is never cut, and goes only in whole lines.
+        read: reads (path, offset, limit) already made, not asked again."""
         capped = offset_name == "console_offset"
-        while not (capped and self.state.get(CONSOLE_TRUNCATED)):
-            offset = self.state[offset_name]
-            room = min(SHIP_CHUNK_BYTES, CONSOLE_MAX_BYTES - offset) if capped else SHIP_CHUNK_BYTES
-            data = self.node.read_from(path, offset, max(room, 1))  # 1: is there more than the cap?
+        while True:
+            asked = self._next_read(offset_name)
+            if asked is None:
+                return
+            offset, limit = asked
+            data = (read or {}).pop((path, offset, limit), None)
+            if data is None:
+                data = self.node.read_from(path, offset, limit)
             if not data:
                 return
-            if room <= 0:
+            if capped and offset >= CONSOLE_MAX_BYTES:
                 self.storage.append(key, CONSOLE_TRUNCATED_NOTE.format(limit=CONSOLE_MAX_BYTES).encode())
                 self.state[CONSOLE_TRUNCATED] = True
                 self._dirty = True
                 return
-            caught_up = len(data) < room
+            caught_up = len(data) < limit
             if whole_lines:
                 data, caught_up = self._whole_lines(path, offset, data, caught_up)
             if data:
@@ -424,8 +462,8 @@ class RunWrapper:
                 self.node.put(local, self.checkpoint)
                 return
 
-    def _ship_checkpoint(self) -> None:
-        if self.node.exists(self.checkpoint):
+    def _ship_checkpoint(self, exists: bool) -> None:
+        if exists:
             with self.node.local_copy(self.checkpoint) as path:
                 self.storage.upload_file(layout.checkpoint_key(self.task.workspace, self.task.run), path)
 
