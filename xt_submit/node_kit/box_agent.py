@@ -169,13 +169,20 @@ class Agent:
         except ValueError as exc:  # not the host's: said, and the agent goes on
             self.tell({"id": None, "error": f"not a request: {exc}"})
             return
-        op, ident = request.get("op"), request.get("id")
-        try:
-            reply = getattr(self, f"op_{op}")(request) if op in OPS else {"error": f"unknown op {op!r}"}
-        except Exception as exc:  # told to the host, which says so; the agent goes on
-            reply = {"error": f"{type(exc).__name__}: {exc}"}
+        reply = self._answer(request, OPS, "unknown op")
         if reply is not None:
-            self.tell({"id": ident, **reply})
+            self.tell({"id": request.get("id"), **reply})
+
+    def _answer(self, request, ops, refusal):
+        """op_<name>'s reply when the request's op is one of ops, else `refusal` and the op; an
+        error is the reply's, told to the host, which says so (the agent goes on)."""
+        op = request.get("op")
+        if op not in ops:
+            return {"error": f"{refusal} {op!r}"}
+        try:
+            return getattr(self, f"op_{op}")(request)
+        except Exception as exc:
+            return {"error": f"{type(exc).__name__}: {exc}"}
 
     def op_copy(self, request):
         return self._copy(request, lambda status, why: {"status": status, "err": why})
@@ -231,14 +238,7 @@ class Agent:
     def op_look(self, request):
         """Several reads, listings and existence checks in one request: {"replies": [...]}, each the
         reply its own request would have had (an error in one is that one's)."""
-        replies = []
-        for one in request["ops"]:
-            op = one.get("op")
-            try:
-                replies.append(getattr(self, f"op_{op}")(one) if op in LOOKS else {"error": f"not a look: {op!r}"})
-            except Exception as exc:
-                replies.append({"error": f"{type(exc).__name__}: {exc}"})
-        return {"replies": replies}
+        return {"replies": [self._answer(one, LOOKS, "not a look:") for one in request["ops"]]}
 
     def op_walk(self, request):
         """Every regular file below the root (links not followed), as SFTP's listing tells them:

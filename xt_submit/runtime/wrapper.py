@@ -169,7 +169,7 @@ class RunWrapper:
             end = self._look_at_end()
             self._end_orphans(reaper_wrote_exit=bool(end.exit_file))
             # what was read is the run's last word, unless orphans were left writing until now
-            self.finish(end.exit_file, end if end.exit_file else None)
+            self.finish(end if end.exit_file else None)
         return True
 
     def _look_at_end(self) -> "RunEnd":
@@ -204,13 +204,13 @@ class RunWrapper:
             self._send_progress()
         self._sync_live(outputs)
 
-    def finish(self, exit_file: Optional[bytes] = None, end: Optional["RunEnd"] = None) -> RunFinished:
+    def finish(self, end: Optional["RunEnd"] = None) -> RunFinished:
         """After the command ended: final sync, capture outputs, report RunFinished.
-        exit_file: the reaper's exit file, when the caller has just read it; end: what the caller
-        has just read of the run (_look_at_end)."""
+        end: what the caller has just read of the run (_look_at_end), else it is read now."""
         task, ws = self.task, self.task.workspace
         now = time.time()
-        exit_code, exited_at = self._exit_record(exit_file)
+        end = end or self._look_at_end()
+        exit_code, exited_at = self._exit_record(end.exit_file)
         # when the command ended, if the reaper says (kept within the run's start and now: a box's
         # clock may differ from this one's); a run adopted after its host's downtime ended back then
         ended_at = min(now, max(self.state["started_at"] or now, exited_at)) if exited_at is not None else now
@@ -226,7 +226,6 @@ class RunWrapper:
         else:
             status = ERROR
             reason = f"exit code {exit_code}" if exit_code is not None else "the run ended without an exit code"
-        end = end or self._look_at_end()
         # one listing for the last live sync and the capture; RunFinished carries the last metrics
         self.sync(live=False, outputs=end.outputs, read=end.tails)
         self._capture_after_files(end.outputs)

@@ -303,9 +303,13 @@ class SshNode(Node):
             raise TimeoutError(f"no answer within {COMMAND_TIMEOUT_SECONDS:g}s")
         if reply.message is None:
             raise EOFError("the box agent ended")
-        if "error" in reply.message:
-            raise OSError(f"box {self.name}: the box agent: {reply.message['error']}")
-        return reply.message
+        return self._answered(reply.message)
+
+    def _answered(self, message: dict) -> dict:
+        """An answer of the box agent; one that tells an error is an OSError."""
+        if "error" in message:
+            raise OSError(f"box {self.name}: the box agent: {message['error']}")
+        return message
 
     def _send(self, request: dict) -> AgentReply:
         agent = self._agent
@@ -526,13 +530,10 @@ class SshNode(Node):
         ops = ([{"op": "read", "path": path, "offset": offset, "limit": limit} for path, offset, limit in reads]
                + [{"op": "walk", "root": root} for root in walks] + [{"op": "exists", "path": path} for path in exists])
         with self._connection():
-            replies = self._ask({"op": "look", "ops": ops})["replies"]
-        for reply in replies:
-            if "error" in reply:
-                raise OSError(f"box {self.name}: the box agent: {reply['error']}")
+            replies = [self._answered(reply) for reply in self._ask({"op": "look", "ops": ops})["replies"]]
         read_replies, walk_replies = replies[:len(reads)], replies[len(reads):len(reads) + len(walks)]
         datas = [self._read_answered(*read, reply) for read, reply in zip(reads, read_replies)]  # (SFTP for more)
-        return Look(datas, [[(rel, (mtime, size)) for rel, mtime, size in reply["files"]] for reply in walk_replies],
+        return Look(datas, [_listing(reply) for reply in walk_replies],
                     [bool(reply["exists"]) for reply in replies[len(reads) + len(walks):]])
 
     def walk(self, root: str) -> Iterator[Tuple[str, tuple]]:
@@ -541,7 +542,7 @@ class SshNode(Node):
         self._settle(root)
         with self._connection():
             answer = self._ask({"op": "walk", "root": root})
-        return iter([(rel, (mtime, size)) for rel, mtime, size in answer["files"]])
+        return iter(_listing(answer))
 
     @contextlib.contextmanager
     def local_copy(self, path: str) -> Iterator[str]:
@@ -872,6 +873,11 @@ class SshNode(Node):
             reply = self._send({"op": "remove", "argv": _removal_argv(work_dir)})
         with self._lock:
             self._releasing[work_dir] = reply
+
+
+def _listing(answer: dict) -> List[Tuple[str, tuple]]:
+    """The box agent's walk answer as Node.walk's (relative path, (mtime, size)) pairs."""
+    return [(rel, (mtime, size)) for rel, mtime, size in answer["files"]]
 
 
 def _one_read(f, offset: int, size: int) -> bytes:
