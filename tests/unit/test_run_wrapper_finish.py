@@ -15,10 +15,10 @@ WS = "ws1"
 
 
 class Recording:
-    """A node that records the arguments of every read_from."""
+    """A node that records the arguments of every read_from and the files it fetched."""
 
     def __init__(self, inner):
-        self._inner, self.reads = inner, []
+        self._inner, self.reads, self.fetched = inner, [], []
 
     def __getattr__(self, name):
         return getattr(self._inner, name)
@@ -26,6 +26,10 @@ class Recording:
     def read_from(self, path, offset=0, limit=None):
         self.reads.append((path, offset, limit))
         return self._inner.read_from(path, offset, limit)
+
+    def local_copy(self, path):
+        self.fetched.append(path)  # a box's SFTP get
+        return self._inner.local_copy(path)
 
 
 def a_wrapper(parts, node=None, **task_fields):
@@ -84,6 +88,43 @@ def test_only_the_output_folder_is_listed_for_the_default_after_dirs(parts, monk
     assert walked == [wrapper.output_dir]  # once, for both the last live sync and the capture
     assert parts.ports.storage.read(layout.output_prefix(WS, "run1.1") + "model.bin") == b"weights"
     assert parts.ports.storage.read(layout.live_prefix(WS, "run1.1") + "model.bin") == b"weights"
+
+
+def test_each_output_file_is_fetched_from_the_node_once_for_its_live_and_final_copies(parts):
+    node = Recording(parts.local_node)
+    wrapper = a_wrapper(parts, node)
+    output = os.path.join(wrapper.code_dir, "output")
+    write(os.path.join(output, "model.bin"), b"w1")
+    write(os.path.join(output, "same.txt"), b"s")
+    wrapper.sync()  # while it runs: both live
+    write(os.path.join(output, "model.bin"), b"w2")  # changed since, and one new file
+    write(os.path.join(output, "deep", "new.txt"), b"n")
+    node.fetched.clear()
+    wrapper.finish()
+    assert sorted(node.fetched) == sorted(os.path.join(output, rel) for rel in ("model.bin", "same.txt", "deep/new.txt"))
+    storage = parts.ports.storage
+    for prefix in (layout.live_prefix(WS, "run1.1"), layout.output_prefix(WS, "run1.1")):
+        assert {key[len(prefix):]: storage.read(key) for key in storage.list(prefix)} == {
+            "model.bin": b"w1w2", "same.txt": b"s", "deep/new.txt": b"n"}
+
+
+def test_a_live_copy_that_failed_to_upload_is_tried_again_by_the_next_sync(parts, monkeypatch):
+    wrapper = a_wrapper(parts)
+    write(os.path.join(wrapper.code_dir, "output", "model.bin"), b"w")
+    storage = parts.ports.storage
+    real_upload = storage.upload_file
+    failing = [True]
+
+    def upload_once_failing(key, path):
+        if failing.pop() if failing else False:
+            raise OSError("storage unreachable")
+        return real_upload(key, path)
+
+    monkeypatch.setattr(storage, "upload_file", upload_once_failing)
+    with pytest.raises(OSError):
+        wrapper.sync()
+    wrapper.sync()
+    assert storage.read(layout.live_prefix(WS, "run1.1") + "model.bin") == b"w"
 
 
 def test_the_last_metrics_come_from_what_was_shipped_without_reading_the_log_again(parts, monkeypatch):

@@ -22,7 +22,7 @@ import signal
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
 
 
 from xt_submit.node_kit import code_archive, reaper
@@ -59,6 +59,15 @@ class RunEnd(NamedTuple):
     outputs: List[Tuple[str, tuple]]  # the output folder's files
     tails: Dict[Tuple[str, int, int], bytes]  # the next read_from(path, offset, limit) of the console and run log
     has_checkpoint: bool
+
+
+class Upload(NamedTuple):
+    """A file of the run's (below its code folder) to store under key; live: (its name below the
+    output folder, its signature) when this is its live copy."""
+
+    rel: str
+    key: str
+    live: Optional[Tuple[str, tuple]] = None
 
 
 class RunWrapper:
@@ -187,11 +196,15 @@ class RunWrapper:
         while not self.supervise():
             time.sleep(min(SYNC_SECONDS, 0.2))
 
-    def sync(self, *, live: bool = True, outputs: Optional[List[Tuple[str, tuple]]] = None,
-             read: Optional[Dict[Tuple[str, int, int], bytes]] = None) -> None:
-        """Ship what the run wrote; while it runs (live), also its latest metrics when due.
-        outputs: the output folder's files, when the caller has just listed them; read: reads
-        (path, offset, limit) the caller has just made."""
+    def sync(self) -> None:
+        """Ship what the run wrote so far: console, run log, its latest metrics when due, live outputs."""
+        self._ship_logs()
+        if self._progress.due(time.monotonic()):
+            self._send_progress()
+        self._upload(self._live_uploads(self.node.walk(self.output_dir)))
+
+    def _ship_logs(self, read: Optional[Dict[Tuple[str, int, int], bytes]] = None) -> None:
+        """The console's and run log's new bytes. read: reads (path, offset, limit) the caller has just made."""
         self._last_sync = time.monotonic()
         self._ship_tail(self.console, layout.console_key(self.task.workspace, self.task.run), "console_offset",
                         whole_lines=False, read=read)
@@ -200,9 +213,6 @@ class RunWrapper:
         if self._dirty:  # offsets persist right after the appends: a successor resumes where this left off
             self._save_state()
             self._dirty = False
-        if live and self._progress.due(time.monotonic()):
-            self._send_progress()
-        self._sync_live(outputs)
 
     def finish(self, end: Optional["RunEnd"] = None) -> RunFinished:
         """After the command ended: final sync, capture outputs, report RunFinished.
@@ -226,9 +236,10 @@ class RunWrapper:
         else:
             status = ERROR
             reason = f"exit code {exit_code}" if exit_code is not None else "the run ended without an exit code"
-        # one listing for the last live sync and the capture; RunFinished carries the last metrics
-        self.sync(live=False, outputs=end.outputs, read=end.tails)
-        self._capture_after_files(end.outputs)
+        # one listing for the last live sync and the capture, and each file fetched once for both
+        # (a box's 1 GB checkpoint crosses the network once); RunFinished carries the last metrics
+        self._ship_logs(read=end.tails)
+        self._upload(self._live_uploads(end.outputs) + self._captures(end.outputs))
         self._ship_checkpoint(end.has_checkpoint)
         last_metrics = self._last_metrics()
         started_at = self.state["started_at"] or ended_at
@@ -425,24 +436,34 @@ class RunWrapper:
             yield piece
             offset += len(piece)
 
-    def _sync_live(self, outputs: Optional[List[Tuple[str, tuple]]] = None) -> None:
+    def _live_uploads(self, outputs: Iterable[Tuple[str, tuple]]) -> List["Upload"]:
+        """Each output file changed since its live copy was made."""
         prefix = layout.live_prefix(self.task.workspace, self.task.run)
-        for rel, signature in self.node.walk(self.output_dir) if outputs is None else outputs:
-            if self._live_seen.get(rel) != signature:
-                with self.node.local_copy(posixpath.join(self.output_dir, rel)) as path:
-                    self.storage.upload_file(prefix + rel, path)
-                self._live_seen[rel] = signature
+        return [Upload(f"output/{rel}", prefix + rel, (rel, signature)) for rel, signature in outputs
+                if self._live_seen.get(rel) != signature]
 
-    def _capture_after_files(self, outputs: List[Tuple[str, tuple]]) -> None:
+    def _captures(self, outputs: List[Tuple[str, tuple]]) -> List["Upload"]:
         """The files after-dirs names, found in the folders its patterns can match in (the output
         folder's listing given: most runs keep only output/**), not in the whole code tree."""
-        prefix = layout.output_prefix(self.task.workspace, self.task.run)
+        prefix, captures = layout.output_prefix(self.task.workspace, self.task.run), []
         for rel in self._after_candidates(outputs):
             if any(_glob_match(rel, pattern) for pattern in self.task.after_dirs) and \
                     not any(_glob_match(rel, pattern) for pattern in self.task.after_omit):
-                target = rel[len("output/"):] if rel.startswith("output/") else rel
-                with self.node.local_copy(posixpath.join(self.code_dir, rel)) as path:
-                    self.storage.upload_file(prefix + target, path)
+                captures.append(Upload(rel, prefix + (rel[len("output/"):] if rel.startswith("output/") else rel)))
+        return captures
+
+    def _upload(self, uploads: List["Upload"]) -> None:
+        """Each file fetched from the node once, to every key it goes to; a live copy is noted as made
+        only once it is (a failed upload is tried again by the next sync)."""
+        by_file: Dict[str, List[Upload]] = {}
+        for upload in uploads:
+            by_file.setdefault(upload.rel, []).append(upload)
+        for rel, targets in by_file.items():
+            with self.node.local_copy(posixpath.join(self.code_dir, rel)) as path:
+                for upload in targets:
+                    self.storage.upload_file(upload.key, path)
+                    if upload.live is not None:
+                        self._live_seen[upload.live[0]] = upload.live[1]
 
     def _restore_checkpoint(self) -> None:
         """The run's own last checkpoint (a run started again), else the one it resumes from."""
