@@ -2,8 +2,10 @@
 writes its own peak RSS (VmHWM, in MB) to the file named first. A process's VmHWM starts afresh at
 exec, so it is the command's alone; wait4's figure also counts what the bench held when it spawned
 the child (the parent's pages are the child's until exec), which would credit a 900 MB bench's size
-to a 30 MB command. Used by common.run_child."""
+to a 30 MB command. A command that ends by os._exit (xt's read-only commands: no atexit) writes it
+there too. Used by common.run_child."""
 import atexit
+import os
 import runpy
 import sys
 
@@ -18,6 +20,13 @@ def _write_peak(path: str) -> None:
 def main() -> None:
     peak_file, args = sys.argv[1], sys.argv[2:]
     atexit.register(_write_peak, peak_file)
+    real_exit = os._exit
+
+    def write_then_exit(code: int) -> None:
+        _write_peak(peak_file)
+        real_exit(code)
+
+    os._exit = write_then_exit
     if args[0] == "-m":
         sys.argv = [args[1], *args[2:]]
         runpy.run_module(args[1], run_name="__main__", alter_sys=True)

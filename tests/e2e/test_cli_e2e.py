@@ -230,6 +230,27 @@ def test_xts_options_are_never_abbreviated_and_after_the_script_they_are_the_scr
     assert sweep.stderr == "" and "2 runs planned" in sweep.stdout
 
 
+def test_a_read_only_command_ends_once_its_output_is_out(project):
+    """`xt list` skips the interpreter's teardown (cli/main.run): all of its output still arrives,
+    the SQLite files are left as they were (no checkpoint on close, no -wal deleted to be made again),
+    and output to a pipe nobody reads ends with 141 and nothing on stderr."""
+    job = project.json("run", "--wait", "train.py", "--lr=[0.1,0.2,0.3]")["job"]
+    project.stop_host()  # killed: it leaves its -wal, as only a last close would remove it
+    wal = project.home / "stats.db-wal"
+    assert wal.exists()
+    runs = project.json("list", "runs", "--job", job)
+    assert sorted(r["hparams"]["lr"] for r in runs) == [0.1, 0.2, 0.3]
+    assert wal.exists()
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before a byte is written
+    try:
+        gone = subprocess.run([sys.executable, "-m", "xt_submit.cli", "list", "runs"], cwd=project.code,
+                              env=project.env, stdout=write_end, stderr=subprocess.PIPE, timeout=120)
+    finally:
+        os.close(write_end)
+    assert (gone.returncode, gone.stderr) == (141, b"")
+
+
 def test_what_people_read_reads_well(project):
     """--version; no progress bar where stderr is not a terminal; values as name=value and seconds
     with their unit, never Python's dict spelling; view console --json is JSON; a closed pipe ends quietly."""
