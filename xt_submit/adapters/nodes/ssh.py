@@ -217,10 +217,21 @@ class SshNode(Node):
             # small requests (a stat, an exec) must not wait on Nagle's algorithm and delayed ACKs
             transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             transport.set_keepalive(max(1, int(SILENT_SECONDS / 2)))  # a box that vanished is noticed
-            self._sftp = self._open_sftp(client)
-            self.home = posixpath.join(self._sftp.normalize("."), ".xt")
-            self._prepare()
-            self._agent = self._start_agent(client)
+            # The SFTP session (a process the box starts, ~45 ms) opens while the box is prepared
+            # and its agent starts: the first run waits for the slowest of them, not their sum.
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(1, thread_name_prefix=f"xt-sftp-{self.name}") as meanwhile:
+                opening = meanwhile.submit(self._open_sftp, client)
+                try:
+                    shipped = self._prepare()
+                    if shipped:
+                        self._agent = self._start_agent(client)
+                finally:
+                    self._sftp = opening.result()  # its error, if both failed, is the one told
+            if not shipped:
+                self._ship_run_side_modules()
+                self._agent = self._start_agent(client)
             with self._sessions:
                 self._idle_sessions, self._session_count = [(self._generation, self._sftp)], 1
         except (paramiko.SSHException, EOFError, OSError) as exc:
@@ -255,34 +266,38 @@ class SshNode(Node):
             raise BoxError(f"boxes.{self.name}.host-key: expected '<type> <base64>' as in known_hosts, "
                            "e.g. 'ssh-ed25519 AAAA...'") from None
 
-    def _prepare(self) -> None:
-        """Once per connection, in one command: a recent enough python3, XT's folders, a `python`,
-        cached snapshots unused for CACHE_DAYS gone and zips an upload left behind (its connection
-        dropped before the unpack removed them) gone after INCOMING_STALE_MINUTES; then XT's run-side
-        modules for this version."""
-        bin_dir, cache = posixpath.join(self.home, "bin"), posixpath.join(self.home, CODE_CACHE)
-        incoming = posixpath.join(self.home, "incoming")
-        # `python train.py` on a box that only has python3: a fallback at the end of PATH
+    def _prepare(self) -> bool:
+        """Once per connection, in one command (no SFTP session needed yet): a recent enough python3,
+        XT's folder (~/.xt: self.home, as SFTP's normalize(".") would say it) and its folders, a
+        `python`, cached snapshots unused for CACHE_DAYS gone and zips an upload left behind (its
+        connection dropped before the unpack removed them) gone after INCOMING_STALE_MINUTES.
+        True if XT's run-side modules for this version are on the box already."""
+        lib = posixpath.join("lib", shipped_digest())
         _, out, _ = self._exec(
             "python3 -c 'import sys; print(sys.version_info[:2] >= (%d, %d))' && " % MIN_PYTHON
-            + f"mkdir -p {q(bin_dir)} {q(incoming)} {q(cache)} && "
-            f"(command -v python >/dev/null || ln -sf \"$(command -v python3)\" {q(bin_dir + '/python')}); "
-            f"find {q(cache)} -mindepth 1 -maxdepth 1 -mtime +{CACHE_DAYS} -exec rm -rf {{}} + 2>/dev/null; "
-            f"find {q(incoming)} -mindepth 1 -maxdepth 1 -name '*.zip' -mmin +{INCOMING_STALE_MINUTES} -delete 2>/dev/null; true")
-        if out.strip() != "True":
+            # the rest only once its folders are made: a clean-up never runs with "$xt" unset
+            + 'xt="$(pwd -P)/.xt" && '
+            f'mkdir -p "$xt/bin" "$xt/incoming" "$xt"/{q(CODE_CACHE)} && {{ '
+            '(command -v python >/dev/null || ln -sf "$(command -v python3)" "$xt/bin/python"); '
+            f'find "$xt"/{q(CODE_CACHE)} -mindepth 1 -maxdepth 1 -mtime +{CACHE_DAYS} -exec rm -rf {{}} + 2>/dev/null; '
+            f"find \"$xt/incoming\" -mindepth 1 -maxdepth 1 -name '*.zip' -mmin +{INCOMING_STALE_MINUTES} -delete 2>/dev/null; "
+            f'printf "%s\\n" "$xt"; test -e "$xt"/{q(lib)}/.complete && echo shipped || echo missing; }}')
+        answer = out.splitlines()[-3:]
+        if len(answer) != 3 or answer[0].strip() != "True":
             raise BoxError(f"box {self.name} ({self.address}): expected python3 {MIN_PYTHON[0]}.{MIN_PYTHON[1]} or "
                            "newer on the box's PATH")
-        lib = posixpath.join(self.home, "lib", shipped_digest())
-        complete = posixpath.join(lib, ".complete")
-        try:
-            self._sftp.stat(complete)
-        except FileNotFoundError:
-            self._exec(f"mkdir -p {q(posixpath.join(lib, 'xt_submit', 'domain'))} "
-                       f"{q(posixpath.join(lib, 'xt_submit', 'node_kit'))}")
-            for name in _SHIPPED_MODULES:
-                self._sftp.put(str(_PACKAGE_DIR / name), posixpath.join(lib, "xt_submit", name))
-            self._sftp.open(complete, "w").close()
-        self._lib = lib
+        self.home = answer[1]
+        self._lib = posixpath.join(self.home, lib)
+        return answer[2].strip() == "shipped"
+
+    def _ship_run_side_modules(self) -> None:
+        """XT's run-side modules for this version, on a box that has them not yet (its first connection)."""
+        lib = self._lib
+        self._exec(f"mkdir -p {q(posixpath.join(lib, 'xt_submit', 'domain'))} "
+                   f"{q(posixpath.join(lib, 'xt_submit', 'node_kit'))}")
+        for name in _SHIPPED_MODULES:
+            self._sftp.put(str(_PACKAGE_DIR / name), posixpath.join(lib, "xt_submit", name))
+        self._sftp.open(posixpath.join(lib, ".complete"), "w").close()
 
     def _start_agent(self, client) -> AgentClient:
         channel = self._open_session(client, CONNECT_TIMEOUT_SECONDS)
