@@ -62,4 +62,4 @@ def test_xt_run_warms_ssh_only_for_a_pool_with_remote_boxes(project, tmp_path):
 
     project.json("run", "--target", "far", "train.py")  # its box never answers: the host's argv is the check
     wait_until(lambda: host_control.host_running(project.home), "a host serves the pool job")
-    assert host_argv(host_pid(project.home))[-1] == b"ssh"
+    assert host_argv(host_pid(project.home))[-1] == b"ssh,connect:far"  # and its boxes connected to at once

@@ -2,6 +2,8 @@
 loopback (tests/peers/ssh_boxes.py), driven through the real `xt` CLI."""
 import json
 import os
+import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -58,6 +60,36 @@ def outputs(project, run, tmp_path):
     dest = tmp_path / "dl" / run
     project.xt("download", run, "--dest", str(dest))
     return json.loads((dest / run / "where.json").read_text())
+
+
+def test_a_host_started_for_a_pool_job_connects_to_its_boxes_before_the_job_arrives(pool_project, ssh_boxes, tmp_path):
+    """`xt run --target pool` registers the target and starts the host with connect:pool: the SSH
+    handshakes overlap the snapshot's upload and the submit, not wait for the runs."""
+    from xt_submit import bootstrap
+    from xt_submit.config import load_config
+    from xt_submit.services import targets
+
+    (pool_project.code / "xt_config.yaml").write_text(pool_config(ssh_boxes, tmp_path))
+    cfg = load_config(cwd=pool_project.code)
+    home = pool_project.home
+    home.mkdir(parents=True, exist_ok=True)
+    compute = bootstrap.task_table(home)
+    targets.register(compute, cfg, "pool")
+    warms = targets.kind_of(cfg, "pool").host_warms(cfg, "pool")
+    assert warms == ("ssh", "connect:pool")
+    boxes = [ssh_boxes.boxes[name] for name in ("box1", "box2")]
+    assert [box.connections() for box in boxes] == [[], []]  # each test's boxes are its own
+    host = subprocess.Popen([sys.executable, "-m", "xt_submit.entrypoints.host", str(home), "60", ",".join(warms)],
+                            cwd=home, env=pool_project.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not all(box.connections() for box in boxes):
+            assert host.poll() is None and time.monotonic() < deadline, "the host connected to no box ahead"
+            time.sleep(0.05)
+        assert compute.active_count() == 0  # no job was sent: the connections came first
+    finally:
+        host.terminate()
+        host.wait(30)
 
 
 def test_sweep_spreads_over_two_boxes_and_skips_an_unreachable_one(pool_project, ssh_boxes, tmp_path):

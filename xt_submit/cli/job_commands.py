@@ -136,6 +136,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if manifest.resume_from:
         parts.ports.stats.get_run(manifest.workspace, manifest.resume_from)  # NotFound: one line naming it
     submit.check_shares_filled(parts.ports.storage, manifest)
+    if manifest.target in cfg.compute_targets:  # before the host starts: it may connect to the target's boxes
+        targets.register(parts.compute, cfg, manifest.target)
     # now, the job checked: the host's start (~0.3 s) overlaps the snapshot's upload
     ensure_local_host(parts, warm=targets.kind_of(cfg, manifest.target).host_warms(cfg, manifest.target))
     with transfer_progress(parts.ports.storage, "uploading code", enabled=not args.json):

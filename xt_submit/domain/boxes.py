@@ -6,6 +6,9 @@ from dataclasses import dataclass
 from xt_submit.domain.errors import OneLineError
 
 LOCAL_ADDRESS = "localhost"  # a box at this address runs here, without SSH
+# A host's warm name (bootstrap.warm's list, on its command line): connect to this registered pool's
+# boxes at once, while the job for it is still being sent
+CONNECT_AHEAD = "connect:"
 
 
 class BoxError(OneLineError):

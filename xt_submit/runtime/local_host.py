@@ -11,7 +11,7 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Optional, Sequence
 
 from xt_submit import handlers
 from xt_submit.domain import layout
@@ -160,9 +160,11 @@ class LocalHost:
         return until((JOBS_QUEUE, EVENTS_QUEUE))
 
 
-def run_host(home: Path, build: Callable[[], Parts], *, idle_exit_seconds: Optional[float]) -> int:
+def run_host(home: Path, build: Callable[[], Parts], *, idle_exit_seconds: Optional[float],
+             connect_ahead: Sequence[str] = ()) -> int:
     """Serve until idle (or forever). Returns 0, or 1 if another host holds the lock.
-    build: makes the embedded default's parts for home (once the lock is held)."""
+    build: makes the embedded default's parts for home (once the lock is held); connect_ahead: pools
+    whose boxes to connect to before the first pass (the job on its way runs there)."""
     lock = HostLock(home)
     if not lock.acquire():
         return 1
@@ -173,6 +175,8 @@ def run_host(home: Path, build: Callable[[], Parts], *, idle_exit_seconds: Optio
     if listen is not None:
         listen()
     host = LocalHost(parts, idle_exit_seconds=idle_exit_seconds)
+    for pool in connect_ahead:
+        host.pools.connect_ahead(pool)
     while True:
         host.serve()
         # Close the race with a client that enqueued while we decided to stop: it saw the lock held

@@ -226,6 +226,14 @@ class PoolExecutor:
                     placed = True
         return placed
 
+    def connect_ahead(self, pool: str) -> None:
+        """Connect to a registered pool's boxes now, each on its own thread, before its runs arrive (a
+        host started for a job there): the handshakes overlap the client's upload and submit."""
+        definition = self.compute.target(pool)
+        if definition is not None and definition.get("service") == "pool":
+            for box, settings in definition["boxes"].items():
+                self._reachable(box, settings)
+
     def _refuse(self, pool: str) -> bool:
         """Runs for a target this machine was never told about end at once, saying so (never silently run here)."""
         now = time.time()

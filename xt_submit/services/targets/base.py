@@ -32,7 +32,8 @@ class TargetKind(ABC):
 
     def host_warms(self, cfg: Config, name: str) -> Tuple[str, ...]:
         """What a host that starts for a job on the target loads while the job is still being sent
-        (names bootstrap.warm knows): what its first run would otherwise wait for."""
+        (names bootstrap.warm knows, and CONNECT_AHEAD + a registered pool): what its first run would
+        otherwise wait for."""
         return ()
 
     @abstractmethod

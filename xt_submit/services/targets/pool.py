@@ -21,10 +21,12 @@ class PoolTarget(TargetKind):
                 yield f"compute-targets.{name}.boxes: expected boxes names ({names_of(cfg.boxes)}), got {show(box)}"
 
     def host_warms(self, cfg: Config, name: str) -> Tuple[str, ...]:
-        from xt_submit.domain.boxes import LOCAL_ADDRESS
+        from xt_submit.domain.boxes import CONNECT_AHEAD, LOCAL_ADDRESS
 
         remote = any(cfg.boxes[box].address != LOCAL_ADDRESS for box in self._boxes(cfg, name) if box in cfg.boxes)
-        return ("ssh",) if remote else ()  # paramiko's import: ~80 ms before the first box connects
+        # paramiko's import (~40-80 ms), and the boxes' connections (~150 ms each): made while the
+        # job is still being sent, not once its runs arrive (the target is registered first)
+        return ("ssh", CONNECT_AHEAD + name) if remote else ()
 
     def where(self, cfg: Config, name: str) -> str:
         target = cfg.compute_targets[name]
