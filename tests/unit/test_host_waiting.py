@@ -96,3 +96,48 @@ def test_a_send_with_no_host_listening_pokes_nothing_and_never_blocks(parts, tmp
         other.poke()
     assert listener.wait(0) and not listener.wait(0)  # all taken at once
     listener.close()
+
+
+def test_a_follower_near_its_jobs_end_is_woken_by_the_host_completing_a_message(parts):
+    """`xt run --wait` looked at its job after a pause of up to 0.1 s: in the embedded queue, each
+    message the host completes now ends a follower's pause. The pause here is an hour, so only the
+    poke can end it (the thread's bound is for a failure, never a timing claim)."""
+    import os
+    import threading
+
+    parts.queue.send(EVENTS_QUEUE, [b"an event"])
+    (message,) = parts.queue.receive(EVENTS_QUEUE)
+    woken = threading.Event()
+    with parts.queue.followed() as until_handled:
+        until_handled(0)  # its FIFO is made at the first pause
+        followers = parts.home / "queue.db.followers"
+        assert len(os.listdir(followers)) == 1
+        waiting = threading.Thread(target=lambda: (until_handled(3600), woken.set()), daemon=True)
+        waiting.start()
+        parts.queue.complete(message)
+        waiting.join(120)
+        assert woken.is_set()
+    assert os.listdir(followers) == []  # a follower that ended leaves no FIFO
+
+
+def test_a_follower_killed_before_removing_its_fifo_costs_the_host_one_poke(parts, tmp_path):
+    """A FIFO with no reader (its follower was killed) is removed by the next poke: followers never pile up."""
+    import os
+
+    followers = parts.home / "queue.db.followers"
+    followers.mkdir()
+    os.mkfifo(followers / "12345-deadbeef")
+    parts.queue.send(EVENTS_QUEUE, [b"an event"])
+    (message,) = parts.queue.receive(EVENTS_QUEUE)
+    parts.queue.complete(message)
+    assert os.listdir(followers) == []
+
+
+def test_a_queue_that_cannot_tell_completions_pauses_a_follower_by_sleeping(parts, monkeypatch):
+    from xt_submit.ports import MessageQueue
+
+    slept = []
+    monkeypatch.setattr("time.sleep", slept.append)
+    with MessageQueue.followed(parts.queue) as until_handled:  # the port's own, as Service Bus's adapter has it
+        until_handled(0.25)
+    assert slept == [0.25]

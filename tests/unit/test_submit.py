@@ -1,4 +1,5 @@
 """services/submit.py: a submission waits for its whole job, not for the first record of it."""
+import contextlib
 import threading
 import time
 
@@ -57,7 +58,11 @@ def test_following_a_job_looks_often_only_once_no_run_waits_and_a_run_just_ended
         if step:
             step()
 
-    monkeypatch.setattr(submit.time, "sleep", sleep)
+    monkeypatch.setattr(submit.time, "sleep", sleep)  # while a run is queued
+    closing = []  # the pauses the queue may cut short (the host handling a message)
+    monkeypatch.setattr(parts.queue, "followed",
+                        lambda: contextlib.nullcontext(lambda seconds: closing.append(seconds) or sleep(seconds)))
     final = submit.follow(parts, "ws1", job, lambda record: None, keep_served=lambda: None)
     assert final["status"] == "completed" and final["counts"] == {"completed": 2}
     assert pauses == [0.1, 0.1, 0.01, 0.02, 0.04, 0.08, 0.1, 0.1, 0.01]
+    assert closing == pauses[1:]  # only the first, with run1.2 queued, is a plain sleep

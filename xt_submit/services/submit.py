@@ -171,23 +171,29 @@ def follow(parts: Parts, workspace: str, job: str, on_progress: Callable[[Dict[s
     """Wait for the job to end, calling on_progress with its record each time round; returns the last.
     Once no run is waiting to start, the end may be near: it looks again closing_poll_seconds after a
     run ended, doubling the pause up to poll_seconds while none does (a job of short runs is seen to
-    end ~10 ms after it does, not ~50 ms on average; one of long runs costs a few looks per run)."""
+    end ~10 ms after it does, not ~50 ms on average; one of long runs costs a few looks per run), and
+    where the queue can tell (the embedded one), each message its host handles then ends the pause."""
     pause, finished = poll_seconds, -1
-    while True:
-        record = parts.ports.stats.get_job(workspace, job)
-        on_progress(record)
-        if record["status"] in TERMINAL_STATUSES:
-            return record
-        keep_served()
-        now_finished = finished_runs(record)
-        if record["counts"].get(QUEUED):
-            pause = poll_seconds
-        elif now_finished != finished:
-            pause = closing_poll_seconds
-        else:
-            pause = min(poll_seconds, pause * 2)
-        finished = now_finished
-        time.sleep(pause)
+    with parts.queue.followed() as until_handled:
+        while True:
+            record = parts.ports.stats.get_job(workspace, job)
+            on_progress(record)
+            if record["status"] in TERMINAL_STATUSES:
+                return record
+            keep_served()
+            now_finished = finished_runs(record)
+            closing = not record["counts"].get(QUEUED)
+            if not closing:
+                pause = poll_seconds
+            elif now_finished != finished:
+                pause = closing_poll_seconds
+            else:
+                pause = min(poll_seconds, pause * 2)
+            finished = now_finished
+            if closing:
+                until_handled(pause)  # cut short by the next message the host handles
+            else:  # far from the end, every message handled (a big sweep's thousands) is not worth a look
+                time.sleep(pause)
 
 
 def finished_runs(record: Dict[str, Any]) -> int:

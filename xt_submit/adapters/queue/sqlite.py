@@ -12,7 +12,7 @@ from typing import Any, Callable, List, Optional, Sequence
 
 from xt_submit.domain.delivery import RETRY_DELAYS_SECONDS
 from xt_submit.domain.messages import check_message_sizes
-from xt_submit.adapters.queue.wake import Wake
+from xt_submit.adapters.queue.wake import Followers, Wake
 from xt_submit.adapters.sqlite_util import LocalDb, heals, transaction
 from xt_submit.ports import LockLost, MessageQueue, ReceivedMessage
 
@@ -52,6 +52,7 @@ class SqliteQueue(MessageQueue):
         self._file = LocalDb(path, _SCHEMA, lost=LOST, notice=notice)
         self._file.conn  # opened now: damage is found, and reported, before anything else
         self._wake = Wake(path + ".wake")
+        self._followers = Followers(path + ".followers")
 
     @property
     def _db(self):
@@ -108,6 +109,11 @@ class SqliteQueue(MessageQueue):
     def complete(self, message: ReceivedMessage) -> None:
         with transaction(self._db):
             self._settle(message, "DELETE FROM messages WHERE id = ? AND lock_token = ?", (message.id, message.lock_token))
+        self._followers.poke_all()  # handled: what a follower reads next has changed
+
+    def followed(self):
+        """A follower's pause, cut short when this queue's host completes a message."""
+        return self._followers.follow()
 
     def abandon(self, message: ReceivedMessage, error: str = "", delay_seconds: float = 0.0) -> None:
         visible_at = time.time() + delay_seconds if delay_seconds > 0 else 0

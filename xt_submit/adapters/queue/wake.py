@@ -4,9 +4,13 @@ late). Best effort both ways: with no FIFO, no reader or a full pipe, a send pok
 host's poll still finds the message."""
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import stat
-from typing import Optional
+import time
+import uuid
+from typing import Callable, Iterator, Optional
 
 
 class Wake:
@@ -70,3 +74,64 @@ class Wake:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+
+
+class Followers:
+    """A folder of FIFOs beside the embedded queue's file, one per process following a job (`xt run
+    --wait`): every message the host completes pokes them all, so a follower near its job's end
+    looks again at once rather than after its pause. Best effort, as Wake: without a FIFO the
+    follower's pause is a sleep, and its poll still finds the end."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+
+    @contextlib.contextmanager
+    def follow(self) -> Iterator[Callable[[float], None]]:
+        """pause(seconds): up to `seconds`, cut short by a poke. The FIFO is made at the first pause
+        (a follower that never pauses costs the host no poke) and removed at the end."""
+        wake = Wake(os.path.join(self.folder, f"{os.getpid()}-{uuid.uuid4().hex[:8]}"))
+        made = []
+
+        def pause(seconds: float) -> None:
+            if not made:
+                made.append(_listening(wake, self.folder))
+            if made[0]:
+                wake.wait(seconds)
+            else:
+                time.sleep(seconds)
+
+        try:
+            yield pause
+        finally:
+            wake.close()
+            with contextlib.suppress(OSError):
+                os.unlink(wake.path)
+
+    def poke_all(self) -> None:
+        try:
+            names = os.listdir(self.folder)
+        except OSError:  # no follower ever: no folder
+            return
+        for name in names:
+            path = os.path.join(self.folder, name)
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # no reader: its follower was killed before removing it
+                    with contextlib.suppress(OSError):
+                        os.unlink(path)
+                continue
+            try:
+                os.write(fd, b"!")
+            except OSError:  # full: it has pokes enough waiting
+                pass
+            finally:
+                os.close(fd)
+
+
+def _listening(wake: Wake, folder: str) -> bool:
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError:
+        return False
+    return wake.listen()
