@@ -436,13 +436,13 @@ class RunWrapper:
             yield piece
             offset += len(piece)
 
-    def _live_uploads(self, outputs: Iterable[Tuple[str, tuple]]) -> List["Upload"]:
+    def _live_uploads(self, outputs: Iterable[Tuple[str, tuple]]) -> List[Upload]:
         """Each output file changed since its live copy was made."""
         prefix = layout.live_prefix(self.task.workspace, self.task.run)
         return [Upload(f"output/{rel}", prefix + rel, (rel, signature)) for rel, signature in outputs
                 if self._live_seen.get(rel) != signature]
 
-    def _captures(self, outputs: List[Tuple[str, tuple]]) -> List["Upload"]:
+    def _captures(self, outputs: List[Tuple[str, tuple]]) -> List[Upload]:
         """The files after-dirs names, found in the folders its patterns can match in (the output
         folder's listing given: most runs keep only output/**), not in the whole code tree."""
         prefix, captures = layout.output_prefix(self.task.workspace, self.task.run), []
@@ -452,7 +452,7 @@ class RunWrapper:
                 captures.append(Upload(rel, prefix + (rel[len("output/"):] if rel.startswith("output/") else rel)))
         return captures
 
-    def _upload(self, uploads: List["Upload"]) -> None:
+    def _upload(self, uploads: List[Upload]) -> None:
         """Each file fetched from the node once, to every key it goes to; a live copy is noted as made
         only once it is (a failed upload is tried again by the next sync)."""
         by_file: Dict[str, List[Upload]] = {}
