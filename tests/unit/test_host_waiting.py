@@ -141,3 +141,13 @@ def test_a_queue_that_cannot_tell_completions_pauses_a_follower_by_sleeping(part
     with MessageQueue.followed(parts.queue) as until_handled:  # the port's own, as Service Bus's adapter has it
         until_handled(0.25)
     assert slept == [0.25]
+
+
+def test_a_file_that_is_no_fifo_among_the_followers_is_left_as_it_is(parts):
+    followers = parts.home / "queue.db.followers"
+    followers.mkdir()
+    (followers / "notes.txt").write_text("mine")
+    parts.queue.send(EVENTS_QUEUE, [b"an event"])
+    (message,) = parts.queue.receive(EVENTS_QUEUE)
+    parts.queue.complete(message)
+    assert (followers / "notes.txt").read_text() == "mine"

@@ -115,6 +115,8 @@ class Followers:
         for name in names:
             path = os.path.join(self.folder, name)
             try:
+                if not stat.S_ISFIFO(os.lstat(path).st_mode):
+                    continue  # not a follower's (a file put there is never written to)
                 fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
             except OSError as exc:
                 if exc.errno == errno.ENXIO:  # no reader: its follower was killed before removing it
