@@ -408,7 +408,7 @@ class Node(ABC):
         """(relative path, change signature) of every file below root."""
 
     def look(self, reads: Sequence[Tuple[str, int, Optional[int]]] = (), walks: Sequence[str] = (),
-             exists: Sequence[str] = ()) -> "Look":
+             exists: Sequence[str] = ()) -> Look:
         """Several read_from (path, offset, limit), walk and exists at once, each answered as its own
         call would be: a node whose every call is a round trip (a box) answers them in one."""
         return Look([self.read_from(*read) for read in reads], [list(self.walk(root)) for root in walks],

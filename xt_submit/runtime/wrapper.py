@@ -181,7 +181,7 @@ class RunWrapper:
             self.finish(end if end.exit_file else None)
         return True
 
-    def _look_at_end(self) -> "RunEnd":
+    def _look_at_end(self) -> RunEnd:
         """Everything finish reads of an ended run, asked of the node at once (a box: one round trip)."""
         tails = [(path, *read) for path, read in ((self.console, self._next_read("console_offset")),
                                                   (self.local_log, self._next_read("log_offset"))) if read]
@@ -214,7 +214,7 @@ class RunWrapper:
             self._save_state()
             self._dirty = False
 
-    def finish(self, end: Optional["RunEnd"] = None) -> RunFinished:
+    def finish(self, end: Optional[RunEnd] = None) -> RunFinished:
         """After the command ended: final sync, capture outputs, report RunFinished.
         end: what the caller has just read of the run (_look_at_end), else it is read now."""
         task, ws = self.task, self.task.workspace
