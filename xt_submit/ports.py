@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterable, Iterator, List, NamedTuple, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple
 
 from xt_submit.domain.errors import NotFound
 from xt_submit.domain.run_query import RunQuery
@@ -227,8 +227,10 @@ class TaskTable(Compute):
     def target(self, name: str) -> Optional[dict]: ...
 
     @abstractmethod
-    def launchable(self, limit: int) -> List[Any]:
-        """Queued tasks of local targets that their jobs' `concurrent` lets start now."""
+    def launchable(self, limit: int, ended: Optional[Mapping[Tuple[str, str], int]] = None) -> List[Any]:
+        """Queued tasks of local targets that their jobs' `concurrent` lets start now. ended: per
+        (workspace, job), launched runs whose processes have ended but are not reported yet: their
+        slots are free (the next run need not wait for the last one's report)."""
 
     @abstractmethod
     def pools_with_queued(self) -> List[str]: ...

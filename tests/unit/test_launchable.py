@@ -35,3 +35,15 @@ def test_the_oldest_queued_go_first_across_jobs_up_to_the_machines_limit(tmp_pat
     start(compute, compute.launchable(1))  # run1.1
     assert [t.run for t in compute.launchable(2)] == ["run1.2"]  # the machine's 2: run1.1 running, one free
     assert compute.launchable(1) == []
+
+
+def test_runs_whose_processes_ended_free_their_slots_for_their_own_job_only(tmp_path):
+    compute = LocalCompute(str(tmp_path / "compute.db"))
+    compute.submit([task("job1", f"run1.{i}") for i in range(1, 5)])
+    compute.submit([task("job2", f"run2.{i}", concurrent=1) for i in range(1, 3)])
+    start(compute, compute.launchable(3))  # run1.1, run1.2, run2.1: every slot of both jobs taken
+    assert compute.launchable(10) == []
+    assert [t.run for t in compute.launchable(10, ended={("ws1", "job1"): 1})] == ["run1.3"]
+    assert [t.run for t in compute.launchable(10, ended={("ws1", "job1"): 2, ("ws1", "job2"): 1})] == \
+        ["run1.3", "run1.4", "run2.2"]
+    assert [t.run for t in compute.launchable(3, ended={("ws1", "job2"): 1})] == ["run2.2"]  # the machine's 3: one free

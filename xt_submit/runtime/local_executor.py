@@ -9,6 +9,7 @@ import logging
 import os
 import signal
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Dict, Optional
 
@@ -39,15 +40,30 @@ class LocalExecutor:
         return self.home / "nodes" / "local" / workspace / run
 
     def poll(self) -> bool:
-        """One pass: supervise and finish runs, forward cancels, launch into free slots. True if anything changed."""
+        """One pass: supervise runs, forward cancels, launch into free slots, then finish the runs that
+        ended. A run whose process ended frees its slot before it is reported (its last console and
+        outputs shipped, RunFinished sent: this thread's longest step of a short run), so the next
+        run starts first. True if anything changed."""
         changed = False
+        ended = []
         for entry in self.compute.launched():
-            changed |= self._supervise(entry)
-        for task in self.compute.launchable(limit=MACHINE_MAX_RUNS):
+            if self._process_ended(entry):
+                ended.append(entry)
+            else:
+                changed |= self._supervise(entry)
+        freed = Counter((entry["workspace"], entry["job"]) for entry in ended)
+        for task in self.compute.launchable(limit=MACHINE_MAX_RUNS, ended=freed):
             if self.compute.claim(task):
                 self._launch(task)
                 changed = True
+        for entry in ended:
+            changed |= self._supervise(entry)
         return changed
+
+    def _process_ended(self, entry: dict) -> bool:
+        """Whether a run this host started has no process left (its report is still to come)."""
+        wrapper = self.running.get((entry["workspace"], entry["run"]))
+        return wrapper is not None and entry["state"] == "launched" and wrapper.ended()
 
     def wait(self, timeout: float) -> None:
         """Until one of this machine's runs ends (the node awaits its reaper), or timeout seconds pass."""

@@ -8,7 +8,7 @@ travelling in a message."""
 from __future__ import annotations
 
 import time
-from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import msgspec
 
@@ -119,11 +119,13 @@ class LocalCompute(TaskTable):
     def check_tasks(self) -> list:
         return []  # this machine's executors report their runs' events themselves
 
-    def launchable(self, limit: int) -> List[RunTask]:
+    def launchable(self, limit: int, ended: Optional[Mapping[Tuple[str, str], int]] = None) -> List[RunTask]:
         """Queued tasks, oldest first, up to each job's free slots and the machine's (`limit`).
         Per job, in SQL: a job whose slots are full costs nothing here however many runs it has
-        queued (the host asks at every pass), and never hides another job's runs behind its own."""
-        running = {(ws, job): n for ws, job, n in self._db.execute(
+        queued (the host asks at every pass), and never hides another job's runs behind its own.
+        ended: launched runs per job whose processes ended (not reported yet): not counted as running."""
+        ended = ended or {}
+        running = {(ws, job): n - ended.get((ws, job), 0) for ws, job, n in self._db.execute(
             "SELECT workspace, job, count(*) FROM tasks WHERE state IN ('launching', 'launched') AND pool IS NULL"
             " GROUP BY workspace, job")}
         limit -= sum(running.values())
