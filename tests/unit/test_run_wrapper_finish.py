@@ -181,3 +181,29 @@ def test_the_run_log_opens_with_its_start_in_one_write_and_a_second_start_append
         assert [w for w in storage.writes if w[1] == key] == expected
     events = [record["event"] for record in run_log.iter_records(parts.ports.storage.read(key))]
     assert events == ["created", "hparams", "queued", "started", "started"]
+
+
+def test_a_started_run_is_first_synced_a_sync_period_after_its_start_and_a_resumed_one_at_once(parts, monkeypatch):
+    import signal
+    import time
+
+    from support.pipeline import make_code_zip
+
+    key, _ = make_code_zip(parts, {"train.py": "print('hello', flush=True)\nimport time; time.sleep(60)\n"})
+    monkeypatch.setattr(wrapper_module, "SYNC_SECONDS", 3600.0)
+    task = RunTask(workspace=WS, experiment="e", job="job1", run="run1.1", command="python train.py", code_key=key)
+    node_dir = parts.home / "nodes" / "local" / WS / "run1.1"
+    wrapper = RunWrapper(task, node_dir, parts.ports.storage, parts.ports.publisher, node=parts.local_node)
+    wrapper.start()
+    storage, console_key = parts.ports.storage, layout.console_key(WS, "run1.1")
+    try:
+        deadline = time.monotonic() + 60
+        while b"hello" not in parts.local_node.read_from(wrapper.console) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert not wrapper.supervise()  # running, and printed: nothing shipped before its first sync is due
+        assert console_key not in storage.list(layout.run_prefix(WS, "run1.1"))
+        adopted = RunWrapper.resume(task, node_dir, storage, parts.ports.publisher, node=parts.local_node)
+        assert not adopted.supervise()  # a supervisor that took over ships at once
+        assert storage.read(console_key) == b"hello\n"
+    finally:
+        parts.local_node.kill_group(wrapper.state["pid"], signal.SIGKILL)
