@@ -11,6 +11,7 @@ import time
 import pytest
 
 from xt_submit.node_kit.reaper import process_start_time as start_time  # None once gone or a zombie
+from xt_submit.runtime.wrapper import saved_state
 
 # What README's "run environment" paragraph documents, checked against what runs really get.
 DOCUMENTED_BASE = {"PATH", "HOME", "USER", "LOGNAME", "SHELL", "LANG", "TZ", "TMPDIR"}  # and LC_*
@@ -179,7 +180,7 @@ def test_a_killed_reaper_takes_the_run_down_with_it_and_says_so(project, request
     use_target(project, request, target)
     job, run, processes = started_tree(project, target)
     box = "local" if target == "local" else "box1"
-    state = json.loads((project.home / "nodes" / box / "ws1" / run / "wrapper_state.json").read_text())
+    state = saved_state(project.home / "nodes" / box / "ws1" / run)
     assert state["pid"] == processes["reaper"][0]  # the script's parent is the run's reaper
     os.kill(processes["reaper"][0], signal.SIGKILL)
     wait_for(lambda: not survivors(processes), f"every process of the run gone ({survivors(processes)})")

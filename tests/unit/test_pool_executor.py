@@ -1,6 +1,5 @@
 """The pool executor's run threads against the embedded task table, storage and queue, on a box at
 `localhost` (a real LocalNode): a run whose supervision keeps failing backs off and ends as an error."""
-import json
 import logging
 import time
 
@@ -10,6 +9,7 @@ from xt_submit.adapters.nodes.local import LocalNode
 from xt_submit.domain.messages import ERROR, JobSubmitted, RunFinished, decode_event
 from xt_submit.runtime import pool_executor
 from xt_submit.runtime.pool_executor import PoolExecutor
+from xt_submit.runtime.wrapper import saved_state
 
 WS = "ws1"
 SLEEPER = "import time\ntime.sleep(120)\n"
@@ -63,7 +63,7 @@ def test_a_run_whose_supervision_keeps_failing_backs_off_then_ends_as_an_error(p
     assert report.reason.startswith("supervising the run on box b1 failed 4 times in a row: PermissionError")
     tracebacks = [r for r in caplog.records if r.exc_info]
     assert len(tracebacks) == 1  # the traceback once; the later tries a line each
-    state = json.loads((parts.home / "nodes" / "b1" / WS / "run1.1" / "wrapper_state.json").read_text())
+    state = saved_state(parts.home / "nodes" / "b1" / WS / "run1.1")
     deadline = time.monotonic() + 10
     while node.really_alive(state["pid"], state["pid_start"]) and time.monotonic() < deadline:
         time.sleep(0.05)

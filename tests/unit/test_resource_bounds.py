@@ -210,7 +210,7 @@ def test_a_full_disk_fails_the_run_with_its_reason_and_the_host_keeps_serving(pa
     key, sha = make_code_zip(parts, {"train.py": "from xt_submit import Run\nRun().log_metrics({'loss': 0.5})\n"
                                                  "print('hello ' * 100, flush=True)\nimport time; time.sleep(1)\n"})
     full = {"on": True}
-    storage, real_append, real_write_text = parts.ports.storage, parts.ports.storage.append, Path.write_text
+    storage, real_append, real_open = parts.ports.storage, parts.ports.storage.append, Path.open
 
     def no_space(path):
         return OSError(errno.ENOSPC, "No space left on device", str(path))
@@ -220,13 +220,14 @@ def test_a_full_disk_fails_the_run_with_its_reason_and_the_host_keeps_serving(pa
             raise no_space(storage.root / key)
         return real_append(key, data)
 
-    def write_text(self, text, *args, **kwargs):  # the node's disk fills up under the supervisor's state
-        if full["on"] and failing == "state" and "run1.1" in str(self) and self.name.startswith("wrapper_state"):
+    def open_for_state(self, mode="r", *args, **kwargs):  # the node's disk fills up under the supervisor's state
+        if (full["on"] and failing == "state" and "run1.1" in str(self) and self.name.startswith("wrapper_state")
+                and mode != "r"):
             raise no_space(self)
-        return real_write_text(self, text, *args, **kwargs)
+        return real_open(self, mode, *args, **kwargs)
 
     monkeypatch.setattr(storage, "append", append)
-    monkeypatch.setattr(Path, "write_text", write_text)
+    monkeypatch.setattr(Path, "open", open_for_state)
     manifest = make_manifest(key, sha, hp_space={}, script="train.py", command="python train.py")
     parts.ports.publisher.send_job(JobSubmitted(submission_id="s1", manifest=manifest, submitted_at=1.0))
     host = LocalHost(parts)

@@ -34,7 +34,7 @@ from xt_submit.domain.boxes import BoxError
 from xt_submit.domain.messages import ERROR, FINISH_REASON_CHARS, RunFinished, RunTask, SetupSpec, decode_task, encode
 from xt_submit.ports import NodeFactory, NodeUnreachable, Publisher, Storage, TaskTable
 from xt_submit.runtime.local_executor import SPAWN_TIMEOUT_SECONDS
-from xt_submit.runtime.wrapper import RunWrapper
+from xt_submit.runtime.wrapper import RunWrapper, saved_state
 
 # A run on a box is looked at (an SFTP read or two) soon after it starts, then less often: a short
 # run's end is seen at once, a long run costs at most one look per TICK_SECONDS.
@@ -136,7 +136,7 @@ class MainThreadCalls:
 
 class EventsThroughMainThread(Publisher):
     """The run threads' publisher: each send happens on the polling thread, and the run's thread
-    waits until it did, as on a direct send (a run's finished marker follows its RunFinished out)."""
+    waits until it did, as on a direct send (a run's state says it finished only once its RunFinished is out)."""
 
     def __init__(self, publisher: Publisher, calls: MainThreadCalls) -> None:
         self.publisher = publisher
@@ -437,7 +437,7 @@ class PoolExecutor:
         try:
             task = decode_task((node_dir / "task.json").read_bytes())
             placement = json.loads((node_dir / "placement.json").read_text())
-            json.loads((node_dir / "wrapper_state.json").read_text())
+            saved_state(node_dir)
         except (OSError, ValueError):
             if time.time() - (entry["launched_at"] or 0) > SPAWN_TIMEOUT_SECONDS:
                 self.compute.requeue(entry["workspace"], entry["run"])  # a host died between claiming the task and starting it

@@ -41,9 +41,14 @@ KILL_GRACE_SECONDS = reaper.GRACE_SECONDS  # XT_KILL_GRACE_SECONDS, default 10: 
 # operator decides (a license server, a proxy); nothing else of this process's environment reaches a run.
 PASS_ENV = "XT_RUN_PASS_ENV"
 CODE_LINK_SECONDS = 600  # a box fetches its code at once: the link need not outlive that
-STATE_FILE = "wrapper_state.json"
+# The supervisor's state: one JSON line appended per save, the last whole line the state. An append
+# makes no file (a new file and a rename per save were the host's costliest steps of a short run on
+# ext4); past STATE_LOG_BYTES the log is written anew with the last state alone.
+STATE_LOG = "wrapper_state.jsonl"
+STATE_LOG_BYTES = 64 * 1024
+LEGACY_STATE_FILE = "wrapper_state.json"  # a host before the log kept the state here, and
+LEGACY_FINISHED_MARKER = "finished"  # ... this marker once RunFinished was sent (now the state's "finished")
 EXIT_FILE = "exit_code"
-FINISHED_MARKER = "finished"  # written once RunFinished is sent
 # Console and run log go to storage at most this much per read, so a burst never sits in memory whole.
 SHIP_CHUNK_BYTES = int(os.environ.get("XT_SHIP_CHUNK_BYTES", str(4 * 1024 * 1024)))
 # The console stored per run; past it the rest is not stored (the run log, metrics, is never capped).
@@ -97,6 +102,7 @@ class RunWrapper:
         self._last_sync = 0.0  # a resumed run is synced at once; a started one SYNC_SECONDS after its start
         self._last_heartbeat = time.monotonic()  # RunStarted counts as the first sign of life
         self._dirty = False
+        self._state_log_bytes: Optional[int] = None  # the state log's size; None: written anew at the next save
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -136,7 +142,7 @@ class RunWrapper:
                node_id: str = "local", work_dir: Optional[str] = None) -> "RunWrapper":
         """Take over a run started by a supervisor that died, from the state it left in the node dir."""
         wrapper = cls(task, node_dir, storage, publisher, node=node, node_id=node_id, work_dir=work_dir)
-        wrapper.state.update(json.loads((wrapper.node_dir / STATE_FILE).read_text()))
+        wrapper.state.update(saved_state(wrapper.node_dir))
         wrapper._progress = ProgressReporter(task, wrapper.state.setdefault("progress", {}))
         wrapper._whole_log_observed = wrapper.state["log_offset"] == 0
         return wrapper
@@ -177,7 +183,7 @@ class RunWrapper:
         if not self.ended():
             self.tick()
             return False
-        if not (self.node_dir / FINISHED_MARKER).exists():
+        if not self.state.get("finished"):
             end = self._look_at_end()
             self._end_orphans(reaper_wrote_exit=bool(end.exit_file))
             # what was read is the run's last word, unless orphans were left writing until now
@@ -253,7 +259,8 @@ class RunWrapper:
                                exit_code=exit_code, started_at=started_at, ended_at=ended_at,
                                reason=reason[:FINISH_REASON_CHARS], metrics=metrics, metrics_key=metrics_key)
         self.publisher.send_events([finished])
-        (self.node_dir / FINISHED_MARKER).write_text("")
+        self.state["finished"] = True
+        self._save_state()
         self.node.release(self.work_dir)  # RunFinished is out: the node's copy of the run is no longer needed
         return finished
 
@@ -491,9 +498,26 @@ class RunWrapper:
                 self.storage.upload_file(layout.checkpoint_key(self.task.workspace, self.task.run), path)
 
     def _save_state(self) -> None:
-        tmp = self.node_dir / (STATE_FILE + ".tmp")
-        tmp.write_text(json.dumps(self.state))
-        os.replace(tmp, self.node_dir / STATE_FILE)
+        """One line appended to the state log. The log is written anew (aside, then renamed) once it has
+        grown past STATE_LOG_BYTES, and where this supervisor did not write all of it: a log it took
+        over, or one whose last save failed (a line cut short must not run into the next one)."""
+        line = (json.dumps(self.state) + "\n").encode()
+        path = self.node_dir / STATE_LOG
+        size, self._state_log_bytes = self._state_log_bytes, None  # until this save is whole
+        if size is not None and size + len(line) <= STATE_LOG_BYTES:
+            with path.open("ab") as f:
+                f.write(line)
+        else:
+            size = 0
+            try:
+                with path.open("xb") as f:  # a new run's first save (a line cut short here: no state, as no file)
+                    f.write(line)
+            except FileExistsError:
+                tmp = self.node_dir / (STATE_LOG + ".tmp")
+                with tmp.open("wb") as f:
+                    f.write(line)
+                os.replace(tmp, path)
+        self._state_log_bytes = size + len(line)
 
     def _after_candidates(self, outputs: List[Tuple[str, tuple]]) -> Iterator[str]:
         for root in walk_roots(self.task.after_dirs):
@@ -502,6 +526,27 @@ class RunWrapper:
             else:
                 base = posixpath.join(self.code_dir, root) if root else self.code_dir
                 yield from (f"{root}/{rel}" if root else rel for rel, _ in self.node.walk(base))
+
+
+def saved_state(node_dir: Path) -> Dict[str, Any]:
+    """The supervisor's last saved state in node_dir: the state log's last whole line (a crash can cut
+    the last one short), else what a host before the log left. OSError or ValueError if there is none."""
+    node_dir = Path(node_dir)
+    try:
+        lines = (node_dir / STATE_LOG).read_bytes().splitlines()
+    except FileNotFoundError:
+        state = json.loads((node_dir / LEGACY_STATE_FILE).read_text())
+        if (node_dir / LEGACY_FINISHED_MARKER).exists():
+            state["finished"] = True
+        return state
+    for line in reversed(lines):
+        try:
+            state = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(state, dict):
+            return state
+    raise ValueError(f"{node_dir / STATE_LOG}: no whole state in it")
 
 
 def walk_roots(patterns: Sequence[str]) -> List[str]:

@@ -224,7 +224,7 @@ class LocalNode(Node):
     def release(self, work_dir: str) -> None:
         """The run is reported: its unpacked code and outputs and the copies of its console and run log
         (all in storage now) go. Here the run's folder is also its supervisor's, whose small records
-        (task, state, finished marker) stay for a successor that takes over before the task is done."""
+        (task, state log) stay for a successor that takes over before the task is done."""
         import shutil
 
         shutil.rmtree(os.path.join(work_dir, "code"), ignore_errors=True)
