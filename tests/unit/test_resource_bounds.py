@@ -271,3 +271,26 @@ def test_an_xt_home_that_is_a_file_is_one_line_naming_it(tmp_path, monkeypatch, 
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line == f"xt: XT_HOME: expected a folder for XT's state, but {home} is a file"
     assert home.read_text() == "not a folder"  # untouched
+
+
+def test_storage_remembers_a_bounded_number_of_the_folders_it_made_and_makes_a_forgotten_one_again(tmp_path, monkeypatch):
+    import os
+    import shutil
+    import time
+
+    from xt_submit.adapters.storage import directory
+
+    monkeypatch.setattr(directory, "MADE_DIRS_REMEMBERED", 8)
+    storage = directory.DirectoryStorage(tmp_path / "s")
+    for i in range(50):  # a long-lived host storing for many runs
+        storage.write(f"runs/run{i}/run_stats.json", b"x")
+    assert len(storage._made_dirs) == 8
+    shutil.rmtree(tmp_path / "s" / "runs" / "run0")  # forgotten, and removed meanwhile
+    stale = tmp_path / "s" / "runs" / "run1" / ".tmp-left-by-a-dead-writer"
+    stale.write_bytes(b"half")
+    old = time.time() - directory.STALE_TEMP_SECONDS - 60
+    os.utime(stale, (old, old))
+    storage.write("runs/run0/run_stats.json", b"y")
+    storage.append("runs/run1/console.txt", b"z")
+    assert storage.read("runs/run0/run_stats.json") == b"y" and storage.read("runs/run1/console.txt") == b"z"
+    assert not stale.exists()  # a folder made again is swept again

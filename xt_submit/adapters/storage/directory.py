@@ -5,7 +5,7 @@ import contextlib
 import os
 import time
 from pathlib import Path
-from typing import BinaryIO, Iterator, List, Optional
+from typing import BinaryIO, Dict, Iterator, List, Optional
 
 from xt_submit.ports import NotFound, Storage
 from xt_submit.domain.errors import OneLineError
@@ -33,6 +33,9 @@ def _file_chunks(f: BinaryIO) -> Iterator[bytes]:
 
 # A temp file untouched this long was left by a writer that died (a live one keeps writing it).
 STALE_TEMP_SECONDS = 15 * 60
+# Folders made by this process whose mkdir later writes skip, the latest this many: a host that
+# stores for 100,000 runs must not remember every run's folder (~600 B each as a Path).
+MADE_DIRS_REMEMBERED = 1024
 
 
 def sweep_stale_temps(folder: Path) -> int:
@@ -53,7 +56,7 @@ class DirectoryStorage(Storage):
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        self._made_dirs: set = set()
+        self._made_dirs: Dict[str, None] = {}  # oldest first
 
     def _path(self, key: str) -> Path:
         return self.root / check_key(key)
@@ -62,10 +65,13 @@ class DirectoryStorage(Storage):
         """mkdir -p once per folder per process: most writes land in a folder already made. That
         first time, temp files a killed writer left there (an interrupted upload) are swept."""
         parent = path.parent
-        if parent not in self._made_dirs:
+        key = str(parent)
+        if key not in self._made_dirs:
             parent.mkdir(parents=True, exist_ok=True)
             sweep_stale_temps(parent)
-            self._made_dirs.add(parent)
+            if len(self._made_dirs) >= MADE_DIRS_REMEMBERED:
+                del self._made_dirs[next(iter(self._made_dirs))]
+            self._made_dirs[key] = None
 
     def read(self, key: str) -> bytes:
         try:
