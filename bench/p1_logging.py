@@ -18,12 +18,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 import tempfile
 import time
 
-from common import emit, interleaved, median, run_child, user_env
+from common import emit, interleaved, median, remove_scratch, run_child, user_env
 
 MLFLOW_BATCH_METRICS = 1000  # MLflow's documented maximum of metrics per log_batch call
 
@@ -105,7 +104,7 @@ def main() -> None:
         best = max(rates["mlflow_batch_steps_per_s"], rates["mlflow_async_steps_per_s"])
         result.update(mlflow_calls_per_s=best, x_mlflow=result["ours_calls_per_s"] / best,
                       x_mlflow_per_step=result["ours_calls_per_s"] / rates["mlflow_per_step_steps_per_s"])
-    shutil.rmtree(root, ignore_errors=True)
+    remove_scratch(root)
     emit(result)
 
 

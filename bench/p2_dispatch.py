@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 import tempfile
 import time
 import uuid
 from pathlib import Path
 
-from common import emit, interleaved, median, run_child, user_env
+from common import emit, interleaved, median, remove_scratch, run_child, user_env
 
 from xt_submit import handlers
 from xt_submit.node_kit import code_archive
@@ -91,7 +90,7 @@ def main() -> None:
         return measured["seconds"]
 
     samples = interleaved({"ours": lambda: measure("ours"), "limit": lambda: measure("limit")}, args.repeat, warmup=0)
-    shutil.rmtree(root, ignore_errors=True)
+    remove_scratch(root)
     ours, limit = median(samples["ours"]), median(samples["limit"])
     emit({"id": "P2", "runs": args.runs, "ours_s": ours, "limit_s": limit, "runs_per_s": args.runs / ours,
           "ratio_to_limit": limit / ours, "recorded": last["recorded"], "queued_for_compute": last["queued_for_compute"],

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import argparse
 import random
-import shutil
 import sqlite3
 import sys
 import tempfile
 import uuid
 from pathlib import Path
 
-from common import emit, interleaved, median, run_child, timed, user_env
+from common import emit, interleaved, median, remove_scratch, run_child, timed, user_env
 
 import msgspec
 
@@ -138,7 +137,7 @@ def main() -> None:
                       mlflow_process_s=median(processes["mlflow"]),
                       x_mlflow_process=median(processes["mlflow"]) / median(processes["ours"]))
     del result["names"]
-    shutil.rmtree(root, ignore_errors=True)
+    remove_scratch(root)
     emit(result)
 
 

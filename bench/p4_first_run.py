@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import emit, interleaved, median, project_with, user_env
+from common import emit, interleaved, median, project_with, remove_scratch, user_env
 
 SCRIPT = "import time\nprint(time.time(), flush=True)\n"
 
@@ -64,6 +64,7 @@ def main() -> None:
             os.kill(int((home / "host.lock").read_text()), signal.SIGTERM)
         except (OSError, ValueError):
             pass
+    remove_scratch(root)
     limit = median(samples["bare"])
     result = {"id": "P4-first-run", "limit_s": limit}
     for name in cases:

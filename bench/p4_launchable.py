@@ -10,7 +10,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from common import emit, interleaved, median
+from common import emit, interleaved, median, remove_scratch
 
 from xt_submit.adapters.compute.tasks import LocalCompute
 from xt_submit.domain.messages import RunTask
@@ -53,6 +53,7 @@ def main() -> None:
         result[f"queued_{n}_ms"] = 1000 * ours
         result[f"queued_{n}_x_limit"] = ours / limit
     result["growth_10x_queued"] = result["queued_10000_ms"] / result["queued_1000_ms"]
+    remove_scratch(folder)
     emit(result)
 
 

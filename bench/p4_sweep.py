@@ -5,13 +5,12 @@ process's own (os.wait4), not the bench's."""
 from __future__ import annotations
 
 import argparse
-import shutil
 import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from common import children_cpu_seconds, emit, interleaved, median, project_with, run_child, sweep_breakdown, user_env
+from common import children_cpu_seconds, emit, interleaved, median, project_with, remove_scratch, run_child, sweep_breakdown, user_env
 
 TRIVIAL = "import sys\nprint('run', sys.argv[1:])\n"
 
@@ -56,7 +55,7 @@ def main() -> None:
                                  "trivial.py", f"--i=[$linspace(1,{args.runs},{args.runs})]"],
                                 home=str(home), cwd=project, env=dict(env, XT_HOME=str(home)), runs=args.runs)
     breakdown["bare_cpu_ms_per_run"] = median(bare_cpu)
-    shutil.rmtree(root, ignore_errors=True)
+    remove_scratch(root)
     ours_s, limit_s = median(samples["ours"]), median(samples["limit"])
     emit({"id": "P4", "runs": args.runs, "ours_s": ours_s, "limit_s": limit_s, "x_limit": ours_s / limit_s,
           "peak_rss_mb": max(peaks), "breakdown": breakdown})

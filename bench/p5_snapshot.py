@@ -14,7 +14,7 @@ import time
 import uuid
 from pathlib import Path
 
-from common import emit, interleaved, median, run_child, user_env
+from common import emit, interleaved, median, remove_scratch, run_child, user_env
 
 from xt_submit.adapters.storage.directory import DirectoryStorage
 from xt_submit.services.code_upload import upload_code
@@ -88,7 +88,7 @@ def main() -> None:
     result = {"id": "P5", "files": args.files, "mb": args.mb, "ours_s": first_s, "limit_s": limit_s,
               "x_limit": first_s / limit_s, "resubmit_s": median(resubmits), "zip_mb": last["zip_mb"],
               "peak_rss_mb": max(peaks)}
-    shutil.rmtree(root, ignore_errors=True)
+    remove_scratch(root)
     emit(result)
 
 

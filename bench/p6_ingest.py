@@ -20,7 +20,7 @@ import time
 import uuid
 from pathlib import Path
 
-from common import emit, interleaved, median, run_child, user_env
+from common import emit, interleaved, median, remove_scratch, run_child, user_env
 
 METRICS_PER_STEP = 4
 LIMIT_BATCH = 100_000  # rows built (untimed) per executemany (timed): the limit's own memory stays bounded
@@ -128,7 +128,7 @@ def main() -> None:
         samples = interleaved({"ours": lambda: measure("ours", ours_env), "limit": lambda: measure("limit", limit_env)},
                               args.repeat, warmup=0)
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        remove_scratch(root)
     ours_s, limit_s = median(samples["ours"]), median(samples["limit"])
     emit({"id": "P6", "records": args.records, "ours_s": ours_s, "limit_s": limit_s, "ratio_to_limit": limit_s / ours_s,
           "records_per_s": args.records / ours_s, "peak_rss_mb": max(peaks["ours"]),

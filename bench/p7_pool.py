@@ -14,14 +14,13 @@ Debian's openssh-server, as the pool tests do.
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import emit, interleaved, median, run_child, sweep_breakdown, user_env
+from common import emit, interleaved, median, remove_scratch, run_child, sweep_breakdown, user_env
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 from peers import ssh_boxes  # noqa: E402  (the test peers: real sshd boxes on loopback)
@@ -119,7 +118,7 @@ def main() -> None:
         emit(result)
     finally:
         boxes.stop()
-        shutil.rmtree(root, ignore_errors=True)
+        remove_scratch(root)
 
 
 if __name__ == "__main__":

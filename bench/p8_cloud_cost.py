@@ -42,7 +42,6 @@ import functools
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import socketserver
@@ -56,7 +55,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterable, List, Optional, Tuple
 
-from common import emit
+from common import emit, remove_scratch
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -953,7 +952,7 @@ def one_sweep(peers: Peers, runs: int, progress_events: int) -> dict:
     src = Path(tempfile.mkdtemp(prefix="xt-bench-p8-src-"))
     (src / "train.py").write_text("print('hi')\n")
     snapshot = code_archive.snapshot_code(["."], str(src))
-    shutil.rmtree(src, ignore_errors=True)
+    remove_scratch(src)
     code_key = layout.code_key(snapshot.sha256)
     METER.scope = "client (xt run)"
     if not ports.storage.exists(code_key):
@@ -1083,7 +1082,7 @@ def main() -> None:
                 Path(args.save_raw).write_text(json.dumps({"sweeps": sweeps, "wall": wall}, default=str))
     finally:
         peers.close()
-        shutil.rmtree(root, ignore_errors=True)
+        remove_scratch(root)
     if args.save_raw:
         Path(args.save_raw).write_text(json.dumps({"sweeps": sweeps, "wall": wall}, default=str))
     emit(summary(sweeps, wall, args.runs, small, args.progress_events, prices, args.callers))

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import shutil
 import tempfile
 import time
 from pathlib import Path
 
-from common import emit, median
+from common import emit, median, remove_scratch
 from p2_dispatch import sweep_space
 
 from xt_submit import handlers
@@ -59,7 +58,7 @@ def main() -> None:
     try:
         small, large = event_costs(root, args.small, args.events), event_costs(root, args.large, args.events)
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        remove_scratch(root)
     emit({"id": "P9", "small_runs": args.small, "large_runs": args.large, "events": args.events,
           **{f"{kind}_small_ms": small[kind] * 1000 for kind in small},
           **{f"{kind}_large_ms": large[kind] * 1000 for kind in large},

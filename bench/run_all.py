@@ -9,10 +9,15 @@ not the bench's.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+
+from common import KEEP_SCRATCH
 
 HERE = Path(__file__).resolve().parent
 
@@ -99,6 +104,28 @@ def figure(r: dict) -> tuple:
     raise ValueError(i)
 
 
+def measure(only, earlier: dict, env: dict) -> list:
+    """Each case's result (a case not in `only` kept from `earlier`), each script run with env."""
+    results = []
+    for bench_id, script, args, size in RUNS:
+        if only is not None and bench_id not in only:
+            if (bench_id, size) in earlier:
+                results.append(earlier[(bench_id, size)])
+            continue
+        print(f"{bench_id} {size} ...", file=sys.stderr, flush=True)
+        t0 = time.time()
+        out = subprocess.run([sys.executable, str(HERE / script), *args], cwd=HERE, env=env, capture_output=True,
+                             text=True)
+        if out.returncode != 0:
+            print(out.stderr, file=sys.stderr)
+            results.append({"id": bench_id, "size": size, "error": out.stderr.strip().splitlines()[-1]})
+            continue
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        result.update(size=size, wall_s=round(time.time() - t0, 1), measured=time.strftime("%Y-%m-%d"))
+        results.append(result)
+    return results
+
+
 def main() -> int:
     import argparse
 
@@ -111,21 +138,13 @@ def main() -> int:
         earlier = {(r["id"], r["size"]): r for r in json.loads((HERE / "results.json").read_text())["results"]}
     results = []
     started = time.time()
-    for bench_id, script, args, size in RUNS:
-        if only is not None and bench_id not in only:
-            if (bench_id, size) in earlier:
-                results.append(earlier[(bench_id, size)])
-            continue
-        print(f"{bench_id} {size} ...", file=sys.stderr, flush=True)
-        t0 = time.time()
-        out = subprocess.run([sys.executable, str(HERE / script), *args], cwd=HERE, capture_output=True, text=True)
-        if out.returncode != 0:
-            print(out.stderr, file=sys.stderr)
-            results.append({"id": bench_id, "size": size, "error": out.stderr.strip().splitlines()[-1]})
-            continue
-        result = json.loads(out.stdout.strip().splitlines()[-1])
-        result.update(size=size, wall_s=round(time.time() - t0, 1), measured=time.strftime("%Y-%m-%d"))
-        results.append(result)
+    # every case's scratch in one folder, removed once all are measured (common.remove_scratch says why)
+    scratch = tempfile.mkdtemp(prefix="xt-bench-run-")
+    case_env = dict(os.environ, TMPDIR=scratch, **{KEEP_SCRATCH: "1"})
+    try:
+        results += measure(only, earlier, case_env)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     total = time.time() - started
 
     lines = ["| id | size | ours | limit (ratio) | peer | peak RSS | target | met | measured |",

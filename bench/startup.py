@@ -14,12 +14,11 @@ that reads the config must load (the config's schema is msgspec's; the embedded 
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import tempfile
 from pathlib import Path
 
-from common import emit, interleaved, median, run_child, user_env
+from common import emit, interleaved, median, remove_scratch, run_child, user_env
 
 HERE = Path(__file__).resolve().parent
 IMPORT_RUN = ("import time; t = time.perf_counter(); from xt_submit import Run; "
@@ -70,7 +69,7 @@ def main() -> None:
         samples = interleaved(cases, args.repeat)
         peak = run_child([*xt, "list", "runs", "--last", "20"], **run).peak_rss_mb
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        remove_scratch(root)
     limit = median(samples["python_pass"])
     floor = median(samples["stack_floor"])
     result = {"id": "startup", "runs": args.runs, "limit_s": limit, "stack_floor_s": floor, "peak_rss_mb": peak,
