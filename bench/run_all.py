@@ -140,6 +140,7 @@ def main() -> int:
     started = time.time()
     # every case's scratch in one folder, removed once all are measured (common.remove_scratch says why)
     scratch = tempfile.mkdtemp(prefix="xt-bench-run-")
+    os.chmod(scratch, 0o1777)  # as /tmp: the SSH boxes' users (P7) reach their folders through it
     case_env = dict(os.environ, TMPDIR=scratch, **{KEEP_SCRATCH: "1"})
     try:
         results += measure(only, earlier, case_env)
