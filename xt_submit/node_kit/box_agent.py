@@ -19,6 +19,7 @@ its own reaper, which writes the run's exit file as always, so a host that conne
 how they ended.
 """
 import binascii
+import gc
 import json
 import os
 import select
@@ -365,6 +366,9 @@ def main(argv):
     sys.path.insert(0, lib)  # -I leaves PYTHONPATH out: XT's shipped modules are found from here
     from xt_submit.node_kit import reaper
 
+    # What is loaded by now is never collected: the collector no longer walks (so no longer writes
+    # to) the pages of those objects, which every living reaper shares with this process copy-on-write
+    gc.freeze()
     agent = Agent(sys.stdout.fileno(), reaper)
     try:
         agent.serve(sys.stdin.fileno())
