@@ -7,6 +7,7 @@ exits after a while with nothing to do; `xt serve` runs it in the foreground.
 from __future__ import annotations
 
 import json
+import gc
 import logging
 import os
 import time
@@ -175,6 +176,8 @@ def run_host(home: Path, build: Callable[[], Parts], *, idle_exit_seconds: Optio
     if listen is not None:
         listen()
     host = LocalHost(parts, idle_exit_seconds=idle_exit_seconds)
+    # what is loaded by now lives as long as the host: its full collections need not walk it again
+    gc.freeze()
     for pool in connect_ahead:
         host.pools.connect_ahead(pool)
     while True:
