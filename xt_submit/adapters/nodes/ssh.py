@@ -500,7 +500,7 @@ class SshNode(Node):
         is mostly that); more comes over SFTP, pipelined."""
         self._settle(path)
         with self._connection():
-            answer = self._ask({"op": "read", "path": path, "offset": offset, "limit": limit})
+            answer = self._ask(_read_request(path, offset, limit))
         return self._read_answered(path, offset, limit, answer)
 
     def _read_answered(self, path: str, offset: int, limit: Optional[int], answer: dict) -> bytes:
@@ -534,7 +534,7 @@ class SshNode(Node):
     def exists(self, path: str) -> bool:
         self._settle(path)
         with self._connection():
-            return bool(self._ask({"op": "exists", "path": path})["exists"])
+            return bool(self._ask(_exists_request(path))["exists"])
 
     def look(self, reads: Sequence[Tuple[str, int, Optional[int]]] = (), walks: Sequence[str] = (),
              exists: Sequence[str] = ()) -> Look:
@@ -542,8 +542,8 @@ class SshNode(Node):
         console and run log, its outputs and its checkpoint, in one round trip instead of five)."""
         for path in [read[0] for read in reads] + list(walks) + list(exists):
             self._settle(path)
-        ops = ([{"op": "read", "path": path, "offset": offset, "limit": limit} for path, offset, limit in reads]
-               + [{"op": "walk", "root": root} for root in walks] + [{"op": "exists", "path": path} for path in exists])
+        ops = ([_read_request(*read) for read in reads] + [_walk_request(root) for root in walks]
+               + [_exists_request(path) for path in exists])
         with self._connection():
             replies = [self._answered(reply) for reply in self._ask({"op": "look", "ops": ops})["replies"]]
         read_replies, walk_replies = replies[:len(reads)], replies[len(reads):len(reads) + len(walks)]
@@ -556,7 +556,7 @@ class SshNode(Node):
         SFTP's whole-second mtimes (a listing made over SFTP before a reconnect compares the same)."""
         self._settle(root)
         with self._connection():
-            answer = self._ask({"op": "walk", "root": root})
+            answer = self._ask(_walk_request(root))
         return iter(_listing(answer))
 
     @contextlib.contextmanager
@@ -888,6 +888,19 @@ class SshNode(Node):
             reply = self._send({"op": "remove", "argv": _removal_argv(work_dir)})
         with self._lock:
             self._releasing[work_dir] = reply
+
+
+# The box agent's requests that a single call and a look (several in one) both make
+def _read_request(path: str, offset: int, limit: Optional[int]) -> dict:
+    return {"op": "read", "path": path, "offset": offset, "limit": limit}
+
+
+def _walk_request(root: str) -> dict:
+    return {"op": "walk", "root": root}
+
+
+def _exists_request(path: str) -> dict:
+    return {"op": "exists", "path": path}
 
 
 def _listing(answer: dict) -> List[Tuple[str, tuple]]:
