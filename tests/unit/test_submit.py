@@ -66,3 +66,34 @@ def test_following_a_job_looks_often_only_once_no_run_waits_and_a_run_just_ended
     assert final["status"] == "completed" and final["counts"] == {"completed": 2}
     assert pauses == [0.1, 0.1, 0.01, 0.02, 0.04, 0.08, 0.1, 0.1, 0.01]
     assert closing == pauses[1:]  # only the first, with run1.2 queued, is a plain sleep
+
+
+def test_a_submission_registers_its_target_unless_its_caller_already_did(parts, tmp_path):
+    from xt_submit.config import load_config
+    from xt_submit.runtime.local_host import LocalHost
+
+    (tmp_path / "xt_config.yaml").write_text("compute-targets: {lab: {service: pool}}\n"
+                                             "boxes: {here: {address: localhost, max-runs: 1}}\n")
+    cfg = load_config(cwd=tmp_path)
+    key, sha = make_code_zip(parts)
+    registered = []
+    real_register = parts.compute.register_target
+    parts.compute.register_target = lambda name, definition: (registered.append(name), real_register(name, definition))
+    host, stop = LocalHost(parts), threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            host.step() or time.sleep(0.01)
+
+    server = threading.Thread(target=serve)
+    server.start()
+    try:
+        for already in (False, True):
+            manifest = make_manifest(key, sha, hp_space={}, target="lab")
+            submission = submit.submit(parts, manifest, cfg, keep_served=lambda: None, timeout=60, target_registered=already)
+            assert len(submission.runs) == 1
+    finally:
+        stop.set()
+        server.join()
+    assert registered == ["lab"]  # the first submission's own; the second's caller had registered it
+    assert parts.compute.target("lab")["service"] == "pool"

@@ -136,7 +136,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if manifest.resume_from:
         parts.ports.stats.get_run(manifest.workspace, manifest.resume_from)  # NotFound: one line naming it
     submit.check_shares_filled(parts.ports.storage, manifest)
-    if manifest.target in cfg.compute_targets:  # before the host starts: it may connect to the target's boxes
+    registered = manifest.target in cfg.compute_targets
+    if registered:  # before the host starts: it may connect to the target's boxes
         targets.register(parts.compute, cfg, manifest.target)
     # now, the job checked: the host's start (~0.3 s) overlaps the snapshot's upload
     ensure_local_host(parts, warm=targets.kind_of(cfg, manifest.target).host_warms(cfg, manifest.target))
@@ -144,7 +145,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         key, sha256 = upload_code(parts.ports.storage, parts.home, cfg.code.code_dirs, os.getcwd(), cfg.code.code_omit,
                                   max_bytes=cfg.code.max_size_mb * 1024**2)
     manifest = msgspec.structs.replace(manifest, code_key=key, code_sha256=sha256)
-    job, runs = _submit(parts, manifest, cfg)
+    job, runs = _submit(parts, manifest, cfg, target_registered=registered)
     if args.json and not args.wait:
         print_json({"job": job, "runs": runs})
     elif not args.json:
@@ -257,12 +258,13 @@ def _warn_about_xt_options_after(script: str, script_args) -> None:
               f"put xt's options before the script", file=sys.stderr)
 
 
-def _submit(parts, manifest, cfg):
+def _submit(parts, manifest, cfg, target_registered: bool = False):
     """Queue the job, keeping a local host serving it where the queue is the embedded one; (job, runs)."""
     from xt_submit.services import submit
 
     submission = submit.submit(parts, manifest, cfg, lambda: ensure_local_host(parts),
-                               where_to_look=f"{parts.home / 'host.out'} (the host's errors) and host.log beside it")
+                               where_to_look=f"{parts.home / 'host.out'} (the host's errors) and host.log beside it",
+                               target_registered=target_registered)
     return submission.job, submission.runs
 
 

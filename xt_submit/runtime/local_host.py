@@ -6,8 +6,8 @@ exits after a while with nothing to do; `xt serve` runs it in the foreground.
 """
 from __future__ import annotations
 
-import json
 import gc
+import json
 import logging
 import os
 import time

@@ -53,11 +53,13 @@ def plan(manifest: JobManifest, cfg: Config, source: str = "xt run") -> List[Dic
 
 
 def submit(parts: Parts, manifest: JobManifest, cfg: Config, keep_served: Callable[[], None], *,
-           where_to_look: str = "", timeout: float = DISPATCH_TIMEOUT_SECONDS) -> Submission:
+           where_to_look: str = "", timeout: float = DISPATCH_TIMEOUT_SECONDS,
+           target_registered: bool = False) -> Submission:
     """Queue the job (JobSubmitted) and wait until it is dispatched; returns its name and runs.
-    `manifest` has passed `plan` (which checks it and its share mounts)."""
-    if manifest.target in cfg.compute_targets:  # the host learns the target's boxes from here, never from a message
-        targets.register(parts.compute, cfg, manifest.target)
+    `manifest` has passed `plan` (which checks it and its share mounts). target_registered: the
+    caller registered the job's target already (`xt run`, before it started the host)."""
+    if manifest.target in cfg.compute_targets and not target_registered:
+        targets.register(parts.compute, cfg, manifest.target)  # the host learns the boxes from here, never from a message
     submission_id = uuid.uuid4().hex
     parts.ports.publisher.send_job(JobSubmitted(submission_id=submission_id, manifest=manifest, submitted_at=time.time()))
     keep_served()
