@@ -99,7 +99,9 @@ class RunWrapper:
         self._live_seen: Dict[str, tuple] = {}
         self._progress = ProgressReporter(task, self.state["progress"])
         self._whole_log_observed = True  # every line of the run log goes through self._progress (not so once resumed)
-        self._last_sync = 0.0  # a resumed run is synced at once; a started one SYNC_SECONDS after its start
+        # a resumed run is synced at once (whatever the monotonic clock reads: a machine booted a moment
+        # ago has it near 0); a started one SYNC_SECONDS after its start
+        self._last_sync = float("-inf")
         self._last_heartbeat = time.monotonic()  # RunStarted counts as the first sign of life
         self._dirty = False
         self._state_log_bytes: Optional[int] = None  # the state log's size; None: written anew at the next save
