@@ -1,8 +1,7 @@
 """JobSubmitted -> the job and its runs recorded, and the runs queued on compute."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
 
 from xt_submit.domain import adaptive_search, layout, records, run_log, sweep
 from xt_submit.domain.manifest import compile_manifest, search_budget
@@ -13,8 +12,7 @@ from xt_submit.handlers.upload import write_result
 from xt_submit.ports import NotFound, Ports, Storage
 
 
-@dataclass(frozen=True)
-class Dispatched:
+class Dispatched(NamedTuple):
     job: str
     runs: List[str]
 

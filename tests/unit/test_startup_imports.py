@@ -124,3 +124,31 @@ def test_msgspec_imported_lean_decodes_as_usual_and_leaves_typing_extensions_imp
             "assert typing_extensions.TypedDict")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_the_host_loads_neither_dataclasses_nor_inspect():
+    """The host's imports are on the path of a pool job's first runs (bench/p7_pool.py): its records
+    are NamedTuples, and msgspec is imported lean, so neither dataclasses nor inspect (~10 ms) is loaded."""
+    code = ("from xt_submit.domain.msgspec_import import import_msgspec\nimport_msgspec()\n"
+            "import xt_submit.entrypoints.host, xt_submit.runtime.pool_executor, xt_submit.adapters.nodes.ssh")
+    assert loaded_by(code, {"dataclasses", "inspect"}) == set()
+
+
+def test_xt_run_starts_its_host_before_loading_dataclasses_or_inspect(tmp_path, monkeypatch):
+    """What `xt run` does before it starts the host (config, manifest, plan, registration) waits in
+    front of a job's first run; the snapshot's pathspec, after it, may load them."""
+    (tmp_path / "t.py").write_text("print('ran')\n")
+    env = {**__import__("os").environ, "XT_HOME": str(tmp_path / "home"), "XT_HOST_IDLE_EXIT": "1"}
+    # msgspec imported lean first, as the CLI's main does before any command
+    code = ("import sys\nfrom xt_submit.domain.msgspec_import import import_msgspec\nimport_msgspec()\n"
+            "from xt_submit.runtime import host_control\nseen = []\n"
+            "def ensure_host(home, idle_exit_seconds=None, warm=()):\n"
+            "    seen.append(sorted({'dataclasses', 'inspect'} & set(sys.modules)))\n"
+            "    raise SystemExit(0)\n"
+            "host_control.ensure_host = ensure_host\n"
+            "from xt_submit.cli import main\n"
+            "try:\n    main.main(['run', 't.py', '--lr=[0.1,0.2]'])\nexcept SystemExit:\n    pass\n"
+            "print('seen', seen)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "seen [[]]"

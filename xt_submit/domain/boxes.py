@@ -1,7 +1,7 @@
 """A pool's box as the config names it: its address, parsed, and the error that names a box."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from xt_submit.domain.errors import OneLineError
 
@@ -15,8 +15,7 @@ class BoxError(OneLineError):
     """A box that cannot be used, named, with why (never a key)."""
 
 
-@dataclass(frozen=True)
-class BoxAddress:
+class BoxAddress(NamedTuple):
     user: str
     host: str
     port: int

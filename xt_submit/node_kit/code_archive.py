@@ -12,9 +12,8 @@ import io
 import os
 import stat
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Iterator, List, Sequence, Tuple
+from typing import Iterator, List, NamedTuple, Sequence, Tuple
 from xt_submit.domain.errors import OneLineError
 
 ALWAYS_OMITTED_DIRS = frozenset({".git", "__pycache__", ".hg", ".svn", ".venv", "node_modules"})
@@ -30,8 +29,7 @@ class ArchiveError(OneLineError):
     pass
 
 
-@dataclass(frozen=True)
-class Snapshot:
+class Snapshot(NamedTuple):
     data: bytes
     sha256: str
     files: int

@@ -31,9 +31,8 @@ import tempfile
 import threading
 import uuid
 import weakref
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
+from typing import Callable, Dict, Iterator, List, NamedTuple, Optional, Sequence, Tuple, TypeVar
 
 from xt_submit.domain import layout
 from xt_submit.domain.errors import OneLineError
@@ -56,8 +55,7 @@ class _Changed(Exception):
     """The share's listing after a download is not the one it was downloaded by."""
 
 
-@dataclass(frozen=True)
-class Fetched:
+class Fetched(NamedTuple):
     path: str  # the folder holding the share's files
     key: str  # the content key (the cache entry's name)
     files: int

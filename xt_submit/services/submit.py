@@ -12,9 +12,8 @@ import stat
 import time
 import uuid
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 import msgspec
 
@@ -36,8 +35,7 @@ class SubmitError(OneLineError):
     pass
 
 
-@dataclass(frozen=True)
-class Submission:
+class Submission(NamedTuple):
     job: str
     runs: List[str]
 
