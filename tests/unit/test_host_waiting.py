@@ -151,3 +151,23 @@ def test_a_file_that_is_no_fifo_among_the_followers_is_left_as_it_is(parts):
     (message,) = parts.queue.receive(EVENTS_QUEUE)
     parts.queue.complete(message)
     assert (followers / "notes.txt").read_text() == "mine"
+
+
+def test_a_pool_handover_ends_the_pause_of_a_host_with_no_local_runs(parts, monkeypatch):
+    """A pool job's first runs wait for their box to answer: the connecting thread's handover (the box
+    is up) ends the host's pause at once, not after busy_wait_seconds (here an hour, so only the
+    wake lets the handed-over call run; the thread's bound is for a failure, never a timing claim)."""
+    import threading
+    import time
+
+    host = local_host.LocalHost(parts, busy_wait_seconds=3600.0, idle_exit_seconds=None)
+    monkeypatch.setattr(parts.compute, "active_count", lambda: 1)  # a pool's task waits for its box
+    ran = threading.Event()
+    serving = threading.Thread(target=host.serve, kwargs={"should_stop": ran.is_set}, daemon=True)
+    serving.start()
+    time.sleep(0.3)  # the host is in its pause (were it not yet, it would run the call at once)
+    host.pools.calls.later(ran.set)
+    assert ran.wait(120), "the host slept through the pool's handover"
+    serving.join(120)
+    assert not serving.is_alive()
+    assert host.passes <= 3  # woken once, not by polling

@@ -131,8 +131,10 @@ class LocalHost:
             if self.parts.compute.active_count() > 0:
                 # runs in flight: their events and exits want a prompt answer (the next run starts then)
                 idle_since = time.monotonic()
-                if self.pools.running and not self.executor.running:
-                    self.pools.wait(self.busy_poll_seconds)  # woken by what the pool's run threads hand over
+                if not self.executor.running:
+                    # woken by what the pool's threads hand over: a run's events and end, and a box that
+                    # just answered (the first runs of a pool job wait for that, not for a pause)
+                    self.pools.wait(self.busy_poll_seconds if self.pools.running else self.busy_wait_seconds)
                 else:
                     self.executor.wait(self.busy_poll_seconds if self.pools.running else self.busy_wait_seconds)
                 continue
