@@ -207,3 +207,44 @@ def test_a_started_run_is_first_synced_a_sync_period_after_its_start_and_a_resum
         assert storage.read(console_key) == b"hello\n"
     finally:
         parts.local_node.kill_group(wrapper.state["pid"], signal.SIGKILL)
+
+
+def test_a_run_is_reported_started_after_its_launch_and_once_by_a_successor_of_a_supervisor_that_died_between(
+        parts, monkeypatch):
+    """The start's report (run log opening, RunStarted) follows the launch, so a slot is filled sooner;
+    a supervisor that dies between the two leaves the pid saved and the report due: its successor
+    makes it, once, before the run's end is reported."""
+    import time
+
+    from support.pipeline import make_code_zip
+    from xt_submit.domain import run_log
+    from xt_submit.domain.messages import EVENTS_QUEUE, RunFinished, RunStarted, decode_event
+
+    class Died(BaseException):
+        pass
+
+    def die(self):
+        assert self.state["pid"] is not None  # launched, and saved so, before the report
+        raise Died()
+
+    key, _ = make_code_zip(parts, {"train.py": "print('hello', flush=True)\n"})
+    task = RunTask(workspace=WS, experiment="e", job="job1", run="run1.1", command="python train.py", code_key=key)
+    node_dir = parts.home / "nodes" / "local" / WS / "run1.1"
+    first = RunWrapper(task, node_dir, parts.ports.storage, parts.ports.publisher, node=parts.local_node)
+    with monkeypatch.context() as patch:
+        patch.setattr(RunWrapper, "_announce", die)
+        with pytest.raises(Died):
+            first.start()
+    log_key = layout.run_log_key(WS, "run1.1")
+    assert log_key not in parts.ports.storage.list(layout.run_prefix(WS, "run1.1"))
+    successor = RunWrapper.resume(task, node_dir, parts.ports.storage, parts.ports.publisher, node=parts.local_node)
+    deadline = time.monotonic() + 120
+    while not successor.supervise() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    events = [record["event"] for record in run_log.iter_records(parts.ports.storage.read(log_key))]
+    assert events == ["created", "hparams", "queued", "started", "ended"]
+    sent = [type(decode_event(m["body"])) for m in parts.queue.peek(EVENTS_QUEUE)]
+    assert sent == [RunStarted, RunFinished]
+    again = RunWrapper.resume(task, node_dir, parts.ports.storage, parts.ports.publisher, node=parts.local_node)
+    assert again.supervise()  # a later successor finds it finished and reported: nothing is sent again
+    assert [type(decode_event(m["body"])) for m in parts.queue.peek(EVENTS_QUEUE)] == sent

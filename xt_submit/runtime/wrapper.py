@@ -108,24 +108,15 @@ class RunWrapper:
 
     # --- lifecycle ---------------------------------------------------------------------------
     def start(self) -> None:
-        """Report the start, prepare the code and launch the command (returns at once)."""
-        task, ws = self.task, self.task.workspace
+        """Prepare the code and launch the command (returns at once), then report the start. The
+        report (the run log's opening, RunStarted) comes after the launch: a slot that just freed is
+        filled sooner, and the run's own lines are shipped later, behind its opening, all the same."""
         self.node_dir.mkdir(parents=True, exist_ok=True)
         # nothing to ship yet: a run that ends sooner is shipped whole by its finish alone (a box's
         # live sync costs the host three agent requests and a millisecond of its CPU)
         self._last_sync = time.monotonic()
-        started_at = time.time()
-        self.state["started_at"] = started_at
-        log_key = layout.run_log_key(ws, task.run)
-        opening = (run_log.record(task.created_at, "created", {"job": task.job, "command": task.command,
-                                                              "step_name": task.step_name})
-                   + run_log.record(task.created_at, "hparams", task.hparams)
-                   + run_log.record(task.created_at, "queued", {"target": task.target}))
-        started = run_log.record(started_at, "started", {"node": self.node_id})
-        if not self.storage.create_log(log_key, opening + started):  # already there if this run is started again
-            self.storage.append(log_key, started)
-        self.publisher.send_events([RunStarted(workspace=ws, job=task.job, run=task.run, node_id=self.node_id,
-                                               started_at=started_at)])
+        self.state["started_at"] = time.time()
+        self.state["announced"] = False  # saved so with the pid: a successor that finds it so reports the start
         try:
             self._prepare()
             self.state["share_env"] = self._share_environment()
@@ -138,6 +129,24 @@ class RunWrapper:
             except OSError:
                 pass  # the node could not even make the run's folder: the reason still reaches RunFinished
             self._save_state()
+        self._announce()
+
+    def _announce(self) -> None:
+        """The run log's opening (created, hparams, queued, started) and RunStarted, once per start."""
+        task, ws = self.task, self.task.workspace
+        started_at = self.state["started_at"]
+        log_key = layout.run_log_key(ws, task.run)
+        opening = (run_log.record(task.created_at, "created", {"job": task.job, "command": task.command,
+                                                              "step_name": task.step_name})
+                   + run_log.record(task.created_at, "hparams", task.hparams)
+                   + run_log.record(task.created_at, "queued", {"target": task.target}))
+        started = run_log.record(started_at, "started", {"node": self.node_id})
+        if not self.storage.create_log(log_key, opening + started):  # already there if this run is started again
+            self.storage.append(log_key, started)
+        self.publisher.send_events([RunStarted(workspace=ws, job=task.job, run=task.run, node_id=self.node_id,
+                                               started_at=started_at)])
+        self.state["announced"] = True
+        self._save_state()
 
     @classmethod
     def resume(cls, task: RunTask, node_dir: Path, storage: Storage, publisher: Publisher, *, node: Node,
@@ -180,6 +189,8 @@ class RunWrapper:
     def supervise(self, cancel_requested: bool = False) -> bool:
         """One look at the run: pass on a cancel, ship what it wrote, and finish it once it ended.
         True when it has ended and its RunFinished is out (a successor that finds the marker does not repeat it)."""
+        if not self.state.get("announced", True):  # its supervisor died between the launch and the report
+            self._announce()
         if cancel_requested:
             self.stop("cancelled")
         if not self.ended():
