@@ -68,6 +68,17 @@ def test_an_unreachable_box_is_named_and_node_calls_say_unreachable(ssh_boxes):
         node.exists("/tmp")
 
 
+def test_a_box_whose_python3_is_too_old_is_named_with_the_version_expected(ssh_boxes, monkeypatch):
+    """The box's python3 is asked its version (site skipped: only the interpreter's matters); one
+    older than XT's runs need is refused by name, before anything is shipped or started there."""
+    node = node_for(ssh_boxes)
+    node.connect()  # this machine's python3 is recent enough: the check passes
+    node.close()
+    monkeypatch.setattr(ssh, "MIN_PYTHON", (99, 0))  # no python3 is that recent
+    with pytest.raises(BoxError, match=r"^box box1 \(.*\): expected python3 99\.0 or newer on the box's PATH$"):
+        node_for(ssh_boxes).connect()
+
+
 @pytest.mark.parametrize(("address", "expected"), [
     ("ann@gpu1:2222", BoxAddress("ann", "gpu1", 2222)),
     ("gpu1", BoxAddress(None, "gpu1", 22)),

@@ -274,7 +274,8 @@ class SshNode(Node):
         True if XT's run-side modules for this version are on the box already."""
         lib = posixpath.join("lib", shipped_digest())
         _, out, _ = self._exec(
-            "python3 -c 'import sys; print(sys.version_info[:2] >= (%d, %d))' && " % MIN_PYTHON
+            # -S -I: the version is the interpreter's, not its site's (no site: ~4 ms less of the box's start)
+            "python3 -S -I -c 'import sys; print(sys.version_info[:2] >= (%d, %d))' && " % MIN_PYTHON
             # the rest only once its folders are made: a clean-up never runs with "$xt" unset
             + 'xt="$(pwd -P)/.xt" && '
             f'mkdir -p "$xt/bin" "$xt/incoming" "$xt"/{q(CODE_CACHE)} && {{ '
