@@ -1,6 +1,7 @@
 """Shared helpers for the benchmarks: repeated timing with medians, peak memory, result rows."""
 from __future__ import annotations
 
+import bisect
 import json
 import os
 import resource
@@ -146,7 +147,8 @@ def sweep_breakdown(cli_argv: Sequence[str], *, home: str, cwd, env: Dict[str, s
     /proc before it exits), then `cli_argv` (an `xt run --wait`), which finds it serving. Returns the
     host's own CPU per run, its children's (the runs: reapers and scripts, when they are this machine's),
     the CLI's CPU, and the fixed cost around the runs: CLI start to the first run's start, and the
-    last run's end to the CLI's exit (the runs' records' times)."""
+    last run's end to the CLI's exit (the runs' records' times); and how long a freed slot waits
+    for its next run: from a run's end to the start of the run that follows it (the median)."""
     from xt_submit.runtime.host_control import host_running
 
     tick = os.sysconf("SC_CLK_TCK")
@@ -181,10 +183,25 @@ def sweep_breakdown(cli_argv: Sequence[str], *, home: str, cwd, env: Dict[str, s
     starts = [r["started"] for r in records if r.get("started")]
     ends = [r["ended"] for r in records if r.get("ended")]
     return {"host_cpu_ms_per_run": 1000 * host_cpu / runs, "agent_cpu_ms_per_run": 1000 * agent_cpu / runs,
+            "slot_wait_ms": 1000 * slot_wait_seconds(starts, ends),
             "runs_cpu_ms_per_run": 1000 * children_cpu / runs,
             "cli_cpu_ms": 1000 * (usage.ru_utime + usage.ru_stime),
             "cli_start_to_first_run_s": min(starts) - begun if starts else float("nan"),
             "last_run_end_to_cli_exit_s": finished - max(ends) if ends else float("nan")}
+
+
+def slot_wait_seconds(starts: Sequence[float], ends: Sequence[float]) -> float:
+    """The median time from a run's end to the next start (a start once some run has ended fills the
+    slot the latest end before it freed): the host's reaction, not the runs' own time. A start is its
+    record's, taken as its supervisor begins (before the code is unpacked and the command launched),
+    so this is the least a freed slot waits. NaN if no run started after another ended."""
+    ends = sorted(ends)
+    waits = []
+    for start in sorted(starts):
+        before = bisect.bisect_right(ends, start)
+        if before:
+            waits.append(start - ends[before - 1])
+    return median(waits) if waits else float("nan")
 
 
 def _cpu_seconds(pid: int, tick: int) -> Tuple[float, float]:

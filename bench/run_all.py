@@ -167,8 +167,9 @@ def main() -> int:
     if breakdowns:
         table += ("\n\n## Per-run breakdowns\n\nOne more sweep each, with the host started by the bench so its CPU"
                   " can be read (`bench/common.sweep_breakdown`): the host's own CPU per run, its children's (the"
-                  " runs, when they are this machine's), the CLI's, and the fixed cost before the first run and after"
-                  " the last.\n\n" + "\n".join(breakdowns))
+                  " runs, when they are this machine's), the CLI's, the fixed cost before the first run and after"
+                  " the last, and slot_wait_ms: the median time from a run's end to the next run's start (its"
+                  " supervisor's, before the code is unpacked and the command launched).\n\n" + "\n".join(breakdowns))
     (HERE / "results.json").write_text(json.dumps({"total_s": round(total, 1), "results": results}, indent=2))
     (HERE / "results.md").write_text(
         f"# Benchmark results\n\nAll figures are medians of ours and its limit measured in turn (A B A B) in the same"
