@@ -191,6 +191,10 @@ def embedded(home: Path) -> Parts:
 
 def _reindexed(ports: Ports) -> Optional[str]:
     """What `xt admin reindex` does, for an index that starts empty; what it restored, or None."""
+    from xt_submit.domain.layout import WORKSPACES_PREFIX
+
+    if not ports.storage.list(WORKSPACES_PREFIX):  # a new home: nothing to rebuild, nor the handlers to import for it
+        return None
     from xt_submit.handlers.reindex import rebuild_workspace, workspaces_in_storage
 
     jobs = runs = 0

@@ -134,21 +134,26 @@ def test_the_host_loads_neither_dataclasses_nor_inspect():
     assert loaded_by(code, {"dataclasses", "inspect"}) == set()
 
 
-def test_xt_run_starts_its_host_before_loading_dataclasses_or_inspect(tmp_path, monkeypatch):
+def test_xt_run_starts_its_host_before_loading_what_only_the_snapshot_and_the_host_need(tmp_path):
     """What `xt run` does before it starts the host (config, manifest, plan, registration) waits in
-    front of a job's first run; the snapshot's pathspec, after it, may load them."""
+    front of a job's first run: dataclasses and inspect, the snapshot's zipfile, hashlib (OpenSSL's
+    binding) and the handlers come after it, in a new home (whose empty index has nothing to
+    rebuild) and in one already used."""
     (tmp_path / "t.py").write_text("print('ran')\n")
     env = {**__import__("os").environ, "XT_HOME": str(tmp_path / "home"), "XT_HOST_IDLE_EXIT": "1"}
     # msgspec imported lean first, as the CLI's main does before any command
     code = ("import sys\nfrom xt_submit.domain.msgspec_import import import_msgspec\nimport_msgspec()\n"
             "from xt_submit.runtime import host_control\nseen = []\n"
             "def ensure_host(home, idle_exit_seconds=None, warm=()):\n"
-            "    seen.append(sorted({'dataclasses', 'inspect'} & set(sys.modules)))\n"
+            "    seen.append(sorted({'dataclasses', 'inspect', 'zipfile', 'hashlib', 'xt_submit.handlers'}"
+            " & set(sys.modules)))\n"
             "    raise SystemExit(0)\n"
             "host_control.ensure_host = ensure_host\n"
             "from xt_submit.cli import main\n"
             "try:\n    main.main(['run', 't.py', '--lr=[0.1,0.2]'])\nexcept SystemExit:\n    pass\n"
             "print('seen', seen)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.strip().splitlines()[-1] == "seen [[]]"
+    for home in ("new", "used"):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
+                             timeout=120)
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.strip().splitlines()[-1] == "seen [[]]", home

@@ -130,8 +130,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.to_zip:
         return _write_drop(args, cfg, manifest, planned)
 
-    from xt_submit.services.code_upload import upload_code
-
     parts = embedded_parts(cfg)
     if manifest.resume_from:
         parts.ports.stats.get_run(manifest.workspace, manifest.resume_from)  # NotFound: one line naming it
@@ -141,6 +139,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         targets.register(parts.compute, cfg, manifest.target)
     # now, the job checked: the host's start (~0.3 s) overlaps the snapshot's upload
     ensure_local_host(parts, warm=targets.kind_of(cfg, manifest.target).host_warms(cfg, manifest.target))
+    from xt_submit.services.code_upload import upload_code  # the snapshot's modules: after the host's start
+
     with transfer_progress(parts.ports.storage, "uploading code", enabled=not args.json):
         key, sha256 = upload_code(parts.ports.storage, parts.home, cfg.code.code_dirs, os.getcwd(), cfg.code.code_omit,
                                   max_bytes=cfg.code.max_size_mb * 1024**2)

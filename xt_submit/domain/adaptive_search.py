@@ -12,7 +12,6 @@ run holds back the run `concurrent` places after it.
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import random
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -98,6 +97,8 @@ def usable_value(value: Any) -> Optional[float]:
 
 def _rng(seed: int, index: int) -> random.Random:
     """One stream per (seed, run index): planning run k never depends on how often run k-1 was planned."""
+    import hashlib  # here: OpenSSL's binding (~3 ms) is for the searches that pick points, not every `xt run`
+
     digest = hashlib.sha256(f"{seed}:{index}".encode()).digest()
     return random.Random(int.from_bytes(digest[:8], "big"))
 

@@ -7,11 +7,8 @@ submission calls it after sending and while it waits for the dispatch.
 """
 from __future__ import annotations
 
-import io
-import stat
 import time
 import uuid
-import zipfile
 from pathlib import Path
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -23,7 +20,6 @@ from xt_submit.domain.errors import NotFound, OneLineError
 from xt_submit.domain.manifest import MANIFEST_NAME, compile_manifest
 from xt_submit.domain.messages import (QUEUED, TERMINAL_STATUSES, CancelRequested, ContractError, JobManifest,
                                        JobSubmitted, decode_event, decode_manifest, encode)
-from xt_submit.node_kit import code_archive
 from xt_submit.ports import Parts
 from xt_submit.services.local_files import written_aside
 from xt_submit.services import targets
@@ -99,6 +95,12 @@ def write_drop_zip(path: Path, manifest: JobManifest, cfg: Config, base: str, ex
     roots = [(Path(base) / code_dir).resolve() for code_dir in cfg.code.code_dirs]
     omit = [*cfg.code.code_omit, *(f"/{target.relative_to(root).as_posix()}" for root in roots
                                    if target.is_relative_to(root))]
+    import io  # here: the snapshot's modules (zipfile and what it loads) are not on `xt run`'s way to its host
+    import stat
+    import zipfile
+
+    from xt_submit.node_kit import code_archive
+
     snapshot = code_archive.snapshot_code(cfg.code.code_dirs, base, omit, max_bytes=cfg.code.max_size_mb * 1024**2,
                                           exclude=exclude)
     buffer = io.BytesIO(snapshot.data)
