@@ -1,9 +1,10 @@
 """The run wrapper: executes one run on a compute node.
 
-It fetches and safely unpacks the code, reports RunStarted, starts the setup and the command
-under a tiny reaper process (node_kit/reaper.py: the run's parent, which records its exit
-code), ships console output and the script's run log to storage while it runs, syncs the output
-dir live, captures the after-dirs at the end, and reports RunFinished.
+It fetches and safely unpacks the code, starts the setup and the command under a tiny reaper
+process (node_kit/reaper.py: the run's parent, which records its exit code), reports RunStarted
+(after the launch: a freed slot is filled first), ships console output and the script's run log
+to storage while it runs, syncs the output dir live, captures the after-dirs at the end, and
+reports RunFinished.
 
 The run's files and process live on a Node (the port): this machine, or a pool's box over
 SSH. The supervisor's state lives in the node dir on this machine, so a supervisor that dies can

@@ -85,6 +85,12 @@ def write_drop_zip(path: Path, manifest: JobManifest, cfg: Config, base: str, ex
     """`xt run --to-zip`: the code snapshot `xt run` would upload, with the manifest it would send
     as xt_manifest.json at the top, written to `path` whole or not at all; its size in bytes.
     Dropped as uploads/<name>.zip, it becomes the same job (its code_key is the drop's own)."""
+    import io  # here: the snapshot's modules (zipfile and what it loads) are not on `xt run`'s way to its host
+    import stat
+    import zipfile
+
+    from xt_submit.node_kit import code_archive
+
     folder = path.parent
     if not folder.is_dir():
         raise SubmitError(f"{path}: no folder {folder} to write it in")
@@ -95,12 +101,6 @@ def write_drop_zip(path: Path, manifest: JobManifest, cfg: Config, base: str, ex
     roots = [(Path(base) / code_dir).resolve() for code_dir in cfg.code.code_dirs]
     omit = [*cfg.code.code_omit, *(f"/{target.relative_to(root).as_posix()}" for root in roots
                                    if target.is_relative_to(root))]
-    import io  # here: the snapshot's modules (zipfile and what it loads) are not on `xt run`'s way to its host
-    import stat
-    import zipfile
-
-    from xt_submit.node_kit import code_archive
-
     snapshot = code_archive.snapshot_code(cfg.code.code_dirs, base, omit, max_bytes=cfg.code.max_size_mb * 1024**2,
                                           exclude=exclude)
     buffer = io.BytesIO(snapshot.data)
