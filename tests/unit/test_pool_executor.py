@@ -96,3 +96,44 @@ def test_the_polling_threads_pause_ends_when_a_run_thread_hands_it_a_call():
     begun = time.monotonic()
     calls.wait(0.05)  # nothing handed over: the whole pause
     assert time.monotonic() - begun >= 0.05
+
+
+def test_a_box_slot_is_free_for_its_next_run_once_the_process_ended_not_once_it_is_reported(parts, monkeypatch):
+    """max-runs counts a box's run processes: a run whose process ended frees its slot while its
+    finish (shipping its files, RunFinished) is still under way. Here the first run's finish waits
+    until the second run is launched on the same one-slot box; with the slot held until the report
+    it never would be (the guard fails the test)."""
+    import threading
+
+    from xt_submit.runtime.wrapper import RunWrapper
+
+    parts.compute.register_target("pool", {"service": "pool", "boxes": {"b1": {"address": "localhost", "max_runs": 1}}})
+    key, sha = make_code_zip(parts, {"train.py": "print('quick')\n"})
+    handlers.dispatch_job(JobSubmitted(submission_id="sub-1", manifest=make_manifest(key, sha, target="pool",
+                                                                                   hp_space={"x": [1, 2]}),
+                                       submitted_at=1.0), parts.ports)
+    second_launched = threading.Event()
+    finish = RunWrapper.finish
+
+    def finish_after_the_second_launch(self, end=None):
+        if self.task.run == "run1.1":
+            assert second_launched.wait(60), "the second run was not launched while the first was finishing"
+        return finish(self, end)
+
+    monkeypatch.setattr(RunWrapper, "finish", finish_after_the_second_launch)
+    executor = PoolExecutor(parts.compute, parts.home, parts.ports.storage, parts.ports.publisher,
+                            lambda box, settings, runs_folder: LocalNode(str(parts.home / "nodes" / box), name=box))
+    started = time.monotonic()
+    while parts.compute.counts_by_state("pool").get("done", 0) < 2:
+        assert time.monotonic() - started < 120, "the runs never ended"  # a guard, not a measure
+        executor.poll()
+        second = parts.home / "nodes" / "b1" / WS / "run1.2"
+        if not second_launched.is_set() and second.is_dir():
+            try:
+                if saved_state(second).get("pid") is not None:
+                    second_launched.set()
+            except (OSError, ValueError):
+                pass
+        time.sleep(0.005)
+    finished = {e.run: e.status for e in events_queued(parts) if isinstance(e, RunFinished)}
+    assert finished == {"run1.1": "completed", "run1.2": "completed"}

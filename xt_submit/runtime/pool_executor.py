@@ -180,6 +180,9 @@ class PoolExecutor:
         self._answered: Dict[str, bool] = {}  # box -> connected since its last drop (runs may go there)
         self._connecting: set = set()  # boxes a thread is connecting to
         self._health: Dict[str, str] = {}  # box -> "" (reachable) or the error last recorded
+        # box -> its runs whose processes ended and whose finish (shipping, RunFinished) is under way:
+        # their slots are free for the box's next runs (a run's process is what max-runs counts)
+        self._finishing: Dict[str, set] = {}
         self._reported: set = set()  # (workspace, job, box) already told in a job log
         self._scanned = 0.0  # when the task table was last read
         # two hosts (or two XT homes) using one box account keep their runs apart
@@ -209,7 +212,7 @@ class PoolExecutor:
         busy = self.compute.runs_per_node()
         placed = False
         for box, settings in definition["boxes"].items():
-            free = settings["max_runs"] - busy.get(box, 0)
+            free = settings["max_runs"] - busy.get(box, 0) + len(self._finishing.get(box, ()))
             if free <= 0:
                 continue
             tasks = self.compute.queued_in_pool(pool, free)
@@ -334,6 +337,17 @@ class PoolExecutor:
     def _forget(self, run: BoxRun) -> None:
         if self.running.get(run.key) is run:  # not a later start of the same run (requeued, placed again)
             del self.running[run.key]
+            self._finishing.get(run.box, set()).discard(run.key)
+
+    def _process_ended(self, run: BoxRun) -> None:
+        if self.running.get(run.key) is run:
+            self._finishing.setdefault(run.box, set()).add(run.key)
+
+    def _done(self, run: BoxRun) -> None:
+        """The run is reported: done in the task table and no longer finishing, in one call (a slot
+        must never count free twice between the two)."""
+        self.compute.mark(*run.key, state="done")
+        self._finishing.get(run.box, set()).discard(run.key)
 
     def _start(self, run: BoxRun, task: RunTask, settings: dict) -> Optional[RunWrapper]:
         box, node = run.box, run.node
@@ -371,7 +385,8 @@ class PoolExecutor:
             if not self.backoff.ready(run.box):
                 continue  # a box that just dropped is not hammered (a connect can take CONNECT_TIMEOUT_SECONDS)
             try:
-                ended = wrapper.supervise(run.cancel_requested)
+                ended = wrapper.supervise(run.cancel_requested,
+                                          process_ended=lambda: self.calls.later(lambda: self._process_ended(run)))
             except NodeUnreachable as exc:
                 self._unreachable(run.box, str(exc))
                 continue
@@ -392,7 +407,7 @@ class PoolExecutor:
             if self._health.get(run.box) != "":
                 self.calls.later(lambda: self._set_health(run.box, ""))
             if ended:
-                self.calls.later(lambda: self.compute.mark(*run.key, state="done"))
+                self.calls.later(lambda: self._done(run))
                 return
 
     def _end_as_error(self, run: BoxRun, wrapper: RunWrapper, reason: str) -> None:
@@ -412,7 +427,7 @@ class PoolExecutor:
             self.events.send_events([RunFinished(
                 workspace=task.workspace, job=task.job, run=task.run, node_id=run.box, status=ERROR, exit_code=None,
                 started_at=wrapper.state["started_at"] or now, ended_at=now, reason=reason[:FINISH_REASON_CHARS])])
-        self.calls.later(lambda: self.compute.mark(*run.key, state="done"))
+        self.calls.later(lambda: self._done(run))
 
     def _unreachable(self, box: str, error: str) -> None:
         self.backoff.failed(box)

@@ -187,9 +187,10 @@ class RunWrapper:
             self.publisher.send_events([RunHeartbeat(workspace=task.workspace, job=task.job, run=task.run,
                                                      node_id=self.node_id, at=time.time())])
 
-    def supervise(self, cancel_requested: bool = False) -> bool:
+    def supervise(self, cancel_requested: bool = False, process_ended: Optional[Callable[[], None]] = None) -> bool:
         """One look at the run: pass on a cancel, ship what it wrote, and finish it once it ended.
-        True when it has ended and its RunFinished is out (a successor that finds the marker does not repeat it)."""
+        True when it has ended and its RunFinished is out (a successor that finds the marker does not repeat it).
+        process_ended: told once the run's process is seen ended, before its finish (what frees its slot)."""
         if not self.state.get("announced", True):  # its supervisor died between the launch and the report
             self._announce()
         if cancel_requested:
@@ -198,6 +199,8 @@ class RunWrapper:
             self.tick()
             return False
         if not self.state.get("finished"):
+            if process_ended is not None:
+                process_ended()
             end = self._look_at_end()
             self._end_orphans(reaper_wrote_exit=bool(end.exit_file))
             # what was read is the run's last word, unless orphans were left writing until now
