@@ -20,6 +20,12 @@ from pathlib import Path
 from common import KEEP_SCRATCH
 
 HERE = Path(__file__).resolve().parent
+# Before the cases: written back (sync), then this long for the file system to settle. ext4 without
+# a journal (this machine's root) skips inodes freed in the last 60 s (360 s while their table block
+# is unwritten) at every file creation, so a test suite's or an earlier bench's deletions just
+# before would price this run's creations (the host's CPU per P4 run moved 5.8 -> 9.5 ms between
+# two runs of the same code that way). Elsewhere it costs only the wait.
+SETTLE_SECONDS = 65
 
 # (id, script, arguments, label of the size)
 RUNS = [
@@ -131,12 +137,18 @@ def main() -> int:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--only", help="comma-separated ids to measure again; the other rows are kept from results.json")
+    parser.add_argument("--settle", type=float, default=SETTLE_SECONDS,
+                        help=f"seconds to let the file system settle first (default {SETTLE_SECONDS}; 0: none)")
     options = parser.parse_args()
     only = set(options.only.split(",")) if options.only else None
     earlier = {}
     if only and (HERE / "results.json").exists():
         earlier = {(r["id"], r["size"]): r for r in json.loads((HERE / "results.json").read_text())["results"]}
     results = []
+    if options.settle > 0:
+        print(f"letting the file system settle for {options.settle:g} s (--settle 0 skips it)", file=sys.stderr)
+        os.sync()
+        time.sleep(options.settle)
     started = time.time()
     # every case's scratch in one folder, removed once all are measured (common.remove_scratch says why)
     scratch = tempfile.mkdtemp(prefix="xt-bench-run-")
