@@ -190,7 +190,8 @@ class RunWrapper:
     def supervise(self, cancel_requested: bool = False, process_ended: Optional[Callable[[], None]] = None) -> bool:
         """One look at the run: pass on a cancel, ship what it wrote, and finish it once it ended.
         True when it has ended and its RunFinished is out (a successor that finds the marker does not repeat it).
-        process_ended: told once the run's process is seen ended, before its finish (what frees its slot)."""
+        process_ended: told when the run's process is seen ended, before its finish (what frees its slot;
+        told again if a finish that failed is tried again)."""
         if not self.state.get("announced", True):  # its supervisor died between the launch and the report
             self._announce()
         if cancel_requested:
