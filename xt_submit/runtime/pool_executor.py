@@ -161,6 +161,9 @@ class BoxRun:
         self.node = node
         self.cancel_requested = False
         self.wake = threading.Event()  # a cancel is passed on at once, not at the next look
+        # its process ended, its finish (shipping, RunFinished) under way: its slot is free for the
+        # box's next run (a run's process is what max-runs counts). Set and cleared by the polling thread.
+        self.process_ended = False
 
 
 class PoolExecutor:
@@ -180,9 +183,6 @@ class PoolExecutor:
         self._answered: Dict[str, bool] = {}  # box -> connected since its last drop (runs may go there)
         self._connecting: set = set()  # boxes a thread is connecting to
         self._health: Dict[str, str] = {}  # box -> "" (reachable) or the error last recorded
-        # box -> its runs whose processes ended and whose finish (shipping, RunFinished) is under way:
-        # their slots are free for the box's next runs (a run's process is what max-runs counts)
-        self._finishing: Dict[str, set] = {}
         self._reported: set = set()  # (workspace, job, box) already told in a job log
         self._scanned = 0.0  # when the task table was last read
         # two hosts (or two XT homes) using one box account keep their runs apart
@@ -210,9 +210,12 @@ class PoolExecutor:
         if definition is None or definition.get("service") != "pool":
             return self._refuse(pool)
         busy = self.compute.runs_per_node()
+        for run in self.running.values():
+            if run.process_ended:
+                busy[run.box] = busy.get(run.box, 0) - 1
         placed = False
         for box, settings in definition["boxes"].items():
-            free = settings["max_runs"] - busy.get(box, 0) + len(self._finishing.get(box, ()))
+            free = settings["max_runs"] - busy.get(box, 0)
             if free <= 0:
                 continue
             tasks = self.compute.queued_in_pool(pool, free)
@@ -337,17 +340,15 @@ class PoolExecutor:
     def _forget(self, run: BoxRun) -> None:
         if self.running.get(run.key) is run:  # not a later start of the same run (requeued, placed again)
             del self.running[run.key]
-            self._finishing.get(run.box, set()).discard(run.key)
 
     def _process_ended(self, run: BoxRun) -> None:
-        if self.running.get(run.key) is run:
-            self._finishing.setdefault(run.box, set()).add(run.key)
+        run.process_ended = True
 
     def _done(self, run: BoxRun) -> None:
-        """The run is reported: done in the task table and no longer finishing, in one call (a slot
-        must never count free twice between the two)."""
+        """The run is reported: done in the task table and its slot no longer counted free by its
+        flag, in one call (a slot must never count free twice between the two)."""
         self.compute.mark(*run.key, state="done")
-        self._finishing.get(run.box, set()).discard(run.key)
+        run.process_ended = False
 
     def _start(self, run: BoxRun, task: RunTask, settings: dict) -> Optional[RunWrapper]:
         box, node = run.box, run.node
