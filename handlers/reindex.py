@@ -31,12 +31,14 @@ def _jobs_in_storage(ports: Ports, workspace: str) -> List[str]:
     return sorted((j for j in jobs if layout.JOB_PATTERN.match(j)), key=layout.job_number)
 
 
-def workspaces_in_storage(ports: Ports, only: Optional[str] = None) -> List[str]:
+def workspaces_in_storage(ports: Ports, only: Optional[str] = None, keys: Optional[List[str]] = None) -> List[str]:
     """The workspaces storage holds, by layout.workspace_shown_by (the one rule of `xt list workspaces`,
     `xt create workspace` and reindex); `only`: that one's keys alone are read. Every key under the
-    prefix is listed: the Storage port has no listing by folder (a delimiter) to stop at the names."""
+    prefix is listed: the Storage port has no listing by folder (a delimiter) to stop at the names.
+    keys: the prefix's listing, when the caller has just made it."""
     prefix = layout.WORKSPACES_PREFIX + (f"{only}/" if only else "")
-    return sorted({name for name in map(layout.workspace_shown_by, ports.storage.list(prefix)) if name})
+    listed = ports.storage.list(prefix) if keys is None else keys
+    return sorted({name for name in map(layout.workspace_shown_by, listed) if name})
 
 
 # What a file that cannot be read raises: a contract or JSON error (ValueError), a field missing or of

@@ -193,12 +193,13 @@ def _reindexed(ports: Ports) -> Optional[str]:
     """What `xt admin reindex` does, for an index that starts empty; what it restored, or None."""
     from xt_submit.domain.layout import WORKSPACES_PREFIX
 
-    if not ports.storage.list(WORKSPACES_PREFIX):  # a new home: nothing to rebuild, nor the handlers to import for it
+    keys = ports.storage.list(WORKSPACES_PREFIX)
+    if not keys:  # a new home: nothing to rebuild, nor the handlers to import for it
         return None
     from xt_submit.handlers.reindex import rebuild_workspace, workspaces_in_storage
 
     jobs = runs = 0
-    for workspace in workspaces_in_storage(ports):
+    for workspace in workspaces_in_storage(ports, keys=keys):  # the listing made here, not made again
         counts = rebuild_workspace(ports, workspace)
         jobs, runs = jobs + counts["jobs"], runs + counts["runs"]
     return f"rebuilt the index from storage: {jobs} jobs, {runs} runs" if jobs else None
